@@ -1,0 +1,108 @@
+"""The ``frametrans`` command. Commands parse and validate, then call the library.
+
+Nothing heavy is imported here: torch and friends load inside the commands, so ``--help`` and
+``--version`` stay fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import traceback
+from typing import Any, Dict, Optional
+
+import click
+
+from frametrans import __version__
+
+# command name -> "module:attribute" under frametrans.cli, imported only when the command runs.
+_COMMANDS: Dict[str, str] = {
+    "apply": "apply:apply_cmd",
+    "predict-next": "predict:predict_next_cmd",
+    "train": "train_cmd:train_group",
+    "convert": "models_cmd:convert_cmd",
+    "inspect": "models_cmd:inspect_cmd",
+    "models": "models_cmd:models_cmd",
+    "bench": "bench:bench_group",
+}
+
+_HELP: Dict[str, str] = {
+    "apply": "Run images, folders, videos or raw streams through a generator.",
+    "predict-next": "Predict the next frames of a clip with a multi-frame U-Net.",
+    "train": "Train pix2pix, CycleGAN, MUNIT or the next-frame predictor.",
+    "convert": "Convert a foreign checkpoint (pix2pix/CycleGAN .pth, MUNIT .pt) to .safetensors.",
+    "inspect": "Show architecture, config, parameters and I/O contract of a checkpoint.",
+    "models": "List the bundled models with their task, data, size and quality.",
+    "bench": "Measure throughput: model-only, end to end, and a reference loop.",
+}
+
+
+class LazyGroup(click.Group):
+    """A group that imports each command's module only when that command is used."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(_COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> Optional[click.Command]:
+        if name not in _COMMANDS:
+            return None
+        module_name, attr = _COMMANDS[name].split(":")
+        module = importlib.import_module(f"frametrans.cli.{module_name}")
+        return getattr(module, attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, _HELP[name]) for name in _COMMANDS]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="frametrans")
+@click.option("--verbose", "-v", is_flag=True, help="Show full tracebacks on errors.")
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool) -> None:
+    """Push images, folders, videos and frame streams through image-to-image generators.
+
+    \b
+    Examples:
+      frametrans apply clip.mp4 -o out.mp4 --model cyclegan
+      frametrans apply photos/ -o painted/ --model cyclegan --recursive
+      frametrans predict-next clip.mp4 -o next.mp4 --model predictor
+      frametrans train cyclegan --data DIR -o runs/cg
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["verbose"] = verbose
+
+
+def main(argv: Optional[list[str]] = None) -> Any:
+    """Entry point: run the group, turning library errors into one-line messages."""
+    verbose = "--verbose" in (argv or sys.argv[1:]) or "-v" in (argv or sys.argv[1:])
+    try:
+        return cli.main(args=argv, prog_name="frametrans", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("frametrans: interrupted", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        click.echo("frametrans: interrupted", err=True)
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(141)
+    except Exception as exc:  # library errors: one line, traceback only with --verbose
+        if verbose:
+            traceback.print_exc()
+        click.echo(f"frametrans: error: {_one_line(exc)}", err=True)
+        sys.exit(1)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""Device and precision choice: the only place that decides where and in what dtype models run."""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Optional
+
+import torch
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' -> cuda if available, else mps, else cpu; validates explicit names.
+
+    Raises ValueError with a one-line message for unknown or unavailable devices.
+    """
+    name = (name or "auto").strip().lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} asked for, but CUDA is not available here; use cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise ValueError("device 'mps' asked for, but MPS is not available here; use cpu")
+    elif device.type != "cpu":
+        raise ValueError(f"unsupported device {name!r}; use auto, cpu, cuda, cuda:N or mps")
+    return device
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_bf16() -> bool:
+    """True when the CPU has native bf16 arithmetic (AVX512-BF16 or AMX-BF16)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        flags = ""
+    if "amx_bf16" in flags or "avx512_bf16" in flags:
+        return True
+    return bool(getattr(torch.backends.mkldnn, "is_available", lambda: False)()) and \
+        torch.backends.cpu.get_cpu_capability() == "AVX512_BF16"
+
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype:
+    """'auto' -> bf16 on CPUs with bf16 units and on CUDA with bf16, fp16 on MPS, else fp32.
+
+    Explicit names the device lacks are refused (ValueError), never silently downgraded.
+    """
+    name = (name or "auto").lower()
+    if name == "fp32":
+        return torch.float32
+    if name == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if device.type == "mps":
+            return torch.float16
+        return torch.bfloat16 if cpu_has_bf16() else torch.float32
+    if name == "bf16":
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ValueError("--precision bf16: this GPU has no bf16; use fp16 or fp32")
+        return torch.bfloat16
+    if name == "fp16":
+        if device.type == "cpu":
+            raise ValueError("--precision fp16 is not supported on the CPU; use bf16 or fp32")
+        return torch.float16
+    raise ValueError(f"unknown precision {name!r}; use auto, fp32, bf16 or fp16")
+
+
+def parse_memory(text: Optional[str]) -> Optional[int]:
+    """'4G', '512M', '2.5GB', '1000000' -> bytes; None passes through."""
+    if text is None:
+        return None
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    scale = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}.get(t[-1:], 1)
+    try:
+        value = float(t[:-1] if scale != 1 else t) * scale
+    except ValueError:
+        raise ValueError(f"bad memory size {text!r}; use e.g. 4G or 512M") from None
+    if value <= 0:
+        raise ValueError(f"memory size must be > 0, got {text!r}")
+    return int(value)
+
+
+def default_memory_budget(device: torch.device) -> int:
+    """Bytes of activations we allow one forward to use: 60% of free GPU memory, or on the CPU a
+    quarter of the available RAM capped at 8 GiB."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * 0.6)
+    try:
+        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        avail = 8 * 2**30
+    return int(min(avail / 4, 8 * 2**30))
+
+
+def set_cpu_threads(threads: Optional[int]) -> None:
+    """Use ``threads`` intra-op threads (None: torch's default, one per core)."""
+    if threads:
+        torch.set_num_threads(threads)

@@ -1,0 +1,59 @@
+"""Conversions between uint8/uint16 HWC images and model tensors. Pure functions, no state."""
+
+from __future__ import annotations
+
+from typing import List, Sequence, Tuple
+
+import numpy as np
+import torch
+
+
+def images_to_tensor(images: Sequence[np.ndarray], device: torch.device) -> torch.Tensor:
+    """Stack same-size images [H,W,C] (uint8 or uint16) into a uint8/uint16-valued tensor.
+
+    Returns [B,C,H,W] on ``device`` in the images' integer dtype (uint16 travels as int32).
+    The integers travel to the device and are converted there (4x less copying than float).
+    """
+    batch = np.stack([im if im.ndim == 3 else im[..., None] for im in images])
+    if batch.dtype == np.uint16:
+        batch = batch.astype(np.int32)
+    t = torch.from_numpy(batch).permute(0, 3, 1, 2)
+    if device.type == "cuda":
+        t = t.pin_memory().to(device, non_blocking=True)
+    else:
+        t = t.to(device)
+    return t
+
+
+def to_model_range(x: torch.Tensor, value_range: Tuple[float, float], max_value: float,
+                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Integer pixels [0, max_value] -> float in ``value_range`` (e.g. (-1, 1))."""
+    lo, hi = value_range
+    return (x.to(dtype) * ((hi - lo) / max_value) + lo).contiguous()
+
+
+def from_model_range(y: torch.Tensor, value_range: Tuple[float, float], max_value: float
+                     ) -> torch.Tensor:
+    """Float in ``value_range`` -> rounded, clamped pixel values [0, max_value] as float32."""
+    lo, hi = value_range
+    scaled = (y.float() - lo) * (max_value / (hi - lo))
+    return scaled.round_().clamp_(0, max_value)
+
+
+def tensor_to_images(y: torch.Tensor, dtype: np.dtype) -> List[np.ndarray]:
+    """[B,C,H,W] float pixel values -> list of [H,W,C] numpy arrays of ``dtype`` (C=1 kept as HxWx1)."""
+    arr = y.to("cpu", torch.int32 if dtype == np.uint16 else torch.uint8).permute(0, 2, 3, 1).numpy()
+    return [a.astype(dtype, copy=False) for a in arr]
+
+
+def match_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
+    """Adapt [B,C,H,W] to the model's channel count: gray->RGB repeats, RGB->gray uses BT.601 luma."""
+    c = x.shape[1]
+    if c == channels:
+        return x
+    if c == 1:
+        return x.expand(-1, channels, -1, -1)
+    if channels == 1 and c == 3:
+        w = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        return (x * w).sum(1, keepdim=True)
+    raise ValueError(f"cannot adapt a {c}-channel image to a {channels}-channel model")

@@ -1,0 +1,1 @@
+"""Importers for foreign checkpoints (pytorch-CycleGAN-and-pix2pix, MUNIT)."""
