@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -170,8 +171,10 @@ def _read_safetensors_header(path: Path) -> Dict[str, Any]:
         if len(head) < 8:
             raise CheckpointError(f"{path}: file is {size} bytes, too short for a safetensors file")
         n = int.from_bytes(head, "little")
-        if n <= 0 or n > min(size - 8, 100_000_000):
+        if n <= 0 or n > 100_000_000:
             raise CheckpointError(f"{path}: not a safetensors file (header length {n}, file {size} B)")
+        if n > size - 8:
+            raise CheckpointError(f"{path}: truncated: {size} bytes, the header alone needs {n + 8}")
         try:
             header = json.loads(f.read(n))
         except (UnicodeDecodeError, json.JSONDecodeError):
@@ -267,13 +270,21 @@ def _torch_load_safely(path: Path) -> Any:
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsupported pickle"
+        found = re.search(r"GLOBAL (\S+)", str(exc))
+        if found is None and "global" not in str(exc).lower():
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (corrupt pickle data)") from None
+        what = f"GLOBAL {found.group(1)}" if found else "objects other than tensors"
         raise CheckpointError(
-            f"{path}: refused: the file asks to unpickle something other than tensors ({first[:160]})"
+            f"{path}: refused: the file asks to unpickle {what}; only tensors and plain "
+            "containers are loaded (weights_only)"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({first[:160]})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, KeyError, IndexError,
+            ValueError, TypeError, AttributeError) as exc:
+        if isinstance(exc, (KeyError, IndexError, TypeError, AttributeError)) or not str(exc).strip():
+            first = "corrupt or not pickle/zip data"
+        else:
+            first = str(exc).strip().splitlines()[0][:160]
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({first})") from None
 
 
 def _read_yaml(path: PathLike) -> Dict[str, Any]:
