@@ -27,6 +27,7 @@ def atomic_path(path: Union[str, os.PathLike], suffix: str = "") -> Iterator[Pat
     )
     os.close(fd)
     tmp = Path(tmp_name)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
     try:
         yield tmp
         with open(tmp, "rb+") as f:
@@ -47,3 +48,9 @@ def atomic_write_bytes(path: Union[str, os.PathLike], data: bytes) -> None:
 def atomic_write_text(path: Union[str, os.PathLike], text: str) -> None:
     """Write UTF-8 ``text`` to ``path`` atomically."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

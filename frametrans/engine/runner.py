@@ -100,6 +100,26 @@ class Runner:
         if pending:
             yield from self._flush(pending)
 
+    def _flush(self, frames: List[Frame]) -> Iterator[Tuple[Frame, np.ndarray]]:
+        try:
+            outs = self([f.image for f in frames])
+        except torch.OutOfMemoryError:
+            if len(frames) == 1:
+                raise
+            # retry smaller: halves of the batch (each may go on to tile), never dropping a frame
+            log.warning("out of memory on a batch of %d; retrying in halves", len(frames))
+            self._empty_cache()
+            half = len(frames) // 2
+            self.options.batch_size = max(1, half)
+            yield from self._flush(frames[:half])
+            yield from self._flush(frames[half:])
+            return
+        yield from zip(frames, outs)
+
+    def _empty_cache(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
     def __call__(self, images: Sequence[np.ndarray]) -> List[np.ndarray]:
         """Same-size images [H,W,C] uint8/uint16 -> output images [H,W,C_out] of the same dtype."""
         if not images:

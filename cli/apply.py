@@ -1,0 +1,120 @@
+"""``frametrans apply``: images, folders, videos and raw streams through a generator."""
+
+from __future__ import annotations
+
+import sys
+from typing import Optional, Tuple
+
+import click
+
+from frametrans.cli import options as opt
+
+
+@click.command("apply")
+@click.argument("inputs", nargs=-1)
+@click.option("-o", "--output", required=True,
+              help="Output file or folder; '-' writes raw rgb24 (or --y4m) frames to stdout.")
+@opt.model_option("cyclegan")
+@click.option("--list", "list_file", type=click.File("r"),
+              help="Read input paths from this file, one per line ('-' for stdin).")
+@click.option("--recursive", "-r", is_flag=True, help="Include subfolders of input folders.")
+@click.option("--ext", help="Image format for folder outputs, e.g. png or jpg (default: keep).")
+@click.option("--size", help="Frame size WIDTHxHEIGHT of a raw rgb24 stream on stdin.")
+@click.option("--fps", type=float, default=25.0, show_default=True, callback=opt.positive("fps"),
+              help="Frame rate written into y4m output.")
+@click.option("--y4m", is_flag=True, help="Write YUV4MPEG2 instead of raw rgb24 to stdout.")
+@click.option("--resize", help="Resize frames to WIDTHxHEIGHT before the model (output has that size).")
+@click.option("--max-side", type=int, callback=opt.positive("max-side"),
+              help="Downscale frames whose longer side exceeds this.")
+@click.option("--codec", help="Video codec (default: h264 for mp4/mkv/mov/avi, vp9 for webm, gif).")
+@click.option("--crf", type=click.IntRange(0, 63), help="Video quality (lower is better).")
+@click.option("--preset", help="Encoder preset, e.g. veryfast, medium, slow.")
+@click.option("--pix-fmt", help="Output pixel format, e.g. yuv420p or yuv444p.")
+@click.option("--no-audio", is_flag=True, help="Drop audio and subtitle streams.")
+@click.option("--direction", type=click.Choice(["a2b", "b2a"]), default="a2b", show_default=True,
+              help="MUNIT: translation direction.")
+@click.option("--style", "style_image", type=click.Path(exists=True, dir_okay=False),
+              help="MUNIT: take the style from this example image.")
+@click.option("--num-styles", type=int, default=1, show_default=True, callback=opt.positive("num-styles"),
+              help="MUNIT: outputs per input with sampled styles, named NAME_style0, NAME_style1...")
+@click.option("--seed", type=int, default=0, show_default=True, help="MUNIT: seed for sampled styles.")
+@click.option("--config", "yaml_config", type=click.Path(exists=True, dir_okay=False),
+              help="Upstream MUNIT YAML for a MUNIT .pt file.")
+@click.option("--batch-size", "-b", type=int, callback=opt.positive("batch-size"),
+              help="Frames per forward pass (default: from device and frame size).")
+@click.option("--tile", type=int, help="Run frames in tiles of this many pixels (default: only when needed).")
+@click.option("--tile-overlap", type=int, help="Tile overlap in pixels (default: the model's receptive field).")
+@click.option("--max-memory", help="Activation memory budget, e.g. 4G; larger frames are tiled.")
+@opt.device_option
+@opt.precision_option
+@click.option("--skip-existing", is_flag=True, help="Skip inputs whose output exists (resume a job).")
+@opt.overwrite_option
+@opt.quiet_option
+def apply_cmd(inputs: Tuple[str, ...], output: str, model: str, list_file, recursive: bool,
+              ext: Optional[str], size: Optional[str], fps: float, y4m: bool, resize: Optional[str],
+              max_side: Optional[int], codec, crf, preset, pix_fmt, no_audio: bool, direction: str,
+              style_image, num_styles: int, seed: int, yaml_config, batch_size, tile, tile_overlap,
+              max_memory, device: str, precision: str, skip_existing: bool, overwrite: bool,
+              quiet: bool) -> None:
+    """Run INPUTS (images, folders, videos, or '-' for a raw/y4m stream) through a generator.
+
+    \b
+    frametrans apply clip.mp4 -o clip_out.mp4 --model cyclegan
+    frametrans apply photo.jpg -o out.png --model pix2pix
+    frametrans apply photos/ -o out/ --recursive --ext png --skip-existing
+    find . -name '*.jpg' | frametrans apply --list - -o out/
+    ffmpeg -i in.mp4 -f rawvideo -pix_fmt rgb24 - | \\
+      frametrans apply - --size 640x360 -o - | \\
+      ffmpeg -f rawvideo -pix_fmt rgb24 -s 640x360 -r 25 -i - out.mp4
+    """
+    from frametrans.cli.logs import setup_logging
+
+    setup_logging(quiet)
+    paths = list(inputs)
+    if list_file is not None:
+        paths += [line.strip() for line in list_file if line.strip()]
+    if not paths:
+        raise click.UsageError("no INPUTS given (paths, '-' for stdin, or --list FILE)")
+    stream_in = paths == ["-"]
+    if "-" in paths and not stream_in:
+        raise click.UsageError("'-' (stdin) cannot be mixed with other inputs")
+    if output == "-" and not stream_in:
+        raise click.UsageError("-o - (stdout) needs '-' (a raw or y4m stream) as the input")
+    if tile is not None and tile_overlap is not None and tile_overlap * 2 >= tile:
+        raise click.BadParameter(f"{tile_overlap} is too large for --tile {tile}: must be less "
+                                 "than half the tile", param_hint="--tile-overlap")
+    raw_size = opt.parse_size(size)
+    resize_wh = opt.parse_size(resize, "--resize")
+
+    from frametrans.apply import OutputOptions, Translator, apply_paths, apply_stream
+    from frametrans.engine.device import parse_memory
+    from frametrans.engine.runner import RunnerOptions
+
+    runner_opts = RunnerOptions(device=device, precision=precision, batch_size=batch_size, tile=tile,
+                                tile_overlap=tile_overlap, max_memory=parse_memory(max_memory))
+    runner_opts.validate()
+    translator = Translator.load(model, runner_opts, yaml_config=yaml_config, direction=direction,
+                                 style_image=style_image, num_styles=num_styles, seed=seed)
+    if stream_in:
+        if output != "-":
+            raise click.UsageError("a stream on stdin is written to stdout: use -o -")
+        if sys.stdin.isatty():
+            raise click.UsageError("'-' reads frames from stdin, but stdin is a terminal")
+        n = apply_stream(sys.stdin.buffer, sys.stdout.buffer, translator, raw_size, fps=fps,
+                         y4m_out=y4m, quiet=quiet)
+        click.echo(f"{n} frames", err=True) if not quiet else None
+        return
+    out_opts = OutputOptions(overwrite=overwrite, skip_existing=skip_existing, recursive=recursive,
+                             ext=ext, resize=resize_wh, max_side=max_side, codec=codec, crf=crf,
+                             preset=preset, pix_fmt=pix_fmt, audio=not no_audio, quiet=quiet)
+    report = apply_paths(paths, output, translator, out_opts)
+    if not quiet:
+        parts = [f"{len(report.written)} written", f"{report.frames} frames"]
+        if report.skipped:
+            parts.append(f"{len(report.skipped)} skipped (exist)")
+        click.echo("frametrans: " + ", ".join(parts), err=True)
+    if report.failed:
+        click.echo(f"frametrans: {len(report.failed)} input(s) failed:", err=True)
+        for _src, msg in report.failed:
+            click.echo(f"  {msg}", err=True)
+        sys.exit(1)

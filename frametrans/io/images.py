@@ -1,0 +1,430 @@
+"""Read and write single images (and the frames of animated GIF/WebP) as :class:`Frame` objects.
+
+Reading (:func:`read_image`) gives the picture as it is meant to be seen:
+
+- EXIF orientation is applied (phone JPEGs come out upright), the tag is not kept;
+- gray stays gray, (H, W, 1); palette, CMYK, YCbCr, LAB, HSV and 1-bit images become RGB;
+- an alpha channel (RGBA, LA, palette transparency) is split off into ``Frame.alpha``;
+- 16-bit PNG/TIFF stay uint16 (Pillow would cut 16-bit RGB to 8 bits, so those go through OpenCV);
+- floating-point TIFFs are refused with a clear error: their value range is unknown, and guessing
+  it would silently change the picture;
+- animated GIF/WebP/PNG: :func:`read_image` returns the first frame, :func:`iter_image_frames` all
+  of them, with their display times as ``pts`` in milliseconds.
+
+Empty, truncated or non-image files raise :class:`InputError` with a one-line message naming the
+file. Writing (:func:`write_image`) is atomic: the bytes go to a hidden temporary file in the same
+folder, are fsynced, and replace the destination in one ``os.replace``, so a crash or Ctrl-C never
+leaves a half-written image under the final name.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import secrets
+from collections.abc import Iterator
+from fractions import Fraction
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image, ImageSequence, UnidentifiedImageError
+
+from .errors import InputError
+from .frame import Frame
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "WRITABLE_IMAGE_EXTENSIONS",
+    "read_image",
+    "iter_image_frames",
+    "write_image",
+    "apply_exif_orientation",
+    "atomic_write_bytes",
+    "temporary_path_for",
+    "fsync_dir",
+]
+
+log = logging.getLogger(__name__)
+
+#: Extensions (lower case, with the dot) that :func:`read_image` reads; folders are filtered by it.
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".tif", ".tiff", ".bmp", ".gif"}
+)
+
+# extension -> (Pillow format name, OpenCV extension for 16-bit, supports alpha)
+_WRITE_FORMATS: dict[str, tuple[str, str | None, bool]] = {
+    ".png": ("PNG", ".png", True),
+    ".jpg": ("JPEG", None, False),
+    ".jpeg": ("JPEG", None, False),
+    ".webp": ("WEBP", None, True),
+    ".tif": ("TIFF", ".tiff", True),
+    ".tiff": ("TIFF", ".tiff", True),
+    ".bmp": ("BMP", None, True),
+}
+#: Extensions :func:`write_image` can write; 16-bit only for .png and .tif/.tiff.
+WRITABLE_IMAGE_EXTENSIONS: frozenset[str] = frozenset(_WRITE_FORMATS)
+
+_EXIF_ORIENTATION = 0x0112
+_PILLOW_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, Image.DecompressionBombError)
+
+
+# --------------------------------------------------------------------------------------- reading
+
+
+def read_image(path: str | os.PathLike) -> Frame:
+    """Read one image file as an upright :class:`Frame` (index 0, no timestamp).
+
+    Returns ``Frame.image`` (H, W, 3) RGB or (H, W, 1) gray, uint8 or uint16 (16-bit sources),
+    and ``Frame.alpha`` (H, W) of the same dtype when the file has transparency. For animated files
+    this is the first frame. Raises :class:`InputError` for missing, empty, truncated, non-image or
+    floating-point files.
+    """
+    path = Path(path)
+    _check_file(path)
+    try:
+        im = Image.open(path)
+    except UnidentifiedImageError:
+        return _read_with_opencv(path, orientation=1)
+    except _PILLOW_ERRORS as exc:
+        raise InputError(path, f"cannot read image: {exc}") from None
+    with im:
+        high_bit_depth = _is_high_bit_depth_color(im)  # before getexif(): PNG's loads, clearing tile
+        orientation = _orientation(im)
+        if high_bit_depth:
+            return _read_with_opencv(path, orientation)
+        image, alpha = _decode_pillow(im, path)
+    return _frame(path, 0, image, alpha, orientation)
+
+
+def iter_image_frames(path: str | os.PathLike) -> Iterator[Frame]:
+    """Yield every frame of an animated GIF/WebP/PNG (one frame for a still image).
+
+    Frames are full composited pictures (disposal handled by Pillow), upright, RGB or gray with
+    alpha split off as in :func:`read_image`. ``pts`` is the display time in milliseconds
+    (``time_base`` 1/1000) when the file gives frame durations, else None.
+    """
+    path = Path(path)
+    _check_file(path)
+    try:
+        im = Image.open(path)
+    except UnidentifiedImageError:
+        yield _read_with_opencv(path, orientation=1)
+        return
+    except _PILLOW_ERRORS as exc:
+        raise InputError(path, f"cannot read image: {exc}") from None
+    with im:
+        high_bit_depth = _is_high_bit_depth_color(im)
+        orientation = _orientation(im)
+        if high_bit_depth:
+            yield _read_with_opencv(path, orientation)
+            return
+        animated = getattr(im, "is_animated", False)
+        t_ms = 0
+        index = 0
+        try:
+            for page in ImageSequence.Iterator(im):
+                image, alpha = _decode_pillow(page, path)  # loads: WebP sets "duration" here
+                duration = page.info.get("duration") if animated else None
+                frame = _frame(path, index, image, alpha, orientation)
+                if duration is not None:
+                    frame.pts, frame.time_base = t_ms, Fraction(1, 1000)
+                    t_ms += int(round(duration))
+                yield frame
+                index += 1
+        except _PILLOW_ERRORS as exc:
+            raise InputError(path, f"cannot read frame {index}: {exc}") from None
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise InputError(path, "no such file")
+    if path.is_dir():
+        raise InputError(path, "is a folder, not an image file")
+    if path.stat().st_size == 0:
+        raise InputError(path, "empty file (0 bytes)")
+
+
+def _orientation(im: Image.Image) -> int:
+    try:
+        value = int(im.getexif().get(_EXIF_ORIENTATION, 1))
+    except Exception:  # a broken EXIF block must not make the picture unreadable
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def _is_high_bit_depth_color(im: Image.Image) -> bool:
+    """Pillow decodes 16-bit RGB/RGBA/LA to 8 bits; such files are read with OpenCV instead."""
+    if im.mode.startswith("I") or im.mode == "F":
+        return False
+    for tile in im.tile:
+        args = tile.args if hasattr(tile, "args") else tile[3]
+        rawmode = args if isinstance(args, str) else (args[0] if args else "")
+        if isinstance(rawmode, str) and ";16" in rawmode:
+            return True
+    return False
+
+
+def _decode_pillow(im: Image.Image, path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """Pillow image -> (image (H, W, C) uint8/uint16, alpha (H, W) or None)."""
+    try:
+        im.load()
+    except _PILLOW_ERRORS as exc:
+        raise InputError(path, f"cannot decode image (truncated or corrupt?): {exc}") from None
+    mode = im.mode
+    if mode == "F":
+        raise InputError(
+            path,
+            "floating-point image (32-bit float) is not supported: its value range is unknown; "
+            "convert it to 8- or 16-bit first",
+        )
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N"):
+        return np.asarray(im).astype(np.uint16)[:, :, None], None
+    if mode == "I":
+        data = np.asarray(im)
+        if data.size and (data.min() < 0 or data.max() > 65535):
+            raise InputError(path, "32-bit integer image with values outside 0..65535 is not supported")
+        return data.astype(np.uint16)[:, :, None], None
+    if mode == "1":
+        im = im.convert("L")
+    elif mode == "La":
+        im = im.convert("LA")
+    elif mode in ("P", "PA"):
+        has_alpha = mode == "PA" or "transparency" in im.info or (
+            im.palette is not None and "A" in im.palette.mode
+        )
+        im = im.convert("RGBA" if has_alpha else "RGB")
+    elif mode in ("RGBa", "RGBX") or mode not in ("L", "LA", "RGB", "RGBA"):
+        # CMYK (Adobe-inverted JPEGs are un-inverted by Pillow), YCbCr, LAB, HSV, RGBa, RGBX
+        im = im.convert("RGBA" if mode == "RGBa" else "RGB")
+    data = np.asarray(im)
+    if im.mode == "L":
+        return data[:, :, None], None
+    if im.mode == "LA":
+        return np.ascontiguousarray(data[:, :, :1]), np.ascontiguousarray(data[:, :, 1])
+    if im.mode == "RGBA":
+        return np.ascontiguousarray(data[:, :, :3]), np.ascontiguousarray(data[:, :, 3])
+    return data, None
+
+
+def _read_with_opencv(path: Path, orientation: int) -> Frame:
+    """Fallback decoder: 16-bit color PNG/TIFF, and formats Pillow does not identify."""
+    try:
+        buffer = np.fromfile(path, dtype=np.uint8)  # np.fromfile + imdecode: non-ASCII paths work
+        data = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
+    except (OSError, cv2.error) as exc:
+        raise InputError(path, f"cannot read image: {exc}") from None
+    if data is None:
+        raise InputError(path, "not an image, or an unsupported/corrupt image file")
+    if data.dtype.kind == "f":
+        raise InputError(
+            path,
+            "floating-point image (float TIFF/EXR) is not supported: its value range is unknown; "
+            "convert it to 8- or 16-bit first",
+        )
+    if data.dtype not in (np.uint8, np.uint16):
+        raise InputError(path, f"unsupported sample type {data.dtype}; expected 8- or 16-bit")
+    alpha = None
+    if data.ndim == 2:
+        image = data[:, :, None]
+    elif data.shape[2] == 1:
+        image = data
+    elif data.shape[2] == 2:  # gray + alpha
+        image, alpha = data[:, :, :1], data[:, :, 1]
+    elif data.shape[2] == 3:
+        image = cv2.cvtColor(data, cv2.COLOR_BGR2RGB)
+    else:
+        image, alpha = cv2.cvtColor(data[:, :, :3], cv2.COLOR_BGR2RGB), data[:, :, 3]
+    return _frame(path, 0, image, alpha, orientation)
+
+
+def _frame(path: Path, index: int, image: np.ndarray, alpha: np.ndarray | None, orientation: int) -> Frame:
+    image = np.ascontiguousarray(apply_exif_orientation(image, orientation))
+    if alpha is not None:
+        alpha = np.ascontiguousarray(apply_exif_orientation(alpha, orientation))
+    return Frame(image=image, index=index, source=str(path), alpha=alpha)
+
+
+def apply_exif_orientation(array: np.ndarray, orientation: int) -> np.ndarray:
+    """Turn a stored (H, W[, C]) array upright for EXIF orientation 1..8 (same as Pillow's
+    ``ImageOps.exif_transpose``). Returns a view where possible."""
+    if orientation == 2:
+        return array[:, ::-1]
+    if orientation == 3:
+        return array[::-1, ::-1]
+    if orientation == 4:
+        return array[::-1]
+    if orientation == 5:  # transpose: mirror over the main diagonal
+        return array.swapaxes(0, 1)
+    if orientation == 6:  # stored rotated 90° counter-clockwise: rotate 90° clockwise
+        return np.rot90(array, -1)
+    if orientation == 7:  # transverse: mirror over the anti-diagonal
+        return np.rot90(array, 2).swapaxes(0, 1)
+    if orientation == 8:
+        return np.rot90(array, 1)
+    return array
+
+
+# --------------------------------------------------------------------------------------- writing
+
+
+def write_image(
+    path: str | os.PathLike,
+    image: Frame | np.ndarray,
+    *,
+    alpha: np.ndarray | None = None,
+    quality: int = 95,
+) -> Path:
+    """Write an image atomically; the format comes from the extension (see
+    ``WRITABLE_IMAGE_EXTENSIONS``).
+
+    image:   a :class:`Frame` (its ``alpha`` is used unless ``alpha`` is given) or an array
+             (H, W), (H, W, 1) gray, (H, W, 3) RGB or (H, W, 4) RGBA; uint8, or uint16 for a
+             16-bit .png/.tif (other formats refuse uint16 rather than silently dropping bits).
+    alpha:   (H, W) opacity, re-attached as the alpha channel; converted to the image dtype
+             (x257 or //257) when it differs. JPEG has no alpha: it is dropped with a warning.
+    quality: 1..100 for JPEG and WebP.
+
+    Returns the path written. Creates missing parent folders.
+    """
+    path = Path(path)
+    if isinstance(image, Frame):
+        if alpha is None:
+            alpha = image.alpha
+        image = image.image
+    ext = path.suffix.lower()
+    if ext not in _WRITE_FORMATS:
+        raise ValueError(
+            f"{path}: cannot write images with extension {ext or '(none)'!r}; "
+            f"use one of {', '.join(sorted(_WRITE_FORMATS))}"
+        )
+    pil_format, cv2_ext, supports_alpha = _WRITE_FORMATS[ext]
+    image, alpha = _normalize_for_write(path, image, alpha)
+    if alpha is not None and not supports_alpha:
+        log.warning("%s: %s has no alpha channel; transparency dropped", path, pil_format)
+        alpha = None
+    if image.dtype == np.uint16:
+        if cv2_ext is None:
+            raise ValueError(
+                f"{path}: {pil_format} cannot store 16-bit images; write .png or .tif, "
+                "or convert the image to uint8"
+            )
+        data = _encode_opencv(path, image, alpha, cv2_ext)
+    else:
+        data = _encode_pillow(image, alpha, pil_format, quality)
+    atomic_write_bytes(path, data)
+    return path
+
+
+def _normalize_for_write(
+    path: Path, image: np.ndarray, alpha: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    image = np.asarray(image)
+    if image.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"{path}: image dtype must be uint8 or uint16, got {image.dtype}")
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
+        raise ValueError(
+            f"{path}: image must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got {image.shape}"
+        )
+    if image.shape[2] == 4:
+        if alpha is None:
+            alpha = image[:, :, 3]
+        image = image[:, :, :3]
+    if alpha is not None:
+        alpha = np.asarray(alpha)
+        if alpha.ndim == 3 and alpha.shape[2] == 1:
+            alpha = alpha[:, :, 0]
+        if alpha.shape != image.shape[:2]:
+            raise ValueError(f"{path}: alpha shape {alpha.shape} does not match image size {image.shape[:2]}")
+        if alpha.dtype != image.dtype:
+            if alpha.dtype == np.uint8 and image.dtype == np.uint16:
+                alpha = alpha.astype(np.uint16) * 257
+            elif alpha.dtype == np.uint16 and image.dtype == np.uint8:
+                alpha = ((alpha.astype(np.uint32) + 128) // 257).astype(np.uint8)
+            else:
+                raise ValueError(f"{path}: alpha dtype must be uint8 or uint16, got {alpha.dtype}")
+    return np.ascontiguousarray(image), alpha
+
+
+def _encode_pillow(image: np.ndarray, alpha: np.ndarray | None, pil_format: str, quality: int) -> bytes:
+    gray = image.shape[2] == 1
+    if alpha is None:
+        im = Image.fromarray(image[:, :, 0] if gray else image, "L" if gray else "RGB")
+    else:
+        stacked = np.dstack([image, alpha])
+        im = Image.fromarray(stacked, "LA" if gray else "RGBA")
+    options: dict = {}
+    if pil_format == "JPEG":
+        options = {"quality": int(quality), "subsampling": 0 if quality >= 90 else 2}
+    elif pil_format == "WEBP":
+        options = {"quality": int(quality), "method": 4}
+        if im.mode in ("L", "LA"):
+            im = im.convert("RGBA" if alpha is not None else "RGB")
+    elif pil_format == "TIFF":
+        options = {"compression": "tiff_deflate"}
+    elif pil_format == "BMP" and im.mode == "LA":
+        im = im.convert("RGBA")
+    buffer = io.BytesIO()
+    im.save(buffer, format=pil_format, **options)
+    return buffer.getvalue()
+
+
+def _encode_opencv(path: Path, image: np.ndarray, alpha: np.ndarray | None, cv2_ext: str) -> bytes:
+    if image.shape[2] == 1 and alpha is None:
+        bgr = image[:, :, 0]
+    elif image.shape[2] == 1:  # OpenCV has no gray+alpha: store as RGBA with equal color channels
+        bgr = np.dstack([image, image, image, alpha])
+    elif alpha is None:
+        bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    else:
+        bgr = np.dstack([cv2.cvtColor(image, cv2.COLOR_RGB2BGR), alpha])
+    ok, encoded = cv2.imencode(cv2_ext, np.ascontiguousarray(bgr))
+    if not ok:
+        raise ValueError(f"{path}: OpenCV could not encode a {image.shape} {image.dtype} image as {cv2_ext}")
+    return encoded.tobytes()
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one:
+    hidden temporary file in the same folder, fsync, ``os.replace``, fsync of the folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_path_for(path, suffix=".tmp")
+    # O_EXCL: never clobber; mode 0o666 so the umask gives the usual permissions.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    fsync_dir(path.parent)
+
+
+def temporary_path_for(path: Path, suffix: str) -> Path:
+    """A hidden, unique sibling of ``path`` (``.name.1a2b3c4d<suffix>``): same folder, hence same
+    file system, so ``os.replace`` onto ``path`` is atomic. Hidden, so folder listings skip it."""
+    return path.with_name(f".{path.name}.{secrets.token_hex(4)}{suffix}")
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (no-op where folders cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
