@@ -80,9 +80,6 @@ def apply_cmd(inputs: Tuple[str, ...], output: str, model: str, list_file, recur
         raise click.UsageError("'-' (stdin) cannot be mixed with other inputs")
     if output == "-" and not stream_in:
         raise click.UsageError("-o - (stdout) needs '-' (a raw or y4m stream) as the input")
-    if tile is not None and tile_overlap is not None and tile_overlap * 2 >= tile:
-        raise click.BadParameter(f"{tile_overlap} is too large for --tile {tile}: must be less "
-                                 "than half the tile", param_hint="--tile-overlap")
     raw_size = opt.parse_size(size)
     resize_wh = opt.parse_size(resize, "--resize")
 

@@ -46,10 +46,10 @@ class RunnerOptions:
             raise ValueError(f"--tile must be >= 8 pixels, got {self.tile}")
         if self.tile_overlap is not None and self.tile_overlap < 0:
             raise ValueError(f"--tile-overlap must be >= 0, got {self.tile_overlap}")
-        if self.tile and self.tile_overlap is not None and self.tile_overlap * 2 >= self.tile:
+        if self.tile and self.tile_overlap is not None and self.tile_overlap >= self.tile:
             raise ValueError(
                 f"--tile-overlap {self.tile_overlap} is too large for --tile {self.tile}: "
-                "the overlap must be less than half the tile"
+                "the overlap must be smaller than the tile"
             )
 
 
@@ -75,7 +75,7 @@ class Runner:
         self.model = self._prepare(model)
         self.budget = self.options.max_memory or devices.default_memory_budget(self.device)
         self._bytes_per_pixel: Optional[float] = None
-        self._overlap: Optional[int] = None
+        self._radius: Optional[int] = None
         self.tiled_frames = 0
 
     def _prepare(self, model: nn.Module) -> nn.Module:
@@ -154,27 +154,26 @@ class Runner:
         if tile is None:
             y = self.forward(self.model, x)
         else:
-            y = torch.cat([self._infer_tiled(x[i:i + 1], tile) for i in range(x.shape[0])])
+            y = self._infer_tiled(x, tile)
         return crop(y, pads)
 
     def _infer_tiled(self, x: torch.Tensor, tile: int) -> torch.Tensor:
-        """One padded frame [1,C,H,W] through the model in overlapping tiles."""
-        from frametrans.engine import normstats
-        from frametrans.engine.tiling import run_tiled
+        """Padded frames [B,C,H,W] through the model in overlapping tiles.
 
-        self.tiled_frames += 1
-        overlap = self.overlap()
-        fn = lambda t: self.forward(self.model, t)  # noqa: E731
-        stats_ctx: contextlib.AbstractContextManager = contextlib.nullcontext()
-        if normstats.has_frame_dependent_norm(self.model):
-            pixels = x.shape[-1] * x.shape[-2]
-            scale = min(1.0, (self._pixels_that_fit() / pixels) ** 0.5)
-            with torch.autocast(self.device.type, enabled=False):
-                stats = normstats.collect_norm_stats(self.model, x, scale=scale, forward=fn)
-            stats_ctx = normstats.frozen_norm_stats(self.model, stats)
-        with stats_ctx:
-            return run_tiled(fn, x, tile=tile, overlap=overlap, multiple=self.contract.size_multiple,
-                             out_channels=self.contract.out_channels * self.contract.frames_out)
+        Normalization statistics (InstanceNorm, AdaIN, LayerNorm, batch-stat BatchNorm) are taken
+        over each whole frame and frozen while its tiles run, so tiles agree with the full-frame
+        pass: exactly from a full pass when the frame fits the budget (the user asked for tiles),
+        else exactly from a layer-by-layer tiled pass that needs only tile-sized memory.
+        """
+        from frametrans.engine.normstats import run_tiled_frozen
+
+        self.tiled_frames += x.shape[0]
+        fits = x.shape[-1] * x.shape[-2] <= self._pixels_that_fit()
+        return run_tiled_frozen(
+            self.model, x, tile=tile, overlap=self.overlap(tile), multiple=self.contract.size_multiple,
+            fn=lambda t: self.forward(self.model, t), stats="full" if fits else "tiled",
+            out_channels=self.contract.out_channels * self.contract.frames_out,
+        )
 
     def _tile_size(self, h: int, w: int) -> Optional[int]:
         """None to run the whole frame, else the tile side (a multiple of the size multiple)."""
@@ -185,7 +184,7 @@ class Runner:
         if _padded(h, w, m) <= fit:
             return None
         side = int(fit ** 0.5) // m * m
-        minimum = max(m, 2 * self.overlap() + m)
+        minimum = max(m, 2 * self.overlap(side) + m)
         if side < minimum:
             raise ValueError(
                 f"--max-memory too small: a {minimum}x{minimum} tile does not fit "
@@ -194,20 +193,19 @@ class Runner:
         log.info("frame %dx%d exceeds the memory budget: tiling with %d px tiles", w, h, side)
         return side
 
-    def overlap(self) -> int:
-        """Tile overlap: the option, else the model's receptive-field radius (capped at 64)."""
+    def overlap(self, tile: int) -> int:
+        """Tile overlap: the option, else enough for the model's receptive field (capped at 128)."""
         if self.options.tile_overlap is not None:
             return self.options.tile_overlap
-        if self._overlap is None:
+        if self._radius is None:
             from frametrans.engine.receptive import receptive_field
 
-            rf = receptive_field(self.model, self.contract.in_channels * self.contract.frames_in,
-                                 self.contract.size_multiple)
-            m = self.contract.size_multiple
-            self._overlap = min(64, -(-(rf // 2) // m) * m if m <= 64 else rf // 2)
-            if self.options.tile:
-                self._overlap = min(self._overlap, (self.options.tile - 1) // 2)
-        return self._overlap
+            self._radius = receptive_field(
+                self.model, self.contract.in_channels * self.contract.frames_in,
+                self.contract.size_multiple, fn=lambda t: self.forward(self.model, t), max_radius=32)
+        from frametrans.engine.receptive import suggest_overlap
+
+        return suggest_overlap(self._radius, tile, self.contract.size_multiple, cap=128)
 
     def _pixels_that_fit(self) -> int:
         return int(self.budget / self.bytes_per_pixel())
