@@ -90,6 +90,9 @@ def apply_cmd(inputs: Tuple[str, ...], output: str, model: str, list_file, recur
     runner_opts = RunnerOptions(device=device, precision=precision, batch_size=batch_size, tile=tile,
                                 tile_overlap=tile_overlap, max_memory=parse_memory(max_memory))
     runner_opts.validate()
+    from frametrans.engine.device import resolve_device, resolve_precision
+
+    resolve_precision(precision, resolve_device(device))  # refuse before loading anything
     translator = Translator.load(model, runner_opts, yaml_config=yaml_config, direction=direction,
                                  style_image=style_image, num_styles=num_styles, seed=seed)
     if stream_in:

@@ -37,6 +37,13 @@ _HELP: Dict[str, str] = {
 }
 
 
+class UserError(click.ClickException):
+    """A one-line error for the user: ``frametrans: error: MESSAGE`` on stderr, exit status 1."""
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"frametrans: error: {self.format_message()}", err=True)
+
+
 class LazyGroup(click.Group):
     """A group that imports each command's module only when that command is used."""
 
@@ -49,6 +56,18 @@ class LazyGroup(click.Group):
         module_name, attr = _COMMANDS[name].split(":")
         module = importlib.import_module(f"frametrans.cli.{module_name}")
         return getattr(module, attr)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the command; library errors become one-line messages (tracebacks with --verbose)."""
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort,
+                KeyboardInterrupt, BrokenPipeError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - shown as one line, the traceback on request
+            if (ctx.obj or {}).get("verbose"):
+                raise
+            raise UserError(_one_line(exc)) from exc
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = [(name, _HELP[name]) for name in _COMMANDS]

@@ -172,7 +172,9 @@ def plan_jobs(inputs: Sequence[str], output: str, opts: OutputOptions) -> List[J
             raise ValueError(f"{s}: no such file or folder")
     single_file = len(srcs) == 1 and srcs[0].is_file()
     if single_file and not (output.endswith(("/", "\\")) or out.is_dir()):
-        return [Job(srcs[0], _with_ext(out, None), _kind(srcs[0]))]
+        jobs = [Job(srcs[0], out, _kind(srcs[0]))]
+        _check_collisions(jobs)
+        return jobs
     jobs: List[Job] = []
     for s in srcs:
         if s.is_dir():
@@ -197,10 +199,6 @@ def _media_in(folder: Path, recursive: bool) -> List[Path]:
 def _out_name(src: Path, root: Path, out: Path, opts: OutputOptions) -> Path:
     ext = opts.ext if _kind(src) == "image" else None
     return folders.output_path_for(src, root, out, ext)
-
-
-def _with_ext(path: Path, ext: Optional[str]) -> Path:
-    return path.with_suffix("." + ext.lstrip(".")) if ext else path
 
 
 def _kind(path: Path) -> str:

@@ -19,16 +19,24 @@ Pads = tuple[int, int, int, int]
 _MODES = ("reflect", "replicate", "constant")
 
 
-def padding_for(height: int, width: int, multiple: int) -> Pads:
-    """The (top, bottom, left, right) padding that makes ``height x width`` a multiple of ``multiple``.
+def min_side(multiple: int) -> int:
+    """Smallest padded side: two strides for shallow models, so the innermost feature map is at
+    least 2x2 (instance normalization needs more than one value per channel), one for deep ones."""
+    return 2 * multiple if multiple <= 16 else multiple
 
-    Always ``top == left == 0``; ``bottom, right < multiple``.
+
+def padding_for(height: int, width: int, multiple: int) -> Pads:
+    """The (top, bottom, left, right) padding that makes ``height x width`` a multiple of ``multiple``
+    and at least :func:`min_side` on each side.
+
+    Always ``top == left == 0``.
     """
     if multiple < 1:
         raise ValueError(f"multiple must be a positive integer, got {multiple}")
     if height < 1 or width < 1:
         raise ValueError(f"cannot pad an empty frame ({height}x{width})")
-    return 0, (-height) % multiple, 0, (-width) % multiple
+    least = min_side(multiple) if multiple > 1 else 1
+    return 0, max((-height) % multiple, least - height), 0, max((-width) % multiple, least - width)
 
 
 def _pad_dim(x: Tensor, dim: int, after: int, mode: str) -> Tensor:

@@ -89,7 +89,16 @@ class Runner:
     def run(self, frames: Iterable[Frame]) -> Iterator[Tuple[Frame, np.ndarray]]:
         """Yield ``(frame, output image)`` in input order; consecutive same-size frames are batched."""
         pending: List[Frame] = []
-        for frame in frames:
+        source = iter(frames)
+        while True:
+            try:
+                frame = next(source)
+            except StopIteration:
+                break
+            except Exception:
+                # the source failed (e.g. a truncated video): finish the frames read before it
+                yield from self._flush(pending) if pending else ()
+                raise
             if pending and not _same_kind(pending[0].image, frame.image):
                 yield from self._flush(pending)
                 pending = []

@@ -1,0 +1,241 @@
+"""`frametrans apply` as a user runs it: images, folders, videos, pipes, MUNIT styles, resume."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import skimage.data
+import torch
+import torch.nn.functional as F
+from click.testing import CliRunner
+from PIL import Image
+
+from frametrans.checkpoint import save_model
+from frametrans.cli.main import cli
+from frametrans.io.images import read_image
+from frametrans.models.munit import MUNIT, MUNITConfig
+from frametrans.models.resnet import ResnetConfig, ResnetGenerator
+
+CLIP = Path(__file__).resolve().parents[1] / "examples" / "data" / "clip.mp4"
+
+
+@pytest.fixture(scope="module")
+def resnet_path(tmp_path_factory):
+    torch.manual_seed(0)
+    model = ResnetGenerator(ResnetConfig(ngf=4, n_blocks=1))
+    return save_model(model, tmp_path_factory.mktemp("m") / "rn.safetensors")
+
+
+@pytest.fixture(scope="module")
+def munit_path(tmp_path_factory):
+    torch.manual_seed(0)
+    model = MUNIT(MUNITConfig(dim=4, style_dim=3, n_res=1, mlp_dim=8))
+    return save_model(model, tmp_path_factory.mktemp("m") / "munit.safetensors")
+
+
+def run(*args, input=None):
+    result = CliRunner().invoke(cli, [str(a) for a in args], input=input)
+    return result
+
+
+def expected_fp32(model_path, image):
+    """The model's output computed by hand: [0,255] -> [-1,1], reflect pad to 4, forward, crop."""
+    from frametrans.checkpoint import load_model
+
+    model = load_model(model_path).eval()
+    x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255 * 2 - 1
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % 4, (-w) % 4
+    x = F.pad(x, (0, pw, 0, ph), mode="reflect")
+    with torch.no_grad():
+        y = model(x)[..., :h, :w]
+    return ((y + 1) * 127.5).round().clamp(0, 255).byte()[0].permute(1, 2, 0).numpy()
+
+
+def test_image_output_matches_hand_computed_forward(tmp_path, resnet_path):
+    image = skimage.data.astronaut()[:301, :457]  # odd size, not a multiple of 4
+    Image.fromarray(image).save(tmp_path / "in.png")
+    res = run("apply", tmp_path / "in.png", "-o", tmp_path / "out.png", "-m", resnet_path,
+              "--precision", "fp32", "--quiet")
+    assert res.exit_code == 0, res.output
+    out = np.asarray(Image.open(tmp_path / "out.png"))
+    assert out.shape == image.shape
+    diff = np.abs(out.astype(int) - expected_fp32(resnet_path, image).astype(int))
+    assert diff.max() <= 1
+
+
+def test_tiny_and_gray_and_rgba_images(tmp_path, resnet_path):
+    Image.fromarray(np.full((1, 1, 3), 200, np.uint8)).save(tmp_path / "dot.png")
+    Image.fromarray(skimage.data.camera()[:13, :7]).save(tmp_path / "gray.png")
+    rgba = np.dstack([skimage.data.chelsea()[:40, :50], np.linspace(0, 255, 40 * 50).reshape(40, 50).astype(np.uint8)])
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "alpha.png")
+    res = run("apply", tmp_path, "-o", tmp_path / "out", "-m", resnet_path, "--quiet")
+    assert res.exit_code == 0, res.output
+    assert np.asarray(Image.open(tmp_path / "out" / "dot.png")).shape[:2] == (1, 1)
+    assert np.asarray(Image.open(tmp_path / "out" / "gray.png")).shape[:2] == (13, 7)
+    out_alpha = np.asarray(Image.open(tmp_path / "out" / "alpha.png"))
+    assert out_alpha.shape == (40, 50, 4)
+    assert np.array_equal(out_alpha[..., 3], rgba[..., 3]), "alpha must pass through unchanged"
+
+
+def test_folder_recursive_names_ext_and_resume(tmp_path, resnet_path):
+    src = tmp_path / "photos"
+    (src / "sub dir").mkdir(parents=True)
+    Image.fromarray(skimage.data.coffee()[:64, :80]).save(src / "a.jpg")
+    Image.fromarray(skimage.data.chelsea()[:50, :60]).save(src / "sub dir" / "ünï b.png")
+    out = tmp_path / "out"
+    res = run("apply", src, "-o", out, "-m", resnet_path, "--recursive", "--ext", "png", "--quiet")
+    assert res.exit_code == 0, res.output
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == ["a.png", "sub dir/ünï b.png"]
+    # a second run refuses to overwrite, --skip-existing redoes only what is missing
+    res = run("apply", src, "-o", out, "-m", resnet_path, "--recursive", "--ext", "png")
+    assert res.exit_code != 0 and "exists" in res.output
+    kept = out / "a.png"
+    mtime = kept.stat().st_mtime_ns
+    (out / "sub dir" / "ünï b.png").unlink()
+    res = run("apply", src, "-o", out, "-m", resnet_path, "--recursive", "--ext", "png", "--skip-existing")
+    assert res.exit_code == 0, res.output
+    assert (out / "sub dir" / "ünï b.png").exists() and kept.stat().st_mtime_ns == mtime
+    assert not list(out.rglob("*.part")), "temporary files left behind"
+
+
+def test_bad_file_in_folder_does_not_stop_the_others(tmp_path, resnet_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(skimage.data.coffee()[:32, :32]).save(src / "good.png")
+    (src / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    (src / "empty.jpg").write_bytes(b"")
+    res = run("apply", src, "-o", tmp_path / "out", "-m", resnet_path, "--quiet")
+    assert res.exit_code == 1
+    assert (tmp_path / "out" / "good.png").exists()
+    assert "broken.png" in res.output and "empty.jpg" in res.output
+    assert not (tmp_path / "out" / "broken.png").exists()
+
+
+def test_output_that_is_an_input_is_refused(tmp_path, resnet_path):
+    Image.fromarray(skimage.data.coffee()[:32, :32]).save(tmp_path / "a.png")
+    res = run("apply", tmp_path / "a.png", "-o", tmp_path / "a.png", "-m", resnet_path, "--overwrite")
+    assert res.exit_code != 0 and "is one of the inputs" in res.output
+
+
+def test_list_from_stdin(tmp_path, resnet_path):
+    for name in ("x.png", "y.png"):
+        Image.fromarray(skimage.data.coffee()[:32, :40]).save(tmp_path / name)
+    listing = f"{tmp_path / 'x.png'}\n{tmp_path / 'y.png'}\n"
+    res = run("apply", "--list", "-", "-o", tmp_path / "out", "-m", resnet_path, "--quiet", input=listing)
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["x.png", "y.png"]
+
+
+def _streams(path):
+    with av.open(str(path)) as c:
+        v = c.streams.video[0]
+        pts = [f.pts for f in c.decode(v)]
+    with av.open(str(path)) as c:
+        audio = [bytes(p) for p in c.demux(c.streams.audio[0]) if p.size]
+    return pts, audio
+
+
+def test_video_frames_timestamps_and_audio_copied(tmp_path, resnet_path):
+    out = tmp_path / "out.mp4"
+    res = run("apply", CLIP, "-o", out, "-m", resnet_path, "--quiet", "--precision", "fp32")
+    assert res.exit_code == 0, res.output
+    pts_in, audio_in = _streams(CLIP)
+    pts_out, audio_out = _streams(out)
+    assert len(pts_out) == len(pts_in) == 75
+    with av.open(str(CLIP)) as a, av.open(str(out)) as b:
+        tb_in, tb_out = a.streams.video[0].time_base, b.streams.video[0].time_base
+    assert [p * tb_in for p in pts_in] == [p * tb_out for p in pts_out]
+    assert audio_out == audio_in, "audio packets must be copied byte for byte"
+    res = run("apply", CLIP, "-o", tmp_path / "silent.mkv", "-m", resnet_path, "--quiet", "--no-audio",
+              "--precision", "fp32")
+    assert res.exit_code == 0, res.output
+    with av.open(str(tmp_path / "silent.mkv")) as c:
+        assert not c.streams.audio and c.streams.video[0].codec_context.name == "h264"
+
+
+def _raw_frames(n, w, h):
+    rng = np.random.default_rng(0)
+    base = skimage.data.astronaut()[:h, :w]
+    return [np.roll(base, 3 * i, axis=1) ^ rng.integers(0, 2, base.shape, dtype=np.uint8) for i in range(n)]
+
+
+def test_raw_pipe_round_trip_subprocess(tmp_path, resnet_path):
+    w, h = 36, 20
+    frames = _raw_frames(5, w, h)
+    cmd = [sys.executable, "-m", "frametrans.cli", "apply", "-", "--size", f"{w}x{h}", "-o", "-",
+           "-m", str(resnet_path), "--precision", "fp32", "--quiet"]
+    proc = subprocess.run(cmd, input=b"".join(f.tobytes() for f in frames), capture_output=True)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert len(proc.stdout) == 5 * w * h * 3, "stdout must carry only frames"
+    got = np.frombuffer(proc.stdout, np.uint8).reshape(5, h, w, 3)
+    for i in (0, 4):
+        assert np.abs(got[i].astype(int) - expected_fp32(resnet_path, frames[i]).astype(int)).max() <= 1
+    # a partial last frame is reported, not padded
+    proc = subprocess.run(cmd, input=b"".join(f.tobytes() for f in frames) + b"\0" * 100, capture_output=True)
+    assert proc.returncode == 1
+    assert len(proc.stdout) == 5 * w * h * 3
+    assert "100" in proc.stderr.decode() and proc.stderr.decode().count("\n") <= 2
+
+
+def test_y4m_out(tmp_path, resnet_path):
+    w, h = 32, 16
+    frames = _raw_frames(3, w, h)
+    cmd = [sys.executable, "-m", "frametrans.cli", "apply", "-", "--size", f"{w}x{h}", "-o", "-",
+           "--y4m", "-m", str(resnet_path), "--quiet"]
+    proc = subprocess.run(cmd, input=b"".join(f.tobytes() for f in frames), capture_output=True)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert proc.stdout.startswith(b"YUV4MPEG2 W32 H16")
+    assert proc.stdout.count(b"FRAME") == 3
+
+
+def test_tiled_equals_untiled_through_cli(tmp_path, resnet_path):
+    image = skimage.data.astronaut()[:150, :200]
+    Image.fromarray(image).save(tmp_path / "in.png")
+    common = ["-m", resnet_path, "--precision", "fp32", "--quiet"]
+    assert run("apply", tmp_path / "in.png", "-o", tmp_path / "full.png", *common).exit_code == 0
+    res = run("apply", tmp_path / "in.png", "-o", tmp_path / "tiled.png", "--tile", "64", *common)
+    assert res.exit_code == 0, res.output
+    full = np.asarray(Image.open(tmp_path / "full.png")).astype(int)
+    tiled = np.asarray(Image.open(tmp_path / "tiled.png")).astype(int)
+    assert np.abs(full - tiled).max() <= 2
+
+
+def test_munit_styles_named_and_distinct(tmp_path, munit_path):
+    Image.fromarray(skimage.data.chelsea()[:64, :64]).save(tmp_path / "cat.png")
+    res = run("apply", tmp_path / "cat.png", "-o", f"{tmp_path}/out/", "-m", munit_path,
+              "--num-styles", "3", "--seed", "1", "--quiet")
+    assert res.exit_code == 0, res.output
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert names == ["cat_style0.png", "cat_style1.png", "cat_style2.png"]
+    outs = [np.asarray(Image.open(tmp_path / "out" / n)).astype(int) for n in names]
+    assert np.abs(outs[0] - outs[1]).mean() > 0.5
+    res = run("apply", tmp_path / "cat.png", "-o", tmp_path / "guided.png", "-m", munit_path,
+              "--style", tmp_path / "cat.png", "--direction", "b2a", "--quiet")
+    assert res.exit_code == 0, res.output
+    assert read_image(tmp_path / "guided.png").image.shape == (64, 64, 3)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--batch-size", "0"], "must be > 0"),
+    (["--device", "tpu"], "unknown device"),
+    (["--device", "cuda"], "CUDA is not available"),
+    (["--precision", "fp16", "--device", "cpu"], "fp16 is not supported on the CPU"),
+    (["--tile", "64", "--tile-overlap", "64"], "too large"),
+    (["--num-styles", "2"], "need a MUNIT model"),
+])
+def test_bad_options_rejected_before_work(tmp_path, resnet_path, args, message):
+    if "cuda" in args and torch.cuda.is_available():
+        pytest.skip("CUDA present")
+    Image.fromarray(skimage.data.coffee()[:32, :32]).save(tmp_path / "a.png")
+    proc = subprocess.run([sys.executable, "-m", "frametrans.cli", "apply", str(tmp_path / "a.png"),
+                           "-o", str(tmp_path / "b.png"), "-m", str(resnet_path), *args],
+                          capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "b.png").exists()
