@@ -7,6 +7,7 @@ Nothing heavy is imported here: torch and friends load inside the commands, so `
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
 import traceback
 from typing import Any, Dict, Optional
@@ -35,6 +36,45 @@ _HELP: Dict[str, str] = {
     "models": "List the bundled models with their task, data, size and quality.",
     "bench": "Measure throughput: model-only, end to end, and a reference loop.",
 }
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (or SIGHUP) delivered: unwinds exactly like Ctrl-C, so outputs are finalized the same
+    way (finished files kept, a video closed as ``NAME.partial.EXT``); exit status 128 + signal."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_terminated(signum: int, _frame: Any) -> None:
+    # Only once: a second SIGTERM while cleaning up must not cut the cleanup short.
+    signal.signal(signum, signal.SIG_IGN)
+    raise Terminated(signum)
+
+
+def install_signal_handlers() -> None:
+    """Turn SIGTERM and SIGHUP into :class:`Terminated` (a KeyboardInterrupt) in the main thread.
+
+    Ctrl-C already raises KeyboardInterrupt; with this, ``kill``, ``timeout``, systemd, Slurm and
+    closing the terminal take the same path. Signals that were ignored when we started (``nohup``)
+    stay ignored. No-op outside the main thread (signal handlers can only be set there).
+    """
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for name in ("SIGTERM", "SIGHUP"):
+        signum = getattr(signal, name, None)
+        if signum is None:
+            continue
+        if signal.getsignal(signum) == signal.SIG_IGN:
+            continue
+        signal.signal(signum, _raise_terminated)
+
+
+def _interrupted_status(exc: BaseException) -> int:
+    return 128 + exc.signum if isinstance(exc, Terminated) else 130
 
 
 class UserError(click.ClickException):
@@ -96,6 +136,7 @@ def cli(ctx: click.Context, verbose: bool) -> None:
 def main(argv: Optional[list[str]] = None) -> Any:
     """Entry point: run the group, turning library errors into one-line messages."""
     verbose = "--verbose" in (argv or sys.argv[1:]) or "-v" in (argv or sys.argv[1:])
+    install_signal_handlers()
     try:
         return cli.main(args=argv, prog_name="frametrans", standalone_mode=False)
     except click.exceptions.Exit as exc:
@@ -103,19 +144,35 @@ def main(argv: Optional[list[str]] = None) -> Any:
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        click.echo("frametrans: interrupted", err=True)
-        sys.exit(130)
-    except KeyboardInterrupt:
-        click.echo("frametrans: interrupted", err=True)
-        sys.exit(130)
+    except (click.exceptions.Abort, KeyboardInterrupt) as exc:
+        # click turns KeyboardInterrupt into Abort; the signal that caused it is the cause
+        cause = exc if isinstance(exc, KeyboardInterrupt) else exc.__cause__
+        if isinstance(cause, Terminated):
+            click.echo(f"frametrans: stopped by {signal.Signals(cause.signum).name}", err=True)
+        else:
+            click.echo("frametrans: interrupted", err=True)
+        sys.exit(_interrupted_status(cause) if cause is not None else 130)
     except BrokenPipeError:
+        _silence_stdout()
         sys.exit(141)
     except Exception as exc:  # library errors: one line, traceback only with --verbose
         if verbose:
             traceback.print_exc()
         click.echo(f"frametrans: error: {_one_line(exc)}", err=True)
         sys.exit(1)
+
+
+def _silence_stdout() -> None:
+    """The reader of our stdout went away: point stdout at /dev/null so the interpreter's final
+    flush does not print a second BrokenPipeError."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 def _one_line(exc: BaseException) -> str:

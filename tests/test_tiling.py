@@ -375,3 +375,13 @@ def test_conv_model_tiled_equals_untiled():
     assert tiled.shape == (2, 4, 90, 124)
     assert (tiled - full).abs().max() <= 1e-5
     assert (short - full).abs().max() > 1e-3
+
+
+def test_min_size_pads_tiny_frames_to_two_strides():
+    from frametrans.engine.padding import min_side
+
+    x = torch.arange(3.0).view(1, 1, 1, 3)
+    padded, pads = pad_to_multiple(x, 4, min_size=min_side(4))
+    assert padded.shape[-2:] == (8, 8) and pads == (0, 7, 0, 5)
+    assert torch.equal(crop(padded, pads), x)
+    assert min_side(256) == 256 and min_side(1) == 1

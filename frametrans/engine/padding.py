@@ -20,23 +20,23 @@ _MODES = ("reflect", "replicate", "constant")
 
 
 def min_side(multiple: int) -> int:
-    """Smallest padded side: two strides for shallow models, so the innermost feature map is at
-    least 2x2 (instance normalization needs more than one value per channel), one for deep ones."""
-    return 2 * multiple if multiple <= 16 else multiple
+    """Smallest padded side worth feeding a model with this size multiple: two strides for shallow
+    models, so the innermost feature map is at least 2x2 (instance normalization needs more than one
+    value per channel), one stride for deep ones (a U-Net-256's innermost block has no norm)."""
+    return 2 * multiple if 1 < multiple <= 16 else multiple
 
 
-def padding_for(height: int, width: int, multiple: int) -> Pads:
+def padding_for(height: int, width: int, multiple: int, min_size: int = 0) -> Pads:
     """The (top, bottom, left, right) padding that makes ``height x width`` a multiple of ``multiple``
-    and at least :func:`min_side` on each side.
+    and, when ``min_size`` is given, at least ``min_size`` on each side.
 
-    Always ``top == left == 0``.
+    Always ``top == left == 0``; without ``min_size``, ``bottom, right < multiple``.
     """
     if multiple < 1:
         raise ValueError(f"multiple must be a positive integer, got {multiple}")
     if height < 1 or width < 1:
         raise ValueError(f"cannot pad an empty frame ({height}x{width})")
-    least = min_side(multiple) if multiple > 1 else 1
-    return 0, max((-height) % multiple, least - height), 0, max((-width) % multiple, least - width)
+    return 0, max((-height) % multiple, min_size - height), 0, max((-width) % multiple, min_size - width)
 
 
 def _pad_dim(x: Tensor, dim: int, after: int, mode: str) -> Tensor:
@@ -60,7 +60,8 @@ def _pad_dim(x: Tensor, dim: int, after: int, mode: str) -> Tensor:
     return x.index_select(dim, index)
 
 
-def pad_to_multiple(x: Tensor, multiple: int, mode: str = "reflect") -> tuple[Tensor, Pads]:
+def pad_to_multiple(x: Tensor, multiple: int, mode: str = "reflect", min_size: int = 0
+                    ) -> tuple[Tensor, Pads]:
     """Pad the bottom and right of ``x`` so height and width become multiples of ``multiple``.
 
     Args:
@@ -70,6 +71,8 @@ def pad_to_multiple(x: Tensor, multiple: int, mode: str = "reflect") -> tuple[Te
             ``"replicate"`` (repeat the edge) or ``"constant"`` (zeros).
             Reflect needs ``pad < size`` along an axis: for tiny inputs (a 1x1 frame, or 7x13 padded
             to a multiple of 16) that axis falls back to **replicate**; the other axis still reflects.
+        min_size: pad each side to at least this (a multiple of ``multiple``), e.g.
+            :func:`min_side` so that tiny frames still leave the model's innermost map 2x2.
 
     Returns:
         ``(padded, pads)``: ``padded`` is ``[..., H + bottom, W + right]`` with the same dtype and
@@ -79,7 +82,7 @@ def pad_to_multiple(x: Tensor, multiple: int, mode: str = "reflect") -> tuple[Te
         raise ValueError(f"unknown padding mode {mode!r}; use one of {', '.join(_MODES)}")
     if x.dim() < 2:
         raise ValueError(f"expected a [..., H, W] tensor, got shape {tuple(x.shape)}")
-    pads = padding_for(x.shape[-2], x.shape[-1], multiple)
+    pads = padding_for(x.shape[-2], x.shape[-1], multiple, min_size)
     _, bottom, _, right = pads
     x = _pad_dim(x, -2, bottom, mode)
     x = _pad_dim(x, -1, right, mode)

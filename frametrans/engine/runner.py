@@ -18,7 +18,7 @@ from torch import nn
 
 from frametrans.engine import device as devices
 from frametrans.engine import transforms
-from frametrans.engine.padding import crop, pad_to_multiple
+from frametrans.engine.padding import crop, min_side, pad_to_multiple
 from frametrans.io.frame import Frame
 
 log = logging.getLogger("frametrans")
@@ -157,7 +157,8 @@ class Runner:
 
     def _infer(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
         tile = self._tile_size(h, w)
-        x, pads = pad_to_multiple(x, self.contract.size_multiple)
+        x, pads = pad_to_multiple(x, self.contract.size_multiple,
+                                  min_size=min_side(self.contract.size_multiple))
         if self.options.channels_last and self.device.type != "mps":
             x = x.contiguous(memory_format=torch.channels_last)
         if tile is None:

@@ -1,0 +1,521 @@
+"""The training loop shared by every method, and the options it understands.
+
+``train(method, options, run_dir)`` is the whole API: options is a flat dict whose keys are the CLI
+option names with underscores (``batch_size``, ``lr``, ...), the same keys a ``--config`` YAML file
+holds. Per method defaults follow the reference implementations (see each method's module).
+
+Run folder::
+
+    RUN_DIR/config.yaml          resolved options (reusable with --config)
+    RUN_DIR/state.pt             training state (plain containers, torch.load(weights_only=True))
+    RUN_DIR/<generator>.safetensors   exported generator(s), loadable with load_model
+    RUN_DIR/losses.jsonl         one record per --log-every steps: step, time, mean losses, lr
+    RUN_DIR/val.jsonl            validation metrics per --val-every steps (paired data)
+    RUN_DIR/losses.png           the loss curves
+    RUN_DIR/samples/step_NNNNNNN.png   sample grids
+
+Resume is exact: the networks, optimizers, scaler, pools, EMA, the method's private generators and
+the global torch/CUDA/Python/NumPy RNG states are saved; the data stream is a pure function of
+(seed, sample counter) (see :mod:`frametrans.train.datasets`) and the learning rate a pure function
+of the step, so the saved counter restores both.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from frametrans.atomic import atomic_path, atomic_write_text
+from frametrans.train import cyclegan, defaults, munit, pix2pix, predictor
+from frametrans.train.base import LR_POLICIES, PRECISIONS, Amp, Method, Options, lr_factor
+from frametrans.train.datasets import RESIZE_MODES, make_loader, steps_per_epoch
+from frametrans.train.losses import GAN_MODES
+from frametrans.train.plot import plot_losses
+
+STATE_FILE = "state.pt"
+CONFIG_FILE = "config.yaml"
+LOSSES_FILE = "losses.jsonl"
+VAL_FILE = "val.jsonl"
+PLOT_FILE = "losses.png"
+SAMPLES_DIR = "samples"
+STATE_FORMAT = "frametrans-train-state"
+INVOCATION_ONLY = ("quiet",)  # options of one invocation, not of the run: kept out of config.yaml
+STATE_VERSION = 1
+
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A training method: its data builder and Method class (defaults: :mod:`.defaults`)."""
+
+    build_data: Callable[[Options], Tuple[Any, List[Dict[str, torch.Tensor]], Optional[List[Dict[str, torch.Tensor]]]]]
+    cls: type
+
+
+METHODS: Dict[str, MethodSpec] = {
+    "pix2pix": MethodSpec(pix2pix.build_data, pix2pix.Pix2Pix),
+    "cyclegan": MethodSpec(cyclegan.build_data, cyclegan.CycleGAN),
+    "munit": MethodSpec(munit.build_data, munit.MUNITMethod),
+    "predictor": MethodSpec(predictor.build_data, predictor.Predictor),
+}
+
+
+class TrainingStopped(RuntimeError):
+    """The run stopped before its end (non-finite loss); the message says where the last good
+    checkpoint is."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    total: int
+    exports: List[Path] = field(default_factory=list)
+    last_losses: Dict[str, float] = field(default_factory=dict)
+    last_val: Optional[Dict[str, float]] = None
+
+
+# ---------------------------------------------------------------------------------------------
+# options
+
+
+def option_names(method: str) -> List[str]:
+    """Every option key ``method`` accepts."""
+    return list(defaults.defaults_for(method))
+
+
+def _spec(method: str) -> MethodSpec:
+    if method not in METHODS:
+        raise ValueError(f"unknown training method {method!r}; use one of {', '.join(METHODS)}")
+    return METHODS[method]
+
+
+def merge_layers(*layers: Dict[str, Any]) -> Dict[str, Any]:
+    """Merge option dicts, lowest priority first; None values do not override.
+
+    The run length is one setting: a layer that sets ``iters`` clears an ``epochs`` from lower
+    layers and the other way round (so ``--iters`` on the CLI wins over pix2pix's default epochs).
+    """
+    merged: Dict[str, Any] = {}
+    for layer in layers:
+        given = {k: v for k, v in layer.items() if v is not None}
+        if "iters" in given and "epochs" in given:
+            raise ValueError("give --iters or --epochs, not both")
+        if "iters" in given:
+            merged["epochs"] = None
+        if "epochs" in given:
+            merged["iters"] = None
+        merged.update(given)
+    return merged
+
+
+def resolve_options(method: str, *layers: Dict[str, Any]) -> Options:
+    """The full, validated options of ``method``: its defaults overridden by ``layers``."""
+    known = set(option_names(method))
+    for layer in layers:
+        unknown = sorted(set(layer) - known)
+        if unknown:
+            raise ValueError(f"unknown option(s) for {method}: {', '.join(unknown)}")
+    base = defaults.defaults_for(method)
+    options = Options({**base, **merge_layers(base, *layers)})
+    _validate(options)
+    return options
+
+
+def _validate(o: Options) -> None:
+    def positive(*names: str) -> None:
+        for n in names:
+            if n in o and o[n] is not None and not o[n] > 0:
+                raise ValueError(f"--{n.replace('_', '-')} must be > 0, got {o[n]}")
+
+    positive("size", "batch_size", "iters", "epochs", "lr", "save_every", "sample_every", "val_every",
+             "log_every", "step_size", "crop")
+    if o.iters is None and o.epochs is None:
+        raise ValueError("give --iters or --epochs")
+    for name, value, choices in (("precision", o.precision, PRECISIONS), ("lr-policy", o.lr_policy, LR_POLICIES),
+                                 ("resize", o.resize, RESIZE_MODES), ("gan-mode", o.get("gan_mode", "lsgan"), GAN_MODES)):
+        if value not in choices:
+            raise ValueError(f"--{name} {value!r} is not one of: {', '.join(choices)}")
+    if not 0.0 <= o.ema < 1.0:
+        raise ValueError(f"--ema must be 0 (off) or between 0 and 1, e.g. 0.999; got {o.ema}")
+    if not 0.0 <= o.decay_start <= 1.0:
+        raise ValueError(f"--decay-start is a fraction of the run in [0, 1], got {o.decay_start}")
+    if o.workers < 0 or o.sample_count < 0 or o.val_count < 0:
+        raise ValueError("--workers, --sample-count and --val-count must be >= 0")
+
+
+def read_config_file(path: Path) -> Dict[str, Any]:
+    """A YAML mapping of option names (dashes or underscores) to values."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of option names to values")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def _plain_numpy_state() -> Dict[str, Any]:
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached": float(cached)}
+
+
+def _restore_numpy_state(s: Dict[str, Any]) -> None:
+    np.random.set_state((s["name"], s["keys"].numpy().astype(np.uint32), s["pos"], s["has_gauss"], s["cached"]))
+
+
+def rng_state(device: torch.device) -> Dict[str, Any]:
+    """The global RNG states (torch CPU and CUDA, Python, NumPy) as plain containers."""
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
+        "python": random.getstate(),
+        "numpy": _plain_numpy_state(),
+    }
+
+
+def restore_rng_state(state: Dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and state.get("cuda"):
+        torch.cuda.set_rng_state_all(state["cuda"])
+    random.setstate(state["python"])
+    _restore_numpy_state(state["numpy"])
+
+
+def load_state(path: Path) -> Dict[str, Any]:
+    """Read a state.pt safely (weights_only) and check it is ours."""
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no training state to resume from") from None
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ValueError(f"{path}: unreadable training state ({first[:160]})") from None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise ValueError(f"{path}: not a frametrans training state")
+    if state.get("version") != STATE_VERSION:
+        raise ValueError(f"{path}: training state version {state.get('version')}, this frametrans reads {STATE_VERSION}")
+    return state
+
+
+def _read_jsonl(path: Path, max_step: Optional[int] = None) -> List[Dict[str, Any]]:
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            rec = json.loads(line)
+            if max_step is None or rec.get("step", 0) <= max_step:
+                out.append(rec)
+    return out
+
+
+def _json_line(record: Dict[str, Any]) -> str:
+    return json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                       for k, v in record.items()}) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# the loop
+
+
+class Trainer:
+    """One training run of ``method`` with resolved ``options`` into ``run_dir``.
+
+    resume: continue from ``run_dir/state.pt`` (the caller merged the saved config into options).
+    """
+
+    def __init__(self, method: str, options: Options, run_dir: Path, resume: bool = False) -> None:
+        from frametrans.engine.device import resolve_device
+
+        self.spec = _spec(method)
+        self.method_name = method
+        self.options = options
+        self.run_dir = Path(run_dir)
+        self.resume = resume
+        self.device = resolve_device(options.device)
+        self.amp = Amp(self.device, options.precision)
+        self.records: List[Dict[str, Any]] = []
+        self.saved_step: Optional[int] = None
+        self.elapsed0 = 0.0
+
+    # -- setup ----------------------------------------------------------------------------------
+
+    def _build(self) -> None:
+        o = self.options
+        torch.manual_seed(o.seed)  # global RNG: weight init of some modules, dropout
+        random.seed(o.seed)
+        np.random.seed(o.seed % 2**32)
+        self.train_data, self.sample_items, self.val_items = self.spec.build_data(o)
+        per_epoch = None if o.iters is not None else steps_per_epoch(self.train_data, o.batch_size)
+        self.total = int(o.iters) if o.iters is not None else int(math.ceil(o.epochs * per_epoch))
+        self.method: Method = self.spec.cls(o, self.device, self.amp)
+        if o.ema > 0:
+            self.method.enable_ema(o.ema)
+        self.step = 0
+        self.sample = 0  # data stream position (global sample counter)
+        if self.resume:
+            state = load_state(self.run_dir / STATE_FILE)
+            if state["method"] != self.method_name:
+                raise ValueError(f"{self.run_dir}: holds a {state['method']} run, not {self.method_name}")
+            if state["data"]["seed"] != o.seed:
+                raise ValueError(f"--seed {o.seed} differs from the saved run's {state['data']['seed']}; "
+                                 "resume with the same seed (it fixes the data order)")
+            self.method.load_state_dict(state["train"])
+            restore_rng_state(state["rng"], self.device)
+            self.step = int(state["step"])
+            self.sample = int(state["data"]["sample"])
+            self.elapsed0 = float(state.get("elapsed", 0.0))
+            self.saved_step = self.step
+        self._write_config()
+        self._trim_logs()
+
+    def _write_config(self) -> None:
+        import yaml
+
+        o = self.options
+        length = f"{self.total} iterations" + ("" if o.iters is not None else f" ({o.epochs} epochs)")
+        header = (f"# frametrans train {self.method_name}: resolved options ({length}).\n"
+                  f"# data: {self.train_data.description}\n"
+                  f"# Reuse with: frametrans train {self.method_name} --config {CONFIG_FILE} -o NEW_DIR\n")
+        run_options = {k: v for k, v in o.items() if k not in INVOCATION_ONLY}
+        body = yaml.safe_dump({"method": self.method_name, **run_options}, sort_keys=False)
+        atomic_write_text(self.run_dir / CONFIG_FILE, header + body)
+
+    def _trim_logs(self) -> None:
+        """On resume keep only log records up to the saved step (later ones were not
+        checkpointed and will be redone); a fresh run starts with no logs."""
+        for name in (LOSSES_FILE, VAL_FILE):
+            path = self.run_dir / name
+            if not self.resume:
+                path.unlink(missing_ok=True)
+                continue
+            records = _read_jsonl(path, self.step)
+            if path.exists():
+                atomic_write_text(path, "".join(_json_line(r) for r in records))
+            if name == LOSSES_FILE:
+                self.records = records
+
+    # -- outputs --------------------------------------------------------------------------------
+
+    def _provenance(self) -> Dict[str, Any]:
+        from frametrans import __version__
+
+        return {
+            "trainer": "frametrans.train", "frametrans_version": __version__,
+            "method": self.method_name, "step": self.step, "total_steps": self.total,
+            "data": self.train_data.description,
+            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "ema": self.options.ema, "precision": self.options.precision,
+            "options": {k: v for k, v in self.options.items() if k != "quiet"},
+        }
+
+    def save(self) -> List[Path]:
+        """Export the generator(s), then write state.pt; both atomically."""
+        exports = self.method.export(self.run_dir, self._provenance())
+        o = self.options
+        state = {
+            "format": STATE_FORMAT, "version": STATE_VERSION, "method": self.method_name,
+            "step": self.step, "total": self.total, "elapsed": self._elapsed(),
+            "options": dict(o),
+            "train": self.method.state_dict(),
+            "rng": rng_state(self.device),
+            "data": {"seed": o.seed, "sample": self.sample, "batch_size": o.batch_size},
+            "schedule": {"policy": o.lr_policy, "total": self.total, "decay_start": o.decay_start,
+                         "step_size": o.step_size, "gamma": o.gamma, "base_lr": o.lr},
+        }
+        with atomic_path(self.run_dir / STATE_FILE) as tmp:
+            torch.save(state, str(tmp))
+        self.saved_step = self.step
+        plot_losses(self.records, self.run_dir / PLOT_FILE)
+        return exports
+
+    def _elapsed(self) -> float:
+        return self.elapsed0 + (time.perf_counter() - self.t0)
+
+    def _write_samples(self) -> None:
+        import cv2
+
+        from frametrans.atomic import atomic_write_bytes
+
+        if not self.sample_items:
+            return
+        from frametrans.train.datasets import batch_list
+
+        grid = self.method.samples(batch_list(self.sample_items))
+        ok, data = cv2.imencode(".png", np.ascontiguousarray(grid[..., ::-1]))
+        if ok:
+            atomic_write_bytes(self.run_dir / SAMPLES_DIR / f"step_{self.step:07d}.png", data.tobytes())
+
+    def _validate(self) -> Optional[Dict[str, float]]:
+        if not self.val_items:
+            return None
+        metrics = self.method.validate(self.val_items, max(1, min(16, self.options.batch_size * 2)))
+        if metrics is None:
+            return None
+        record = {"step": self.step, "time": round(self._elapsed(), 3), **metrics}
+        with open(self.run_dir / VAL_FILE, "a", encoding="utf-8") as f:
+            f.write(_json_line(record))
+        return metrics
+
+    def _say(self, text: str) -> None:
+        if not self.options.quiet:
+            if self.bar is not None and not self.bar.disable:
+                self.bar.write(text, file=sys.stderr)
+            else:
+                print(text, file=sys.stderr, flush=True)
+
+    # -- run ------------------------------------------------------------------------------------
+
+    def run(self, until: Optional[int] = None) -> TrainResult:
+        """Train to the end (or to step ``until``, saving there, as an interrupted run would)."""
+        from tqdm import tqdm
+
+        self.t0 = time.perf_counter()
+        self.bar = None
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._build()
+        o, method = self.options, self.method
+        end = self.total if until is None else min(self.total, until)
+        result = TrainResult(self.run_dir, self.step, self.total)
+        if self.step >= end:
+            return result
+        loader = make_loader(self.train_data, o.batch_size, self.sample, o.workers,
+                             pin_memory=self.device.type == "cuda")
+        self.t0 = time.perf_counter()  # "time" in the logs: training time, setup excluded
+        self.bar = tqdm(total=self.total, initial=self.step, file=sys.stderr, unit="it",
+                        disable=o.quiet or not sys.stderr.isatty(), dynamic_ncols=True,
+                        desc=self.method_name)
+        self._say(f"{self.method_name}: {self.train_data.description}; "
+                  f"steps {self.step} -> {end} of {self.total}; device {self.device}, {o.precision}")
+        pending: Dict[str, List[float]] = {}
+        log_file = open(self.run_dir / LOSSES_FILE, "a", encoding="utf-8")
+        exports: List[Path] = []
+        try:
+            while self.step < end:
+                batch = {k: v.to(self.device, non_blocking=True) for k, v in next(loader).items()}
+                method.train()
+                lr = method.set_lr(lr_factor(self.step, self.total, o.lr_policy, o.decay_start,
+                                             o.step_size, o.gamma))
+                losses = method.step(batch)
+                self._check_finite(losses)
+                method.after_step()
+                self.step += 1
+                self.sample += o.batch_size
+                for k, v in losses.items():
+                    pending.setdefault(k, []).append(v)
+                result.last_losses = losses
+                if self.step % o.log_every == 0 or self.step == end:
+                    record = {"step": self.step, "time": round(self._elapsed(), 3),
+                              **{k: float(np.mean(v)) for k, v in pending.items()}, "lr": lr}
+                    log_file.write(_json_line(record))
+                    log_file.flush()
+                    self.records.append(record)
+                    pending = {}
+                    shown = [k for k in record if k not in ("step", "time", "lr")][:5]
+                    self.bar.set_postfix({k: f"{record[k]:.3g}" for k in shown}, refresh=False)
+                self.bar.update(1)
+                if self.step % o.sample_every == 0:
+                    self._write_samples()
+                if self.step % o.val_every == 0:
+                    metrics = self._validate()
+                    if metrics is not None:
+                        result.last_val = metrics
+                        self._say(f"step {self.step}: val " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+                if self.step % o.save_every == 0 or self.step == end:
+                    exports = self.save()
+                    self._say(f"step {self.step}/{self.total}: saved {', '.join(p.name for p in exports)} "
+                              f"and {STATE_FILE} in {self.run_dir}")
+        finally:
+            log_file.close()
+            self.bar.close()
+        result.step, result.exports = self.step, exports
+        return result
+
+    def _check_finite(self, losses: Dict[str, float]) -> None:
+        bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
+        if not bad:
+            return
+        name, value = next(iter(bad.items()))
+        if self.saved_step is not None:
+            kept = f"last good checkpoint: {self.run_dir / STATE_FILE} (step {self.saved_step})"
+        else:
+            kept = "no checkpoint was written yet"
+        plot_losses(self.records, self.run_dir / PLOT_FILE)
+        raise TrainingStopped(
+            f"loss {name} became {value} at step {self.step + 1}; training stopped, {kept}. "
+            "Try a lower --lr, --precision fp32, or check the data"
+        )
+
+
+def train(method: str, options: Dict[str, Any], run_dir: str | Path, resume: bool = False,
+          overwrite: bool = False, until: Optional[int] = None) -> TrainResult:
+    """Train ``method`` ('pix2pix', 'cyclegan', 'munit', 'predictor') into ``run_dir``.
+
+    options: flat option dict (see :func:`option_names`), merged over the method's defaults; with
+        ``resume``, over the options saved in ``run_dir/config.yaml`` first.
+    resume: continue from ``run_dir/state.pt``. overwrite: start over in a non-empty ``run_dir``
+        (removes only what a run writes there). Without either, a non-empty ``run_dir`` is refused.
+    until: stop (and save) at this step, as if interrupted there; the schedule still spans the run.
+    """
+    run_dir = Path(run_dir)
+    if resume and overwrite:
+        raise ValueError("resume and overwrite exclude each other")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"{run_dir}: exists and is not a folder")
+    layers: List[Dict[str, Any]] = []
+    if resume:
+        if not (run_dir / STATE_FILE).is_file():
+            raise ValueError(f"{run_dir}: no {STATE_FILE} to resume from")
+        saved = read_config_file(run_dir / CONFIG_FILE) if (run_dir / CONFIG_FILE).is_file() else {}
+        saved_method = saved.pop("method", method)
+        if saved_method != method:
+            raise ValueError(f"{run_dir}: holds a {saved_method} run, not {method}")
+        layers.append(saved)
+    elif run_dir.is_dir() and any(run_dir.iterdir()):
+        if not overwrite:
+            raise ValueError(f"{run_dir} is not empty; pass --resume to continue that run or --overwrite to start over")
+    opts = dict(options)
+    opts.pop("method", None)
+    layers.append(opts)
+    resolved = resolve_options(method, *layers)
+    if overwrite and run_dir.is_dir():
+        clear_run_dir(run_dir)
+    return Trainer(method, resolved, run_dir, resume=resume).run(until=until)
+
+
+OWNED_FILES = (STATE_FILE, CONFIG_FILE, LOSSES_FILE, VAL_FILE, PLOT_FILE, "G.safetensors",
+               "G_A.safetensors", "G_B.safetensors", "munit.safetensors", "predictor.safetensors")
+
+
+def clear_run_dir(run_dir: Path) -> None:
+    """Remove what a previous run wrote (for --overwrite): our files and sample grids, nothing else."""
+    for name in OWNED_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+    samples = run_dir / SAMPLES_DIR
+    if samples.is_dir():
+        for p in samples.glob("step_*.png"):
+            p.unlink()
+        if not any(samples.iterdir()):
+            samples.rmdir()
