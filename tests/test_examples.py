@@ -1,0 +1,47 @@
+"""Every example runs, so none of them rots: the Python API script, the shell pipelines, the configs."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from frametrans import zoo
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+needs_zoo = pytest.mark.skipif(
+    not {"cyclegan", "pix2pix", "munit", "predictor"} <= set(zoo.names()), reason="bundled models missing")
+
+
+@pytest.mark.parametrize("config", sorted((EXAMPLES / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_training_configs_resolve(config):
+    from frametrans.train.trainer import read_config_file, resolve_options
+
+    method = config.name.split("_")[0]
+    options = resolve_options(method, read_config_file(config))
+    assert options["iters"] > 0
+
+
+@needs_zoo
+@pytest.mark.slow
+def test_python_api_example(tmp_path):
+    proc = subprocess.run([sys.executable, str(EXAMPLES / "python_api.py"), str(tmp_path)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    names = {p.name for p in tmp_path.iterdir()}
+    assert {"astronaut_painted.png", "coffee_colourised.png", "astronaut_munit_style0.png",
+            "astronaut_munit_style2.png", "digits_next"} <= names
+
+
+@needs_zoo
+@pytest.mark.slow
+def test_shell_pipelines_example(tmp_path):
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    proc = subprocess.run(["bash", str(EXAMPLES / "pipelines.sh"), str(tmp_path)], capture_output=True,
+                          text=True, timeout=900, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "clip_painted.mp4").stat().st_size > 10_000
+    assert (tmp_path / "colour" / "astronaut.png").exists()
+    assert (tmp_path / "xargs" / "coffee.jpg").exists()
