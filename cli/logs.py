@@ -12,8 +12,24 @@ def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
     log = logging.getLogger("frametrans")
     log.setLevel(level)
     if not any(getattr(h, "_frametrans", False) for h in log.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("frametrans: %(message)s"))
         handler._frametrans = True  # type: ignore[attr-defined]
         log.addHandler(handler)
     log.propagate = False
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of the record (not the one at setup):
+    stays right when stderr is replaced (tests, notebooks) and never writes to a closed stream."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ assigns it
+        pass

@@ -137,6 +137,8 @@ def main(argv: Optional[list[str]] = None) -> Any:
     """Entry point: run the group, turning library errors into one-line messages."""
     verbose = "--verbose" in (argv or sys.argv[1:]) or "-v" in (argv or sys.argv[1:])
     install_signal_handlers()
+    if not verbose:
+        _one_line_warnings()
     try:
         return cli.main(args=argv, prog_name="frametrans", standalone_mode=False)
     except click.exceptions.Exit as exc:
@@ -160,6 +162,21 @@ def main(argv: Optional[list[str]] = None) -> Any:
             traceback.print_exc()
         click.echo(f"frametrans: error: {_one_line(exc)}", err=True)
         sys.exit(1)
+
+
+def _one_line_warnings() -> None:
+    """Python warnings from libraries (Pillow on a damaged TIFF tag, torch...) as one line each,
+    ``frametrans: warning: MESSAGE``, instead of file:line plus source (--verbose keeps those)."""
+    import warnings
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        text = " ".join(str(message).split())
+        try:
+            (file or sys.stderr).write(f"frametrans: warning: {text}\n")
+        except (OSError, ValueError):
+            pass
+
+    warnings.showwarning = show
 
 
 def _silence_stdout() -> None:

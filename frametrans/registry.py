@@ -9,6 +9,7 @@ facts the engine needs to feed the model: value range, size multiple, channels, 
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Tuple, Type
@@ -86,7 +87,7 @@ class Architecture:
         if unknown:
             raise ValueError(f"unknown config field(s) for {self.name}: {', '.join(unknown)}")
         hints = typing.get_type_hints(self.config_cls)
-        coerced = {k: _coerce(v, hints.get(k)) for k, v in values.items()}
+        coerced = {k: _checked(self.name, k, v, hints.get(k)) for k, v in values.items()}
         config = self.config_cls(**coerced)
         config.validate()
         return config
@@ -95,10 +96,19 @@ class Architecture:
         return self.module_cls(config)
 
 
-def _coerce(value: Any, hint: Any) -> Any:
-    """JSON turns tuples into lists; give frozen dataclasses back their hashable tuples."""
+def _checked(arch: str, name: str, value: Any, hint: Any) -> Any:
+    """Check a config value read from a file against the field's type; tuples come back from JSON
+    lists. Raises ValueError naming the field, so a bad file never reaches torch."""
     if isinstance(value, list):
-        return tuple(_coerce(v, None) for v in value)
+        return tuple(value)
+    ok = {
+        int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+        bool: lambda v: isinstance(v, bool),
+        float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
+        str: lambda v: isinstance(v, str),
+    }.get(hint)
+    if ok is not None and not ok(value):
+        raise ValueError(f"config field {name}={value!r} of {arch} must be {hint.__name__}")
     return value
 
 

@@ -149,3 +149,17 @@ def test_cli_convert_and_inspect(tmp_path):
     assert record["provenance"]["imported_from"] == "pytorch-CycleGAN-and-pix2pix"
     res = runner.invoke(cli, ["convert", str(tmp_path / "latest_net_G.pth"), "-o", str(out)])
     assert res.exit_code != 0 and "exists" in res.output
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"ngf": 4.5}, "ngf=4.5 of resnet must be int"),
+    ({"ngf": True}, "ngf=True of resnet must be int"),
+    ({"dropout": float("nan")}, "dropout=nan of resnet must be bool"),
+    ({"norm": None}, "norm=None of resnet must be str"),
+])
+def test_config_types_checked_before_building(tmp_path, values, message):
+    meta = {"frametrans_format": "1", "architecture": "resnet", "config": json.dumps(values),
+            "provenance": "{}"}
+    _write_safetensors(tmp_path / "t.safetensors", meta, {"w": [1]})
+    with pytest.raises(CheckpointError, match=message):
+        load_model(tmp_path / "t.safetensors")

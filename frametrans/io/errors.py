@@ -6,7 +6,9 @@ without a traceback: ``clip.mp4: no video stream (streams: audio aac)``.
 
 from __future__ import annotations
 
-__all__ = ["InputError", "TruncatedInputError"]
+__all__ = ["InputError", "TruncatedInputError", "OutputError", "is_fatal_write_error"]
+
+import errno as _errno
 
 
 class InputError(Exception):
@@ -37,3 +39,41 @@ class TruncatedInputError(InputError):
 
     def __reduce__(self):
         return (type(self), (self.source, self.reason, self.frames_read))
+
+
+class OutputError(OSError):
+    """An output could not be written (full disk, read-only or missing folder, permissions).
+
+    Keeps the ``errno`` of the underlying error; the message is ``"{path}: cannot write: {reason}"``.
+    Nothing is left under ``path`` when this is raised (writers write to a temporary name first).
+    """
+
+    def __init__(self, path: object, reason: str, errno: int | None = None) -> None:
+        self.path = str(path)
+        self.reason = " ".join(str(reason).split())
+        super().__init__(errno, f"{self.path}: cannot write: {self.reason}")
+        self.errno = errno
+
+    def __str__(self) -> str:
+        return f"{self.path}: cannot write: {self.reason}"
+
+    def __reduce__(self):
+        return (type(self), (self.path, self.reason, self.errno))
+
+    @classmethod
+    def wrap(cls, path: object, exc: BaseException) -> "OutputError":
+        if isinstance(exc, OutputError):
+            return exc
+        err = getattr(exc, "errno", None)
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        return cls(path, reason, err if isinstance(err, int) else None)
+
+
+#: errno values after which every further write to the same disk fails too: stop the job.
+_FATAL_WRITE_ERRNOS = {e for e in (getattr(_errno, n, None) for n in ("ENOSPC", "EDQUOT", "EROFS"))
+                       if e is not None}
+
+
+def is_fatal_write_error(exc: BaseException) -> bool:
+    """True for a full disk, an exceeded quota or a read-only file system."""
+    return getattr(exc, "errno", None) in _FATAL_WRITE_ERRNOS

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from .errors import InputError
@@ -37,6 +37,9 @@ def list_images(
     folder: str | os.PathLike,
     recursive: bool = False,
     extensions: Iterable[str] = IMAGE_EXTENSIONS,
+    *,
+    on_error: Callable[[Path, str], None] | None = None,
+    exclude: Iterable[str | os.PathLike] = (),
 ) -> list[Path]:
     """The image files in ``folder`` (recursively with ``recursive=True``), naturally sorted.
 
@@ -44,6 +47,11 @@ def list_images(
     ``folder / relative path`` (links are not resolved, so :func:`output_path_for` keeps the names
     the user sees). Raises :class:`InputError` if ``folder`` is missing or not a folder; returns an
     empty list for a folder without images (the caller decides whether that is an error).
+
+    on_error: called with ``(path, reason)`` for a subfolder that cannot be listed (permissions)
+        and for a broken symbolic link whose name has a wanted extension; the walk goes on. Without
+        it, an unlistable folder raises :class:`InputError` and broken links are skipped.
+    exclude: folders not to enter (e.g. the output folder when it lies inside the input folder).
     """
     root = Path(folder)
     if not root.exists():
@@ -53,36 +61,69 @@ def list_images(
     wanted = {e.lower() if e.startswith(".") else "." + e.lower() for e in extensions}
     found: list[Path] = []
     seen_dirs: set[tuple[int, int]] = set()
+    for ex in exclude:
+        try:
+            st = os.stat(ex)
+        except OSError:
+            continue
+        seen_dirs.add((st.st_dev, st.st_ino))
 
     def visit(directory: Path) -> None:
         try:
             st = directory.stat()
         except OSError:
             return
-        if (st.st_dev, st.st_ino) in seen_dirs:  # symlink loop, or the same folder linked twice
+        if (st.st_dev, st.st_ino) in seen_dirs:  # symlink loop, the same folder linked twice, excluded
             return
         seen_dirs.add((st.st_dev, st.st_ino))
         try:
-            entries = list(os.scandir(directory))
-        except PermissionError as exc:
-            raise InputError(directory, f"cannot list folder: {exc.strerror}") from None
+            # real folders before links to them, then by name: when one folder is reachable both
+            # ways it is listed under its own path, the same on every run
+            entries = sorted(os.scandir(directory),
+                             key=lambda e: (_is_link(e), natural_sort_key(e.name)))
+        except OSError as exc:
+            reason = f"cannot list folder: {exc.strerror or exc}"
+            if on_error is None or directory == root:
+                raise InputError(directory, reason) from None
+            on_error(directory, reason)
+            return
         for entry in entries:
             if entry.name.startswith("."):
                 continue
             try:
                 is_dir = entry.is_dir(follow_symlinks=True)
                 is_file = entry.is_file(follow_symlinks=True)
-            except OSError:  # broken link
-                continue
+            except OSError:  # e.g. a link loop (ELOOP) or an unreachable target
+                is_dir = is_file = False
+            wanted_name = os.path.splitext(entry.name)[1].lower() in wanted
             if is_dir:
                 if recursive:
                     visit(directory / entry.name)
-            elif is_file and os.path.splitext(entry.name)[1].lower() in wanted:
+            elif is_file and wanted_name:
                 found.append(directory / entry.name)
+            elif wanted_name and on_error is not None:
+                on_error(directory / entry.name, _why_not_a_file(directory / entry.name))
 
     visit(root)
     found.sort(key=lambda p: natural_sort_key(p.relative_to(root)))
     return found
+
+
+def _is_link(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_symlink()
+    except OSError:
+        return True
+
+
+def _why_not_a_file(path: Path) -> str:
+    if path.is_symlink() and not path.exists():
+        try:
+            target = os.readlink(path)
+        except OSError:
+            target = "?"
+        return f"broken symbolic link (points to {target})"
+    return "not a regular file (a pipe, socket or device)"
 
 
 def output_path_for(

@@ -19,6 +19,7 @@ leaves a half-written image under the final name.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
@@ -40,6 +41,10 @@ __all__ = [
     "read_image",
     "iter_image_frames",
     "write_image",
+    "write_animation",
+    "is_animated_image",
+    "ANIMATED_IMAGE_EXTENSIONS",
+    "describe_content",
     "apply_exif_orientation",
     "atomic_write_bytes",
     "temporary_path_for",
@@ -47,6 +52,13 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+# OpenCV prints decoder warnings and errors ("PNG input buffer is incomplete") straight to stderr;
+# our InputErrors already say what is wrong with a file, in one line.
+try:
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+except AttributeError:  # pragma: no cover - very old OpenCV
+    pass
 
 #: Extensions (lower case, with the dot) that :func:`read_image` reads; folders are filtered by it.
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
@@ -83,19 +95,18 @@ def read_image(path: str | os.PathLike) -> Frame:
     """
     path = Path(path)
     _check_file(path)
-    try:
-        im = Image.open(path)
-    except UnidentifiedImageError:
-        return _read_with_opencv(path, orientation=1)
-    except _PILLOW_ERRORS as exc:
-        raise InputError(path, f"cannot read image: {exc}") from None
-    with im:
-        high_bit_depth = _is_high_bit_depth_color(im)  # before getexif(): PNG's loads, clearing tile
-        orientation = _orientation(im)
-        if high_bit_depth:
-            return _read_with_opencv(path, orientation)
-        image, alpha = _decode_pillow(im, path)
-    return _frame(path, 0, image, alpha, orientation)
+    with _decoder_errors(path):
+        try:
+            im = Image.open(path)
+        except UnidentifiedImageError:
+            return _read_with_opencv(path, orientation=1)
+        with im:
+            high_bit_depth = _is_high_bit_depth_color(im)  # before getexif(): PNG's loads, clearing tile
+            orientation = _orientation(im)
+            if high_bit_depth:
+                return _read_with_opencv(path, orientation)
+            image, alpha = _decode_pillow(im, path)
+        return _frame(path, 0, image, alpha, orientation)
 
 
 def iter_image_frames(path: str | os.PathLike) -> Iterator[Frame]:
@@ -107,14 +118,15 @@ def iter_image_frames(path: str | os.PathLike) -> Iterator[Frame]:
     """
     path = Path(path)
     _check_file(path)
-    try:
-        im = Image.open(path)
-    except UnidentifiedImageError:
+    with _decoder_errors(path):
+        try:
+            im = Image.open(path)
+        except UnidentifiedImageError:
+            im = None
+    if im is None:
         yield _read_with_opencv(path, orientation=1)
         return
-    except _PILLOW_ERRORS as exc:
-        raise InputError(path, f"cannot read image: {exc}") from None
-    with im:
+    with im, _decoder_errors(path):
         high_bit_depth = _is_high_bit_depth_color(im)
         orientation = _orientation(im)
         if high_bit_depth:
@@ -139,11 +151,93 @@ def iter_image_frames(path: str | os.PathLike) -> Iterator[Frame]:
 
 def _check_file(path: Path) -> None:
     if not path.exists():
+        if path.is_symlink():
+            raise InputError(path, f"broken symbolic link (points to {os.readlink(path)})")
         raise InputError(path, "no such file")
     if path.is_dir():
         raise InputError(path, "is a folder, not an image file")
+    if not path.is_file():
+        raise InputError(path, "not a regular file (a pipe, socket or device)")
     if path.stat().st_size == 0:
         raise InputError(path, "empty file (0 bytes)")
+    if not os.access(path, os.R_OK):
+        raise InputError(path, "permission denied (the file is not readable)")
+
+
+@contextlib.contextmanager
+def _decoder_errors(path: Path) -> Iterator[None]:
+    """Whatever a decoder raises on a hostile or broken file becomes one :class:`InputError` line.
+
+    Image decoders fail in many ways on bad data (OSError, SyntaxError, struct.error, ZeroDivision,
+    DecompressionBombError...); none of them may end the job or print a traceback.
+    """
+    try:
+        yield
+    except InputError:
+        raise
+    except PermissionError:
+        raise InputError(path, "permission denied (the file is not readable)") from None
+    except MemoryError:
+        raise InputError(path, "not enough memory to decode this image") from None
+    except Image.DecompressionBombError as exc:
+        raise InputError(path, f"refused: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - untrusted input: every decoder failure is reported
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        text = text.replace(f"'{path}'", "").replace(str(path), "").strip(" :") or type(exc).__name__
+        raise InputError(path, f"cannot decode image (truncated or corrupt?): {text}") from None
+
+
+_SIGNATURES: tuple[tuple[int, bytes, str], ...] = (
+    (4, b"ftyp", "an MP4/MOV video"),
+    (0, b"\x1aE\xdf\xa3", "a Matroska/WebM video"),
+    (0, b"RIFF", "a RIFF file (AVI video or WAV audio)"),
+    (0, b"OggS", "an Ogg file"),
+    (0, b"ID3", "an MP3 audio file"),
+    (0, b"%PDF", "a PDF document"),
+    (0, b"PK\x03\x04", "a ZIP archive"),
+    (0, b"\x1f\x8b", "a gzip archive"),
+    (0, b"YUV4MPEG2", "a y4m video stream"),
+    (0, b"\x89HDF", "an HDF5 file"),
+    (0, b"\x93NUMPY", "a NumPy array file"),
+)
+
+
+_IMAGE_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+)
+
+
+def _image_format_by_magic(path: Path) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError:
+        return None
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WebP"
+    return next((name for magic, name in _IMAGE_MAGIC if head.startswith(magic)), None)
+
+
+def describe_content(path: Path) -> str | None:
+    """What the first bytes of a file say it is (``"an MP4/MOV video"``), or None when unknown."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError:
+        return None
+    for offset, magic, what in _SIGNATURES:
+        if head[offset:offset + len(magic)] == magic:
+            if magic == b"RIFF" and head[8:12] == b"WEBP":
+                return None
+            return what
+    if head and all(32 <= b < 127 or b in (9, 10, 13) for b in head):
+        return "a text file"
+    return None
 
 
 def _orientation(im: Image.Image) -> int:
@@ -213,9 +307,17 @@ def _read_with_opencv(path: Path, orientation: int) -> Frame:
     try:
         buffer = np.fromfile(path, dtype=np.uint8)  # np.fromfile + imdecode: non-ASCII paths work
         data = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
+    except PermissionError:
+        raise InputError(path, "permission denied (the file is not readable)") from None
     except (OSError, cv2.error) as exc:
-        raise InputError(path, f"cannot read image: {exc}") from None
+        raise InputError(path, f"cannot read image: {' '.join(str(exc).split())}") from None
     if data is None:
+        image_format = _image_format_by_magic(path)
+        if image_format is not None:
+            raise InputError(path, f"truncated or corrupt {image_format} file")
+        what = describe_content(path)
+        if what is not None:
+            raise InputError(path, f"not an image: the file is {what}")
         raise InputError(path, "not an image, or an unsupported/corrupt image file")
     if data.dtype.kind == "f":
         raise InputError(
@@ -385,6 +487,65 @@ def _encode_opencv(path: Path, image: np.ndarray, alpha: np.ndarray | None, cv2_
     if not ok:
         raise ValueError(f"{path}: OpenCV could not encode a {image.shape} {image.dtype} image as {cv2_ext}")
     return encoded.tobytes()
+
+
+#: Extensions :func:`write_animation` can write.
+ANIMATED_IMAGE_EXTENSIONS: frozenset[str] = frozenset({".webp", ".png"})
+
+
+def is_animated_image(path: str | os.PathLike) -> bool:
+    """True for an animated WebP or PNG (APNG) with more than one frame (reads the header only).
+
+    Unreadable files answer False: the reader reports them when it gets to them.
+    """
+    path = Path(path)
+    if path.suffix.lower() not in ANIMATED_IMAGE_EXTENSIONS:
+        return False
+    try:
+        with Image.open(path) as im:
+            return bool(getattr(im, "is_animated", False)) and getattr(im, "n_frames", 1) > 1
+    except Exception:  # noqa: BLE001 - read_image will say what is wrong with it
+        return False
+
+
+def write_animation(
+    path: str | os.PathLike,
+    frames: list[Frame],
+    durations_ms: list[int] | None = None,
+    *,
+    loop: int = 0,
+    quality: int = 95,
+) -> Path:
+    """Write uint8 frames (RGB or gray, alpha from ``Frame.alpha``) as an animated .webp or .png.
+
+    durations_ms: display time of each frame (default 100 ms each); loop: 0 plays forever.
+    Atomic like :func:`write_image`. Raises ``ValueError`` for other extensions or 16-bit frames.
+    """
+    path = Path(path)
+    ext = path.suffix.lower()
+    if ext not in ANIMATED_IMAGE_EXTENSIONS:
+        raise ValueError(f"{path}: cannot write an animation as {ext or '(none)'!r}; use .webp or .png")
+    if not frames:
+        raise ValueError(f"{path}: no frames to write")
+    pictures = []
+    for frame in frames:
+        image, alpha = _normalize_for_write(path, frame.image, frame.alpha)
+        if image.dtype != np.uint8:
+            raise ValueError(f"{path}: animated images are 8-bit; got {image.dtype}")
+        if image.shape[2] == 1:
+            image = np.repeat(image, 3, axis=2)
+        pictures.append(Image.fromarray(np.dstack([image, alpha]) if alpha is not None else image,
+                                        "RGBA" if alpha is not None else "RGB"))
+    if any(p.mode == "RGBA" for p in pictures):
+        pictures = [p.convert("RGBA") for p in pictures]
+    durations = [int(d) for d in (durations_ms or [100] * len(pictures))]
+    options: dict = {"save_all": True, "append_images": pictures[1:], "duration": durations, "loop": loop}
+    if ext == ".webp":
+        options.update(quality=int(quality), method=4)
+    buffer = io.BytesIO()
+    pictures[0].save(buffer, format="WEBP" if ext == ".webp" else "PNG", **options)
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

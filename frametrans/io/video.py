@@ -167,7 +167,13 @@ def iter_video_frames(path: str | os.PathLike) -> Iterator[Frame]:
         count = 0
         last: av.VideoFrame | None = None
         for av_frame in decoder:
-            yield _to_frame(av_frame, count, path, stream, fallback_rotation)
+            try:
+                frame = _to_frame(av_frame, count, path, stream, fallback_rotation)
+            except (ValueError, TypeError, av.FFmpegError) as exc:
+                raise InputError(
+                    path, f"frame {count}: cannot convert pixel format "
+                    f"{av_frame.format.name} to RGB ({_ffmpeg_message(exc)})") from None
+            yield frame
             last = av_frame
             count += 1
         reason = decoder.truncation or _missing_tail(stream, last)
@@ -623,6 +629,11 @@ def _open_input(path: Path) -> av.container.InputContainer:
         raise InputError(path, "empty file (0 bytes)")
     try:
         return av.open(str(path), "r")
+    except av.EOFError:
+        raise InputError(path, "no video data: the file ends before the first frame "
+                               "(zero frames, or cut short)") from None
+    except PermissionError:
+        raise InputError(path, "permission denied (the file is not readable)") from None
     except av.FFmpegError as exc:
         hint = ""
         if path.suffix.lower() in (".mp4", ".m4v", ".mov"):
