@@ -47,15 +47,22 @@ from frametrans.cli import options as opt
 @click.option("--max-memory", help="Activation memory budget, e.g. 4G; larger frames are tiled.")
 @opt.device_option
 @opt.precision_option
+@click.option("--compile", "compile_mode", type=click.Choice(["auto", "on", "off"]), default="auto",
+              show_default=True, help="Compiled forward pass (AOTInductor, cached in ~/.cache/frametrans): "
+              "auto compiles when the job is long enough to pay for it, or a compiled package is cached.")
 @click.option("--skip-existing", is_flag=True, help="Skip inputs whose output exists (resume a job).")
 @opt.overwrite_option
 @opt.quiet_option
+@click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
+              help="Spread the work over a Ray cluster: ADDRESS (auto, ray://HOST:10001), or alone: "
+              "the cluster RAY_ADDRESS names or this machine runs, else a new local one. "
+              "Needs pip install 'frametrans[ray]'.")
 def apply_cmd(inputs: Tuple[str, ...], output: str, model: str, list_file, recursive: bool,
               ext: Optional[str], size: Optional[str], fps: float, y4m: bool, resize: Optional[str],
               max_side: Optional[int], codec, crf, preset, pix_fmt, no_audio: bool, direction: str,
               style_image, num_styles: int, seed: int, yaml_config, batch_size, tile, tile_overlap,
               max_memory, device: str, precision: str, skip_existing: bool, overwrite: bool,
-              quiet: bool) -> None:
+              quiet: bool, ray_address: Optional[str] = None, compile_mode: str = "auto") -> None:
     """Run INPUTS (images, folders, videos, or '-' for a raw/y4m stream) through a generator.
 
     \b
@@ -72,7 +79,7 @@ def apply_cmd(inputs: Tuple[str, ...], output: str, model: str, list_file, recur
     setup_logging(quiet)
     paths = list(inputs)
     if list_file is not None:
-        paths += [line.strip() for line in list_file if line.strip()]
+        paths += [line.rstrip("\r\n") for line in list_file if line.strip()]
     if not paths:
         raise click.UsageError("no INPUTS given (paths, '-' for stdin, or --list FILE)")
     stream_in = paths == ["-"]
@@ -80,41 +87,88 @@ def apply_cmd(inputs: Tuple[str, ...], output: str, model: str, list_file, recur
         raise click.UsageError("'-' (stdin) cannot be mixed with other inputs")
     if output == "-" and not stream_in:
         raise click.UsageError("-o - (stdout) needs '-' (a raw or y4m stream) as the input")
+    if stream_in and output != "-":
+        raise click.UsageError("a stream on stdin is written to stdout: use -o -")
+    if stream_in and ray_address is not None:
+        raise click.UsageError("--ray spreads files and folders over a cluster, not a stream on stdin")
+    if not stream_in:
+        for flag, given in (("--size", size), ("--y4m", y4m)):
+            if given:
+                raise click.UsageError(f"{flag} is for a raw stream on stdin ('-' as the input)")
+    else:
+        for flag, given in (("--resize", resize), ("--max-side", max_side), ("--ext", ext),
+                            ("--recursive", recursive), ("--skip-existing", skip_existing)):
+            if given:
+                raise click.UsageError(f"{flag} does not apply to a stream on stdin")
     raw_size = opt.parse_size(size)
     resize_wh = opt.parse_size(resize, "--resize")
 
-    from frametrans.apply import OutputOptions, Translator, apply_paths, apply_stream
-    from frametrans.engine.device import parse_memory
+    # Every option is checked before the model is loaded or any input is read (exit status 2).
+    from frametrans.apply import (OutputOptions, Translator, apply_paths, apply_stream,
+                                  check_stream_size)
+    from frametrans.engine.device import parse_memory, resolve_device, resolve_precision
     from frametrans.engine.runner import RunnerOptions
 
+    try:
+        memory = parse_memory(max_memory)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--max-memory") from None
     runner_opts = RunnerOptions(device=device, precision=precision, batch_size=batch_size, tile=tile,
-                                tile_overlap=tile_overlap, max_memory=parse_memory(max_memory))
-    runner_opts.validate()
-    from frametrans.engine.device import resolve_device, resolve_precision
-
-    resolve_precision(precision, resolve_device(device))  # refuse before loading anything
-    translator = Translator.load(model, runner_opts, yaml_config=yaml_config, direction=direction,
-                                 style_image=style_image, num_styles=num_styles, seed=seed)
+                                tile_overlap=tile_overlap, max_memory=memory, compile=compile_mode)
+    try:
+        runner_opts.validate()
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    try:
+        dev = resolve_device(device)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--device") from None
+    try:
+        resolve_precision(precision, dev)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--precision") from None
+    out_opts = OutputOptions(overwrite=overwrite, skip_existing=skip_existing, recursive=recursive,
+                             ext=ext, resize=resize_wh, max_side=max_side, codec=codec, crf=crf,
+                             preset=preset, pix_fmt=pix_fmt, audio=not no_audio, quiet=quiet)
+    try:
+        out_opts.validate()
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     if stream_in:
-        if output != "-":
-            raise click.UsageError("a stream on stdin is written to stdout: use -o -")
         if sys.stdin.isatty():
             raise click.UsageError("'-' reads frames from stdin, but stdin is a terminal")
+        try:
+            check_stream_size(sys.stdin.buffer, raw_size)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--size") from None
+
+    translator = None if ray_address is not None else Translator.load(  # --ray: loaded by workers
+        model, runner_opts, yaml_config=yaml_config, direction=direction, style_image=style_image,
+        num_styles=num_styles, seed=seed)
+    if stream_in:
         n = apply_stream(sys.stdin.buffer, sys.stdout.buffer, translator, raw_size, fps=fps,
                          y4m_out=y4m, quiet=quiet)
         click.echo(f"{n} frames", err=True) if not quiet else None
         return
-    out_opts = OutputOptions(overwrite=overwrite, skip_existing=skip_existing, recursive=recursive,
-                             ext=ext, resize=resize_wh, max_side=max_side, codec=codec, crf=crf,
-                             preset=preset, pix_fmt=pix_fmt, audio=not no_audio, quiet=quiet)
-    report = apply_paths(paths, output, translator, out_opts)
+    if ray_address is not None:  # the Ray workers load the model themselves
+        from frametrans.scale import ray_apply
+
+        report = ray_apply(paths, output, model, runner_opts, out_opts, address=ray_address or None,
+                           yaml_config=yaml_config, direction=direction, style_image=style_image,
+                           num_styles=num_styles, seed=seed)
+    else:
+        report = apply_paths(paths, output, translator, out_opts)
     if not quiet:
         parts = [f"{len(report.written)} written", f"{report.frames} frames"]
         if report.skipped:
             parts.append(f"{len(report.skipped)} skipped (exist)")
         click.echo("frametrans: " + ", ".join(parts), err=True)
-    if report.failed:
-        click.echo(f"frametrans: {len(report.failed)} input(s) failed:", err=True)
-        for _src, msg in report.failed:
-            click.echo(f"  {msg}", err=True)
+    if report.failed or report.stopped:
+        if report.failed:
+            click.echo(f"frametrans: {len(report.failed)} input(s) failed:", err=True)
+            for _src, msg in report.failed:
+                click.echo(f"  {msg}", err=True)
+        if report.stopped:
+            click.echo(f"frametrans: stopped early ({report.stopped}); {len(report.not_done)} input(s) "
+                       "not processed; rerun with --skip-existing to finish", err=True)
         sys.exit(1)

@@ -4,6 +4,11 @@ Options come from three places, highest priority first: flags given on the comma
 ``--config`` YAML file (keys = option names, dashes or underscores), and, with ``--resume``, the
 run's own ``config.yaml``; then the method's defaults (:mod:`frametrans.train.defaults`, shown in
 ``--help``). Torch is imported only when a command runs.
+
+Distributed data parallel: ``torchrun --nproc-per-node N -m frametrans.cli train METHOD ...`` (DDP
+is on by itself when torchrun starts more than one process; ``--ddp`` says so explicitly), or
+``frametrans train METHOD --ddp --nproc N ...`` to start N local processes without torchrun.
+``--batch-size`` is always the global batch; see docs/cluster_training.md.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ F = Callable[..., Any]
 Spec = Tuple[Tuple[str, ...], Dict[str, Any]]
 
 # keys a --config file may not set (they describe this invocation, not the run)
-NOT_IN_CONFIG = ("config", "resume", "overwrite")
+NOT_IN_CONFIG = ("config", "resume", "overwrite", "ddp", "nproc")
 
 COMMON: List[Spec] = [
     (("--data",), dict(help="Training data: a folder (layouts in the command help), a video, or a generated source.")),
@@ -35,7 +40,7 @@ COMMON: List[Spec] = [
     (("--flip/--no-flip",), dict(default=None, help="Random horizontal flips.")),
     (("--resize",), dict(type=click.Choice(["square", "short-side", "none"]),
                          help="square: SIZE x SIZE (pix2pix/CycleGAN); short-side: short side = SIZE (MUNIT).")),
-    (("--batch-size",), dict(type=int, help="Images (or windows) per step.")),
+    (("--batch-size",), dict(type=int, help="Images (or windows) per step: the global batch, split evenly over the processes with --ddp/torchrun.")),
     (("--iters",), dict(type=int, help="Training steps (instead of --epochs).")),
     (("--epochs",), dict(type=float, help="Passes over the training set (instead of --iters).")),
     (("--lr",), dict(type=float, help="Base learning rate.")),
@@ -57,6 +62,10 @@ COMMON: List[Spec] = [
     (("--sample-count",), dict(type=int, help="Rows in a sample grid.")),
     (("--val-count",), dict(type=int, help="Held-out samples used by a validation.")),
     (("--ema",), dict(type=float, help="EMA decay of the generator weights (e.g. 0.999; 0: off); exported when on.")),
+    (("--ddp",), dict(is_flag=True, help="Distributed data parallel in the processes torchrun started (automatic when "
+                                         "it started several), or in --nproc local ones; rank 0 writes the run folder.")),
+    (("--nproc",), dict(type=click.IntRange(min=1), help="With --ddp outside torchrun: start N local processes "
+                                                         "(gloo on the CPU, NCCL with one GPU each).")),
 ]
 
 GAN: List[Spec] = [
@@ -209,17 +218,23 @@ def _run(method: str, ctx: click.Context, kwargs: Dict[str, Any]) -> None:
         raise click.UsageError("--resume and --overwrite exclude each other", ctx=ctx)
     layers = [{k: v for k, v in layer.items() if k not in ("output", *NOT_IN_CONFIG)}
               for layer in (file_opts, explicit)]
+    ddp, nproc = bool(kwargs.get("ddp")), kwargs.get("nproc")
+    if nproc is not None and nproc > 1 and not ddp:
+        raise click.UsageError(f"--nproc {nproc} starts DDP processes; add --ddp", ctx=ctx)
 
     from frametrans.checkpoint import CheckpointError
     from frametrans.train.trainer import TrainingStopped, merge_layers, train
 
     try:
-        result = train(method, merge_layers(*layers), Path(output), resume=resume, overwrite=overwrite)
+        result = train(method, merge_layers(*layers), Path(output), resume=resume, overwrite=overwrite,
+                       ddp=ddp, nproc=nproc)
     except (ValueError, TrainingStopped, CheckpointError, OSError) as exc:
+        if getattr(exc, "reported_by_rank0", False):  # DDP: every rank stopped alike; rank 0 says why
+            ctx.exit(1)
         lines = str(exc).strip().splitlines()
         raise click.ClickException(lines[0] if lines else type(exc).__name__) from None
     quiet = explicit.get("quiet") or file_opts.get("quiet")
-    if not quiet:
+    if not quiet and result.rank == 0:
         files = ", ".join(p.name for p in result.exports) or "nothing new"
         click.echo(f"{method}: step {result.step}/{result.total}; wrote {files} in {output}", err=True)
 
@@ -240,6 +255,8 @@ def train_group() -> None:
       frametrans train predictor --data moving-mnist -o runs/mm
       frametrans train pix2pix --config run.yaml -o runs/a --lr 1e-4
       frametrans train pix2pix -o runs/facades --resume --iters 400000
+      torchrun --nproc-per-node 4 -m frametrans.cli train cyclegan --data horse2zebra -o runs/h2z --batch-size 8
+      frametrans train predictor --data moving-mnist -o runs/mm --ddp --nproc 2
     """
 
 

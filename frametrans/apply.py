@@ -595,7 +595,7 @@ def _describe(frame: Frame) -> str:
     return text
 
 
-def _run_variants(frames: Iterable[Frame], translator: Translator,
+def run_variants(frames: Iterable[Frame], translator: Translator,
                   on_error: Optional[Callable[[Frame, BaseException], None]] = None
                   ) -> Iterator[Tuple[Frame, List[Tuple[str, np.ndarray]]]]:
     """Each frame through every variant (MUNIT styles); one variant is the plain case."""
@@ -636,7 +636,7 @@ def _apply_images(jobs: List[Job], translator: Translator, opts: OutputOptions, 
             if stop:
                 return
             try:
-                yield j, _prepare(images.read_image(j.src), opts), None
+                yield j, prepare_frame(images.read_image(j.src), opts), None
             except (InputError, OSError, ValueError, MemoryError) as exc:
                 yield j, None, _one_line(exc)
 
@@ -677,7 +677,7 @@ def _apply_images(jobs: List[Job], translator: Translator, opts: OutputOptions, 
 
     writer = BackgroundWorker(write, depth=8, name="encode")
     try:
-        for frame, outs in _run_variants(frames(), translator, model_failed):
+        for frame, outs in run_variants(frames(), translator, model_failed):
             job = jobs_by_frame.pop(id(frame))
             for (suffix, out) in outs:
                 writer.submit((job, suffix, frame, out))
@@ -700,7 +700,7 @@ def _skip(job: Job, translator: Translator, opts: OutputOptions, report: Report)
     return False
 
 
-def _prepare(frame: Frame, opts: OutputOptions) -> Frame:
+def prepare_frame(frame: Frame, opts: OutputOptions) -> Frame:
     """Apply --resize / --max-side to what the model sees (alpha follows)."""
     size = _target_size(frame.width, frame.height, opts)
     if size is None:
@@ -767,8 +767,8 @@ def _apply_animation(job: Job, translator: Translator, opts: OutputOptions, repo
     durations: List[int] = []
     held = 0
     last_pts = None
-    frames = (_prepare(f, opts) for f in images.iter_image_frames(job.src))
-    for frame, results in _run_variants(frames, translator):
+    frames = (prepare_frame(f, opts) for f in images.iter_image_frames(job.src))
+    for frame, results in run_variants(frames, translator):
         for k, (_, out) in enumerate(results):
             outs[k].append(_finish(frame, _to_8bit(out)))
             held += out.nbytes
@@ -839,11 +839,11 @@ def _apply_video(job: Job, translator: Translator, opts: OutputOptions, report: 
     progress = _progress(info.frames or None, job.src.name, opts)
     done = 0
     try:
-        encoders = [BackgroundWorker(_writer_fn(w), depth=8, name="encode") for w in writers]
+        encoders = [BackgroundWorker(video_writer_fn(w), depth=8, name="encode") for w in writers]
         try:
-            frames = (_prepare(f, opts) for f in prefetch(video.iter_video_frames(job.src),
+            frames = (prepare_frame(f, opts) for f in prefetch(video.iter_video_frames(job.src),
                                                           depth=8, name="decode"))
-            for frame, outs in _run_variants(frames, translator):
+            for frame, outs in run_variants(frames, translator):
                 for enc, (_, out) in zip(encoders, outs):
                     enc.submit((out, frame))
                 done += 1
@@ -936,8 +936,9 @@ def _partial_name(path: Path) -> Path:
 
 def _open_writer(dst: Path, src: Path, info, opts: OutputOptions):
     try:
+        width, height = _target_size(info.width, info.height, opts) or (info.width, info.height)
         return video.VideoWriter(
-            dst, width=info.width, height=info.height, fps=info.fps, time_base=info.time_base,
+            dst, width=width, height=height, fps=info.fps, time_base=info.time_base,
             codec=opts.codec, crf=opts.crf, preset=opts.preset, pix_fmt=opts.pix_fmt,
             copy_streams_from=src if opts.audio else None,
         )
@@ -945,7 +946,7 @@ def _open_writer(dst: Path, src: Path, info, opts: OutputOptions):
         raise OutputError.wrap(dst, exc) from None
 
 
-def _writer_fn(writer) -> Callable[[Tuple[np.ndarray, Frame]], None]:
+def video_writer_fn(writer) -> Callable[[Tuple[np.ndarray, Frame]], None]:
     def write(item: Tuple[np.ndarray, Frame]) -> None:
         out, frame = item
         out = _to_8bit(out)

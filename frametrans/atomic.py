@@ -27,9 +27,11 @@ def atomic_path(path: Union[str, os.PathLike], suffix: str = "") -> Iterator[Pat
     )
     os.close(fd)
     tmp = Path(tmp_name)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
     try:
         yield tmp
+        # mkstemp (and writers that recreate the file, like safetensors) leave 0600: give the file
+        # the mode a plain open() would have
+        os.chmod(tmp, 0o666 & ~_umask())
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -1,0 +1,192 @@
+"""``frametrans bench``: throughput benchmarks that print numbers (tables on stdout, logs on stderr).
+
+Subcommands: ``apply`` (model-only vs end-to-end vs the reference loop, in one process),
+``processes`` (whole processes against the reference loop), ``tiling``, ``compile``. Other
+benchmarks (``predict``) hang off the same group.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Dict, Optional, Tuple
+
+import click
+
+from frametrans.cli import options as opt
+
+_MODEL_HELP = ("Architecture name (resnet, unet...: random weights from --seed, see --config) or a "
+               "checkpoint path / bundled name.")
+
+
+def _parse_config(values: Tuple[str, ...]) -> Dict[str, Any]:
+    """('ngf=8', 'norm=batch') -> {'ngf': 8, 'norm': 'batch'} (JSON values where they parse)."""
+    out: Dict[str, Any] = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--config")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
+def _parse_size(value: str) -> Tuple[int, int]:
+    """'256' -> (256, 256); '640x360' -> (640, 360)."""
+    if "x" not in value.lower():
+        try:
+            n = int(value)
+        except ValueError:
+            raise click.BadParameter(f"expected N or WIDTHxHEIGHT, got {value!r}", param_hint="--size")
+        if n <= 0:
+            raise click.BadParameter(f"must be > 0, got {n}", param_hint="--size")
+        return n, n
+    size = opt.parse_size(value)
+    assert size is not None
+    return size
+
+
+def _common(f):
+    f = click.option("--model", "-m", default="resnet", show_default=True, help=_MODEL_HELP)(f)
+    f = click.option("--config", "config", multiple=True, metavar="KEY=VALUE",
+                     help="Override a field of the architecture's config, e.g. ngf=16 (repeatable).")(f)
+    f = click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights.")(f)
+    f = click.option("--workdir", type=click.Path(file_okay=False),
+                     help="Keep inputs and outputs here (default: a temporary folder).")(f)
+    f = click.option("--json", "json_out", type=click.Path(dir_okay=False),
+                     help="Also write the results as JSON to this file.")(f)
+    f = click.option("--threads", type=int, callback=opt.positive("threads"),
+                     help="CPU threads for torch (default: one per core).")(f)
+    return f
+
+
+def _compile_option(f):
+    return click.option("--compile", "compile_mode", type=click.Choice(["auto", "on", "off"]), default="auto",
+                        show_default=True, help="Compiled forward pass (AOTInductor, cached on disk).")(f)
+
+
+def _start(threads: Optional[int]) -> None:
+    from frametrans.cli.logs import setup_logging
+    from frametrans.engine.device import set_cpu_threads
+
+    setup_logging(False)
+    set_cpu_threads(threads)
+
+
+def _emit(result: Dict[str, Any], text: str, json_out: Optional[str]) -> None:
+    click.echo(text)
+    if json_out:
+        with open(json_out, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2, default=str)
+
+
+@click.group("bench")
+def bench_group() -> None:
+    """Measure throughput: model-only, end to end, tiling, compilation, and a reference loop.
+
+    \b
+    frametrans bench apply --model resnet --size 256 --batch 1 --frames 16
+    frametrans bench processes --model resnet --frames 96
+    frametrans bench tiling --model resnet --size 1920x1080 --tile 512
+    frametrans bench compile --model unet --size 256 --precision bf16
+    """
+
+
+@bench_group.command("apply")
+@_common
+@click.option("--size", default="256", show_default=True, help="Frame size: N or WIDTHxHEIGHT.")
+@click.option("--batch", "-b", type=int, default=1, show_default=True, callback=opt.positive("batch"))
+@click.option("--frames", "-n", type=int, default=16, show_default=True, callback=opt.positive("frames"),
+              help="Frames per end-to-end run (video and folder).")
+@click.option("--repeat", type=int, default=3, show_default=True, callback=opt.positive("repeat"),
+              help="Interleaved rounds of every phase; medians are reported.")
+@click.option("--inputs", type=click.Choice(["both", "video", "folder"]), default="both", show_default=True)
+@click.option("--reference/--no-reference", default=True, show_default=True,
+              help="Also time the reference loop (pytorch-CycleGAN-and-pix2pix test.py style).")
+@opt.device_option
+@opt.precision_option
+@_compile_option
+def bench_apply_cmd(model: str, config, seed: int, workdir, json_out, threads, size: str, batch: int,
+                    frames: int, repeat: int, inputs: str, reference: bool, device: str, precision: str,
+                    compile_mode: str) -> None:
+    """Model-only vs end-to-end (video, folder) throughput and the reference loop, in one process."""
+    _start(threads)
+    from frametrans.bench import ApplyBench, bench_apply, format_apply
+
+    w, h = _parse_size(size)
+    result = bench_apply(ApplyBench(
+        model=model, config=_parse_config(config), width=w, height=h, batch=batch, device=device,
+        precision=precision, compile=compile_mode, frames=frames, repeat=repeat,
+        inputs=("video", "folder") if inputs == "both" else (inputs,), reference=reference, seed=seed,
+        workdir=workdir))
+    _emit(result, format_apply(result), json_out)
+
+
+@bench_group.command("processes")
+@_common
+@click.option("--size", default="256", show_default=True, help="Frame size: N or WIDTHxHEIGHT.")
+@click.option("--frames", "-n", type=int, default=96, show_default=True, callback=opt.positive("frames"))
+@click.option("--batch", "-b", type=int, callback=opt.positive("batch"),
+              help="--batch-size for frametrans apply (default: its own choice).")
+@click.option("--repeat", type=int, default=1, show_default=True, callback=opt.positive("repeat"))
+@click.option("--video", is_flag=True, help="Give frametrans an H.264 clip of the frames instead of the folder.")
+@opt.device_option
+@opt.precision_option
+@_compile_option
+def bench_processes_cmd(model: str, config, seed: int, workdir, json_out, threads, size: str, frames: int,
+                        batch, repeat: int, video: bool, device: str, precision: str, compile_mode: str) -> None:
+    """Whole processes (start-up included): `frametrans apply` vs the reference loop."""
+    _start(threads)
+    from frametrans.bench import ProcessBench, bench_processes, format_processes
+
+    w, h = _parse_size(size)
+    result = bench_processes(ProcessBench(
+        model=model, config=_parse_config(config), width=w, height=h, frames=frames, batch=batch,
+        device=device, precision=precision, compile=compile_mode, repeat=repeat, seed=seed,
+        workdir=workdir, video=video))
+    _emit(result, format_processes(result), json_out)
+
+
+@bench_group.command("tiling")
+@_common
+@click.option("--size", default="1920x1080", show_default=True, help="Frame size: N or WIDTHxHEIGHT.")
+@click.option("--tile", type=int, help="Tile side in pixels.")
+@click.option("--tile-overlap", type=int, help="Tile overlap (default: from the receptive field).")
+@click.option("--max-memory", help="Memory budget that forces tiling, e.g. 4G (instead of --tile).")
+@click.option("--repeat", type=int, default=3, show_default=True, callback=opt.positive("repeat"))
+@opt.device_option
+@opt.precision_option
+def bench_tiling_cmd(model: str, config, seed: int, workdir, json_out, threads, size: str, tile, tile_overlap,
+                     max_memory, repeat: int, device: str, precision: str) -> None:
+    """Tiled vs untiled time (and PSNR) for one large frame."""
+    _start(threads)
+    from frametrans.bench import TilingBench, bench_tiling, format_tiling
+    from frametrans.engine.device import parse_memory
+
+    w, h = _parse_size(size)
+    result = bench_tiling(TilingBench(
+        model=model, config=_parse_config(config), width=w, height=h, tile=tile, tile_overlap=tile_overlap,
+        max_memory=parse_memory(max_memory), device=device, precision=precision, repeat=repeat, seed=seed,
+        workdir=workdir))
+    _emit(result, format_tiling(result), json_out)
+
+
+@bench_group.command("compile")
+@_common
+@click.option("--size", default="256", show_default=True, help="Frame size: N or WIDTHxHEIGHT.")
+@click.option("--batch", "-b", type=int, default=1, show_default=True, callback=opt.positive("batch"))
+@click.option("--repeat", type=int, default=5, show_default=True, callback=opt.positive("repeat"))
+@opt.device_option
+@opt.precision_option
+def bench_compile_cmd(model: str, config, seed: int, workdir, json_out, threads, size: str, batch: int,
+                      repeat: int, device: str, precision: str) -> None:
+    """Cold and warm compile times, compiled vs eager speed and PSNR, break-even job length."""
+    _start(threads)
+    from frametrans.bench import CompileBench, bench_compile, format_compile
+
+    w, h = _parse_size(size)
+    result = bench_compile(CompileBench(
+        model=model, config=_parse_config(config), width=w, height=h, batch=batch, device=device,
+        precision=precision, repeat=repeat, seed=seed, workdir=workdir))
+    _emit(result, format_compile(result), json_out)

@@ -1,0 +1,111 @@
+"""The benchmark harness runs (tiny sizes) and its pieces measure what they say. No timing asserts."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from frametrans import bench
+from frametrans.checkpoint import load_model
+from frametrans.cli.main import cli
+
+TINY = ["--config", "ngf=4", "--config", "n_blocks=1"]
+
+
+def _invoke(args, **kw):
+    res = CliRunner().invoke(cli, ["bench", *args], catch_exceptions=False, **kw)
+    assert res.exit_code == 0, res.output
+    return res
+
+
+def test_bench_apply_cli_tiny(tmp_path):
+    out = tmp_path / "r.json"
+    res = _invoke(["apply", "-m", "resnet", *TINY, "--size", "32x24", "--frames", "3", "--repeat", "1",
+                   "--device", "cpu", "--precision", "fp32", "--compile", "off", "--json", str(out)])
+    for phase in ("model only", "apply video", "apply folder", "reference loop"):
+        assert phase in res.output
+    data = json.loads(out.read_text())
+    rows = {r["phase"].split(" (")[0]: r for r in data["rows"]}
+    assert rows["model only"]["vs_model"] == 1.0
+    assert all(r["frames_per_s"] > 0 and r["peak_mem_bytes"] > 0 for r in data["rows"])
+    assert data["setup"]["flop_per_frame"] > 0 and data["setup"]["device_peak_flop_per_s"] > 0
+    assert data["setup"]["padded"] == [32, 24] and not data["setup"]["compiled"]
+
+
+def test_bench_tiling_cli_tiny():
+    res = _invoke(["tiling", "-m", "unet", "--config", "num_downs=3", "--config", "ngf=4", "--size", "96x64",
+                   "--tile", "32", "--repeat", "1", "--device", "cpu", "--precision", "fp32"])
+    assert "tiled / untiled" in res.output and "PSNR" in res.output
+
+
+def test_bench_processes_cli_tiny(tmp_path):
+    res = _invoke(["processes", "-m", "resnet", *TINY, "--size", "32", "--frames", "2", "--device", "cpu",
+                   "--precision", "fp32", "--compile", "off", "--workdir", str(tmp_path)])
+    assert "speed-up over the reference loop" in res.output
+    assert len(list((tmp_path / "out_frames").glob("*.png"))) == 2
+    assert len(list((tmp_path / "ref_out").glob("*.png"))) == 2
+
+
+def test_bench_group_lists_subcommands():
+    res = _invoke(["--help"])
+    for name in ("apply", "processes", "tiling", "compile"):
+        assert name in res.output
+
+
+def test_reference_loop_is_the_same_model_as_apply(tmp_path):
+    """The reference loop and `frametrans apply` (fp32) give the same picture (upstream truncates,
+    we round: at most one level apart), so the speed comparison compares like with like."""
+    from frametrans.apply import OutputOptions, Translator, apply_paths
+    from frametrans.engine.runner import RunnerOptions
+
+    ckpt = bench.prepare_model("resnet", tmp_path, {"ngf": 4, "n_blocks": 1})
+    frames = bench.make_folder(tmp_path / "in", 36, 28, 2)
+    bench.reference_loop(load_model(ckpt), frames, tmp_path / "ref", torch.device("cpu"))
+    t = Translator(load_model(ckpt), RunnerOptions(device="cpu", precision="fp32", compile="off"))
+    report = apply_paths([str(frames)], str(tmp_path / "ours"), t, OutputOptions(quiet=True))
+    assert report.ok and report.frames == 2
+    from PIL import Image
+
+    for p in sorted(frames.iterdir()):
+        ref = np.asarray(Image.open(tmp_path / "ref" / f"{p.stem}_fake.png")).astype(int)
+        ours = np.asarray(Image.open(tmp_path / "ours" / p.name)).astype(int)
+        assert ref.shape == ours.shape and np.abs(ref - ours).max() <= 1
+
+
+def test_flops_peak_and_memory_helpers():
+    from frametrans.models.resnet import ResnetConfig, ResnetGenerator
+
+    m = ResnetGenerator(ResnetConfig(ngf=4, n_blocks=1))
+    f64 = bench.model_flops(m, lambda mod, x: mod(x), 3, 64, 64)
+    f128 = bench.model_flops(m, lambda mod, x: mod(x), 3, 128, 128)
+    assert f64 > 0 and f128 == pytest.approx(4 * f64, rel=0.01)  # convolutions scale with area
+    assert bench.device_peak_flops(torch.device("cpu"), torch.float32, seconds=0.05) > 1e8
+    with bench.PeakMemory(torch.device("cpu")) as mem:
+        block = np.ones(64 * 2**20 // 8)  # 64 MiB touched
+        block.sum()
+    assert mem.peak >= mem.start and mem.added >= 32 * 2**20
+    del block
+
+
+def test_prepare_model_is_reproducible(tmp_path):
+    a = bench.prepare_model("unet", tmp_path / "a", {"num_downs": 3, "ngf": 4}, seed=3)
+    b = bench.prepare_model("unet", tmp_path / "b", {"num_downs": 3, "ngf": 4}, seed=3)
+    sa, sb = load_model(a).state_dict(), load_model(b).state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    with pytest.raises(ValueError, match="--config"):
+        bench.prepare_model(str(a), tmp_path, {"ngf": 8})
+
+
+@pytest.mark.slow
+def test_bench_compile_cli_tiny(tmp_path):
+    from frametrans.engine.compile import can_compile
+
+    if can_compile(torch.device("cpu")):
+        pytest.skip("cannot compile here")
+    res = _invoke(["compile", "-m", "resnet", *TINY, "--size", "32", "--repeat", "1", "--device", "cpu",
+                   "--precision", "fp32", "--workdir", str(tmp_path)])
+    assert "break-even" in res.output

@@ -1,0 +1,308 @@
+"""Every fast path of the runner gives the fp32 picture within its stated tolerance.
+
+Tolerances (uint8 outputs, PSNR against the fp32 eager runner on the same input):
+- channels_last, batching, the compiled fp32 forward: exact up to one grey level from rounding;
+- bf16 (autocast + bf16 weights, eager or compiled): >= 45 dB (the issue's bar);
+- tiles of a bf16 model against its own untiled output: >= 40 dB.
+Compiled paths take tens of seconds to build (a C++ compile), so they are marked slow.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from frametrans import registry
+from frametrans.engine import compile as compiling
+from frametrans.engine.runner import Runner, RunnerOptions
+from frametrans.io.frame import Frame
+from tests_support import tiny_config
+
+GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def _model(name: str = "resnet", seed: int = 0, **overrides):
+    torch.manual_seed(seed)
+    cfg = tiny_config(name)
+    if overrides:
+        cfg = type(cfg)(**{**cfg.to_dict(), **overrides})
+    return registry.get(name).build(cfg)
+
+
+def _images(n: int = 3, h: int = 40, w: int = 52, seed: int = 0, dtype=np.uint8):
+    g = np.random.default_rng(seed)
+    top = 65535 if dtype == np.uint16 else 255
+    yy, xx = np.mgrid[0:h, 0:w]
+    out = []
+    for i in range(n):  # smooth content plus noise: real structure for the model to respond to
+        base = (np.sin(xx / 5.0 + i)[..., None] * np.cos(yy / 7.0)[..., None] * [1.0, 0.6, -0.8] + 1) / 2
+        img = base + g.normal(0, 0.05, (h, w, 3))
+        out.append(np.clip(img * top, 0, top).astype(dtype))
+    return out
+
+
+def psnr(a: np.ndarray, b: np.ndarray, top: float = 255.0) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return math.inf if mse == 0 else 10 * math.log10(top**2 / mse)
+
+
+def _runner(model, tmp_path=None, **kw) -> Runner:
+    kw.setdefault("device", "cpu")
+    kw.setdefault("compile", "off")
+    if tmp_path is not None:
+        kw.setdefault("cache_dir", str(tmp_path / "cache"))
+    return Runner(model, RunnerOptions(**kw))
+
+
+def _fp32(model, images):
+    return _runner(model, precision="fp32", channels_last=False)(images)
+
+
+@pytest.mark.parametrize("name", ["resnet", "unet"])
+def test_channels_last_and_batching_match_fp32(name):
+    model = _model(name)
+    images = _images(4)
+    ref = _fp32(model, images)
+    for kw in (dict(channels_last=True, batch_size=1), dict(channels_last=True, batch_size=4),
+               dict(channels_last=False, batch_size=3)):
+        r = _runner(model, precision="fp32", **kw)
+        outs = [o for _, o in r.run(Frame(im, index=i) for i, im in enumerate(images))]
+        for a, b in zip(outs, ref):
+            assert a.shape == b.shape and a.dtype == np.uint8
+            assert np.abs(a.astype(int) - b.astype(int)).max() <= 1, kw
+
+
+@pytest.mark.parametrize("name", ["resnet", "unet"])
+def test_bf16_within_45db_of_fp32(name):
+    model = _model(name)
+    images = _images(3)
+    ref = _fp32(model, images)
+    r = _runner(model, precision="bf16", batch_size=3)
+    assert r.dtype == torch.bfloat16
+    outs = r(images)
+    for a, b in zip(outs, ref):
+        assert psnr(a, b) >= 45.0
+
+
+def test_bf16_keeps_the_given_module_fp32_and_shares_one_copy():
+    model = _model("resnet")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    a = _runner(model, precision="bf16")
+    b = _runner(model, precision="bf16")
+    assert a.model is b.model and a.model is not model
+    assert next(a.model.parameters()).dtype == torch.bfloat16
+    assert all(v.dtype == torch.float32 for v in model.state_dict().values())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert _runner(model, precision="fp32").model is model
+
+
+def test_uint16_and_gray_inputs_keep_their_dtype():
+    model = _model("resnet")
+    im16 = _images(2, dtype=np.uint16)
+    ref = _fp32(model, im16)
+    out = _runner(model, precision="fp32")(im16)
+    assert out[0].dtype == np.uint16 and out[0].shape == im16[0].shape
+    assert np.abs(out[0].astype(int) - ref[0].astype(int)).max() <= 1
+    out_bf16 = _runner(model, precision="bf16")(im16)
+    assert psnr(out_bf16[0], ref[0], 65535.0) >= 45.0
+    gray = [im[..., :1] for im in _images(1)]
+    assert _runner(model, precision="bf16")(gray)[0].shape == (40, 52, 3)
+
+
+def test_bf16_tiles_agree_with_untiled_bf16():
+    model = _model("resnet")
+    images = _images(1, h=72, w=96)
+    whole = _runner(model, precision="bf16")(images)[0]
+    tiled_runner = _runner(model, precision="bf16", tile=48)  # overlap from the receptive field
+    tiled = tiled_runner(images)[0]
+    assert tiled_runner.tiled_frames == 1
+    assert psnr(tiled, whole) >= 40.0
+    assert psnr(tiled, _fp32(model, images)[0]) >= 40.0
+
+
+def test_model_input_and_forward_are_the_runner_path():
+    model = _model("resnet")
+    r = _runner(model, precision="bf16")
+    x = r.model_input(2, 32, 40)
+    assert x.dtype == torch.bfloat16 and x.shape == (2, 3, 32, 40)
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    y = r.model_forward(x)
+    assert y.shape == (2, 3, 32, 40) and float(y.float().abs().max()) <= 1.0
+
+
+# -- the compile policy (no compilation here) ------------------------------------------------------
+
+
+def test_policy_decisions():
+    cpu = torch.device("cpu")
+    p = compiling.CompilePolicy(mode="auto")
+    shape = (1, 3, 64, 64)
+    assert not p.should_compile(shape, cached=False, eager_seconds_per_frame=None, device=cpu, dtype=torch.float32)
+    assert p.should_compile(shape, cached=True, eager_seconds_per_frame=None, device=cpu, dtype=torch.float32)
+    assert not p.should_compile(shape, cached=False, eager_seconds_per_frame=5.0, device=cpu, dtype=torch.float32)
+    p.expected_frames = 1000  # a long job of slow frames pays for itself, a short one does not
+    assert p.should_compile(shape, False, 5.0, cpu, torch.float32)
+    assert not p.should_compile(shape, False, 0.001, cpu, torch.float32)
+    p.done_frames = 999
+    assert not p.should_compile(shape, False, 5.0, cpu, torch.float32)
+    assert compiling.CompilePolicy(mode="on").should_compile(shape, False, None, cpu, torch.float32)
+    assert not compiling.CompilePolicy(mode="off").should_compile(shape, True, 5.0, cpu, torch.float32)
+    assert p.break_even_frames(1.0, cpu, torch.bfloat16) == pytest.approx(compiling.COMPILE_SECONDS / 0.5)
+
+
+def test_runner_expect_and_auto_stays_eager_for_short_jobs(tmp_path):
+    model = _model("resnet")
+    r = _runner(model, tmp_path, precision="fp32", compile="auto", batch_size=1)
+    r.expect(3)
+    outs = [o for _, o in r.run(Frame(im) for im in _images(3))]
+    assert len(outs) == 3 and not r._compiled
+    assert r.policy.done_frames == 3 and r.policy.remaining() == 0
+    r.expect(None)  # an open-ended stream
+    assert r.policy.remaining() == compiling.UNKNOWN_LENGTH
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.pt2"))
+
+
+def test_compile_option_validation(monkeypatch):
+    with pytest.raises(ValueError, match="compile"):
+        RunnerOptions(compile="sometimes").validate()
+    monkeypatch.setattr(compiling, "can_compile", lambda device: "no C++ compiler (g++/clang++) found")
+    with pytest.raises(ValueError, match="--compile on: no C"):
+        _runner(_model("resnet"), compile="on")
+    # auto quietly stays eager when compiling is impossible
+    r = _runner(_model("resnet"), compile="auto", precision="fp32")
+    r.expect(10**6)
+    r(_images(1)); r(_images(1))
+    assert not r._compiled
+
+
+def test_custom_forward_needs_a_cache_token():
+    model = _model("resnet")
+
+    def fwd(m, x):
+        return m(x)
+
+    with pytest.raises(ValueError, match="cache_token"):
+        Runner(model, RunnerOptions(device="cpu", compile="on"), forward=fwd)
+    fwd.cache_token = "plain"
+    Runner(model, RunnerOptions(device="cpu", compile="on"), forward=fwd)  # accepted
+
+
+def test_artifact_key_changes_with_weights_shape_and_dtype():
+    a, b = _model("resnet", seed=0), _model("resnet", seed=1)
+    ida, idb = compiling.model_identity(a), compiling.model_identity(b)
+    assert ida != idb and ida == compiling.model_identity(_model("resnet", seed=0))
+    k = compiling.ArtifactKey(ida, (1, 3, 32, 32), "torch.float32", True, "cpu:x")
+    assert k.digest != compiling.ArtifactKey(ida, (2, 3, 32, 32), "torch.float32", True, "cpu:x").digest
+    assert k.digest != compiling.ArtifactKey(ida, (1, 3, 32, 32), "torch.bfloat16", True, "cpu:x").digest
+    assert k.digest != compiling.ArtifactKey(idb, (1, 3, 32, 32), "torch.float32", True, "cpu:x").digest
+
+
+# -- compiled paths (AOTInductor; tens of seconds each) ----------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(compiling.can_compile(torch.device("cpu")) is not None, reason="cannot compile here")
+def test_compiled_forward_matches_and_is_cached(tmp_path):
+    model = _model("resnet")
+    images = _images(3)
+    ref = _fp32(model, images)
+    r = _runner(model, tmp_path, precision="fp32", compile="on", batch_size=2)
+    outs = [o for _, o in r.run(Frame(im) for im in images)]  # a batch of 2, then a short one padded
+    assert list(r._compiled) == [(2, 3, 40, 52)]
+    for a, b in zip(outs, ref):
+        assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+    packages = list((tmp_path / "cache").rglob("*.pt2"))
+    assert len(packages) == 1
+    # a new runner (as in a new process) loads the package instead of compiling
+    again = _runner(model, tmp_path, precision="fp32", compile="auto", batch_size=2)
+    out2 = again(images[:2])
+    assert again._compiled and again.compile_seconds < 10
+    assert np.abs(out2[0].astype(int) - ref[0].astype(int)).max() <= 1
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(compiling.can_compile(torch.device("cpu")) is not None, reason="cannot compile here")
+def test_compiled_bf16_within_45db(tmp_path):
+    model = _model("unet")
+    images = _images(2)
+    ref = _fp32(model, images)
+    r = _runner(model, tmp_path, precision="bf16", compile="on", batch_size=2)
+    outs = r(images)
+    assert r._compiled
+    for a, b in zip(outs, ref):
+        assert psnr(a, b) >= 45.0
+
+
+# -- CUDA (skipped without a GPU) ------------------------------------------------------------------
+
+
+@GPU
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
+def test_cuda_paths_match_cpu_fp32(precision):
+    model = _model("resnet")
+    images = _images(5)
+    ref = _fp32(model, images)
+    r = Runner(_model("resnet"), RunnerOptions(device="cuda", precision=precision, batch_size=2, compile="off"))
+    outs = [o for _, o in r.run(Frame(im, index=i) for i, im in enumerate(images))]  # pinned, 1 in flight
+    assert len(outs) == 5
+    for a, b in zip(outs, ref):
+        assert psnr(a, b) >= (50.0 if precision == "fp32" else 40.0)
+
+
+@GPU
+def test_cuda_graphs_match_eager():
+    model = _model("resnet")
+    images = _images(4)
+    eager = Runner(model, RunnerOptions(device="cuda", precision="fp32", batch_size=2, compile="off"))(images)
+    r = Runner(model, RunnerOptions(device="cuda", precision="fp32", batch_size=2, compile="on", cuda_graphs=True))
+    outs = [o for _, o in r.run(Frame(im) for im in images)]
+    for a, b in zip(outs, eager):
+        assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+
+
+# -- tiles chosen by the memory budget -------------------------------------------------------------
+
+
+def test_budget_tiles_compute_few_pixels_and_respect_the_budget(monkeypatch):
+    from frametrans.engine import tiling
+    from frametrans.engine.tiling import plan_tiles
+
+    model = _model("unet", num_downs=3)  # batch norm in eval: no statistics pass, plain tiles
+    probe = _runner(model, precision="fp32")
+    bpp = probe.bytes_per_pixel()
+    h, w = 120, 400
+    r = _runner(model, precision="fp32", max_memory=int(bpp * 130 * 130), tile_overlap=16)
+    side = r._tile_size(h, w)
+    assert side is not None and min(side, h) * min(side, w) <= r._pixels_that_fit()
+    area = sum(b.height * b.width for b in plan_tiles(h, w, side, 16, 8))
+    square = int(r._pixels_that_fit() ** 0.5) // 8 * 8
+    assert area <= sum(b.height * b.width for b in plan_tiles(h, w, square, 16, 8))
+    seen = []
+    real = tiling.run_tiled
+
+    def spy(fn, x, *args, **kw):
+        def wrapped(t):
+            seen.append(t.shape[0] * t.shape[-2] * t.shape[-1])
+            return fn(t)
+        return real(wrapped, x, *args, **kw)
+
+    monkeypatch.setattr("frametrans.engine.normstats.run_tiled", spy)
+    out = r(_images(1, h=h, w=w))[0]
+    assert out.shape == (h, w, 3) and r.tiled_frames == 1
+    assert seen and max(seen) <= r._pixels_that_fit()  # tiles per forward: within the budget
+    assert psnr(out, _fp32(model, _images(1, h=h, w=w))[0]) >= 25.0
+
+
+def test_cache_prune_drops_least_recently_used(tmp_path, monkeypatch):
+    import os
+
+    monkeypatch.setenv("FRAMETRANS_CACHE_MAX_BYTES", "250")
+    for i in range(4):
+        p = tmp_path / f"p{i}.pt2"
+        p.write_bytes(b"x" * 100)
+        os.utime(p, (1000 + i, 1000 + i))
+    compiling.prune(tmp_path, keep=tmp_path / "p0.pt2")
+    assert sorted(p.name for p in tmp_path.glob("*.pt2")) == ["p0.pt2", "p2.pt2", "p3.pt2"]

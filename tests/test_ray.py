@@ -1,0 +1,144 @@
+"""`frametrans apply --ray`: a local Ray with 2 CPUs gives the same outputs as a local run."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from frametrans.apply import OutputOptions, Translator, apply_paths
+from frametrans.checkpoint import save_model
+from frametrans.cli.main import cli
+from frametrans.engine.runner import RunnerOptions
+from frametrans.io.images import read_image
+from frametrans.models.resnet import ResnetConfig, ResnetGenerator
+from test_segments import decoded, make_clip
+
+FP32 = RunnerOptions(device="cpu", precision="fp32")
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray = pytest.importorskip("ray")
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    torch.manual_seed(0)
+    return str(save_model(ResnetGenerator(ResnetConfig(ngf=4, n_blocks=1)),
+                          tmp_path_factory.mktemp("m") / "rn.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """A folder of images (two sizes, one in a subfolder) and a clip with audio, 5 segments."""
+    root = tmp_path_factory.mktemp("in")
+    rng = np.random.default_rng(0)
+    (root / "sub").mkdir()
+    for i in range(5):
+        Image.fromarray(rng.integers(0, 255, (30 + i % 2, 41, 3), dtype=np.uint8)).save(root / f"img{i}.png")
+    Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(root / "sub" / "deep.png")
+    make_clip(root / "clip.mp4", frames=60, gop=10)
+    return root
+
+
+def tree(folder):
+    return sorted(str(p.relative_to(folder)) for p in Path(folder).rglob("*"))
+
+
+def local_run(inputs, out, model, opts):
+    return apply_paths([str(inputs)], str(out), Translator.load(model, FP32), opts)
+
+
+def check_video_like_local(ours, local, source):
+    """Same frame count and timestamps, the source's audio packets, and (both encoded with
+    lossless x264, --crf 0) the same decoded frames."""
+    t_ours, f_ours, a_ours = decoded(ours)
+    t_local, f_local, _ = decoded(local)
+    _, _, a_src = decoded(source)
+    assert len(t_ours) == len(t_local) == 60
+    assert t_ours == t_local, "timestamps must be the local run's"
+    assert a_ours == a_src and a_src, "audio packets must be the source's, byte for byte"
+    same = [np.array_equal(a, b) for a, b in zip(f_ours, f_local)]
+    assert all(same), f"frames {[i for i, s in enumerate(same) if not s]} differ from the local run's"
+
+
+@pytest.mark.ray
+def test_folder_through_cli_equals_local_run(tmp_path, ray_local, model, inputs):
+    opts = OutputOptions(recursive=True, crf=0)
+    local = local_run(inputs, tmp_path / "local", model, opts)
+    res = CliRunner().invoke(cli, ["apply", str(inputs), "-o", str(tmp_path / "ray"), "-m", model,
+                                   "--recursive", "--precision", "fp32", "--device", "cpu",
+                                   "--crf", "0", "--quiet", "--ray"])
+    assert res.exit_code == 0, res.output
+    assert tree(tmp_path / "ray") == tree(tmp_path / "local")  # same names, nothing hidden left
+    for p in (tmp_path / "local").rglob("*.png"):
+        q = tmp_path / "ray" / p.relative_to(tmp_path / "local")
+        assert np.array_equal(read_image(q).image, read_image(p).image), q
+    check_video_like_local(tmp_path / "ray" / "clip.mp4", tmp_path / "local" / "clip.mp4",
+                           inputs / "clip.mp4")  # not split: 2.4 s < 2 x 60 s
+    assert local.frames == 66
+
+
+@pytest.mark.ray
+def test_split_video_equals_local_run(tmp_path, ray_local, model, inputs):
+    from frametrans.scale import ray_apply
+
+    src = inputs / "clip.mp4"
+    opts = OutputOptions(crf=0, quiet=True)
+    local_run(src, tmp_path / "local.mp4", model, opts)
+    report = ray_apply([str(src)], str(tmp_path / "ray.mp4"), model, FP32, opts, segment_seconds=0.5)
+    assert report.ok and report.frames == 60 and report.written == [tmp_path / "ray.mp4"]
+    check_video_like_local(tmp_path / "ray.mp4", tmp_path / "local.mp4", src)
+    assert tree(tmp_path) == ["local.mp4", "ray.mp4"]  # the segment folder is gone
+
+
+@pytest.mark.ray
+def test_worker_killed_mid_run_every_output_once(tmp_path, ray_local, model, inputs):
+    """The first unit to run kills its worker process after its first frame (a segment: the
+    biggest units go first); Ray restarts the actor and retries the unit."""
+    from frametrans.scale.ray_apply import ray_apply
+
+    marker = tmp_path / "crashed"
+    opts = OutputOptions(recursive=True, crf=0, quiet=True)
+    report = ray_apply([str(inputs)], str(tmp_path / "ray"), model, FP32, opts,
+                       segment_seconds=0.5, _crash_marker=str(marker))
+    assert marker.exists(), "no worker was killed"
+    assert report.ok, report.failed
+    assert report.frames == 66 and len(report.written) == len(set(report.written)) == 7
+    local_run(inputs, tmp_path / "local", model, opts)
+    assert tree(tmp_path / "ray") == tree(tmp_path / "local")  # no temporary or part files left
+    check_video_like_local(tmp_path / "ray" / "clip.mp4", tmp_path / "local" / "clip.mp4",
+                           inputs / "clip.mp4")
+
+
+def test_without_ray_the_flag_says_how_to_install(tmp_path, model, inputs, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    res = CliRunner().invoke(cli, ["apply", str(inputs / "img0.png"), "-o", str(tmp_path / "o.png"),
+                                   "-m", model, "--ray"])
+    assert res.exit_code != 0
+    assert "pip install 'frametrans[ray]'" in res.output
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_temporaries_of_a_killed_try_are_removed(tmp_path):
+    """A worker killed mid-write leaves its writer's hidden temporary file; the retry removes it
+    (and nothing else)."""
+    from frametrans.io.images import temporary_path_for
+    from frametrans.scale.ray_apply import _remove_temporaries
+
+    out = tmp_path / "a[1].mp4"
+    left = [temporary_path_for(out, ".mp4"), temporary_path_for(tmp_path / "b.png", ".tmp")]
+    kept = [temporary_path_for(tmp_path / "c.mp4", ".mp4"), tmp_path / ".a[1].mp4.notes"]
+    for p in left + kept:
+        p.write_bytes(b"x")
+    _remove_temporaries([str(out), str(tmp_path / "b.png")])
+    assert sorted(tmp_path.iterdir()) == sorted(kept)
