@@ -707,9 +707,11 @@ def bench_compile(opts: CompileBench, log: Log = _stderr) -> Dict[str, Any]:
             "compiled": _psnr(y.float(), ref, eager.contract.value_range),
         }
         return {
-            "setup": {**asdict(opts), "dtype": str(eager.dtype).replace("torch.", ""), "device_name": device_name(eager.device)},
+            "setup": {**asdict(opts), "dtype": str(eager.dtype).replace("torch.", ""),
+                      "device_name": device_name(eager.device)},
             "cold_seconds": cold_s, "warm_seconds": warm_s, "seconds_per_frame": med, "samples": times,
-            "speedup_vs_eager": med["eager"] / med["compiled"], "speedup_vs_fp32_eager": med["fp32 eager"] / med["compiled"],
+            "speedup_vs_eager": med["eager"] / med["compiled"],
+            "speedup_vs_fp32_eager": med["fp32 eager"] / med["compiled"],
             "psnr_vs_fp32_db": psnr,
             "cold_overhead_seconds": cold_over, "warm_overhead_seconds": warm_over,
             "break_even_frames_cold": cold_over / saving if saving > 0 else float("inf"),

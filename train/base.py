@@ -12,13 +12,14 @@ import contextlib
 import copy
 import math
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from frametrans.checkpoint import save_model
+from frametrans.train.distributed import Shard
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 LR_POLICIES = ("linear", "constant", "step", "cosine")
@@ -45,6 +46,8 @@ class Amp:
     needed) or ``fp16`` (autocast to float16 with a GradScaler; CUDA only).
     One scaler serves all optimizers: ``backward`` and ``step`` per loss/optimizer, ``update`` once
     per iteration (the PyTorch recipe for several models and optimizers).
+    grad_sync: called with the optimizer before each step; DDP sets it to average the gradients
+    over the processes (:meth:`frametrans.train.distributed.DistContext.optimizer_sync`).
     """
 
     def __init__(self, device: torch.device, precision: str) -> None:
@@ -56,6 +59,7 @@ class Amp:
         self.precision = precision
         self.dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+        self.grad_sync: Optional[Callable[[torch.optim.Optimizer], None]] = None
 
     def autocast(self) -> Any:
         return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.precision != "fp32")
@@ -64,6 +68,8 @@ class Amp:
         self.scaler.scale(loss).backward()
 
     def step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.grad_sync is not None:  # DDP: (scaled) gradients averaged before unscale/inf check
+            self.grad_sync(optimizer)
         self.scaler.step(optimizer)
 
     def update(self) -> None:
@@ -220,6 +226,11 @@ class Method:
     Subclasses fill ``nets`` (every trained network), ``optimizers``, ``pools``, ``rngs`` and
     ``exports`` (generator net name -> exported file name), and implement :meth:`step`,
     :meth:`samples` and (for paired data) :meth:`validate`.
+
+    ``shard`` is this process's part of the global batch (DDP; identity for one process): random
+    draws over the batch are made for the global batch and sliced with ``shard.local``, and
+    batch-wide state (image pools) sees ``shard.gather`` of the local tensors, so a DDP step
+    computes what the single-process step computes.
     """
 
     name = ""
@@ -234,6 +245,7 @@ class Method:
         self.rngs: Dict[str, torch.Generator] = {}
         self.exports: Dict[str, str] = {}
         self.ema: Optional[EMA] = None
+        self.shard = Shard()
 
     # -- to implement -----------------------------------------------------------------------
 

@@ -73,9 +73,16 @@ class CycleGAN(Method):
         loss = (self.gan(pred_real, True) + self.gan(pred_fake, False)) * 0.5
         gp = None
         if self.gan.needs_gradient_penalty:
-            gp = gradient_penalty(D, real, fake, weight=self.options.gp_weight, generator=self.rngs["gp"])
+            gp = gradient_penalty(D, real, fake, weight=self.options.gp_weight, generator=self.rngs["gp"],
+                                  shard=self.shard)
             loss = loss + gp
         return loss, gp
+
+    def _pooled(self, name: str, fakes: torch.Tensor) -> torch.Tensor:
+        """Fakes for the discriminator from the pool (detached). With DDP the pool takes the global
+        batch of fakes (gathered in rank order) on every rank, with the same draws everywhere, and
+        each rank keeps its slice: the pool's content and choices match a single process."""
+        return self.shard.local(self.pools[name].query(self.shard.gather(fakes)))
 
     def step(self, batch: Dict[str, torch.Tensor]) -> Dict[str, float]:
         o, amp, n = self.options, self.amp, self.nets
@@ -109,8 +116,8 @@ class CycleGAN(Method):
         # discriminators, on a mix of new and pooled fakes
         set_requires_grad([n["D_A"], n["D_B"]], True)
         self.optimizers["D"].zero_grad(set_to_none=True)
-        loss_d_a, gp_a = self._d_loss(n["D_A"], real_b, self.pools["fake_B"].query(fake_b))
-        loss_d_b, gp_b = self._d_loss(n["D_B"], real_a, self.pools["fake_A"].query(fake_a))
+        loss_d_a, gp_a = self._d_loss(n["D_A"], real_b, self._pooled("fake_B", fake_b))
+        loss_d_b, gp_b = self._d_loss(n["D_B"], real_a, self._pooled("fake_A", fake_a))
         amp.backward(loss_d_a + loss_d_b)
         amp.step(self.optimizers["D"])
         amp.update()

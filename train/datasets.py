@@ -14,7 +14,8 @@ Layouts understood (``--data DIR``):
                        folders; or the generated sources ``moving-digits`` / ``moving-mnist``
 
 Determinism, and why there is no RNG state to carry around: every dataset here is indexed by the
-*global sample counter* ``k`` (sample ``j`` of step ``s`` is ``k = s * batch + j``). The order of
+*global sample counter* ``k`` (sample ``j`` of step ``s`` is ``k = s * batch + j``; with DDP each
+process takes a contiguous slice of the global batch, see :class:`StepBatches`). The order of
 epoch ``e`` is a permutation drawn from ``numpy.random.default_rng([seed, ORDER, e])`` and the
 augmentation of sample ``k`` from ``default_rng([seed, AUGMENT, k])``. So the data of a step depend
 only on (seed, step): a resumed run sees exactly the batches an uninterrupted one would, whatever
@@ -603,29 +604,43 @@ class GeneratedWindows(TrainDataset):
 
 
 class StepBatches(torch.utils.data.Sampler):
-    """Endless batches of consecutive sample counters, from ``start``: [start, start + B), ..."""
+    """Endless batches of consecutive sample counters, from ``start``: [start, start + B), ...
 
-    def __init__(self, batch_size: int, start: int = 0) -> None:
+    With ``world`` > 1 processes (DDP), ``batch_size`` is still the global batch B and this rank
+    yields only its slice of each: [k + rank * B/W, k + (rank + 1) * B/W) for k = start, start + B,
+    ... The slices of all ranks together are the single-process batch, so the data of a step
+    depend only on (seed, step), whatever the number of processes.
+    """
+
+    def __init__(self, batch_size: int, start: int = 0, rank: int = 0, world: int = 1) -> None:
+        if world < 1 or not 0 <= rank < world:
+            raise DataError(f"rank {rank} of {world} processes is not a valid data shard")
+        if batch_size % world:
+            raise DataError(f"--batch-size {batch_size} (the global batch) does not split evenly over "
+                            f"{world} processes; use a multiple of {world}")
         self.batch_size = batch_size
         self.start = start
+        self.rank, self.world = rank, world
 
     def __iter__(self) -> Iterator[List[int]]:
-        k = self.start
+        local = self.batch_size // self.world
+        k = self.start + self.rank * local
         while True:
-            yield list(range(k, k + self.batch_size))
+            yield list(range(k, k + local))
             k += self.batch_size
 
 
 def make_loader(dataset: TrainDataset, batch_size: int, start: int, workers: int,
-                pin_memory: bool = False) -> Iterator[Dict[str, torch.Tensor]]:
+                pin_memory: bool = False, rank: int = 0, world: int = 1) -> Iterator[Dict[str, torch.Tensor]]:
     """An endless iterator over batches of the samples ``start``, ``start + 1``, ...
 
     workers: loader processes (0: load in this process). The batches do not depend on it.
+    rank, world: this process's shard of the global batch ``batch_size`` (see :class:`StepBatches`).
     """
     if workers < 0:
         raise DataError(f"--workers must be >= 0, got {workers}")
     loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=StepBatches(batch_size, start), num_workers=workers,
+        dataset, batch_sampler=StepBatches(batch_size, start, rank, world), num_workers=workers,
         pin_memory=pin_memory, persistent_workers=workers > 0,
         prefetch_factor=2 if workers > 0 else None,
         # the loader draws a worker base seed when iterated; from its own generator, not the

@@ -14,11 +14,14 @@ as upstream MUNIT does. Losses are computed in float32 whatever the autocast dty
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Callable, Dict, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from frametrans.train.distributed import Shard
 
 Logits = Union[torch.Tensor, Sequence[torch.Tensor]]
 
@@ -87,12 +90,15 @@ def gradient_penalty(
     kind: str = "mixed",
     target_norm: float = 1.0,
     generator: Optional[torch.Generator] = None,
+    shard: Optional["Shard"] = None,
 ) -> torch.Tensor:
     """WGAN-GP penalty ``weight * mean((||grad_x D(x)||_2 - target_norm)^2)`` (Gulrajani et al.).
 
     real, fake: the discriminator's inputs [B, C, H, W] (for pix2pix the concatenated pairs).
     kind: ``mixed`` (x = a*real + (1-a)*fake, a ~ U(0, 1) per sample), ``real`` or ``fake``.
     generator: draws the mixing weights (on its own device, then moved), so runs are reproducible.
+    shard: with DDP, the weights are drawn for the global batch and this rank's slice is used, so
+        the penalty equals the single-process one (the mean over ranks of the local means).
     Run in float32 with autocast off: the penalty differentiates through D twice.
     Returns a float32 scalar with a graph to D's parameters.
     """
@@ -102,7 +108,9 @@ def gradient_penalty(
         x = fake
     elif kind == "mixed":
         draw_device = generator.device if generator is not None else real.device
-        alpha = torch.rand((real.shape[0], 1, 1, 1), generator=generator, device=draw_device)
+        world = 1 if shard is None else shard.world
+        alpha = torch.rand((real.shape[0] * world, 1, 1, 1), generator=generator, device=draw_device)
+        alpha = alpha if shard is None else shard.local(alpha)
         alpha = alpha.to(real.device)
         x = alpha * real.detach().float() + (1.0 - alpha) * fake.detach().float()
     else:

@@ -83,10 +83,12 @@ class MUNITMethod(Method):
         self.vgg = VGGPerceptualLoss(o.vgg_weights).to(device) if o.vgg_weights else None
 
     def _styles(self, batch: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Random styles for a local batch of ``batch``: drawn for the global batch (DDP), sliced."""
         gen: MUNIT = self.nets["gen"]  # type: ignore[assignment]
-        s_a = gen.sample_style(batch, generator=self.rngs["style"], device=self.device)
-        s_b = gen.sample_style(batch, generator=self.rngs["style"], device=self.device)
-        return s_a, s_b
+        n = batch * self.shard.world
+        s_a = gen.sample_style(n, generator=self.rngs["style"], device=self.device)
+        s_b = gen.sample_style(n, generator=self.rngs["style"], device=self.device)
+        return self.shard.local(s_a), self.shard.local(s_b)
 
     def step(self, batch: Dict[str, torch.Tensor]) -> Dict[str, float]:
         o, amp = self.options, self.amp
@@ -110,8 +112,8 @@ class MUNITMethod(Method):
         loss_dis_b = self.gan(out_fake_b, False) + self.gan(out_real_b, True)
         loss_dis = o.gan_weight * (loss_dis_a + loss_dis_b)
         if self.gan.needs_gradient_penalty:
-            gp = (gradient_penalty(dis_a, x_a, x_ba, weight=o.gp_weight, generator=self.rngs["gp"])
-                  + gradient_penalty(dis_b, x_b, x_ab, weight=o.gp_weight, generator=self.rngs["gp"]))
+            gp = (gradient_penalty(dis_a, x_a, x_ba, weight=o.gp_weight, generator=self.rngs["gp"], shard=self.shard)
+                  + gradient_penalty(dis_b, x_b, x_ab, weight=o.gp_weight, generator=self.rngs["gp"], shard=self.shard))
             loss_dis = loss_dis + gp
             losses["D_GP"] = gp
         amp.backward(loss_dis)

@@ -105,7 +105,7 @@ class Pix2Pix(Method):
         losses = {"D_real": loss_d_real, "D_fake": loss_d_fake}
         if self.gan.needs_gradient_penalty:
             gp = gradient_penalty(D, torch.cat([real_a, real_b], 1), torch.cat([real_a, fake_b], 1),
-                                  weight=o.gp_weight, generator=self.rngs["gp"])
+                                  weight=o.gp_weight, generator=self.rngs["gp"], shard=self.shard)
             loss_d = loss_d + gp
             losses["D_GP"] = gp
         amp.backward(loss_d)

@@ -18,6 +18,11 @@ Resume is exact: the networks, optimizers, scaler, pools, EMA, the method's priv
 the global torch/CUDA/Python/NumPy RNG states are saved; the data stream is a pure function of
 (seed, sample counter) (see :mod:`frametrans.train.datasets`) and the learning rate a pure function
 of the step, so the saved counter restores both.
+
+Distributed data parallel (``ddp=True`` under torchrun, or ``nproc=N`` local processes): the same
+loop in every process, ``batch_size`` is the global batch split evenly over the processes, only
+rank 0 writes the run folder; see :mod:`frametrans.train.distributed` for what makes the result
+equal to the single-process run with the same global batch.
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ import torch
 
 from frametrans.atomic import atomic_path, atomic_write_text
 from frametrans.train import cyclegan, defaults, munit, pix2pix, predictor
+from frametrans.train.distributed import (DistContext, convert_batchnorm, env_world_size, mark_collective,
+                                          rank_seed, spawn_local, under_launcher)
 from frametrans.train.base import LR_POLICIES, PRECISIONS, Amp, Method, Options, lr_factor
 from frametrans.train.datasets import RESIZE_MODES, make_loader, steps_per_epoch
 from frametrans.train.losses import GAN_MODES
@@ -83,6 +90,8 @@ class TrainResult:
     exports: List[Path] = field(default_factory=list)
     last_losses: Dict[str, float] = field(default_factory=dict)
     last_val: Optional[Dict[str, float]] = None
+    rank: int = 0  # this process's rank (DDP); only rank 0 wrote the run folder
+    world_size: int = 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,20 +194,27 @@ def _restore_numpy_state(s: Dict[str, Any]) -> None:
     np.random.set_state((s["name"], s["keys"].numpy().astype(np.uint32), s["pos"], s["has_gauss"], s["cached"]))
 
 
-def rng_state(device: torch.device) -> Dict[str, Any]:
-    """The global RNG states (torch CPU and CUDA, Python, NumPy) as plain containers."""
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
-        "python": random.getstate(),
-        "numpy": _plain_numpy_state(),
-    }
+def rng_state(device: torch.device, own_device_only: bool = False) -> Dict[str, Any]:
+    """The global RNG states (torch CPU and CUDA, Python, NumPy) as plain containers.
+
+    own_device_only: the CUDA state of ``device`` alone (a DDP process owns one GPU and must not
+    touch the others), as a one-element list."""
+    cuda: List[torch.Tensor] = []
+    if device.type == "cuda":
+        cuda = [torch.cuda.get_rng_state(device)] if own_device_only else torch.cuda.get_rng_state_all()
+    return {"torch": torch.get_rng_state(), "cuda": cuda, "python": random.getstate(),
+            "numpy": _plain_numpy_state()}
 
 
-def restore_rng_state(state: Dict[str, Any], device: torch.device) -> None:
+def restore_rng_state(state: Dict[str, Any], device: torch.device, own_device_only: bool = False) -> None:
     torch.set_rng_state(state["torch"])
     if device.type == "cuda" and state.get("cuda"):
-        torch.cuda.set_rng_state_all(state["cuda"])
+        if own_device_only:
+            saved = state["cuda"]
+            index = device.index or 0
+            torch.cuda.set_rng_state(saved[index] if len(saved) > index else saved[0], device)
+        else:
+            torch.cuda.set_rng_state_all(state["cuda"])
     random.setstate(state["python"])
     _restore_numpy_state(state["numpy"])
 
@@ -244,9 +260,12 @@ class Trainer:
     """One training run of ``method`` with resolved ``options`` into ``run_dir``.
 
     resume: continue from ``run_dir/state.pt`` (the caller merged the saved config into options).
+    dist: this process's place in a DDP run (None: a single process). Every rank runs the same
+        loop on its slice of each global batch; only rank 0 writes to ``run_dir``.
     """
 
-    def __init__(self, method: str, options: Options, run_dir: Path, resume: bool = False) -> None:
+    def __init__(self, method: str, options: Options, run_dir: Path, resume: bool = False,
+                 dist: Optional[DistContext] = None) -> None:
         from frametrans.engine.device import resolve_device
 
         self.spec = _spec(method)
@@ -254,8 +273,14 @@ class Trainer:
         self.options = options
         self.run_dir = Path(run_dir)
         self.resume = resume
-        self.device = resolve_device(options.device)
+        self.dist = dist
+        self.rank = dist.rank if dist is not None else 0
+        self.world = dist.world if dist is not None else 1
+        self.is_main = self.rank == 0
+        self.device = dist.device if dist is not None else resolve_device(options.device)
         self.amp = Amp(self.device, options.precision)
+        if dist is not None:
+            self.amp.grad_sync = dist.optimizer_sync
         self.records: List[Dict[str, Any]] = []
         self.saved_step: Optional[int] = None
         self.elapsed0 = 0.0
@@ -270,7 +295,15 @@ class Trainer:
         self.train_data, self.sample_items, self.val_items = self.spec.build_data(o)
         per_epoch = None if o.iters is not None else steps_per_epoch(self.train_data, o.batch_size)
         self.total = int(o.iters) if o.iters is not None else int(math.ceil(o.epochs * per_epoch))
+        if o.batch_size % self.world:
+            raise ValueError(f"--batch-size {o.batch_size} is the global batch and must split evenly over "
+                             f"{self.world} processes; use a multiple of {self.world}")
         self.method: Method = self.spec.cls(o, self.device, self.amp)
+        if self.dist is not None:
+            self.method.shard = self.dist.shard
+            for net in self.method.nets.values():  # statistics over the global batch
+                convert_batchnorm(net)
+            self.dist.broadcast_modules(list(self.method.nets.values()))
         if o.ema > 0:
             self.method.enable_ema(o.ema)
         self.step = 0
@@ -283,13 +316,31 @@ class Trainer:
                 raise ValueError(f"--seed {o.seed} differs from the saved run's {state['data']['seed']}; "
                                  "resume with the same seed (it fixes the data order)")
             self.method.load_state_dict(state["train"])
-            restore_rng_state(state["rng"], self.device)
+            self._restore_rng(state)
             self.step = int(state["step"])
             self.sample = int(state["data"]["sample"])
             self.elapsed0 = float(state.get("elapsed", 0.0))
             self.saved_step = self.step
-        self._write_config()
-        self._trim_logs()
+        elif self.rank > 0:  # own dropout masks; rank 0 keeps the single-process stream
+            torch.manual_seed(rank_seed(o.seed, self.rank))
+        if self.is_main:
+            self._write_config()
+            self._trim_logs()
+
+    def _restore_rng(self, state: Dict[str, Any]) -> None:
+        """The global RNG states: this rank's own when the run was saved by as many processes,
+        else rank 0 takes the saved single stream and the others a stream derived from the step
+        (only dropout masks depend on it)."""
+        if self.dist is None:
+            restore_rng_state(state["rng"], self.device)
+            return
+        ranks = state.get("rng_ranks") or []
+        if len(ranks) == self.world:
+            restore_rng_state(ranks[self.rank], self.device, own_device_only=True)
+            return
+        restore_rng_state(state["rng"], self.device, own_device_only=True)
+        if self.rank > 0:
+            torch.manual_seed(rank_seed(self.options.seed, self.rank, int(state["step"])))
 
     def _write_config(self) -> None:
         import yaml
@@ -332,7 +383,21 @@ class Trainer:
         }
 
     def save(self) -> List[Path]:
-        """Export the generator(s), then write state.pt; both atomically."""
+        """Export the generator(s), then write state.pt; both atomically. With DDP only rank 0
+        writes (the RNG states of all ranks go into its state.pt); the others wait for it."""
+        rng_ranks = None
+        if self.dist is not None:
+            rng_ranks = self.dist.gather_objects(rng_state(self.device, own_device_only=True))
+        if self.is_main:
+            exports = self._write_checkpoint(rng_ranks)
+        else:
+            exports = [self.run_dir / name for name in self.method.exports.values()]
+        self.saved_step = self.step
+        if self.dist is not None:
+            self.dist.barrier()
+        return exports
+
+    def _write_checkpoint(self, rng_ranks: Optional[List[Dict[str, Any]]]) -> List[Path]:
         exports = self.method.export(self.run_dir, self._provenance())
         o = self.options
         state = {
@@ -340,14 +405,16 @@ class Trainer:
             "step": self.step, "total": self.total, "elapsed": self._elapsed(),
             "options": dict(o),
             "train": self.method.state_dict(),
-            "rng": rng_state(self.device),
+            "rng": rng_ranks[0] if rng_ranks else rng_state(self.device),
             "data": {"seed": o.seed, "sample": self.sample, "batch_size": o.batch_size},
             "schedule": {"policy": o.lr_policy, "total": self.total, "decay_start": o.decay_start,
                          "step_size": o.step_size, "gamma": o.gamma, "base_lr": o.lr},
         }
+        if rng_ranks is not None:
+            state["rng_ranks"] = rng_ranks
+            state["world_size"] = self.world
         with atomic_path(self.run_dir / STATE_FILE) as tmp:
             torch.save(state, str(tmp))
-        self.saved_step = self.step
         plot_losses(self.records, self.run_dir / PLOT_FILE)
         return exports
 
@@ -380,7 +447,7 @@ class Trainer:
         return metrics
 
     def _say(self, text: str) -> None:
-        if not self.options.quiet:
+        if not self.options.quiet and self.is_main:
             if self.bar is not None and not self.bar.disable:
                 self.bar.write(text, file=sys.stderr)
             else:
@@ -394,23 +461,33 @@ class Trainer:
 
         self.t0 = time.perf_counter()
         self.bar = None
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._build()
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.dist is None:
+            self._build()
+        else:  # a setup error on any rank stops every rank, instead of leaving some in a collective
+            error: Optional[BaseException] = None
+            try:
+                self._build()
+            except Exception as exc:
+                error = exc
+            self.dist.agree(error)
         o, method = self.options, self.method
         end = self.total if until is None else min(self.total, until)
-        result = TrainResult(self.run_dir, self.step, self.total)
+        result = TrainResult(self.run_dir, self.step, self.total, rank=self.rank, world_size=self.world)
         if self.step >= end:
             return result
         loader = make_loader(self.train_data, o.batch_size, self.sample, o.workers,
-                             pin_memory=self.device.type == "cuda")
+                             pin_memory=self.device.type == "cuda", rank=self.rank, world=self.world)
         self.t0 = time.perf_counter()  # "time" in the logs: training time, setup excluded
         self.bar = tqdm(total=self.total, initial=self.step, file=sys.stderr, unit="it",
-                        disable=o.quiet or not sys.stderr.isatty(), dynamic_ncols=True,
-                        desc=self.method_name)
+                        disable=o.quiet or not sys.stderr.isatty() or not self.is_main,
+                        dynamic_ncols=True, desc=self.method_name)
+        procs = "" if self.dist is None else f" x {self.world} processes ({self.dist.backend})"
         self._say(f"{self.method_name}: {self.train_data.description}; "
-                  f"steps {self.step} -> {end} of {self.total}; device {self.device}, {o.precision}")
+                  f"steps {self.step} -> {end} of {self.total}; device {self.device}{procs}, {o.precision}")
         pending: Dict[str, List[float]] = {}
-        log_file = open(self.run_dir / LOSSES_FILE, "a", encoding="utf-8")
+        log_file = open(self.run_dir / LOSSES_FILE, "a", encoding="utf-8") if self.is_main else None
         exports: List[Path] = []
         try:
             while self.step < end:
@@ -419,6 +496,8 @@ class Trainer:
                 lr = method.set_lr(lr_factor(self.step, self.total, o.lr_policy, o.decay_start,
                                              o.step_size, o.gamma))
                 losses = method.step(batch)
+                if self.dist is not None:  # the global-batch means, the same on every rank
+                    losses = self.dist.mean_losses(losses)
                 self._check_finite(losses)
                 method.after_step()
                 self.step += 1
@@ -426,7 +505,7 @@ class Trainer:
                 for k, v in losses.items():
                     pending.setdefault(k, []).append(v)
                 result.last_losses = losses
-                if self.step % o.log_every == 0 or self.step == end:
+                if (self.step % o.log_every == 0 or self.step == end) and log_file is not None:
                     record = {"step": self.step, "time": round(self._elapsed(), 3),
                               **{k: float(np.mean(v)) for k, v in pending.items()}, "lr": lr}
                     log_file.write(_json_line(record))
@@ -436,9 +515,9 @@ class Trainer:
                     shown = [k for k in record if k not in ("step", "time", "lr")][:5]
                     self.bar.set_postfix({k: f"{record[k]:.3g}" for k in shown}, refresh=False)
                 self.bar.update(1)
-                if self.step % o.sample_every == 0:
+                if self.step % o.sample_every == 0 and self.is_main:
                     self._write_samples()
-                if self.step % o.val_every == 0:
+                if self.step % o.val_every == 0 and self.is_main:
                     metrics = self._validate()
                     if metrics is not None:
                         result.last_val = metrics
@@ -448,7 +527,8 @@ class Trainer:
                     self._say(f"step {self.step}/{self.total}: saved {', '.join(p.name for p in exports)} "
                               f"and {STATE_FILE} in {self.run_dir}")
         finally:
-            log_file.close()
+            if log_file is not None:
+                log_file.close()
             self.bar.close()
         result.step, result.exports = self.step, exports
         return result
@@ -462,15 +542,18 @@ class Trainer:
             kept = f"last good checkpoint: {self.run_dir / STATE_FILE} (step {self.saved_step})"
         else:
             kept = "no checkpoint was written yet"
-        plot_losses(self.records, self.run_dir / PLOT_FILE)
-        raise TrainingStopped(
+        if self.is_main:
+            plot_losses(self.records, self.run_dir / PLOT_FILE)
+        exc = TrainingStopped(
             f"loss {name} became {value} at step {self.step + 1}; training stopped, {kept}. "
             "Try a lower --lr, --precision fp32, or check the data"
         )
+        raise exc if self.dist is None else mark_collective(exc, self.rank)
 
 
 def train(method: str, options: Dict[str, Any], run_dir: str | Path, resume: bool = False,
-          overwrite: bool = False, until: Optional[int] = None) -> TrainResult:
+          overwrite: bool = False, until: Optional[int] = None, ddp: bool = False,
+          nproc: Optional[int] = None) -> TrainResult:
     """Train ``method`` ('pix2pix', 'cyclegan', 'munit', 'predictor') into ``run_dir``.
 
     options: flat option dict (see :func:`option_names`), merged over the method's defaults; with
@@ -478,8 +561,51 @@ def train(method: str, options: Dict[str, Any], run_dir: str | Path, resume: boo
     resume: continue from ``run_dir/state.pt``. overwrite: start over in a non-empty ``run_dir``
         (removes only what a run writes there). Without either, a non-empty ``run_dir`` is refused.
     until: stop (and save) at this step, as if interrupted there; the schedule still spans the run.
+    ddp: distributed data parallel in the process group torchrun describes (RANK, WORLD_SIZE,
+        LOCAL_RANK, MASTER_ADDR, MASTER_PORT); on by itself when torchrun started more than one
+        process. ``batch_size`` is the global batch, split evenly over the processes.
+    nproc: outside torchrun, start this many local processes (torch.multiprocessing) and run DDP
+        in them; returns rank 0's result.
+    Every rank returns a TrainResult (``rank`` tells which); only rank 0 writes ``run_dir``.
     """
+    if nproc is not None:
+        if nproc < 1:
+            raise ValueError(f"--nproc must be >= 1, got {nproc}")
+        if under_launcher():
+            if nproc != env_world_size():
+                raise ValueError(f"--nproc {nproc} under torchrun, which started {env_world_size()} processes; "
+                                 "leave --nproc out (torchrun's --nproc-per-node/--nnodes decide)")
+        elif nproc > 1 or ddp:
+            return spawn_local(nproc, train, method, options, run_dir, resume=resume, overwrite=overwrite,
+                               until=until, ddp=True)
     run_dir = Path(run_dir)
+    if not (ddp or (under_launcher() and env_world_size() > 1)):
+        resolved = _resolve_run(method, options, run_dir, resume, overwrite)
+        if overwrite and run_dir.is_dir():
+            clear_run_dir(run_dir)
+        return Trainer(method, resolved, run_dir, resume=resume).run(until=until)
+
+    # DDP: every rank checks the run folder and options (reading only); the errors are agreed on
+    # once the process group stands, so all ranks stop together with the same message
+    error: Optional[BaseException] = None
+    resolved: Optional[Options] = None
+    try:
+        resolved = _resolve_run(method, options, run_dir, resume, overwrite)
+    except Exception as exc:
+        error = exc
+    ctx = DistContext.from_env(resolved.device if resolved is not None else options.get("device"))
+    try:
+        ctx.agree(error)
+        assert resolved is not None
+        if overwrite and ctx.is_main and run_dir.is_dir():
+            clear_run_dir(run_dir)
+        return Trainer(method, resolved, run_dir, resume=resume, dist=ctx).run(until=until)
+    finally:
+        ctx.close()
+
+
+def _resolve_run(method: str, options: Dict[str, Any], run_dir: Path, resume: bool, overwrite: bool) -> Options:
+    """Check the run folder against resume/overwrite and resolve the options (reads only)."""
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other")
     if run_dir.exists() and not run_dir.is_dir():
@@ -499,10 +625,7 @@ def train(method: str, options: Dict[str, Any], run_dir: str | Path, resume: boo
     opts = dict(options)
     opts.pop("method", None)
     layers.append(opts)
-    resolved = resolve_options(method, *layers)
-    if overwrite and run_dir.is_dir():
-        clear_run_dir(run_dir)
-    return Trainer(method, resolved, run_dir, resume=resume).run(until=until)
+    return resolve_options(method, *layers)
 
 
 OWNED_FILES = (STATE_FILE, CONFIG_FILE, LOSSES_FILE, VAL_FILE, PLOT_FILE, "G.safetensors",

@@ -46,10 +46,6 @@ log = logging.getLogger("frametrans")
 
 ForwardFn = Callable[[nn.Module, torch.Tensor], torch.Tensor]
 
-#: Open-ended job length, for :meth:`Runner.expect` (a raw stream on stdin).
-UNKNOWN = None
-
-
 @dataclass
 class RunnerOptions:
     """How to run a model. None means: choose from the device, the model and the frame size.
@@ -142,6 +138,9 @@ class Runner:
         self._pinned_turn: Dict[tuple, int] = {}
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed shapes per job: autotune conv algorithms
+        if self.device.type == "cpu" and self.dtype == torch.bfloat16 and not devices.cpu_has_bf16():
+            log.warning("bf16 on a CPU without bf16 units is emulated and much slower than fp32 "
+                        "(measured 60x on an AVX2 CPU); --precision auto picks fp32 here")
         if self.options.compile == "on":
             reason = compiling.can_compile(self.device) or self._forward_uncompilable()
             if reason:
@@ -400,7 +399,8 @@ class Runner:
             with torch.autocast(self.device.type, enabled=False):
                 fn, was_cached, seconds = compiling.get_compiled(self.model, self.forward, x, key, root)
         except Exception as exc:  # noqa: BLE001 - export/compile failures: eager still works
-            policy.failed[shape] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            first = str(exc).strip().splitlines()
+            policy.failed[shape] = f"{type(exc).__name__}: {first[0] if first else ''}"
             if policy.mode == "on":
                 raise RuntimeError(f"--compile on: compiling the model failed "
                                    f"({policy.failed[shape]}); use --compile auto or off") from exc
