@@ -1,36 +1,60 @@
-"""Atomic file writes: write to a temporary name in the same folder, then rename over the target.
+"""Atomic file writes: write to a hidden temporary name in the same folder, then rename over the target.
 
 An interrupted run (Ctrl-C, kill, full disk) never leaves a half-written file under the final name.
+Every writer in frametrans (images, videos, checkpoints, training state, logs) goes through here, so
+temporary files are always named ``.NAME.1a2b3c4d<suffix>`` beside their target; the Ray workers rely
+on that to clean up after a killed try.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Iterator, Union
 
+PathLike = Union[str, os.PathLike]
+
+
+def temporary_path_for(path: Path, suffix: str) -> Path:
+    """A hidden, unique sibling of ``path`` (``.name.1a2b3c4d<suffix>``): same folder, hence same
+    file system, so ``os.replace`` onto ``path`` is atomic. Hidden, so folder listings skip it."""
+    return path.with_name(f".{path.name}.{secrets.token_hex(4)}{suffix}")
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (no-op where folders cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
 
 @contextlib.contextmanager
-def atomic_path(path: Union[str, os.PathLike], suffix: str = "") -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success fsync and rename it to ``path``.
+def atomic_path(path: PathLike, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success fsync it, rename it to ``path`` and fsync
+    the folder.
 
-    suffix: extension for the temporary name (writers that pick the format from it need one);
+    suffix: ending of the temporary name (writers that pick the format from the extension need one);
         defaults to the target's own suffix.
-    On an exception the temporary file is removed and the target is left as it was.
+    The temporary file exists (empty, created exclusively) when the block starts. On an exception it
+    is removed and the target is left as it was.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{path.stem[:40]}.", suffix=(suffix or path.suffix) + ".part", dir=path.parent
-    )
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = temporary_path_for(path, suffix or path.suffix)
+    # O_EXCL: never clobber; mode 0o666 so the umask gives the usual permissions.
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666))
     try:
         yield tmp
-        # mkstemp (and writers that recreate the file, like safetensors) leave 0600: give the file
-        # the mode a plain open() would have
+        # writers that recreate the file (safetensors does) leave it 0600: restore the usual mode
         os.chmod(tmp, 0o666 & ~_umask())
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
@@ -39,15 +63,17 @@ def atomic_path(path: Union[str, os.PathLike], suffix: str = "") -> Iterator[Pat
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+    fsync_dir(path.parent)
 
 
-def atomic_write_bytes(path: Union[str, os.PathLike], data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically."""
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
+def atomic_write_bytes(path: PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one."""
+    with atomic_path(path, suffix=".tmp") as tmp:
+        with os.fdopen(os.open(tmp, os.O_WRONLY | getattr(os, "O_BINARY", 0)), "wb") as f:
+            f.write(data)
 
 
-def atomic_write_text(path: Union[str, os.PathLike], text: str) -> None:
+def atomic_write_text(path: PathLike, text: str) -> None:
     """Write UTF-8 ``text`` to ``path`` atomically."""
     atomic_write_bytes(path, text.encode("utf-8"))
 

@@ -100,7 +100,7 @@ def test_folder_recursive_names_ext_and_resume(tmp_path, resnet_path):
     res = run("apply", src, "-o", out, "-m", resnet_path, "--recursive", "--ext", "png", "--skip-existing")
     assert res.exit_code == 0, res.output
     assert (out / "sub dir" / "ünï b.png").exists() and kept.stat().st_mtime_ns == mtime
-    assert not list(out.rglob("*.part")), "temporary files left behind"
+    assert not [p for p in out.rglob(".*") if p.is_file()], "temporary files left behind"
 
 
 def test_bad_file_in_folder_does_not_stop_the_others(tmp_path, resnet_path):

@@ -31,7 +31,7 @@ def test_save_load_identical_outputs(tmp_path, tiny_resnet):
     assert info.config == tiny_resnet.config
     assert info.provenance == {"task": "test"}
     assert info.contract.size_multiple == 4
-    assert not list(tmp_path.glob("*.part")), "temporary file left behind"
+    assert not list(tmp_path.glob(".*")), "temporary file left behind"
 
 
 def test_fp16_storage_loads_as_float32(tmp_path, tiny_resnet):

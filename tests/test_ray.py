@@ -132,7 +132,7 @@ def test_without_ray_the_flag_says_how_to_install(tmp_path, model, inputs, monke
 def test_temporaries_of_a_killed_try_are_removed(tmp_path):
     """A worker killed mid-write leaves its writer's hidden temporary file; the retry removes it
     (and nothing else)."""
-    from frametrans.io.images import temporary_path_for
+    from frametrans.atomic import temporary_path_for
     from frametrans.scale.ray_apply import _remove_temporaries
 
     out = tmp_path / "a[1].mp4"

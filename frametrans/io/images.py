@@ -23,7 +23,6 @@ import contextlib
 import io
 import logging
 import os
-import secrets
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -31,6 +30,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 from PIL import Image, ImageSequence, UnidentifiedImageError
+
+from frametrans.atomic import atomic_write_bytes
 
 from .errors import InputError
 from .frame import Frame
@@ -46,9 +47,6 @@ __all__ = [
     "ANIMATED_IMAGE_EXTENSIONS",
     "describe_content",
     "apply_exif_orientation",
-    "atomic_write_bytes",
-    "temporary_path_for",
-    "fsync_dir",
 ]
 
 log = logging.getLogger(__name__)
@@ -546,46 +544,3 @@ def write_animation(
     pictures[0].save(buffer, format="WEBP" if ext == ".webp" else "PNG", **options)
     atomic_write_bytes(path, buffer.getvalue())
     return path
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one:
-    hidden temporary file in the same folder, fsync, ``os.replace``, fsync of the folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_path_for(path, suffix=".tmp")
-    # O_EXCL: never clobber; mode 0o666 so the umask gives the usual permissions.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    fsync_dir(path.parent)
-
-
-def temporary_path_for(path: Path, suffix: str) -> Path:
-    """A hidden, unique sibling of ``path`` (``.name.1a2b3c4d<suffix>``): same folder, hence same
-    file system, so ``os.replace`` onto ``path`` is atomic. Hidden, so folder listings skip it."""
-    return path.with_name(f".{path.name}.{secrets.token_hex(4)}{suffix}")
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (no-op where folders cannot be opened, e.g. Windows)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

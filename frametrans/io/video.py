@@ -37,7 +37,7 @@ import numpy as np
 
 from .errors import InputError, TruncatedInputError
 from .frame import Frame
-from .images import fsync_dir, temporary_path_for
+from frametrans.atomic import fsync_dir, temporary_path_for
 
 __all__ = [
     "VIDEO_EXTENSIONS",

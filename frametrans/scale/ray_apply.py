@@ -282,7 +282,7 @@ class FrameWorker:
 def _remove_temporaries(outputs: Sequence[str]) -> None:
     """Delete what an earlier try of this unit left when its process was killed mid-write: the
     writers' hidden temporary files ``.NAME.1a2b3c4d...`` beside each output (see
-    :func:`frametrans.io.images.temporary_path_for`). Nobody else writes these outputs."""
+    :func:`frametrans.atomic.temporary_path_for`). Nobody else writes these outputs."""
     for out in map(Path, outputs):
         pattern = re.compile(rf"\.{re.escape(out.name)}\.[0-9a-f]{{8}}(\..*)?")
         for p in out.parent.glob(f".{glob.escape(out.name)}.*"):

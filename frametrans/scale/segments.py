@@ -37,7 +37,7 @@ import av
 
 from frametrans.io.errors import InputError, TruncatedInputError
 from frametrans.io.frame import Frame
-from frametrans.io.images import fsync_dir, temporary_path_for
+from frametrans.atomic import fsync_dir, temporary_path_for
 
 # private helpers of the video module, shared so segments decode exactly like whole files
 from frametrans.io.video import (  # noqa: F401
