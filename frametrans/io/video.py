@@ -354,9 +354,7 @@ class VideoWriter:
         self._last_pts: int | None = None
         self._end_time = 0.0  # seconds: end of the last frame written
         self._source: av.container.InputContainer | None = None
-        self._copy_map: dict[int, av.stream.Stream] = {}
-        self._copy_packets: Iterator[av.Packet] | None = None
-        self._copy_pending: av.Packet | None = None
+        self._copier: StreamCopier | None = None
         self._closed = False
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
@@ -547,30 +545,10 @@ class VideoWriter:
 
     def _add_copy_streams(self, source: av.container.InputContainer) -> None:
         assert self._container is not None
-        inputs = []
-        for s in source.streams:
-            if s.type not in ("audio", "subtitle"):
-                continue
-            label = f"#{s.index} {s.type} {s.codec_context.name if s.codec_context else '?'}"
-            try:
-                out = self._container.add_stream_from_template(s)
-            except (ValueError, av.FFmpegError) as exc:
-                message = (
-                    f"{self.copy_streams_from}: {s.type} stream {label} cannot be stored in "
-                    f"{self.path.suffix} ({exc})"
-                )
-                if self.strict_copy:
-                    raise ValueError(message) from None
-                log.warning("%s; skipped", message)
-                self.skipped_streams.append(label)
-                continue
-            out.metadata.update(s.metadata)  # language, title, handler name
-            out.disposition = s.disposition  # default / forced / commentary flags
-            self._copy_map[s.index] = out
-            self.copied_streams.append(label)
-            inputs.append(s)
-        if inputs:
-            self._copy_packets = source.demux(*inputs)
+        self._copier = StreamCopier(self._container, source, self.copy_streams_from, self.path,
+                                    strict=self.strict_copy)
+        self.copied_streams.extend(self._copier.copied)
+        self.skipped_streams.extend(self._copier.skipped)
 
     def _mux_video(self, packets: list[av.Packet]) -> None:
         assert self._container is not None
@@ -581,40 +559,79 @@ class VideoWriter:
 
     def _copy_until(self, seconds: float | None) -> None:
         """Mux copied packets up to ``seconds`` (None: all), keeping the files interleaved."""
-        if self._copy_packets is None or self._container is None:
-            return
-        while True:
-            packet = self._copy_pending
-            self._copy_pending = None
-            if packet is None:
-                try:
-                    packet = next(self._copy_packets)
-                except StopIteration:
-                    self._copy_packets = None
-                    return
-                except av.FFmpegError as exc:
-                    log.warning(
-                        "%s: copying streams stopped early (%s)",
-                        self.copy_streams_from,
-                        _ffmpeg_message(exc),
-                    )
-                    self._copy_packets = None
-                    return
-            if packet.size == 0 or (packet.dts is None and packet.pts is None):
-                continue
-            stamp = packet.dts if packet.dts is not None else packet.pts
-            if seconds is not None and float(stamp * packet.time_base) > seconds:
-                self._copy_pending = packet
-                return
-            packet.stream = self._copy_map[packet.stream_index]
-            self._container.mux(packet)
+        if self._copier is not None and self._container is not None:
+            self._copier.copy_until(seconds)
 
     def _close_source(self) -> None:
         if self._source is not None:
             self._source.close()
             self._source = None
-            self._copy_packets = None
-            self._copy_pending = None
+            self._copier = None
+
+
+class StreamCopier:
+    """The audio and subtitle streams of ``source``, muxed into ``out`` unchanged, up to a time.
+
+    Streams are added to ``out`` from the source's templates (codec parameters, metadata such as
+    language and title, disposition flags). A stream the output container cannot hold is skipped
+    with a warning (its label in ``skipped``), or raises ``ValueError`` with ``strict=True``.
+    Call :meth:`copy_until` with each video packet's time to keep the file interleaved, and with
+    ``None`` at the end. Used by :class:`VideoWriter` and by the segment joiner of
+    :mod:`frametrans.scale.segments`.
+    """
+
+    def __init__(self, out: av.container.OutputContainer, source: av.container.InputContainer,
+                 source_path: str | os.PathLike | None, dst: Path, *, strict: bool = False) -> None:
+        self.out = out
+        self.source_path = source_path
+        self.copied: list[str] = []
+        self.skipped: list[str] = []
+        self._map: dict[int, av.stream.Stream] = {}
+        inputs = []
+        for s in source.streams:
+            if s.type not in ("audio", "subtitle"):
+                continue
+            label = f"#{s.index} {s.type} {s.codec_context.name if s.codec_context else '?'}"
+            try:
+                stream = out.add_stream_from_template(s)
+            except (ValueError, av.FFmpegError) as exc:
+                message = f"{source_path}: {s.type} stream {label} cannot be stored in {dst.suffix} ({exc})"
+                if strict:
+                    raise ValueError(message) from None
+                log.warning("%s; skipped", message)
+                self.skipped.append(label)
+                continue
+            stream.metadata.update(s.metadata)  # language, title, handler name
+            stream.disposition = s.disposition  # default / forced / commentary flags
+            self._map[s.index] = stream
+            self.copied.append(label)
+            inputs.append(s)
+        self._packets: Iterator[av.Packet] | None = source.demux(*inputs) if inputs else None
+        self._pending: av.Packet | None = None
+
+    def copy_until(self, seconds: float | None) -> None:
+        """Mux the source's packets whose time is at most ``seconds`` (None: all that are left)."""
+        while self._packets is not None:
+            packet, self._pending = self._pending, None
+            if packet is None:
+                try:
+                    packet = next(self._packets)
+                except StopIteration:
+                    self._packets = None
+                    return
+                except av.FFmpegError as exc:
+                    log.warning("%s: copying streams stopped early (%s)", self.source_path,
+                                _ffmpeg_message(exc))
+                    self._packets = None
+                    return
+            if packet.size == 0 or (packet.dts is None and packet.pts is None):
+                continue
+            stamp = packet.dts if packet.dts is not None else packet.pts
+            if seconds is not None and float(stamp * packet.time_base) > seconds:
+                self._pending = packet
+                return
+            packet.stream = self._map[packet.stream_index]
+            self.out.mux(packet)
 
 
 # --------------------------------------------------------------------------------------- helpers

@@ -41,6 +41,7 @@ from frametrans.atomic import fsync_dir, temporary_path_for
 
 # private helpers of the video module, shared so segments decode exactly like whole files
 from frametrans.io.video import (  # noqa: F401
+    StreamCopier,
     _Decoder,
     _fsync_file,
     _metadata_rotation,
@@ -262,7 +263,7 @@ def join_segments(parts: Sequence[PathLike], dst: PathLike, *,
             vstream.time_base = template.time_base
             vstream.metadata.update(template.metadata)
             reference = _signature(template)
-        copier = _StreamCopier(out, source, copy_streams_from, dst, strict_copy) if source else None
+        copier = StreamCopier(out, source, copy_streams_from, dst, strict=strict_copy) if source else None
         written = 0
         last_dts: Optional[Fraction] = None
         for i, part in enumerate(parts):
@@ -321,54 +322,3 @@ def join_segments(parts: Sequence[PathLike], dst: PathLike, *,
 def _signature(stream: av.VideoStream) -> tuple:
     cc = stream.codec_context
     return (cc.name, cc.width, cc.height, cc.pix_fmt, bytes(cc.extradata or b""))
-
-
-class _StreamCopier:
-    """Audio and subtitle packets of a source, muxed unchanged up to a time (as VideoWriter does)."""
-
-    def __init__(self, out: av.container.OutputContainer, source: av.container.InputContainer,
-                 source_path: PathLike, dst: Path, strict: bool) -> None:
-        self.out = out
-        self.map = {}
-        inputs = []
-        for s in source.streams:
-            if s.type not in ("audio", "subtitle"):
-                continue
-            try:
-                o = out.add_stream_from_template(s)
-            except (ValueError, av.FFmpegError) as exc:
-                message = (f"{source_path}: {s.type} stream #{s.index} cannot be stored in "
-                           f"{dst.suffix} ({exc})")
-                if strict:
-                    raise ValueError(message) from None
-                log.warning("%s; skipped", message)
-                continue
-            o.metadata.update(s.metadata)
-            o.disposition = s.disposition
-            self.map[s.index] = o
-            inputs.append(s)
-        self.packets = source.demux(*inputs) if inputs else None
-        self.pending: Optional[av.Packet] = None
-        self.source_path = source_path
-
-    def copy_until(self, seconds: Optional[float]) -> None:
-        while self.packets is not None:
-            packet, self.pending = self.pending, None
-            if packet is None:
-                try:
-                    packet = next(self.packets)
-                except StopIteration:
-                    self.packets = None
-                    return
-                except av.FFmpegError as exc:
-                    log.warning("%s: copying streams stopped early (%s)", self.source_path, exc)
-                    self.packets = None
-                    return
-            if packet.size == 0 or (packet.dts is None and packet.pts is None):
-                continue
-            stamp = packet.dts if packet.dts is not None else packet.pts
-            if seconds is not None and float(stamp * packet.time_base) > seconds:
-                self.pending = packet
-                return
-            packet.stream = self.map[packet.stream_index]
-            self.out.mux(packet)
