@@ -99,6 +99,21 @@ def test_bf16_keeps_the_given_module_fp32_and_shares_one_copy():
     assert _runner(model, precision="fp32").model is model
 
 
+def test_bf16_copy_follows_weight_changes():
+    model = _model("resnet")
+    images = _images(1)
+    before = _runner(model, precision="bf16")(images)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(-1.0)  # in place, as an optimizer step would
+    runner = _runner(model, precision="bf16")
+    assert torch.equal(next(runner.model.parameters()).float(),
+                       next(model.parameters()).to(torch.bfloat16).float())
+    after = runner(images)
+    assert any(not np.array_equal(a, b) for a, b in zip(before, after))
+    assert psnr(after[0], _fp32(model, images)[0]) >= 40.0
+
+
 def test_uint16_and_gray_inputs_keep_their_dtype():
     model = _model("resnet")
     im16 = _images(2, dtype=np.uint16)

@@ -89,8 +89,16 @@ def default_forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 # One low-precision copy per (module, device, dtype, layout), shared by the runners built on it
-# (MUNIT variants); it goes away with the module.
-_PREPARED: "weakref.WeakKeyDictionary[nn.Module, Dict[tuple, nn.Module]]" = weakref.WeakKeyDictionary()
+# (MUNIT variants); it goes away with the module, and is rebuilt when the module's weights changed.
+_PREPARED: "weakref.WeakKeyDictionary[nn.Module, Dict[tuple, Tuple[tuple, nn.Module]]]" = (
+    weakref.WeakKeyDictionary())
+
+
+def _weights_stamp(model: nn.Module) -> tuple:
+    """Changes whenever a parameter or buffer of ``model`` is replaced or modified in place
+    (optimizer steps, ``load_state_dict``): storage address and autograd version counter."""
+    tensors = list(model.parameters()) + list(model.buffers())
+    return tuple((t.data_ptr(), t._version) for t in tensors)
 
 
 @dataclass
@@ -155,12 +163,13 @@ class Runner:
             return model  # MPS: fp32 weights under fp16 autocast, as before
         key = (str(self.device), self.dtype, channels_last)
         copies = _PREPARED.setdefault(model, {})
-        if key not in copies:
+        stamp = _weights_stamp(model)
+        if key not in copies or copies[key][0] != stamp:
             low = copy.deepcopy(model).to(self.dtype)
             if channels_last:
                 low = low.to(memory_format=torch.channels_last)
-            copies[key] = low.eval()
-        return copies[key]
+            copies[key] = (stamp, low.eval())
+        return copies[key][1]
 
     def _channels_last(self) -> bool:
         return self.options.channels_last and self.device.type != "mps"
