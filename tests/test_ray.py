@@ -142,3 +142,16 @@ def test_temporaries_of_a_killed_try_are_removed(tmp_path):
         p.write_bytes(b"x")
     _remove_temporaries([str(out), str(tmp_path / "b.png")])
     assert sorted(tmp_path.iterdir()) == sorted(kept)
+
+
+def test_segment_frame_count_hint_for_compile_auto(tmp_path):
+    from frametrans.io.video import probe_video
+    from frametrans.scale.ray_apply import _segment_frames
+    from frametrans.scale.segments import plan_segments
+
+    clip = make_clip(tmp_path / "c.mp4", frames=48, gop=12)
+    info = probe_video(clip)
+    segments = plan_segments(clip, 0.5, min_seconds=0.1)
+    assert len(segments) > 1
+    counts = [_segment_frames(info, s) for s in segments]
+    assert sum(counts) == pytest.approx(48, abs=len(segments))

@@ -200,6 +200,7 @@ class FrameWorker:
             info = probe_video(src)
         except (InputError, OSError) as exc:
             return _failure(exc, src)
+        self.translator.expect(_segment_frames(info, seg))  # lets --compile auto decide
         try:
             writers = [VideoWriter(_part_path(dst, v.suffix, seg.index), fps=info.fps,
                                    time_base=info.time_base, codec=opts.codec, crf=opts.crf,
@@ -277,6 +278,16 @@ class FrameWorker:
         seg = unit.segment
         name = Path(unit.srcs[0]).name + (f" part {seg.index}" if seg is not None else "")
         return tqdm(total=unit.frames, desc=name, unit="frame")
+
+
+def _segment_frames(info, seg: Segment) -> Optional[int]:
+    """About how many frames ``seg`` of the video ``info`` (a VideoInfo) holds; None if unknown."""
+    if not info.fps or not info.duration:
+        return None
+    tb = float(info.time_base) if info.time_base else 0.0
+    start = seg.start * tb if seg.start is not None and tb else 0.0
+    end = seg.end * tb if seg.end is not None and tb else float(info.duration)
+    return max(1, round((end - start) * float(info.fps)))
 
 
 def _remove_temporaries(outputs: Sequence[str]) -> None:
