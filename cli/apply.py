@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import re
 import sys
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import click
 
@@ -78,6 +80,7 @@ def apply_cmd(inputs: Tuple[str, ...], output: str, model: str, list_file, recur
 
     setup_logging(quiet)
     paths = list(inputs)
+    ray_address, paths = _ray_address_or_input(ray_address, paths)
     if list_file is not None:
         paths += [line.rstrip("\r\n") for line in list_file if line.strip()]
     if not paths:
@@ -172,3 +175,18 @@ def apply_cmd(inputs: Tuple[str, ...], output: str, model: str, list_file, recur
             click.echo(f"frametrans: stopped early ({report.stopped}); {len(report.not_done)} input(s) "
                        "not processed; rerun with --skip-existing to finish", err=True)
         sys.exit(1)
+
+
+_RAY_ADDRESS = re.compile(r"^(auto|local|ray://\S+|[A-Za-z0-9_.\-\[\]:]+:\d+)$")
+
+
+def _ray_address_or_input(address: Optional[str], paths: List[str]) -> Tuple[Optional[str], List[str]]:
+    """``--ray`` takes an optional value, so Click reads the word after it as the address, even in
+    ``--ray clip.mp4``. A value that is no Ray address (auto, local, HOST:PORT, ray://...) but an
+    existing path is given back to the inputs; anything else is a usage error."""
+    if not address or _RAY_ADDRESS.match(address):
+        return address, paths
+    if address == "-" or os.path.exists(address):
+        return "", [address] + paths
+    raise click.BadParameter(f"{address!r} is not a Ray address (auto, HOST:PORT or ray://HOST:PORT) "
+                             "nor an existing input path", param_hint="--ray")

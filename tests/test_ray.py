@@ -155,3 +155,19 @@ def test_segment_frame_count_hint_for_compile_auto(tmp_path):
     assert len(segments) > 1
     counts = [_segment_frames(info, s) for s in segments]
     assert sum(counts) == pytest.approx(48, abs=len(segments))
+
+
+def test_ray_option_gives_an_input_path_back(tmp_path, monkeypatch):
+    import click
+
+    from frametrans.cli.apply import _ray_address_or_input
+
+    (tmp_path / "clips").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert _ray_address_or_input(None, ["a.png"]) == (None, ["a.png"])
+    assert _ray_address_or_input("", ["a.png"]) == ("", ["a.png"])
+    for address in ("auto", "local", "10.0.0.5:6379", "head-node:6379", "ray://head:10001"):
+        assert _ray_address_or_input(address, ["clips"]) == (address, ["clips"])
+    assert _ray_address_or_input("clips", ["b.png"]) == ("", ["clips", "b.png"])
+    with pytest.raises(click.BadParameter, match="not a Ray address"):
+        _ray_address_or_input("nowhere", [])
