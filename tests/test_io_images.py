@@ -287,3 +287,20 @@ def test_output_path_for(tmp_path):
     assert output_path_for(src, src, tmp_path / "out", None) == tmp_path / "out/photo.jpg"
     with pytest.raises(ValueError):
         output_path_for(tmp_path / "other.jpg", tmp_path / "in", tmp_path / "out")
+
+
+def test_pixel_limit_is_pillows_unless_the_user_raises_it(tmp_path, monkeypatch):
+    from frametrans.io.images import PIXEL_LIMIT_ENV, read_image
+
+    path = tmp_path / "big.png"
+    Image.new("RGB", (1000, 1000), (10, 20, 30)).save(path)  # 1 MP
+    monkeypatch.setenv(PIXEL_LIMIT_ENV, "5e5")
+    with pytest.raises(InputError, match=f"decompression bomb.*{PIXEL_LIMIT_ENV}"):
+        read_image(path)
+    monkeypatch.setenv(PIXEL_LIMIT_ENV, "1.5e6")
+    assert read_image(path).image.shape == (1000, 1000, 3)
+    monkeypatch.setenv(PIXEL_LIMIT_ENV, "0")
+    assert read_image(path).image.shape == (1000, 1000, 3)
+    monkeypatch.delenv(PIXEL_LIMIT_ENV)
+    read_image(path)
+    assert Image.MAX_IMAGE_PIXELS == 89478485  # Pillow's own bound is back

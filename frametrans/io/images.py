@@ -23,6 +23,7 @@ import contextlib
 import io
 import logging
 import os
+import warnings
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -81,6 +82,27 @@ _PILLOW_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, Image.
 
 
 # --------------------------------------------------------------------------------------- reading
+
+
+PIXEL_LIMIT_ENV = "FRAMETRANS_MAX_IMAGE_PIXELS"
+_PILLOW_DEFAULT_LIMIT = Image.MAX_IMAGE_PIXELS
+
+
+def _apply_pixel_limit() -> None:
+    """Pillow refuses images over 2 x ``Image.MAX_IMAGE_PIXELS`` (~179 MP by default) as possible
+    decompression bombs. ``FRAMETRANS_MAX_IMAGE_PIXELS=N`` raises that bound to N pixels (0: no
+    bound) for users with real gigapixel images; tiling then keeps the model's memory bounded."""
+    value = os.environ.get(PIXEL_LIMIT_ENV, "").strip()
+    if not value:
+        Image.MAX_IMAGE_PIXELS = _PILLOW_DEFAULT_LIMIT
+        return
+    try:
+        limit = int(float(value))
+    except ValueError:
+        raise ValueError(f"{PIXEL_LIMIT_ENV}={value!r}: expected a number of pixels") from None
+    # Pillow warns above MAX_IMAGE_PIXELS and refuses above twice that: the user chose, so no warning
+    Image.MAX_IMAGE_PIXELS = (limit + 1) // 2 if limit > 0 else None
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 def read_image(path: str | os.PathLike) -> Frame:
@@ -160,6 +182,7 @@ def _check_file(path: Path) -> None:
         raise InputError(path, "empty file (0 bytes)")
     if not os.access(path, os.R_OK):
         raise InputError(path, "permission denied (the file is not readable)")
+    _apply_pixel_limit()
 
 
 @contextlib.contextmanager
@@ -178,7 +201,7 @@ def _decoder_errors(path: Path) -> Iterator[None]:
     except MemoryError:
         raise InputError(path, "not enough memory to decode this image") from None
     except Image.DecompressionBombError as exc:
-        raise InputError(path, f"refused: {exc}") from None
+        raise InputError(path, f"refused: {exc} (to allow it, set {PIXEL_LIMIT_ENV}=PIXELS)") from None
     except Exception as exc:  # noqa: BLE001 - untrusted input: every decoder failure is reported
         text = " ".join(str(exc).split()) or type(exc).__name__
         text = text.replace(f"'{path}'", "").replace(str(path), "").strip(" :") or type(exc).__name__
