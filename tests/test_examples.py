@@ -45,3 +45,15 @@ def test_shell_pipelines_example(tmp_path):
     assert (tmp_path / "clip_painted.mp4").stat().st_size > 10_000
     assert (tmp_path / "colour" / "astronaut.png").exists()
     assert (tmp_path / "xargs" / "coffee.jpg").exists()
+
+
+@needs_zoo
+@pytest.mark.slow
+def test_readme_images_script(tmp_path):
+    proc = subprocess.run([sys.executable, str(EXAMPLES / "zoo" / "readme_images.py"), str(tmp_path)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    import cv2
+
+    assert cv2.imread(str(tmp_path / "clip_cyclegan.png")).shape == (180, 640, 3)
+    assert cv2.imread(str(tmp_path / "predict_next.png")).shape == (512, 384, 3)

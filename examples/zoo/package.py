@@ -88,7 +88,7 @@ TASKS = {
     "munit": ("photo <-> filtered photo with 3 looks (stylization, colour pencil, edge-preserving), MUNIT",
               "37 photos vs 37 other photos through one of three OpenCV filters"),
     "predictor": ("next 10 frames from 10 (Moving MNIST, 64x64 grayscale), multi-frame U-Net",
-                  "two bouncing MNIST test-set digits 0-7999, generated on the fly; test: 10,000 "
+                  "two bouncing MNIST test-set digits 0-7999, generated on the fly; test: seeded "
                   "sequences of digits 8000-9999 (seed 20240601)"),
 }
 
@@ -113,7 +113,8 @@ def main(name: str, model_path: str, data: str) -> None:
         m = next(r for r in rows if r["model"] not in ("copy-last-frame", "all-black"))
         q = {k: by[k] for k in by}
         quality = (f"Moving MNIST test MSE {m['mse']:.1f} / SSIM {m['ssim']:.3f} (dr=1) vs copy-last "
-                   f"{by['copy-last-frame']['mse']:.1f} and all-black {by['all-black']['mse']:.1f}")
+                   f"{by['copy-last-frame']['mse']:.1f} and all-black {by['all-black']['mse']:.1f} "
+                   f"({m['sequences']} test sequences)")
     else:
         raise SystemExit(f"unknown model {name!r}; use cyclegan, pix2pix, munit or predictor")
     task, training_data = TASKS[name]
