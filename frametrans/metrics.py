@@ -19,13 +19,14 @@ from __future__ import annotations
 
 from typing import Dict, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
     "PSNR_CAP", "MetricAccumulator", "mse_per_frame", "mae_per_frame", "psnr", "ssim", "openstl_metrics", "count_params",
-    "multiply_adds",
+    "multiply_adds", "picture_scores",
 ]
 
 
@@ -105,6 +106,22 @@ def ssim(pred: Tensor, true: Tensor, data_range: float = 1.0, win_size: int = 7)
     num = (2 * ux * uy + c1) * (2 * vxy + c2)
     den = (ux * ux + uy * uy + c1) * (vx + vy + c2)
     return (num / den).flatten(1).mean(1)
+
+
+def picture_scores(outs: Sequence[np.ndarray], targets: Sequence[np.ndarray]) -> Dict[str, float]:
+    """Mean quality of 8-bit pictures against their targets (pairs of the same [H, W, C] shape).
+
+    Returns ``{"l1": grey levels (0-255 scale), "psnr": dB, "ssim": data range 1}``, each the mean
+    over the pairs of the per-picture value (pictures may differ in size). Computed in float64.
+    """
+    l1, ps, ss = [], [], []
+    for out, target in zip(outs, targets):
+        a = torch.tensor(out).permute(2, 0, 1)[None].double() / 255
+        b = torch.tensor(target).permute(2, 0, 1)[None].double() / 255
+        l1.append(float((a - b).abs().mean()) * 255)
+        ps.append(float(psnr(a, b)[0]))
+        ss.append(float(ssim(a, b)[0]))
+    return {"l1": float(np.mean(l1)), "psnr": float(np.mean(ps)), "ssim": float(np.mean(ss))}
 
 
 def openstl_metrics(pred: Tensor, true: Tensor) -> Dict[str, object]:

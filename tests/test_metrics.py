@@ -121,3 +121,18 @@ def test_mean_psnr_is_capped_when_a_frame_is_identical():
     pred[0, 1] = 0.1  # frame 0 identical (inf dB), frame 1 at 20 dB
     res = openstl_metrics(pred, true)
     assert res["psnr"] == pytest.approx((100.0 + 20.0) / 2)
+
+
+def test_picture_scores_average_per_picture_values():
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    from frametrans.metrics import picture_scores
+
+    rng = np.random.default_rng(0)
+    targets = [rng.integers(0, 256, (20, 30, 3), dtype=np.uint8), rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)]
+    outs = [np.clip(t.astype(int) + rng.integers(-20, 21, t.shape), 0, 255).astype(np.uint8) for t in targets]
+    q = picture_scores(outs, targets)
+    assert q["l1"] == pytest.approx(np.mean([np.abs(o.astype(float) - t).mean() for o, t in zip(outs, targets)]))
+    assert q["psnr"] == pytest.approx(np.mean([peak_signal_noise_ratio(t, o) for o, t in zip(outs, targets)]))
+    assert q["ssim"] == pytest.approx(np.mean([
+        structural_similarity(o / 255, t / 255, data_range=1, channel_axis=-1) for o, t in zip(outs, targets)]))

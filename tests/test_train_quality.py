@@ -15,9 +15,8 @@ from typing import Dict, List
 import cv2
 import numpy as np
 import pytest
-import torch
 
-from frametrans.metrics import psnr, ssim
+from frametrans.metrics import picture_scores
 
 SIGMA = 25.0
 
@@ -55,15 +54,6 @@ def _make_data(root: Path) -> None:
             _write(root / split / "B" / f"{name}.png", clean)
 
 
-def _scores(outs: List[np.ndarray], targets: List[np.ndarray]) -> Dict[str, float]:
-    """Mean PSNR (dB), SSIM (data range 1) and L1 (grey levels) over the images."""
-    a = [torch.from_numpy(np.ascontiguousarray(o)).permute(2, 0, 1)[None].double() / 255 for o in outs]
-    b = [torch.from_numpy(np.ascontiguousarray(t)).permute(2, 0, 1)[None].double() / 255 for t in targets]
-    return {"psnr": float(np.mean([float(psnr(x, y)[0]) for x, y in zip(a, b)])),
-            "ssim": float(np.mean([float(ssim(x, y)[0]) for x, y in zip(a, b)])),
-            "l1": float(np.mean([float((x - y).abs().mean()) * 255 for x, y in zip(a, b)]))}
-
-
 def _run(main, args: List[str]) -> None:
     """The CLI in this process; a non-zero exit fails the test."""
     try:
@@ -92,7 +82,7 @@ def test_short_pix2pix_training_beats_the_noisy_copy(tmp_path: Path) -> None:
     clean = [read_image(data / "val" / "B" / n).image for n in names]
     noisy = [read_image(data / "val" / "A" / n).image for n in names]
     denoised = [read_image(out / n).image for n in names]
-    model, copy = _scores(denoised, clean), _scores(noisy, clean)
+    model, copy = picture_scores(denoised, clean), picture_scores(noisy, clean)
     print(f"held out: model {model}, noisy copy {copy}")
     assert model["psnr"] > copy["psnr"] + 1.5, (model, copy)
     assert model["ssim"] > copy["ssim"] + 0.15, (model, copy)

@@ -23,7 +23,7 @@ import torch
 from frametrans.checkpoint import load_model, read_info, save_model
 from frametrans.engine.runner import Runner, RunnerOptions
 from frametrans.io.images import read_image
-from frametrans.metrics import psnr, ssim
+from frametrans.metrics import picture_scores
 
 ZOO = Path(__file__).resolve().parents[2] / "frametrans" / "zoo"
 RECIPES = "examples/zoo/README.md"
@@ -34,16 +34,9 @@ def _pairs(inputs: Path, targets: Path) -> List[tuple]:
 
 
 def _scores(outs: List[np.ndarray], targets: List[np.ndarray]) -> Dict[str, float]:
-    """Mean L1 (0-255 scale), PSNR and SSIM (data range 1) over images."""
-    l1, ps, ss = [], [], []
-    for o, t in zip(outs, targets):
-        a = torch.from_numpy(o).permute(2, 0, 1)[None].double() / 255
-        b = torch.from_numpy(t).permute(2, 0, 1)[None].double() / 255
-        l1.append(float((a - b).abs().mean()) * 255)
-        ps.append(float(psnr(a, b)[0]))
-        ss.append(float(ssim(a, b)[0]))
-    return {"l1": round(float(np.mean(l1)), 2), "psnr": round(float(np.mean(ps)), 2),
-            "ssim": round(float(np.mean(ss)), 4)}
+    """Mean L1 (0-255 scale), PSNR and SSIM (data range 1) over images, rounded for the metadata."""
+    q = picture_scores(outs, targets)
+    return {"l1": round(q["l1"], 2), "psnr": round(q["psnr"], 2), "ssim": round(q["ssim"], 4)}
 
 
 def _paired_quality(model_path: str, inputs: Path, targets: Path) -> Dict[str, Dict[str, float]]:
