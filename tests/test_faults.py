@@ -22,28 +22,14 @@ import av
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 from PIL import Image
 
-from frametrans.checkpoint import save_model
-from frametrans.cli.main import cli
 from frametrans.io import images as images_io
 from frametrans.io import video as video_io
-from frametrans.models.resnet import ResnetConfig, ResnetGenerator
-from test_bad_inputs import failure_lines, hidden_files, make_clip, picture
+from frametrans.models.resnet import ResnetGenerator
+from test_bad_inputs import failure_lines, hidden_files, make_clip, model_path, picture, run  # noqa: F401
 
 ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
-
-
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
-    torch.manual_seed(0)
-    return save_model(ResnetGenerator(ResnetConfig(ngf=4, n_blocks=1)),
-                      tmp_path_factory.mktemp("model") / "tiny.safetensors")
-
-
-def run(*args, input=None):
-    return CliRunner().invoke(cli, [str(a) for a in args], input=input)
 
 
 def noisy_pngs(folder: Path, n: int, size=(64, 64)) -> list:
