@@ -98,6 +98,9 @@ PIX2PIX: List[Spec] = GAN + PATCH_NETS + [
 
 CYCLEGAN: List[Spec] = GAN + UNPAIRED + PATCH_NETS + [
     (("--n-blocks",), dict(type=int, help="Residual blocks of the ResNet generators (9 or 6 upstream).")),
+    (("--upsample",), dict(type=click.Choice(["transpose", "resize"]),
+                           help="Generator upsampling: transposed conv (upstream) or nearest 2x + conv "
+                                "(no checkerboard artifacts).")),
     (("--lambda-cycle",), dict(type=float, help="Weight of the cycle losses.")),
     (("--lambda-identity",), dict(type=float, help="Identity loss weight, relative to --lambda-cycle.")),
     (("--pool-size",), dict(type=int, help="Fake images kept for the discriminators (0: no pool).")),

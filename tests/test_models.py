@@ -102,6 +102,7 @@ def test_train_mode_runs(name: str) -> None:
         ("unet", dict(norm="none", num_downs=2)),
         ("resnet", dict(norm="batch", dropout=True, padding="zero")),
         ("resnet", dict(norm="none", padding="replicate", n_blocks=0)),
+        ("resnet", dict(upsample="resize")),
         ("patchgan", dict(norm="instance", n_layers=1)),
         ("pixelgan", dict(norm="none")),
         ("predictor", dict(depth=0)),
@@ -120,6 +121,21 @@ def test_upstream_parameter_counts() -> None:
         resnet = registry.get("resnet").build(registry.get("resnet").config_cls())
     assert sum(p.numel() for p in unet.parameters()) == 54_413_955  # upstream: 54.414 M
     assert sum(p.numel() for p in resnet.parameters()) == 11_378_179  # upstream: 11.378 M
+
+
+@pytest.mark.parametrize("upsample, even", [("transpose", False), ("resize", True)])
+def test_resnet_upsample_checkerboard(upsample: str, even: bool) -> None:
+    """A flat input through the generator's 2x upsampling layers: transposed 3x3 stride-2 convs
+    overlap unevenly and print a period-2 checkerboard; nearest resize + conv stays flat."""
+    from frametrans.models.resnet import _upsample
+
+    torch.manual_seed(0)
+    up = torch.nn.Sequential(*_upsample(upsample, 4, 4, bias=False), *_upsample(upsample, 4, 2, bias=False))
+    with torch.no_grad():
+        y = up(torch.ones(1, 4, 8, 8))[..., 4:-4, 4:-4]  # away from the borders
+    assert y.shape[-1] == 24
+    spread = (y.amax(dim=(2, 3)) - y.amin(dim=(2, 3))).max().item()
+    assert (spread < 1e-5) == even, spread
 
 
 def test_unet_dropout_levels() -> None:
@@ -179,6 +195,7 @@ def test_bad_input_is_refused(name: str, values: dict, size: int, match: str) ->
         ("unet", dict(norm="group"), "norm='group'"),
         ("unet", dict(num_downs=1), "num_downs"),
         ("resnet", dict(padding="circular"), "padding"),
+        ("resnet", dict(upsample="bilinear"), "upsample"),
         ("patchgan", dict(n_layers=0), "n_layers"),
         ("predictor", dict(horizon=0), "horizon"),
     ],

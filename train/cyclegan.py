@@ -49,7 +49,8 @@ class CycleGAN(Method):
         if o.crop % 4:
             raise ValueError(f"--crop {o.crop} is not a multiple of 4 (ResNet generator); use e.g. 256")
         check_patchgan(o.crop, o.n_layers_d)
-        g_cfg = ResnetConfig(3, 3, ngf=o.ngf, n_blocks=o.n_blocks, norm=o.norm, dropout=o.dropout)
+        g_cfg = ResnetConfig(3, 3, ngf=o.ngf, n_blocks=o.n_blocks, norm=o.norm, dropout=o.dropout,
+                             upsample=o.upsample)
         d_cfg = PatchGANConfig(in_channels=3, ndf=o.ndf, n_layers=o.n_layers_d, norm=o.norm)
         nets = {"G_A": ResnetGenerator(g_cfg), "G_B": ResnetGenerator(g_cfg),
                 "D_A": PatchDiscriminator(d_cfg), "D_B": PatchDiscriminator(d_cfg)}

@@ -40,8 +40,8 @@ CYCLEGAN: Dict[str, Any] = {
     **_GAN, **_UNPAIRED_DATA,
     "epochs": 200,
     # the released CycleGAN models were trained without dropout (their test command: --no_dropout)
-    "ngf": 64, "n_blocks": 9, "ndf": 64, "n_layers_d": 3, "norm": "instance", "dropout": False,
-    "init": "normal", "init_gain": 0.02,
+    "ngf": 64, "n_blocks": 9, "upsample": "transpose", "ndf": 64, "n_layers_d": 3, "norm": "instance",
+    "dropout": False, "init": "normal", "init_gain": 0.02,
     "gan_mode": "lsgan", "lambda_cycle": 10.0, "lambda_identity": 0.5, "pool_size": 50,
 }
 

@@ -1,5 +1,5 @@
 """CycleGAN ResNet generator (Johnson et al. style): 7x7 conv, two stride-2 downsamplings,
-``n_blocks`` residual blocks, two transposed-conv upsamplings, 7x7 conv, tanh.
+``n_blocks`` residual blocks, two 2x upsamplings, 7x7 conv, tanh.
 
 The module tree and state-dict names are those of pytorch-CycleGAN-and-pix2pix's
 ``ResnetGenerator`` (``resnet_6blocks`` / ``resnet_9blocks``): everything sits in one
@@ -10,6 +10,11 @@ The module tree and state-dict names are those of pytorch-CycleGAN-and-pix2pix's
     model.10 .. model.(9+n_blocks)   ResnetBlock(4*ngf)
     then ConvT 4ngf->2ngf, norm, ReLU, ConvT 2ngf->ngf, norm, ReLU, ReflectionPad2d(3),
     Conv 7x7 ngf->out (always with bias), Tanh
+
+``upsample='resize'`` (not upstream) replaces each ConvT with nearest 2x upsampling, reflection pad
+and a 3x3 conv (Odena et al. 2016, "Deconvolution and checkerboard artifacts"): no checkerboard
+pattern from uneven kernel overlap, ~19% more multiply-adds at ngf 16 / 6 blocks, and the layers
+after it shift by two indices.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from frametrans.models.layers import NORMS, PADDINGS, check_choice, conv_bias, m
 from frametrans.registry import IOContract, ModelConfig, register
 
 N_DOWNSAMPLING = 2
+UPSAMPLES = ("transpose", "resize")
 
 
 @dataclass(frozen=True)
@@ -32,6 +38,7 @@ class ResnetConfig(ModelConfig):
     ngf: channels after the first conv (the blocks run at 4*ngf). n_blocks: residual blocks
     (6 or 9 upstream). norm: 'batch' | 'instance' | 'none'. dropout: Dropout(0.5) between the two
     convs of each block. padding: 'reflect' | 'replicate' | 'zero' inside the blocks.
+    upsample: 'transpose' (upstream's ConvTranspose2d) | 'resize' (nearest 2x, then a 3x3 conv).
     """
 
     in_channels: int = 3
@@ -41,11 +48,13 @@ class ResnetConfig(ModelConfig):
     norm: str = "instance"
     dropout: bool = False
     padding: str = "reflect"
+    upsample: str = "transpose"
 
     def validate(self) -> None:
         super().validate()
         check_choice("norm", self.norm, NORMS)
         check_choice("padding", self.padding, PADDINGS)
+        check_choice("upsample", self.upsample, UPSAMPLES)
         for name in ("in_channels", "out_channels", "ngf"):
             if getattr(self, name) < 1:
                 raise ValueError(f"config field {name}={getattr(self, name)} must be at least 1")
@@ -66,6 +75,14 @@ def _pad(padding: str) -> list[nn.Module]:
     if padding == "replicate":
         return [nn.ReplicationPad2d(1)]
     return []
+
+
+def _upsample(kind: str, c_in: int, c_out: int, bias: bool) -> list[nn.Module]:
+    """An exact 2x upsampling from c_in to c_out channels: [B, c_in, h, w] -> [B, c_out, 2h, 2w]."""
+    if kind == "resize":
+        return [nn.Upsample(scale_factor=2, mode="nearest"), nn.ReflectionPad2d(1),
+                nn.Conv2d(c_in, c_out, kernel_size=3, padding=0, bias=bias)]
+    return [nn.ConvTranspose2d(c_in, c_out, kernel_size=3, stride=2, padding=1, output_padding=1, bias=bias)]
 
 
 class ResnetBlock(nn.Module):
@@ -102,7 +119,7 @@ class ResnetBlock(nn.Module):
 class ResnetGenerator(nn.Module):
     """CycleGAN generator: [B, in_channels, H, W] in [-1, 1] -> [B, out_channels, H, W] in [-1, 1].
 
-    H and W must be multiples of 4 (two stride-2 convs, then two exact 2x transposed convs).
+    H and W must be multiples of 4 (two stride-2 convs, then two exact 2x upsamplings).
     """
 
     def __init__(self, config: ResnetConfig) -> None:
@@ -130,13 +147,8 @@ class ResnetGenerator(nn.Module):
         ]
         for i in range(N_DOWNSAMPLING):  # 4ngf -> 2ngf -> ngf, H/4 -> H
             c = width // 2**i
-            layers += [
-                nn.ConvTranspose2d(
-                    c, c // 2, kernel_size=3, stride=2, padding=1, output_padding=1, bias=bias
-                ),
-                make_norm(norm, c // 2),
-                nn.ReLU(True),
-            ]
+            layers += _upsample(config.upsample, c, c // 2, bias)
+            layers += [make_norm(norm, c // 2), nn.ReLU(True)]
         layers += [
             nn.ReflectionPad2d(3),
             nn.Conv2d(ngf, config.out_channels, kernel_size=7, padding=0),
