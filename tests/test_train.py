@@ -19,7 +19,7 @@ from frametrans.checkpoint import load_model
 from frametrans.train import defaults
 from frametrans.train.base import lr_factor
 from frametrans.train.datasets import (Augment, DataError, MatchedPairs, PairedDataset, WindowDataset,
-                                       decode_video, find_pairs, load_sequences)
+                                       decode_video, find_pairs, load_sequences, spread)
 from frametrans.train.losses import GANLoss, gradient_penalty
 from frametrans.train.pool import ImagePool
 from frametrans.train.trainer import STATE_FILE, TrainingStopped, load_state, train
@@ -227,6 +227,16 @@ def test_hinge_mode_trains(data_root: Path, tmp_path: Path) -> None:
     assert all(math.isfinite(v) for v in result.last_losses.values())
 
 
+def test_cli_upsample_resize_is_exported(data_root: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    res = _cli(["cyclegan", *_tiny_args("cyclegan", data_root), "--iters", "1", "--upsample", "resize",
+                "-o", str(run)])
+    assert res.exit_code == 0, res.output
+    g = load_model(run / "G_A.safetensors")
+    assert g.config.upsample == "resize"
+    assert not any(isinstance(m, torch.nn.ConvTranspose2d) for m in g.modules())
+
+
 def test_bf16_autocast_on_cpu(data_root: Path, tmp_path: Path) -> None:
     result = train("predictor", dict(tiny("predictor", data_root), precision="bf16", iters=2), tmp_path / "r")
     assert all(math.isfinite(v) for v in result.last_losses.values())
@@ -309,6 +319,13 @@ def test_lr_schedules() -> None:
     assert lr_factor(250, 1000, "step", step_size=100, gamma=0.5) == 0.25
     assert lr_factor(5, 10, "constant") == 1.0
     assert lr_factor(10, 10, "cosine", decay_start=0.0) == pytest.approx(0.0)
+
+
+def test_sample_grid_picks_spread_over_the_data(data_root: Path) -> None:
+    assert spread(4, 57) == [0, 19, 37, 56] and spread(3, 1) == [0, 0, 0] and spread(2, 0) == []
+    ds = PairedDataset(find_pairs(data_root / "aligned"), Augment(36, 32), seed=1)
+    picks = ds.evaluation(2)  # first and last of the three pairs
+    torch.testing.assert_close(picks[1]["A"], ds.augment.center(ds.pairs.get(2)[0]))
 
 
 def test_paired_layouts_and_determinism(data_root: Path, tmp_path: Path) -> None:

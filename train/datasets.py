@@ -46,6 +46,11 @@ RESIZE_MODES = ("square", "short-side", "none")
 _ORDER, _AUGMENT, _PICK_B, _GENERATE = 0, 1, 2, 3
 
 
+def spread(count: int, n: int) -> List[int]:
+    """``count`` indices into ``range(n)`` spread evenly from first to last (repeats when count > n)."""
+    return [int(i) for i in np.linspace(0, n - 1, num=count).round()] if n and count else []
+
+
 class DataError(ValueError):
     """Training data that cannot be used; the message names the path and what was expected."""
 
@@ -434,9 +439,9 @@ class PairedDataset(TrainDataset):
         return {"A": ta, "B": tb} if self.direction == "AtoB" else {"A": tb, "B": ta}
 
     def evaluation(self, count: int) -> List[Dict[str, torch.Tensor]]:
-        """The first ``count`` pairs in file order, resized to crop x crop (no randomness)."""
+        """``count`` pairs spread evenly over the file order, resized to crop x crop (no randomness)."""
         out = []
-        for i in range(min(count, len(self.pairs))):
+        for i in spread(min(count, len(self.pairs)), len(self.pairs)):
             a, b = self.pairs.get(i)
             ta, tb = self.augment.center(a), self.augment.center(b)
             out.append({"A": ta, "B": tb} if self.direction == "AtoB" else {"A": tb, "B": ta})
@@ -469,9 +474,10 @@ class UnpairedDataset(TrainDataset):
         return out
 
     def evaluation(self, count: int) -> List[Dict[str, torch.Tensor]]:
-        """``count`` fixed (A, B) couples, resized to crop x crop, for sample grids."""
-        return [{"A": self.augment.center(self.a.get(i % len(self.a))),
-                 "B": self.augment.center(self.b.get(i % len(self.b)))} for i in range(count)]
+        """``count`` fixed (A, B) couples spread evenly over each domain, resized to crop x crop, for
+        sample grids (frames of one clip in a row would all look alike)."""
+        return [{"A": self.augment.center(self.a.get(i)), "B": self.augment.center(self.b.get(j))}
+                for i, j in zip(spread(count, len(self.a)), spread(count, len(self.b)))]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -566,9 +572,7 @@ class WindowDataset(TrainDataset):
 
     def evaluation(self, count: int) -> List[Dict[str, torch.Tensor]]:
         """``count`` windows spread evenly over the data, centre-cropped."""
-        n = len(self.index)
-        picks = np.linspace(0, n - 1, num=min(count, n)).round().astype(int)
-        return [{"frames": self.window(int(i), None)} for i in picks]
+        return [{"frames": self.window(i, None)} for i in spread(min(count, len(self.index)), len(self.index))]
 
 
 class GeneratedWindows(TrainDataset):
