@@ -278,6 +278,18 @@ def test_cuda_graphs_match_eager():
         assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
 
 
+# -- CPU batches: small frames together, large frames alone -----------------------------------------
+
+
+def test_cpu_batches_stop_at_a_pixel_count():
+    model = registry.get("unet").build(tiny_config("unet")).eval()
+    r = _runner(model, precision="fp32")
+    assert r.batch_size_for((64, 64, 3)) == 4
+    assert r.batch_size_for((256, 256, 3)) == 4
+    assert r.batch_size_for((360, 640, 3)) == 1
+    assert _runner(model, precision="fp32", batch_size=3).batch_size_for((360, 640, 3)) == 3
+
+
 # -- tiles chosen by the memory budget -------------------------------------------------------------
 
 
