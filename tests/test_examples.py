@@ -59,17 +59,17 @@ def test_readme_images_script(tmp_path):
     assert cv2.imread(str(tmp_path / "predict_next.png")).shape == (512, 384, 3)
 
 
-def test_cyclegan_data_holds_out_the_demo_clip():
-    """The bundled cyclegan's recipe data: its held-out pictures (chelsea, flower, the demo clip's own
+def test_unpaired_data_holds_out_the_demo_clip():
+    """The bundled cyclegan's and munit's recipe data: its held-out pictures (chelsea, flower, the demo clip's own
     frames) never appear in training, and its two domains share no photo (unpaired)."""
     import numpy as np
 
     sys.path.insert(0, str(EXAMPLES / "zoo"))
     try:
-        from make_data import CLIP_FRAMES, cyclegan_photos
+        from make_data import CLIP_FRAMES, unpaired_photos
     finally:
         sys.path.remove(str(EXAMPLES / "zoo"))
-    a, b, held = cyclegan_photos()
+    a, b, held = unpaired_photos()
     assert not set(a) & set(b) and not (set(a) | set(b)) & set(held)
     assert {"chelsea", "flower"} <= set(held) and len(held) == 2 + len(range(0, CLIP_FRAMES, 6))
     training = list(a.values()) + list(b.values())

