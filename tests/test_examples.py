@@ -60,16 +60,16 @@ def test_readme_images_script(tmp_path):
 
 
 def test_unpaired_data_holds_out_the_demo_clip():
-    """The bundled cyclegan's and munit's recipe data: its held-out pictures (chelsea, flower, the demo clip's own
-    frames) never appear in training, and its two domains share no photo (unpaired)."""
+    """The bundled cyclegan's and munit's recipe data: their held-out pictures (chelsea, flower, the
+    demo clip's own frames) never appear in training, and the two domains share no photo."""
     import numpy as np
 
     sys.path.insert(0, str(EXAMPLES / "zoo"))
     try:
-        from make_data import CLIP_FRAMES, unpaired_photos
+        from make_data import CLIP_FRAMES, training_photos, unpaired_photos
     finally:
         sys.path.remove(str(EXAMPLES / "zoo"))
-    a, b, held = unpaired_photos()
+    a, b, held = unpaired_photos(training_photos())
     assert not set(a) & set(b) and not (set(a) | set(b)) & set(held)
     assert {"chelsea", "flower"} <= set(held) and len(held) == 2 + len(range(0, CLIP_FRAMES, 6))
     training = list(a.values()) + list(b.values())

@@ -78,9 +78,10 @@ def heldout_photos() -> Dict[str, np.ndarray]:
     return {k: _fit(v) for k, v in photos.items()}
 
 
-def unpaired_photos() -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray], Dict[str, np.ndarray]]:
-    """(domain A photos, domain B photos before filtering, held-out photos) for cyclegan and munit."""
-    shared = training_photos()
+def unpaired_photos(shared: Dict[str, np.ndarray]
+                    ) -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray], Dict[str, np.ndarray]]:
+    """(domain A photos, domain B photos before filtering, held-out photos) for cyclegan and munit,
+    from ``shared`` (:func:`training_photos`)."""
     kept = sorted(n for n in shared if not n.startswith(("bikes_", "carphone_"))
                   or (n.startswith("bikes_") and int(n[-3:]) % 3 == 0)
                   or (n.startswith("carphone_") and int(n[-3:]) % 2 == 0))
@@ -132,7 +133,7 @@ def main(out: Path) -> None:
     for n in names:
         _save(out / "pix2pix" / "train" / "A", n, gray(train[n]))
         _save(out / "pix2pix" / "train" / "B", n, train[n])
-    un_a, un_b, un_held = unpaired_photos()
+    un_a, un_b, un_held = unpaired_photos(train)
     for n, img in un_a.items():
         _save(out / "cyclegan" / "trainA", n, img)
         _save(out / "munit" / "trainA", n, img)
