@@ -228,7 +228,7 @@ class Runner:
         h, w = shape[:2]
         pixels = _padded(h, w, self.contract.size_multiple)
         per_frame = self.bytes_per_pixel() * pixels
-        cap = 16 if self.device.type == "cuda" else max(1, min(4, CPU_BATCH_PIXELS // max(pixels, 1)))
+        cap = 16 if self.device.type == "cuda" else min(4, CPU_BATCH_PIXELS // pixels)
         return int(max(1, min(cap, self.budget // max(per_frame, 1))))
 
     def model_forward(self, x: torch.Tensor) -> torch.Tensor:
