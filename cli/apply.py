@@ -44,9 +44,7 @@ from frametrans.cli import options as opt
               help="Upstream MUNIT YAML for a MUNIT .pt file.")
 @click.option("--batch-size", "-b", type=int, callback=opt.positive("batch-size"),
               help="Frames per forward pass (default: from device and frame size).")
-@click.option("--tile", type=int, help="Run frames in tiles of this many pixels (default: only when needed).")
-@click.option("--tile-overlap", type=int, help="Tile overlap in pixels (default: the model's receptive field).")
-@click.option("--max-memory", help="Activation memory budget, e.g. 4G; larger frames are tiled.")
+@opt.memory_options
 @opt.device_option
 @opt.precision_option
 @click.option("--compile", "compile_mode", type=click.Choice(["auto", "on", "off"]), default="auto",
@@ -63,7 +61,7 @@ def apply_cmd(inputs: Tuple[str, ...], output: str, model: str, list_file, recur
               ext: Optional[str], size: Optional[str], fps: float, y4m: bool, resize: Optional[str],
               max_side: Optional[int], codec, crf, preset, pix_fmt, no_audio: bool, direction: str,
               style_image, num_styles: int, seed: int, yaml_config, batch_size, tile, tile_overlap,
-              max_memory, device: str, precision: str, skip_existing: bool, overwrite: bool,
+              tile_stats: str, max_memory, device: str, precision: str, skip_existing: bool, overwrite: bool,
               quiet: bool, ray_address: Optional[str] = None, compile_mode: str = "auto") -> None:
     """Run INPUTS (images, folders, videos, or '-' for a raw/y4m stream) through a generator.
 
@@ -109,15 +107,13 @@ def apply_cmd(inputs: Tuple[str, ...], output: str, model: str, list_file, recur
     # Every option is checked before the model is loaded or any input is read (exit status 2).
     from frametrans.apply import (OutputOptions, Translator, apply_paths, apply_stream,
                                   check_stream_size)
-    from frametrans.engine.device import parse_memory, resolve_device, resolve_precision
+    from frametrans.engine.device import resolve_device, resolve_precision
     from frametrans.engine.runner import RunnerOptions
 
-    try:
-        memory = parse_memory(max_memory)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--max-memory") from None
+    memory = opt.parse_memory_option(max_memory)
     runner_opts = RunnerOptions(device=device, precision=precision, batch_size=batch_size, tile=tile,
-                                tile_overlap=tile_overlap, max_memory=memory, compile=compile_mode)
+                                tile_overlap=tile_overlap, tile_stats=tile_stats, max_memory=memory,
+                                compile=compile_mode)
     try:
         runner_opts.validate()
     except ValueError as exc:

@@ -1,7 +1,8 @@
 """``frametrans bench``: throughput benchmarks that print numbers (tables on stdout, logs on stderr).
 
 Subcommands: ``apply`` (model-only vs end-to-end vs the reference loop, in one process),
-``processes`` (whole processes against the reference loop), ``tiling``, ``compile``. Other
+``processes`` (whole processes against the reference loop), ``tiling``, ``memory`` (the
+``--max-memory`` bound, measured in fresh processes), ``compile``. Other
 benchmarks (``predict``) hang off the same group.
 """
 
@@ -89,6 +90,7 @@ def bench_group() -> None:
     frametrans bench apply --model resnet --size 256 --batch 1 --frames 16
     frametrans bench processes --model resnet --frames 96
     frametrans bench tiling --model resnet --size 1920x1080 --tile 512
+    frametrans bench memory --model cyclegan --image photo.png --max-memory 128M
     frametrans bench compile --model unet --size 256 --precision bf16
     """
 
@@ -170,6 +172,32 @@ def bench_tiling_cmd(model: str, config, seed: int, workdir, json_out, threads, 
         max_memory=parse_memory(max_memory), device=device, precision=precision, repeat=repeat, seed=seed,
         workdir=workdir))
     _emit(result, format_tiling(result), json_out)
+
+
+@bench_group.command("memory")
+@click.option("--model", "-m", default="cyclegan", show_default=True, help="Bundled name or checkpoint path.")
+@click.option("--image", type=click.Path(exists=True, dir_okay=False),
+              help="A picture to run (default: a synthetic frame of --size).")
+@click.option("--size", default="1024", show_default=True, help="Synthetic frame size: N or WIDTHxHEIGHT.")
+@click.option("--max-memory", default="128M", show_default=True, help="The budget to measure.")
+@click.option("--tile-stats", type=click.Choice(["exact", "fast"]), default="exact", show_default=True)
+@click.option("--threads", type=int, callback=opt.positive("threads"),
+              help="CPU threads for torch (default: one per core).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False),
+              help="Also write the results as JSON to this file.")
+@opt.device_option
+@opt.precision_option
+def bench_memory_cmd(model: str, image, size: str, max_memory: str, tile_stats: str, threads,
+                     json_out, device: str, precision: str) -> None:
+    """What one frame adds to the process's peak, untiled and under --max-memory (fresh processes)."""
+    _start(threads)
+    from frametrans.bench.memory import MemoryBench, bench_memory, format_memory
+
+    w, h = _parse_size(size)
+    result = bench_memory(MemoryBench(
+        model=model, image=image, width=w, height=h, max_memory=opt.parse_memory_option(max_memory),
+        tile_stats=tile_stats, device=device, precision=precision, threads=threads))
+    _emit(result, format_memory(result), json_out)
 
 
 @bench_group.command("compile")

@@ -107,6 +107,9 @@ class LazyGroup(click.Group):
         except Exception as exc:  # noqa: BLE001 - shown as one line, the traceback on request
             if (ctx.obj or {}).get("verbose"):
                 raise
+            hint = getattr(exc, "param_hint", None)  # a setting the run cannot work with: exit 2
+            if hint:
+                raise click.BadParameter(_one_line(exc), param_hint=hint) from exc
             raise UserError(_one_line(exc)) from exc
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
@@ -193,8 +196,9 @@ def _silence_stdout() -> None:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+    from frametrans.io.errors import first_line
+
+    return first_line(exc)
 
 
 if __name__ == "__main__":

@@ -63,3 +63,27 @@ def parse_size(value: str | None, name: str = "--size") -> tuple[int, int] | Non
     if w <= 0 or h <= 0 or w > 65536 or h > 65536:
         raise click.BadParameter(f"width and height must be 1..65536, got {value!r}", param_hint=name)
     return w, h
+
+
+def memory_options(f: F) -> F:
+    """--tile, --tile-overlap, --tile-stats and --max-memory (apply and predict-next)."""
+    f = click.option("--max-memory", help="Memory that inference may add to the process's peak, "
+                     "e.g. 4G or 512M; larger frames are tiled (README: Memory).")(f)
+    f = click.option("--tile-stats", type=click.Choice(["exact", "fast"]), default="exact",
+                     show_default=True, help="Normalization statistics of tiled frames (InstanceNorm, "
+                     "AdaIN models): exact (as untiled, slower) or fast (from a downscaled copy).")(f)
+    f = click.option("--tile-overlap", type=int,
+                     help="Tile overlap in pixels (default: the model's receptive field).")(f)
+    f = click.option("--tile", type=int,
+                     help="Run frames in tiles of this many pixels (default: only when needed).")(f)
+    return f
+
+
+def parse_memory_option(value: str | None) -> int | None:
+    """--max-memory text -> bytes (None passes); BadParameter on a bad size."""
+    from frametrans.engine.device import parse_memory
+
+    try:
+        return parse_memory(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--max-memory") from None

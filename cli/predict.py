@@ -8,8 +8,10 @@ import click
 
 from frametrans.cli.options import (
     device_option,
+    memory_options,
     model_option,
     overwrite_option,
+    parse_memory_option,
     positive,
     precision_option,
     quiet_option,
@@ -42,18 +44,21 @@ def _non_negative(ctx: click.Context, param: click.Parameter, value):
               help="Compare with the real following frames; print MSE, MAE, PSNR, SSIM.")
 @device_option
 @precision_option
+@memory_options
 @quiet_option
 @overwrite_option
 def predict_next_cmd(input_path: str, output: str, model: str, context: int | None,
                      horizon: int | None, start: int | None, steps: int | None,
                      side_by_side: bool, evaluate: bool, device: str, precision: str,
-                     quiet: bool, overwrite: bool) -> None:
+                     tile: int | None, tile_overlap: int | None, tile_stats: str,
+                     max_memory: str | None, quiet: bool, overwrite: bool) -> None:
     """Predict the frames after a window of INPUT (a video or a folder of frames).
 
     \b
     frametrans predict-next clip.mp4 -o next.mp4 --model predictor.safetensors
     frametrans predict-next frames/ -o pred/ --start 40 --steps 20 --side-by-side
     frametrans predict-next clip.mp4 -o cmp.gif --eval --side-by-side
+    frametrans predict-next big.mp4 -o next.mp4 --max-memory 512M   # tiles when needed
 
     Metrics (--eval) go to stdout; logs go to stderr. MSE and MAE are per-frame sums over all
     pixels (as OpenSTL reports Moving MNIST), also given per pixel.
@@ -62,7 +67,13 @@ def predict_next_cmd(input_path: str, output: str, model: str, context: int | No
 
     opts = PredictOptions(model=model, context=context, horizon=horizon, steps=steps, start=start,
                           side_by_side=side_by_side, evaluate=evaluate, device=device,
-                          precision=precision, overwrite=overwrite, quiet=quiet)
+                          precision=precision, max_memory=parse_memory_option(max_memory), tile=tile,
+                          tile_overlap=tile_overlap, tile_stats=tile_stats, overwrite=overwrite,
+                          quiet=quiet)
+    try:
+        opts.runner_options().validate()
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     report = predict_next(input_path, output, opts, progress=_progress(quiet))
     if not quiet:
         h, w = report.size

@@ -234,8 +234,9 @@ def _run(method: str, ctx: click.Context, kwargs: Dict[str, Any]) -> None:
     except (ValueError, TrainingStopped, CheckpointError, OSError) as exc:
         if getattr(exc, "reported_by_rank0", False):  # DDP: every rank stopped alike; rank 0 says why
             ctx.exit(1)
-        lines = str(exc).strip().splitlines()
-        raise click.ClickException(lines[0] if lines else type(exc).__name__) from None
+        from frametrans.io.errors import first_line
+
+        raise click.ClickException(first_line(exc)) from None
     quiet = explicit.get("quiet") or file_opts.get("quiet")
     if not quiet and result.rank == 0:
         files = ", ".join(p.name for p in result.exports) or "nothing new"

@@ -10,7 +10,7 @@
         --context 4 --horizon 4 --width 8 --depth 2
 
 Prints a markdown table on stdout (logs on stderr); ``--json FILE`` also writes the rows.
-The work is done by :func:`frametrans.bench_predict.run_benchmark`.
+The work is done by :func:`frametrans.bench.predict.run_benchmark`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import argparse
 import json
 import sys
 
-from frametrans.bench_predict import BenchOptions, format_table, run_benchmark
+from frametrans.bench.predict import TRAINERS, BenchOptions, format_table, run_benchmark
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--out-dir", default=d.out_dir)
     p.add_argument("--mnist-dir", help="folder with t10k-images-idx3-ubyte.gz")
-    p.add_argument("--trainer", default=d.trainer, choices=["auto", "frametrans", "builtin"])
+    p.add_argument("--trainer", default=d.trainer, choices=TRAINERS,
+                   help="auto and frametrans both train with `frametrans train predictor`")
     p.add_argument("--json", help="also write the rows as JSON to this file")
     args = p.parse_args(argv)
     values = {k: v for k, v in vars(args).items() if k != "json"}

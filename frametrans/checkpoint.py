@@ -29,6 +29,7 @@ from torch import nn
 
 from frametrans import registry
 from frametrans.atomic import atomic_path
+from frametrans.io.errors import first_line
 
 FORMAT_VERSION = "1"
 PathLike = Union[str, os.PathLike]
@@ -283,7 +284,7 @@ def _torch_load_safely(path: Path) -> Any:
         if isinstance(exc, (KeyError, IndexError, TypeError, AttributeError)) or not str(exc).strip():
             first = "corrupt or not pickle/zip data"
         else:
-            first = str(exc).strip().splitlines()[0][:160]
+            first = first_line(exc)[:160]
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({first})") from None
 
 

@@ -48,9 +48,22 @@ class PredictOptions:
     evaluate: bool = False
     device: str = "auto"
     precision: str = "auto"
+    max_memory: Optional[int] = None  # bytes, as apply's --max-memory
+    tile: Optional[int] = None
+    tile_overlap: Optional[int] = None
+    tile_stats: str = "exact"
     overwrite: bool = False
     quiet: bool = False
     fps: Optional[float] = None  # output video rate when the input has none (folders): 25
+
+
+    def runner_options(self):
+        """The runner's options: device, precision and the memory budget (compiled forwards only
+        when one is cached: a prediction is a single forward)."""
+        from frametrans.engine.runner import RunnerOptions
+
+        return RunnerOptions(device=self.device, precision=self.precision, max_memory=self.max_memory,
+                             tile=self.tile, tile_overlap=self.tile_overlap, tile_stats=self.tile_stats)
 
 
 @dataclass
@@ -182,7 +195,7 @@ def predict_next(input_path: str | Path, output: str | Path, opts: PredictOption
     import torch
 
     from frametrans.checkpoint import load_model
-    from frametrans.engine.temporal import predict_clip, to_model_channels
+    from frametrans.engine.temporal import check_window, predict_clip, to_model_channels
 
     src, dst = Path(input_path), Path(output)
     kind = check_output(dst, opts.overwrite)
@@ -193,15 +206,7 @@ def predict_next(input_path: str | Path, output: str | Path, opts: PredictOption
             f"--model {opts.model}: {type(model).arch_name} is an image-to-image model, not a "
             "next-frame predictor; use `frametrans apply`"
         )
-    context = cfg.context if opts.context is None else opts.context
-    if context != cfg.context:
-        raise ValueError(f"--context {context}: this model reads exactly {cfg.context} frames")
-    horizon = cfg.horizon if opts.horizon is None else opts.horizon
-    if not 1 <= horizon <= cfg.horizon:
-        raise ValueError(f"--horizon {horizon}: must be 1..{cfg.horizon} (the model's horizon)")
-    steps = horizon if opts.steps is None else opts.steps
-    if steps < 1:
-        raise ValueError(f"--steps {steps}: must be >= 1")
+    context, horizon, steps = check_window(cfg, opts.context, opts.horizon, opts.steps)
     if opts.start is not None and opts.start < 0:
         raise ValueError(f"--start {opts.start}: must be >= 0")
 
@@ -235,7 +240,7 @@ def predict_next(input_path: str | Path, output: str | Path, opts: PredictOption
     if not opts.quiet:
         log.info("predicting %d frame(s) after frames %d..%d of %s", steps, start,
                  start + context - 1, src)
-    preds = predict_clip(model, images, 0, context, horizon, steps, opts.device, opts.precision)
+    preds = predict_clip(model, images, 0, context, horizon, steps, options=opts.runner_options())
     truth = to_model_channels([f.image for f in future], cfg.channels) if future else []
 
     metrics = None

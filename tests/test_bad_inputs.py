@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -450,13 +451,31 @@ def test_large_frame_is_tiled_to_fit_the_memory_budget(tmp_path, model_path):
     Image.fromarray(picture(300, 420)).save(tmp_path / "big.png")
     common = ["-m", model_path, "--precision", "fp32", "--tile-overlap", "16"]
     assert run("apply", tmp_path / "big.png", "-o", tmp_path / "full.png", *common).exit_code == 0
-    res = run("apply", tmp_path / "big.png", "-o", tmp_path / "tiled.png", "--max-memory", "3M", *common)
+    # 12M holds the frame's buffers and ~120 px tiles of this model, not the whole frame (~15M)
+    res = run("apply", tmp_path / "big.png", "-o", tmp_path / "tiled.png", "--max-memory", "12M", *common)
     assert res.exit_code == 0, res.output
     assert "tiling" in res.output
     full = np.asarray(Image.open(tmp_path / "full.png")).astype(int)
     tiled = np.asarray(Image.open(tmp_path / "tiled.png")).astype(int)
     assert full.shape == tiled.shape == (300, 420, 3)
     assert np.abs(full - tiled).mean() < 2
+
+
+def test_memory_budget_below_one_tile_is_refused_with_the_minimum(tmp_path, model_path):
+    Image.fromarray(picture(300, 420)).save(tmp_path / "big.png")
+    res = run("apply", tmp_path / "big.png", "-o", tmp_path / "out.png", "-m", model_path,
+              "--precision", "fp32", "--tile-overlap", "16", "--max-memory", "3M")
+    assert res.exit_code == 2, res.output
+    line = [x for x in res.output.splitlines() if "Error" in x]
+    assert len(line) == 1, res.output
+    assert "Invalid value for --max-memory: 3.0 MiB is too small for a 420x300 frame" in line[0]
+    need = int(re.search(r"use --max-memory (\d+)M", line[0]).group(1))
+    assert 3 < need < 64
+    assert not (tmp_path / "out.png").exists()
+    ok = run("apply", tmp_path / "big.png", "-o", tmp_path / "out.png", "-m", model_path,
+             "--precision", "fp32", "--tile-overlap", "16", "--max-memory", f"{need}M")
+    assert ok.exit_code == 0, ok.output
+    assert (tmp_path / "out.png").exists()
 
 
 # ---------------------------------------------------------------------------------------------

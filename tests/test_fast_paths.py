@@ -9,44 +9,18 @@ Compiled paths take tens of seconds to build (a C++ compile), so they are marked
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
 
-from frametrans import registry
 from frametrans.engine import compile as compiling
 from frametrans.engine.runner import Runner, RunnerOptions
 from frametrans.io.frame import Frame
-from tests_support import tiny_config
+from tests_support import psnr
+from tests_support import smooth_images as _images
+from tests_support import tiny_model as _model
 
 GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
-
-def _model(name: str = "resnet", seed: int = 0, **overrides):
-    torch.manual_seed(seed)
-    cfg = tiny_config(name)
-    if overrides:
-        cfg = type(cfg)(**{**cfg.to_dict(), **overrides})
-    return registry.get(name).build(cfg)
-
-
-def _images(n: int = 3, h: int = 40, w: int = 52, seed: int = 0, dtype=np.uint8):
-    g = np.random.default_rng(seed)
-    top = 65535 if dtype == np.uint16 else 255
-    yy, xx = np.mgrid[0:h, 0:w]
-    out = []
-    for i in range(n):  # smooth content plus noise: real structure for the model to respond to
-        base = (np.sin(xx / 5.0 + i)[..., None] * np.cos(yy / 7.0)[..., None] * [1.0, 0.6, -0.8] + 1) / 2
-        img = base + g.normal(0, 0.05, (h, w, 3))
-        out.append(np.clip(img * top, 0, top).astype(dtype))
-    return out
-
-
-def psnr(a: np.ndarray, b: np.ndarray, top: float = 255.0) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return math.inf if mse == 0 else 10 * math.log10(top**2 / mse)
 
 
 def _runner(model, tmp_path=None, **kw) -> Runner:
@@ -276,51 +250,6 @@ def test_cuda_graphs_match_eager():
     outs = [o for _, o in r.run(Frame(im) for im in images)]
     for a, b in zip(outs, eager):
         assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
-
-
-# -- CPU batches: small frames together, large frames alone -----------------------------------------
-
-
-def test_cpu_batches_stop_at_a_pixel_count():
-    model = registry.get("unet").build(tiny_config("unet")).eval()
-    r = _runner(model, precision="fp32")
-    assert r.batch_size_for((64, 64, 3)) == 4
-    assert r.batch_size_for((256, 256, 3)) == 4
-    assert r.batch_size_for((360, 640, 3)) == 1
-    assert _runner(model, precision="fp32", batch_size=3).batch_size_for((360, 640, 3)) == 3
-
-
-# -- tiles chosen by the memory budget -------------------------------------------------------------
-
-
-def test_budget_tiles_compute_few_pixels_and_respect_the_budget(monkeypatch):
-    from frametrans.engine import tiling
-    from frametrans.engine.tiling import plan_tiles
-
-    model = _model("unet", num_downs=3)  # batch norm in eval: no statistics pass, plain tiles
-    probe = _runner(model, precision="fp32")
-    bpp = probe.bytes_per_pixel()
-    h, w = 120, 400
-    r = _runner(model, precision="fp32", max_memory=int(bpp * 130 * 130), tile_overlap=16)
-    side = r._tile_size(h, w)
-    assert side is not None and min(side, h) * min(side, w) <= r._pixels_that_fit()
-    area = sum(b.height * b.width for b in plan_tiles(h, w, side, 16, 8))
-    square = int(r._pixels_that_fit() ** 0.5) // 8 * 8
-    assert area <= sum(b.height * b.width for b in plan_tiles(h, w, square, 16, 8))
-    seen = []
-    real = tiling.run_tiled
-
-    def spy(fn, x, *args, **kw):
-        def wrapped(t):
-            seen.append(t.shape[0] * t.shape[-2] * t.shape[-1])
-            return fn(t)
-        return real(wrapped, x, *args, **kw)
-
-    monkeypatch.setattr("frametrans.engine.normstats.run_tiled", spy)
-    out = r(_images(1, h=h, w=w))[0]
-    assert out.shape == (h, w, 3) and r.tiled_frames == 1
-    assert seen and max(seen) <= r._pixels_that_fit()  # tiles per forward: within the budget
-    assert psnr(out, _fp32(model, _images(1, h=h, w=w))[0]) >= 25.0
 
 
 def test_cache_prune_drops_least_recently_used(tmp_path, monkeypatch):

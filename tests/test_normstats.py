@@ -24,12 +24,11 @@ from torch import nn
 
 from frametrans.engine.normstats import (
     collect_norm_stats,
-    collect_norm_stats_tiled,
     frame_dependent_norm_layers,
     frozen_norm_stats,
     has_frame_dependent_norm,
-    run_tiled_frozen,
 )
+from frametrans.engine.tiledstats import collect_norm_stats_tiled, run_tiled_frozen
 from frametrans.engine.receptive import receptive_field, suggest_overlap
 from frametrans.engine.tiling import run_tiled
 

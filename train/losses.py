@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from frametrans.io.errors import first_line
+
 if TYPE_CHECKING:
     from frametrans.train.distributed import Shard
 
@@ -162,8 +164,8 @@ class VGGPerceptualLoss(nn.Module):
         except FileNotFoundError:
             raise ValueError(f"--vgg-weights {weights}: no such file") from None
         except Exception as exc:  # unpickling refusals, corrupt files
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise ValueError(f"--vgg-weights {weights}: not a readable state dict ({first[:120]})") from None
+            raise ValueError(f"--vgg-weights {weights}: not a readable state dict "
+                             f"({first_line(exc)[:120]})") from None
         if not isinstance(state, dict):
             raise ValueError(f"--vgg-weights {weights}: holds a {type(state).__name__}, expected a state dict")
         with torch.device("meta"):  # no init work: every tensor comes from the file

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from frametrans.atomic import atomic_path, atomic_write_text
+from frametrans.io.errors import first_line
 from frametrans.train import cyclegan, defaults, munit, pix2pix, predictor
 from frametrans.train.distributed import (DistContext, convert_batchnorm, env_world_size, mark_collective,
                                           rank_seed, spawn_local, under_launcher)
@@ -226,8 +227,7 @@ def load_state(path: Path) -> Dict[str, Any]:
     except FileNotFoundError:
         raise ValueError(f"{path}: no training state to resume from") from None
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ValueError(f"{path}: unreadable training state ({first[:160]})") from None
+        raise ValueError(f"{path}: unreadable training state ({first_line(exc)[:160]})") from None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise ValueError(f"{path}: not a frametrans training state")
     if state.get("version") != STATE_VERSION:

@@ -156,6 +156,7 @@ class _Wrapped(nn.Module):
         super().__init__()
         self.model = model
         self.fn = fn
+        self.train(model.training)  # the session put ``model`` in eval mode; the wrapper follows it
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fn(self.model, x)
@@ -198,7 +199,7 @@ def compile_package(model: nn.Module, fn: Callable[[nn.Module, torch.Tensor], to
     """
     use_inductor_cache(path.parent.parent)
     path.parent.mkdir(parents=True, exist_ok=True)
-    wrapped = _Wrapped(model, fn).eval()
+    wrapped = _Wrapped(model, fn)
     with torch.inference_mode(False), torch.no_grad():
         exported = torch.export.export(wrapped, (example,), strict=False)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.pt2")

@@ -114,23 +114,28 @@ def receptive_field(
     if key in cached:
         return cached[key]
 
-    largest = math.ceil(probe / multiple) * multiple
-    size = min(largest, math.ceil(64 / multiple) * multiple)
     generator = torch.Generator().manual_seed(seed)
-    run = fn or model
     with torch.inference_mode(False), torch.enable_grad():
-        while True:
-            radius, border = _measure(model, run, channels, size, multiple, generator)
-            saturated = radius >= border
-            if not saturated:  # a second probe: a ReLU dead at one probe is rarely dead at both
-                again, _ = _measure(model, run, channels, size, multiple, generator)
-                radius = max(radius, again)
-                saturated = radius >= border
-            if not saturated or size >= largest or (max_radius is not None and radius >= max_radius):
-                break
-            size = min(largest, 2 * size)
+        radius = _grow_probes(model, fn or model, channels, multiple, probe, max_radius, generator)
     _CACHE.setdefault(model, {})[key] = radius
     return radius
+
+
+def _grow_probes(model: nn.Module, run: Callable[[Tensor], Tensor], channels: int, multiple: int,
+                 probe: int, max_radius: int | None, generator: torch.Generator) -> int:
+    """Probes of 64 px, doubling up to ``probe`` while the gradient reaches their border."""
+    largest = math.ceil(probe / multiple) * multiple
+    size = min(largest, math.ceil(64 / multiple) * multiple)
+    while True:
+        radius, border = _measure(model, run, channels, size, multiple, generator)
+        saturated = radius >= border
+        if not saturated:  # a second probe: a ReLU dead at one probe is rarely dead at both
+            again, _ = _measure(model, run, channels, size, multiple, generator)
+            radius = max(radius, again)
+            saturated = radius >= border
+        if not saturated or size >= largest or (max_radius is not None and radius >= max_radius):
+            return radius
+        size = min(largest, 2 * size)
 
 
 def suggest_overlap(

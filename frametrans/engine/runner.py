@@ -1,18 +1,20 @@
-"""The runner: the only stage that touches device, dtype, ``eval()`` and ``inference_mode()``.
+"""The runner: batching and streaming frames through a model, within a memory policy.
 
 It takes batches of same-size integer images and returns the model's output images at the same
-size: convert on the device, pad to the model's size multiple, run (whole, or tiled when the frame
-does not fit the memory budget), crop back, convert to integers.
+size: convert on the device, pad to the model's size multiple, run (whole, or tiled when the
+memory policy says so), crop back, convert to integers. The device, dtype, ``eval()``,
+``inference_mode`` and the weight copies belong to its :class:`~frametrans.engine.session.Session`;
+batch and tile sizes and the reactions to out-of-memory errors to its
+:class:`~frametrans.engine.memory.MemoryPolicy`. The options object is frozen: nothing here
+writes into it.
 
 Fast paths (each checked against fp32 in ``tests/test_fast_paths.py``):
 
-- precision: ``auto`` is bf16 on CPUs with bf16 units (AVX512-BF16 / AMX) and on CUDA GPUs with
-  bf16, fp16 on MPS, else fp32. Below fp32 the runner keeps a low-precision copy of the weights
-  (shared by every runner of the same module) and runs under autocast; the module given stays fp32.
+- precision: see :mod:`frametrans.engine.session` (bf16 weight copy + autocast below fp32).
 - channels_last: images arrive as [B, H, W, C] integers, which *is* the channels_last layout;
-  they stay in it through conversion, the model and back, so no full-frame transposes are paid.
-- integers travel: uint8 goes to the device and is converted there; the output is rounded to uint8
-  on the device and only then copied back.
+  they stay in it through conversion, the model and back.
+- integers travel: uint8 goes to the device, is padded and converted there; the output is rounded
+  to uint8 on the device and only then copied back.
 - compilation (``compile`` = auto | on | off, :mod:`frametrans.engine.compile`): whole frames of
   a repeated shape run an AOTInductor-compiled forward (weights frozen, in the runner's dtype and
   layout) cached on disk; ``auto`` compiles only when the job is long enough to pay for it.
@@ -20,16 +22,18 @@ Fast paths (each checked against fp32 in ``tests/test_fast_paths.py``):
 - CUDA (not run in this project's CI, which has no GPU): cudnn autotuning, pinned staging buffers
   with asynchronous copies, one batch in flight while the previous one is copied back and handed
   on, optional CUDA graphs per static shape.
+
+Out of memory: a batch is retried in halves (and the policy keeps the smaller batch); a single
+frame is retried in tiles, then smaller tiles; when even the smallest tiles fail,
+:class:`FrameOutOfMemory` is raised for that frame and the next frame starts from the full budget.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import logging
 import time
-import weakref
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -39,20 +43,29 @@ from torch import nn
 from frametrans.engine import compile as compiling
 from frametrans.engine import device as devices
 from frametrans.engine import transforms
-from frametrans.engine.padding import crop, min_side, pad_to_multiple
-from frametrans.io.frame import Frame
+from frametrans.engine.memory import (Footprint, MemoryPolicy, Plan, format_size, frame_bytes_per_pixel,
+                                      probe_footprint)
+from frametrans.engine.normstats import frame_dependent_norms, has_frame_dependent_norm
+from frametrans.engine.padding import Pads, crop, min_side, pad_to_multiple
+from frametrans.engine.session import Session
+from frametrans.io.errors import first_line
+from frametrans.io.frame import Frame, frame_label
 
 log = logging.getLogger("frametrans")
 
 ForwardFn = Callable[[nn.Module, torch.Tensor], torch.Tensor]
-# the CPU batches frames up to this many pixels in all (4 frames of 256x256; a 640x360 frame alone)
-CPU_BATCH_PIXELS = 4 * 256 * 256
+TILE_STATS = ("exact", "fast")
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunnerOptions:
     """How to run a model. None means: choose from the device, the model and the frame size.
 
+    max_memory: bytes that inference may add to the peak (see :mod:`frametrans.engine.memory`);
+        None: 60% of the free GPU memory, or a quarter of the free RAM (at most 8 GiB).
+    tile_stats: for tiled frames of models with per-frame normalization (InstanceNorm, AdaIN):
+        ``exact`` (the whole frame's statistics, measured layer by layer in tiles) or ``fast``
+        (statistics of a downscaled copy: cheaper, ~30 dB from the untiled output on real photos).
     compile: ``auto`` (compile a frame shape when a compiled package is cached, or when the job is
         long enough for compiling to pay; see :meth:`Runner.expect`), ``on`` (always; fails loudly
         if it cannot), ``off`` (eager only).
@@ -65,7 +78,8 @@ class RunnerOptions:
     batch_size: Optional[int] = None
     tile: Optional[int] = None
     tile_overlap: Optional[int] = None
-    max_memory: Optional[int] = None  # bytes of activations for one forward
+    max_memory: Optional[int] = None
+    tile_stats: str = "exact"
     channels_last: bool = True
     compile: str = "auto"
     cuda_graphs: bool = False
@@ -84,24 +98,17 @@ class RunnerOptions:
                 f"--tile-overlap {self.tile_overlap} is too large for --tile {self.tile}: "
                 "the overlap must be smaller than the tile"
             )
-        self.compile = compiling.validate_mode(self.compile)
+        if self.tile_stats not in TILE_STATS:
+            raise ValueError(f"--tile-stats must be exact or fast, got {self.tile_stats!r}")
+        compiling.validate_mode(self.compile)
+
+
+class FrameOutOfMemory(RuntimeError):
+    """One frame does not fit even in the smallest tiles."""
 
 
 def default_forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return model(x)
-
-
-# One low-precision copy per (module, device, dtype, layout), shared by the runners built on it
-# (MUNIT variants); it goes away with the module, and is rebuilt when the module's weights changed.
-_PREPARED: "weakref.WeakKeyDictionary[nn.Module, Dict[tuple, Tuple[tuple, nn.Module]]]" = (
-    weakref.WeakKeyDictionary())
-
-
-def _weights_stamp(model: nn.Module) -> tuple:
-    """Changes whenever a parameter or buffer of ``model`` is replaced or modified in place
-    (optimizer steps, ``load_state_dict``): storage address and autograd version counter."""
-    tensors = list(model.parameters()) + list(model.buffers())
-    return tuple((t.data_ptr(), t._version) for t in tensors)
 
 
 @dataclass
@@ -117,28 +124,36 @@ class _Launched:
 class Runner:
     """Run a registered image-to-image model on batches of numpy images.
 
-    model: a module from :mod:`frametrans.models` (it carries ``config.contract()``); moved to the
-        device and put in ``eval()`` mode in place, its weights stay as they are.
+    model: a module from :mod:`frametrans.models` (it carries ``config.contract()``); its
+        :class:`Session` moves it to the device and puts it in ``eval()`` mode, weights unchanged.
     forward: how to call it, e.g. ``lambda m, x: m.translate(x, style, "a2b")`` for MUNIT. A forward
         other than the default is compiled only if it has a ``cache_token`` attribute (a string that
         changes whenever its behaviour does).
+    out_channels: channels the forward returns (default: the contract's channels x frames out).
+    session: share an existing session (MUNIT variants); default: a new one from the options.
     """
 
     def __init__(self, model: nn.Module, options: Optional[RunnerOptions] = None,
-                 forward: ForwardFn = default_forward) -> None:
+                 forward: ForwardFn = default_forward, out_channels: Optional[int] = None,
+                 session: Optional[Session] = None) -> None:
         self.options = options or RunnerOptions()
         self.options.validate()
-        self.device = devices.resolve_device(self.options.device)
-        self.dtype = devices.resolve_precision(self.options.precision, self.device)
+        self.session = session or Session(model, self.options.device, self.options.precision,
+                                          self.options.channels_last)
         self.contract = model.config.contract()
         self.forward = forward
-        self.source = model.eval().to(self.device)  # fp32 weights: receptive field, compile key
-        self.model = self._prepare(self.source)
-        self.budget = self.options.max_memory or devices.default_memory_budget(self.device)
-        self._bytes_per_pixel: Optional[float] = None
+        self.in_channels = self.contract.in_channels * self.contract.frames_in
+        self.out_channels = out_channels or self.contract.out_channels * self.contract.frames_out
+        self.memory = MemoryPolicy(
+            budget=self.options.max_memory or devices.default_memory_budget(self.device),
+            measure=self._measure_footprint, multiple=self.contract.size_multiple,
+            overlap=self.overlap, frame_dependent_norm=has_frame_dependent_norm(self.source),
+            batch_size=self.options.batch_size, tile=self.options.tile,
+            tile_stats=self.options.tile_stats, cpu=self.device.type != "cuda")
+        self._plans: Dict[tuple, Plan] = {}
         self._radius: Optional[int] = None
         self.tiled_frames = 0
-        self.policy = compiling.CompilePolicy(mode=self.options.compile)
+        self.policy = compiling.CompilePolicy(mode=compiling.validate_mode(self.options.compile))
         self._compiled: Dict[Tuple[int, ...], Callable[[torch.Tensor], torch.Tensor]] = {}
         self._eager_seconds: Dict[Tuple[int, ...], float] = {}
         self._identity: Optional[str] = None
@@ -147,35 +162,16 @@ class Runner:
         self.compile_seconds = 0.0  # spent compiling or loading packages, for reports
         self._pinned: Dict[tuple, List[Tuple[torch.Tensor, "torch.cuda.Event"]]] = {}
         self._pinned_turn: Dict[tuple, int] = {}
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # fixed shapes per job: autotune conv algorithms
-        if self.device.type == "cpu" and self.dtype == torch.bfloat16 and not devices.cpu_has_bf16():
-            log.warning("bf16 on a CPU without bf16 units is emulated and much slower than fp32 "
-                        "(measured 60x on an AVX2 CPU); --precision auto picks fp32 here")
-        if self.options.compile == "on":
+        if self.policy.mode == "on":
             reason = compiling.can_compile(self.device) or self._forward_uncompilable()
             if reason:
                 raise ValueError(f"--compile on: {reason}; use --compile auto or off")
 
-    def _prepare(self, model: nn.Module) -> nn.Module:
-        """The module that runs: the given one (fp32), or a shared low-precision copy of it."""
-        channels_last = self._channels_last()
-        if channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        if self.dtype == torch.float32 or self.device.type == "mps":
-            return model  # MPS: fp32 weights under fp16 autocast, as before
-        key = (str(self.device), self.dtype, channels_last)
-        copies = _PREPARED.setdefault(model, {})
-        stamp = _weights_stamp(model)
-        if key not in copies or copies[key][0] != stamp:
-            low = copy.deepcopy(model).to(self.dtype)
-            if channels_last:
-                low = low.to(memory_format=torch.channels_last)
-            copies[key] = (stamp, low.eval())
-        return copies[key][1]
-
-    def _channels_last(self) -> bool:
-        return self.options.channels_last and self.device.type != "mps"
+    # the session's facts, for callers and reports
+    device = property(lambda self: self.session.device)
+    dtype = property(lambda self: self.session.dtype)
+    model = property(lambda self: self.session.model)
+    source = property(lambda self: self.session.source)
 
     # -- public ---------------------------------------------------------------------------------
 
@@ -210,40 +206,64 @@ class Runner:
         if inflight is not None:
             yield from self._hand_out(inflight)
 
-    def __call__(self, images: Sequence[np.ndarray]) -> List[np.ndarray]:
-        """Same-size images [H,W,C] uint8/uint16 -> output images [H,W,C_out] of the same dtype."""
+    def __call__(self, images: Sequence[np.ndarray], label: str = "image") -> List[np.ndarray]:
+        """Same-size images [H,W,C] uint8/uint16 -> output images [H,W,C_out] of the same dtype.
+
+        One image that runs out of memory is retried in tiles (``label`` names it in the log);
+        a batch that does is not (the caller splits it)."""
         if not images:
             return []
-        return self._finish(self._launch(None, images))
+        try:
+            return self._finish(self._launch(None, images))
+        except torch.OutOfMemoryError:
+            if len(images) > 1:
+                raise
+        return [self._retry_in_tiles(images[0], label)]
+
+    def plan(self, height: int, width: int) -> Plan:
+        """The memory policy's plan for frames of ``height`` x ``width`` (cached per state)."""
+        key = (height, width, self.memory.pixel_cap, self.memory.batch_cap)
+        if key not in self._plans:
+            if len(self._plans) > 64:
+                self._plans.clear()
+            plan = self._plans[key] = self.memory.plan(height, width)
+            if plan.tile is not None and self.options.tile is None:
+                log.info("frame %dx%d exceeds the memory budget (%s): tiling with %d px tiles, "
+                         "statistics %s", width, height, format_size(self.memory.budget),
+                         plan.tile, plan.stats)
+        return self._plans[key]
 
     def batch_size_for(self, shape: Tuple[int, ...]) -> int:
-        """The batch size for frames of ``shape``: the option, else what fits the memory budget.
-
-        On the CPU batches stop at ``CPU_BATCH_PIXELS`` pixels: batching small frames amortizes
-        per-call overhead, but a batch of large ones only spills the caches (the bundled cyclegan,
-        2 threads: 128x128 34 ms/frame at batch 4 vs 42 at 1; 640x360 495 vs 442).
-        """
-        if self.options.batch_size:
-            return self.options.batch_size
-        h, w = shape[:2]
-        pixels = _padded(h, w, self.contract.size_multiple)
-        per_frame = self.bytes_per_pixel() * pixels
-        cap = 16 if self.device.type == "cuda" else min(4, CPU_BATCH_PIXELS // pixels)
-        return int(max(1, min(cap, self.budget // max(per_frame, 1))))
+        """Frames per forward for images of ``shape`` [H, W, C]: the option, else what the memory
+        policy allows (on the CPU at most ``CPU_BATCH_PIXELS`` pixels: batching small frames
+        amortizes per-call overhead, a batch of large ones only spills the caches)."""
+        return self.plan(*shape[:2]).batch
 
     def model_forward(self, x: torch.Tensor) -> torch.Tensor:
         """The forward pass alone, as the runner runs it on whole frames (compiled when the policy
         says so): ``x`` [B, C, H, W] padded, on the device, see :meth:`model_input`."""
-        with torch.inference_mode(), self._autocast():
+        with self.session.inference():
             return self._forward_whole(x)
 
     def model_input(self, batch: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
         """A random model input [batch, C, H, W] in the model's range, dtype and layout (for benchmarks)."""
-        c = self.contract.in_channels * self.contract.frames_in
         lo, hi = self.contract.value_range
         g = torch.Generator().manual_seed(seed)
-        x = torch.rand(batch, c, height, width, generator=g) * (hi - lo) + lo
-        return self._to_model_layout(x.to(self.device))
+        x = torch.rand(batch, self.in_channels, height, width, generator=g) * (hi - lo) + lo
+        return self.session.to_model_layout(x.to(self.device))
+
+    def overlap(self, tile: int) -> int:
+        """Tile overlap: the option, else enough for the model's receptive field (capped at 128)."""
+        if self.options.tile_overlap is not None:
+            return self.options.tile_overlap
+        from frametrans.engine.receptive import receptive_field, suggest_overlap
+
+        if self._radius is None:
+            # measured on the fp32 weights: half precision may underflow at the field's fringes
+            self._radius = receptive_field(
+                self.source, self.in_channels, self.contract.size_multiple,
+                fn=lambda t: self.forward(self.source, t), max_radius=32)
+        return suggest_overlap(self._radius, tile, self.contract.size_multiple, cap=128)
 
     # -- batches --------------------------------------------------------------------------------
 
@@ -256,12 +276,13 @@ class Runner:
             if inflight is not None:
                 yield from self._hand_out(inflight)
             if len(frames) == 1:
-                raise
+                yield frames[0], self._retry_in_tiles(frames[0].image, frame_label(frames[0]))
+                return None
             # retry smaller: halves of the batch (each may go on to tile), never dropping a frame
             log.warning("out of memory on a batch of %d; retrying in halves", len(frames))
-            self._empty_cache()
+            self.session.release_cached_memory()
+            self.memory.after_batch_oom(len(frames))
             half = len(frames) // 2
-            self.options.batch_size = max(1, half)
             for part in (frames[:half], frames[half:]):
                 rest = yield from self._submit(part, None)
                 if rest is not None:
@@ -274,20 +295,41 @@ class Runner:
             return None
         return launched
 
+    def _retry_in_tiles(self, image: np.ndarray, label: str, attempts: int = 12) -> np.ndarray:
+        """Out of memory on one frame: halve the policy's tile budget until it fits or the tiles
+        cannot get smaller. A smaller budget that worked stays for the rest of the run."""
+        h, w = image.shape[:2]
+        for attempt in range(attempts):
+            self.session.release_cached_memory()
+            plan = self.memory.after_frame_oom(h, w)
+            if plan is None:
+                break
+            log.log(logging.WARNING if attempt == 0 else logging.INFO,
+                    "%s: out of memory on a %dx%d frame; retrying in tiles (at most %d pixels "
+                    "per forward)", label, w, h, self.memory.pixel_cap)
+            try:
+                return self._finish(self._launch(None, [image], plan))[0]
+            except torch.OutOfMemoryError:
+                continue
+        self.session.release_cached_memory()
+        self.memory.forgive()  # it did not help: the next frame starts over
+        raise FrameOutOfMemory(f"out of memory even in the smallest tiles ({w}x{h} frame); "
+                               "free device memory or use --device cpu")
+
     def _hand_out(self, launched: _Launched) -> Iterator[Tuple[Frame, np.ndarray]]:
         yield from zip(launched.frames, self._finish(launched))
 
-    def _launch(self, frames: Optional[List[Frame]], images: Sequence[np.ndarray]) -> _Launched:
+    def _launch(self, frames: Optional[List[Frame]], images: Sequence[np.ndarray],
+                plan: Optional[Plan] = None) -> _Launched:
         """Upload, convert, run and convert back; on CUDA the copy back is queued, not awaited."""
         dtype = images[0].dtype
         max_value = 65535.0 if dtype == np.uint16 else 255.0
-        h, w = images[0].shape[:2]
-        with torch.inference_mode(), self._autocast():
-            x = self._upload(images)  # [B, C, H, W] integers, channels_last strides
-            x = _to_model_range(x, self.contract.value_range, max_value)
-            x = transforms.match_channels(x, self.contract.in_channels * self.contract.frames_in)
-            y = self._infer(x, h, w)
-            y = transforms.from_model_range(y, self.contract.value_range, max_value)
+        plan = plan or self.plan(*images[0].shape[:2])
+        with self.session.inference():
+            x, pads = self._model_tensor(images, max_value)
+            y = self._infer(x, plan)
+            del x  # the input's memory is free for the conversion back
+            y = transforms.from_model_range(crop(y, pads), self.contract.value_range, max_value)
             y = y.to(torch.int32 if dtype == np.uint16 else torch.uint8).permute(0, 2, 3, 1)
             self.policy.done_frames += len(images)
             if self.device.type != "cuda":
@@ -296,6 +338,15 @@ class Runner:
             out.copy_(y, non_blocking=True)
             event.record()
             return _Launched(frames, out, np.dtype(dtype), event)
+
+    def _model_tensor(self, images: Sequence[np.ndarray], max_value: float) -> Tuple[torch.Tensor, Pads]:
+        """Integer images -> the padded model input [B, C, H', W'] in the model's range, dtype and
+        layout. Padded while still integers (4x less to copy), each step freeing the one before."""
+        m = self.contract.size_multiple
+        x, pads = pad_to_multiple(self._upload(images), m, min_size=min_side(m))
+        x = _to_model_range(x, self.contract.value_range, max_value)
+        x = transforms.match_frame_channels(x, self.contract.frames_in, self.contract.in_channels)
+        return self.session.to_model_layout(x), pads
 
     def _finish(self, launched: _Launched) -> List[np.ndarray]:
         if launched.event is not None:
@@ -337,28 +388,12 @@ class Runner:
         event.synchronize()
         return buf, event
 
-    def _empty_cache(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
-
     # -- inference ------------------------------------------------------------------------------
 
-    def _to_model_layout(self, x: torch.Tensor) -> torch.Tensor:
-        if self._channels_last():
-            x = x.contiguous(memory_format=torch.channels_last)
-        weights = _param_dtype(self.model)
-        return x.to(weights) if weights is not None and x.is_floating_point() else x
-
-    def _infer(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        tile = self._tile_size(h, w)
-        x, pads = pad_to_multiple(x, self.contract.size_multiple,
-                                  min_size=min_side(self.contract.size_multiple))
-        x = self._to_model_layout(x)
-        if tile is None:
-            y = self._forward_whole(x)
-        else:
-            y = self._infer_tiled(x, tile)
-        return crop(y, pads)
+    def _infer(self, x: torch.Tensor, plan: Plan) -> torch.Tensor:
+        if plan.tile is None:
+            return self._forward_whole(x)
+        return self._infer_tiled(x, plan)
 
     def _forward_whole(self, x: torch.Tensor) -> torch.Tensor:
         """One padded batch through the compiled forward when there is (or should be) one."""
@@ -380,11 +415,11 @@ class Runner:
             return fn(x)
         timed = self.policy.mode == "auto" and shape not in self._eager_seconds
         if timed:
-            self._sync()
+            self.session.sync()
             t0 = time.perf_counter()
         y = self.forward(self.model, x)
         if timed:
-            self._sync()
+            self.session.sync()
             self._eager_seconds[shape] = (time.perf_counter() - t0) / shape[0]
         return y
 
@@ -414,11 +449,10 @@ class Runner:
                 self._declined.add(shape)
             return None
         try:
-            with torch.autocast(self.device.type, enabled=False):
+            with self.session.full_precision():
                 fn, was_cached, seconds = compiling.get_compiled(self.model, self.forward, x, key, root)
         except Exception as exc:  # noqa: BLE001 - export/compile failures: eager still works
-            first = str(exc).strip().splitlines()
-            policy.failed[shape] = f"{type(exc).__name__}: {first[0] if first else ''}"
+            policy.failed[shape] = f"{type(exc).__name__}: {first_line(exc)}"
             if policy.mode == "on":
                 raise RuntimeError(f"--compile on: compiling the model failed "
                                    f"({policy.failed[shape]}); use --compile auto or off") from exc
@@ -444,117 +478,42 @@ class Runner:
             self._signature = compiling.device_signature(self.device)
         return compiling.ArtifactKey(
             model=self._identity, shape=tuple(x.shape), dtype=str(x.dtype),
-            channels_last=self._channels_last(), device=self._signature)
+            channels_last=self.session.channels_last, device=self._signature)
 
-    def _cache_root(self):
-        from pathlib import Path
-
-        return Path(self.options.cache_dir) if self.options.cache_dir else compiling.cache_dir()
-
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-    def _infer_tiled(self, x: torch.Tensor, tile: int) -> torch.Tensor:
+    def _infer_tiled(self, x: torch.Tensor, plan: Plan) -> torch.Tensor:
         """Padded frames [B,C,H,W] through the model in overlapping tiles.
 
         Normalization statistics (InstanceNorm, AdaIN, LayerNorm, batch-stat BatchNorm) are taken
         over each whole frame and frozen while its tiles run, so tiles agree with the full-frame
-        pass: exactly from a full pass when the frame fits the budget (the user asked for tiles),
-        else exactly from a layer-by-layer tiled pass that needs only tile-sized memory.
+        pass (``plan.stats``: from a full pass when the frame fits, else exactly from a
+        layer-by-layer tiled pass, or approximately from a downscaled copy with ``tile_stats=fast``).
         """
-        from frametrans.engine.normstats import run_tiled_frozen
+        from frametrans.engine.tiledstats import run_tiled_frozen
 
         self.tiled_frames += x.shape[0]
-        height, width = x.shape[-2:]
-        fit = self._pixels_that_fit()
-        fits = height * width <= fit
-        # as many tiles per forward as the budget holds (the budget is for one forward), at most 8
-        batch_tiles = int(max(1, min(8, fit // (min(tile, height) * min(tile, width)))))
         return run_tiled_frozen(
-            self.model, x, tile=tile, overlap=self.overlap(tile), multiple=self.contract.size_multiple,
-            fn=lambda t: self.forward(self.model, t), stats="full" if fits else "tiled",
-            out_channels=self.contract.out_channels * self.contract.frames_out, batch_tiles=batch_tiles,
+            self.model, x, tile=plan.tile, overlap=plan.overlap, multiple=self.contract.size_multiple,
+            fn=lambda t: self.forward(self.model, t),
+            stats="full" if plan.stats == "none" else plan.stats, stats_scale=plan.stats_scale,
+            out_channels=self.out_channels, batch_tiles=plan.batch_tiles,
         )
 
-    def _tile_size(self, h: int, w: int) -> Optional[int]:
-        """None to run the whole frame, else the tile side (a multiple of the size multiple)."""
-        m = self.contract.size_multiple
-        if self.options.tile:
-            return max(m, self.options.tile // m * m)
-        fit = self._pixels_that_fit()
-        if _padded(h, w, m) <= fit:
-            return None
-        side = int(fit ** 0.5) // m * m
-        minimum = max(m, 2 * self.overlap(side) + m)
-        if side < minimum:
-            raise ValueError(
-                f"--max-memory too small: a {minimum}x{minimum} tile does not fit "
-                f"({self.bytes_per_pixel() * minimum * minimum / 2**20:.0f} MiB needed)"
-            )
-        side = self._cheapest_tile(h, w, minimum, fit)
-        log.info("frame %dx%d exceeds the memory budget: tiling with %d px tiles", w, h, side)
-        return side
+    def _measure_footprint(self) -> Footprint:
+        """The per-pixel memory costs of this model in this session (one small probe forward)."""
+        with self.session.inference():
+            activation, stats = probe_footprint(
+                self.model, lambda t: self.forward(self.model, t), self.in_channels,
+                self.contract.size_multiple, self.session, norms=frame_dependent_norms(self.model))
+        element = torch.finfo(self.dtype).bits // 8
+        frame, tiled = frame_bytes_per_pixel(self.in_channels, self.out_channels, element)
+        return Footprint(activation, frame, tiled, stats)
 
-    def _cheapest_tile(self, h: int, w: int, minimum: int, fit: int) -> int:
-        """The tile side whose plan computes the fewest pixels (overlaps included) among tiles that
-        fit the budget. Tiles are clamped to the frame along a short axis, so a tile wider than
-        sqrt(budget) can fit: for 3840x2160 in a 4.2 Mpx budget, 4 tiles of ~1990x1144 compute 1.1x
-        the frame where 4 square 2048 px tiles would compute 2x."""
-        from frametrans.engine.tiling import plan_tiles
-
-        m = self.contract.size_multiple
-        least = min_side(m)
-        ph, pw = max(least, -(-h // m) * m), max(least, -(-w // m) * m)
-        best: Optional[Tuple[int, int, int]] = None  # (pixels computed, tiles, -side)
-        for side in range(minimum, max(ph, pw) + m, m):
-            if min(side, ph) * min(side, pw) > fit:
-                break
-            boxes = plan_tiles(ph, pw, side, self.overlap(side), m)
-            cost = (sum(b.height * b.width for b in boxes), len(boxes), -side)
-            if best is None or cost < best:
-                best = cost
-        return -best[2] if best is not None else minimum
-
-    def overlap(self, tile: int) -> int:
-        """Tile overlap: the option, else enough for the model's receptive field (capped at 128)."""
-        if self.options.tile_overlap is not None:
-            return self.options.tile_overlap
-        if self._radius is None:
-            from frametrans.engine.receptive import receptive_field
-
-            # measured on the fp32 weights: half precision may underflow at the field's fringes
-            self._radius = receptive_field(
-                self.source, self.contract.in_channels * self.contract.frames_in,
-                self.contract.size_multiple, fn=lambda t: self.forward(self.source, t), max_radius=32)
-        from frametrans.engine.receptive import suggest_overlap
-
-        return suggest_overlap(self._radius, tile, self.contract.size_multiple, cap=128)
-
-    def _pixels_that_fit(self) -> int:
-        return int(self.budget / self.bytes_per_pixel())
-
-    def bytes_per_pixel(self) -> float:
-        """Estimated peak activation bytes per input pixel, measured once with a small probe."""
-        if self._bytes_per_pixel is None:
-            with self._autocast():
-                self._bytes_per_pixel = _probe_bytes_per_pixel(
-                    self.model, self.forward, self.contract, self.device, self.dtype)
-        return self._bytes_per_pixel
-
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.dtype == torch.float32:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
+    def _cache_root(self) -> Path:
+        return Path(self.options.cache_dir) if self.options.cache_dir else compiling.cache_dir()
 
 
 def _same_kind(a: np.ndarray, b: np.ndarray) -> bool:
     return a.shape == b.shape and a.dtype == b.dtype
-
-
-def _padded(h: int, w: int, m: int) -> int:
-    least = min_side(m)
-    return max(least, -(-h // m) * m) * max(least, -(-w // m) * m)
 
 
 def _to_model_range(x: torch.Tensor, value_range: Tuple[float, float], max_value: float) -> torch.Tensor:
@@ -567,44 +526,3 @@ def _to_model_range(x: torch.Tensor, value_range: Tuple[float, float], max_value
 def _layout(x: torch.Tensor) -> torch.memory_format:
     return torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) \
         and not x.is_contiguous() else torch.contiguous_format
-
-
-def _param_dtype(model: nn.Module) -> Optional[torch.dtype]:
-    for p in model.parameters():
-        if p.is_floating_point():
-            return p.dtype
-    return None
-
-
-def _probe_bytes_per_pixel(model: nn.Module, forward: ForwardFn, contract, device: torch.device,
-                           dtype: torch.dtype) -> float:
-    """Run one small forward and record the largest layer output; peak ~ 4x that (skips, temps).
-
-    32 px probes (the model's minimum side if larger): layer outputs per input pixel do not depend
-    on the frame size, and a 64 px probe of ResNet-9 costs a whole second at start-up.
-    (The meta device would do it without arithmetic, but its first use imports dynamo: slower.)
-    """
-    side = max(32, min_side(contract.size_multiple))
-    x = torch.zeros(1, contract.in_channels * contract.frames_in, side, side, device=device,
-                    dtype=_param_dtype(model) or torch.float32)
-    largest = _largest_output(model, forward, x)
-    element = 2 if dtype in (torch.bfloat16, torch.float16) else 4
-    return 4.0 * largest * element / (side * side) + 4 * 4 * contract.in_channels
-
-
-def _largest_output(model: nn.Module, forward: ForwardFn, x: torch.Tensor) -> int:
-    """The most elements any leaf module outputs in ``forward(model, x)``."""
-    largest = [x.numel()]
-
-    def hook(_module: nn.Module, _inp: object, out: object) -> None:
-        if isinstance(out, torch.Tensor):
-            largest[0] = max(largest[0], out.numel())
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
-    try:
-        with torch.inference_mode():
-            forward(model, x)
-    finally:
-        for h in handles:
-            h.remove()
-    return largest[0]

@@ -11,20 +11,21 @@ pass gives by feeding predictions back (autoregressive rollout).
 from __future__ import annotations
 
 import collections
-import contextlib
 from dataclasses import dataclass
-from typing import Generic, Iterable, Iterator, List, Optional, Sequence, TypeVar, Union
+from typing import TYPE_CHECKING, Generic, Iterable, Iterator, List, Optional, Sequence, TypeVar, Union
 
 import numpy as np
 import torch
 from torch import nn
 
-from frametrans.engine import device as devices
 from frametrans.engine import transforms
-from frametrans.engine.padding import Pads, crop, pad_to_multiple
+
+if TYPE_CHECKING:
+    from frametrans.engine.runner import Runner, RunnerOptions
 
 __all__ = [
-    "Window", "windows", "stack_frames", "unstack_frames", "rollout", "predict_clip", "to_model_channels",
+    "Window", "windows", "stack_frames", "unstack_frames", "rollout", "predict_clip", "predictor_runner",
+    "to_model_channels",
 ]
 
 T = TypeVar("T")
@@ -124,6 +125,7 @@ def predict_clip(
     steps: Optional[int] = None,
     device: Union[str, torch.device] = "cpu",
     precision: str = "fp32",
+    options: Optional["RunnerOptions"] = None,
 ) -> List[np.ndarray]:
     """Predict the frames after ``frames[start : start + context]``.
 
@@ -133,12 +135,44 @@ def predict_clip(
     context: must equal the model's (it reads a fixed number of frames); checked, not adaptable.
     horizon: frames kept per pass (<= the model's horizon, default all). steps: frames to predict
         (default ``horizon``); more than ``horizon`` rolls out autoregressively.
-    device, precision: as ``--device`` / ``--precision`` (see :mod:`frametrans.engine.device`).
+    device, precision: as ``--device`` / ``--precision``; ``options`` (a RunnerOptions) replaces
+        both and adds the memory budget, tiling and compile choices.
 
-    Returns ``steps`` uint8 frames [H, W, model channels]. The model is moved to ``device`` and put
-    in eval mode.
+    Returns ``steps`` uint8 frames [H, W, model channels]. Runs through a
+    :class:`~frametrans.engine.runner.Runner`: a frame larger than the memory budget is tiled (the
+    whole rollout runs per tile, with an overlap for its receptive field), and out of memory is
+    retried in tiles, as ``apply`` does.
     """
+    from frametrans.engine.runner import RunnerOptions
+
     cfg = model.config
+    context, horizon, steps = check_window(cfg, context, horizon, steps)
+    n = len(frames)
+    start = n - context if start is None else start
+    if start < 0 or start + context > n:
+        raise ValueError(
+            f"context window {start}..{start + context - 1} does not fit a clip of {n} frames "
+            f"(the model needs {context} frames)"
+        )
+    window = list(frames[start : start + context])
+    shape = window[0].shape
+    for i, im in enumerate(window):
+        if im.shape != shape:
+            raise ValueError(f"frame {i} is {im.shape}, frame 0 is {shape}: frames must share one size")
+    options = options or RunnerOptions(device=str(device), precision=precision, compile="off")
+    runner = predictor_runner(model, steps, horizon, options)
+    stacked = np.concatenate([im if im.ndim == 3 else im[..., None] for im in window], axis=2)
+    out = runner([stacked], "context window")[0]  # [H, W, steps * channels]
+    if out.dtype == np.uint16:
+        out = ((out.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    c = cfg.channels
+    return [np.ascontiguousarray(out[..., k * c:(k + 1) * c]) for k in range(steps)]
+
+
+def check_window(cfg, context: Optional[int], horizon: Optional[int], steps: Optional[int]
+                 ) -> tuple[int, int, int]:
+    """(context, horizon, steps) for a predictor config, defaults filled in; ValueError (one line,
+    naming the option) for values the model cannot take."""
     context = cfg.context if context is None else context
     if context != cfg.context:
         raise ValueError(f"--context {context}: this model reads exactly {cfg.context} frames")
@@ -148,26 +182,16 @@ def predict_clip(
     steps = horizon if steps is None else steps
     if steps < 1:
         raise ValueError(f"--steps {steps}: must be >= 1")
-    n = len(frames)
-    start = n - context if start is None else start
-    if start < 0 or start + context > n:
-        raise ValueError(
-            f"context window {start}..{start + context - 1} does not fit a clip of {n} frames "
-            f"(the model needs {context} frames)"
-        )
-    dev = devices.resolve_device(device) if isinstance(device, str) else device
-    dtype = devices.resolve_precision(precision, dev)
-    model = model.eval().to(dev)
-    autocast = (contextlib.nullcontext() if dtype == torch.float32
-                else torch.autocast(dev.type, dtype=dtype))
-    with torch.inference_mode(), autocast:
-        x = stack_frames(frames[start : start + context], cfg.channels, dev)
-        x, pads = pad_to_multiple(x, cfg.contract().size_multiple, mode="reflect")
-        y = rollout(model, x, steps, horizon)
-        y = crop(y.float(), pads)
-    return unstack_frames(y, cfg.channels)
+    return context, horizon, steps
 
 
-def pad_frames(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, Pads]:
-    """Reflect-pad [.., H, W] on the bottom/right to ``multiple``; returns (padded, pads) for crop."""
-    return pad_to_multiple(x, multiple, mode="reflect")
+def predictor_runner(model: nn.Module, steps: int, horizon: int, options: "RunnerOptions") -> "Runner":
+    """A runner whose forward is the rollout of ``steps`` frames, ``horizon`` per pass: context
+    frames stacked along channels in, ``steps`` frames stacked along channels out."""
+    from frametrans.engine.runner import Runner
+
+    def forward(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return rollout(m, x, steps, horizon)
+
+    forward.cache_token = f"rollout steps={steps} horizon={horizon}"  # type: ignore[attr-defined]
+    return Runner(model, options, forward=forward, out_channels=steps * model.config.channels)

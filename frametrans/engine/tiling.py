@@ -284,29 +284,46 @@ def run_tiled(
         _check_output(out, batch, height, width, out_channels)
         return out
 
-    windows: dict[tuple[int, ...], Tensor] = {}
-    acc: Tensor | None = None
-    weight_sum: Tensor | None = None
+    blend = _Blend(batch, height, width, ramp)
     for b, group, tiles in iter_tile_batches(x, boxes, batch_tiles):
         out = fn(tiles)
         _check_output(out, len(group), group[0].height, group[0].width, out_channels)
-        if acc is None:
-            acc_dtype = torch.float64 if out.dtype == torch.float64 else torch.float32
-            acc = torch.zeros(batch, out.shape[1], height, width, dtype=acc_dtype, device=out.device)
-            weight_sum = torch.zeros(height, width, dtype=acc_dtype, device=out.device)
-            out_dtype = out.dtype
-        assert weight_sum is not None
+        blend.add(b, group, out)
+    return blend.result()
+
+
+class _Blend:
+    """Window-weighted sums of tile outputs and of the windows; ``result`` divides them."""
+
+    def __init__(self, batch: int, height: int, width: int, ramp: float) -> None:
+        self.shape, self.ramp = (batch, height, width), ramp
+        self.windows: dict[tuple[int, ...], Tensor] = {}
+        self.acc: Tensor | None = None
+        self.weight_sum: Tensor | None = None
+        self.out_dtype = torch.float32
+
+    def add(self, b: int, group: list[TileBox], out: Tensor) -> None:
+        """The outputs ``out [n, C, h, w]`` of tiles ``group`` of sample ``b``."""
+        if self.acc is None:
+            batch, height, width = self.shape
+            dtype = torch.float64 if out.dtype == torch.float64 else torch.float32
+            self.acc = torch.zeros(batch, out.shape[1], height, width, dtype=dtype, device=out.device)
+            self.weight_sum = torch.zeros(height, width, dtype=dtype, device=out.device)
+            self.out_dtype = out.dtype
+        acc, weight_sum = self.acc, self.weight_sum
         for box, y in zip(group, out):
             key = (box.height, box.width, *box.overlaps)
-            if key not in windows:
-                windows[key] = blend_window(*key, ramp=ramp).to(device=acc.device, dtype=acc.dtype)
-            window = windows[key]
+            if key not in self.windows:
+                self.windows[key] = blend_window(*key, ramp=self.ramp).to(device=acc.device, dtype=acc.dtype)
+            window = self.windows[key]
             rows, cols = box.slices
             acc[b, :, rows, cols].addcmul_(y.to(acc.dtype), window)
             if b == 0:  # the weights are the same for every sample
                 weight_sum[rows, cols] += window
-    assert acc is not None and weight_sum is not None
-    return acc.div_(weight_sum).to(out_dtype)
+
+    def result(self) -> Tensor:
+        assert self.acc is not None and self.weight_sum is not None
+        return self.acc.div_(self.weight_sum).to(self.out_dtype)
 
 
 def _check_output(out: Tensor, n: int, h: int, w: int, out_channels: int | None) -> None:

@@ -57,3 +57,15 @@ def match_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
         w = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
         return (x * w).sum(1, keepdim=True)
     raise ValueError(f"cannot adapt a {c}-channel image to a {channels}-channel model")
+
+
+def match_frame_channels(x: torch.Tensor, frames: int, channels: int) -> torch.Tensor:
+    """[B, T*C, H, W] (``frames`` = T frames stacked along channels, oldest first) -> [B, T*channels,
+    H, W], each frame adapted by :func:`match_channels`. ``frames == 1`` is :func:`match_channels`."""
+    if frames == 1:
+        return match_channels(x, channels)
+    b, c, h, w = x.shape
+    if c % frames:
+        raise ValueError(f"{c} channels are not {frames} stacked frames")
+    per_frame = match_channels(x.reshape(b * frames, c // frames, h, w), channels)
+    return per_frame.reshape(b, frames * channels, h, w)

@@ -77,3 +77,13 @@ _FATAL_WRITE_ERRNOS = {e for e in (getattr(_errno, n, None) for n in ("ENOSPC", 
 def is_fatal_write_error(exc: BaseException) -> bool:
     """True for a full disk, an exceeded quota or a read-only file system."""
     return getattr(exc, "errno", None) in _FATAL_WRITE_ERRNOS
+
+
+def first_line(exc: object) -> str:
+    """The first non-empty line of an error message, whitespace collapsed (torch and FFmpeg errors
+    run to pages); the exception's type name when it has no message."""
+    lines = [" ".join(line.split()) for line in str(exc).splitlines()]
+    text = next((line for line in lines if line), "")
+    if not text and isinstance(exc, BaseException):
+        return type(exc).__name__
+    return text

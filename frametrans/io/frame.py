@@ -13,7 +13,7 @@ from fractions import Fraction
 
 import numpy as np
 
-__all__ = ["Frame", "format_time"]
+__all__ = ["Frame", "format_time", "frame_label"]
 
 
 @dataclass(eq=False)  # frames hold arrays: compare images explicitly, not frames
@@ -93,3 +93,14 @@ def format_time(seconds: float) -> str:
     m, s = divmod(s, 60)
     h, m = divmod(m, 60)
     return f"{sign}{h:02d}:{m:02d}:{s:02d}.{tenth}"
+
+
+def frame_label(frame: Frame) -> str:
+    """The start of a message about ``frame``: ``photo.jpg`` for a still image,
+    ``clip.mp4: frame 12 (00:00:00.4)`` for a frame of a video or stream."""
+    if frame.pts is None and frame.index == 0:
+        return frame.source
+    text = f"{frame.source}: frame {frame.index}"
+    if frame.time is not None:
+        text += f" ({format_time(frame.time)})"
+    return text

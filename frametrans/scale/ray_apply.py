@@ -53,7 +53,7 @@ from frametrans.apply import (
     variant_path,
 )
 from frametrans.engine.runner import RunnerOptions
-from frametrans.io.errors import InputError, TruncatedInputError, is_fatal_write_error
+from frametrans.io.errors import InputError, TruncatedInputError, first_line, is_fatal_write_error
 from frametrans.io.folders import output_path_for
 from frametrans.scale.segments import (
     Segment,
@@ -186,11 +186,9 @@ class FrameWorker:
                        not_done=[str(p) for p in getattr(report, "not_done", [])])
 
     def _segment(self, unit: WorkUnit) -> Outcome:
-        # the frame-level steps of a local video run (frametrans.apply._apply_video): resize,
-        # every variant, encode with the frame's pts (8-bit, gray to RGB)
-        from frametrans.apply import prepare_frame, run_variants
-        from frametrans.apply import video_writer_fn as encode_fn
-        from frametrans.engine.pipeline import BackgroundWorker, prefetch
+        """One keyframe-aligned segment of a video into part files: the local video path's
+        :func:`frametrans.apply.video.translate_into`, with the frames' own timestamps."""
+        from frametrans.apply.video import FrameCount, translate_into
         from frametrans.io.video import VideoWriter, probe_video
 
         src, dst, seg = unit.srcs[0], Path(unit.dst), unit.segment
@@ -208,25 +206,10 @@ class FrameWorker:
                        for v in self.translator.variants]
         except OSError as exc:
             return _failure(exc, src)
-        bar = self._bar(unit)
-        done, failed = 0, []
+        count = FrameCount(self._bar(unit), lambda done: self._maybe_crash() if done == 1 else None)
+        failed = []
         try:
-            encoders = [BackgroundWorker(encode_fn(w), depth=8, name="encode") for w in writers]
-            try:
-                frames = (prepare_frame(f, opts)
-                          for f in prefetch(iter_segment_frames(src, seg), depth=8, name="decode"))
-                for frame, outs in run_variants(frames, self.translator):
-                    for enc, (_, out) in zip(encoders, outs):
-                        enc.submit((out, frame))
-                    done += 1
-                    if bar is not None:
-                        bar.update(1)
-                    if done == 1:
-                        self._maybe_crash()
-            except BaseException:
-                _close(encoders, quietly=True)  # let the queued frames be encoded, then unwind
-                raise
-            _close(encoders)
+            translate_into(writers, iter_segment_frames(src, seg), self.translator, opts, count)
         except TruncatedInputError as exc:  # keep what decoded, report the cut (as locally)
             failed.append((src, f"{src}: {exc.reason}; the frames before it were written"))
         except (InputError, OSError, ValueError, RuntimeError, av.FFmpegError) as exc:
@@ -238,8 +221,10 @@ class FrameWorker:
                 w.abort()
             raise
         finally:
-            if bar is not None:
-                bar.close()
+            count.close()
+        return self._close_parts(writers, src, failed, count.done)
+
+    def _close_parts(self, writers: list, src: str, failed: list, done: int) -> Outcome:
         parts: List[Optional[str]] = []
         try:
             for w in writers:
@@ -302,17 +287,6 @@ def _remove_temporaries(outputs: Sequence[str]) -> None:
                     p.unlink()
 
 
-def _close(encoders: list, quietly: bool = False) -> None:
-    first: Optional[BaseException] = None
-    for enc in encoders:
-        try:
-            enc.close()
-        except BaseException as exc:  # noqa: BLE001 - the first is raised (unless unwinding)
-            first = first or exc
-    if first is not None and not quietly:
-        raise first
-
-
 def _failure(exc: BaseException, src: str) -> Outcome:
     """A failed unit; a full disk or read-only file system also stops the job."""
     msg = _message(exc, src)
@@ -320,7 +294,7 @@ def _failure(exc: BaseException, src: str) -> Outcome:
 
 
 def _message(exc: BaseException, src: str) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    text = first_line(exc)
     return text if src in text else f"{src}: {text}"
 
 

@@ -1,0 +1,209 @@
+"""Planning an ``apply`` run: which input goes to which output, and what may be overwritten.
+
+No torch here: the CLI and the Ray driver plan jobs before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Tuple
+
+import av
+
+from frametrans.io import folders, images, video
+
+if TYPE_CHECKING:
+    from frametrans.apply.translator import Translator
+
+
+@dataclass
+class OutputOptions:
+    """What to do with outputs: names, overwriting, resizing, video encoding."""
+
+    overwrite: bool = False
+    skip_existing: bool = False
+    recursive: bool = False
+    ext: Optional[str] = None  # image output format for folders, e.g. "png"
+    resize: Optional[Tuple[int, int]] = None  # (w, h) fed to the model
+    max_side: Optional[int] = None
+    codec: Optional[str] = None
+    crf: Optional[int] = None
+    preset: Optional[str] = None
+    pix_fmt: Optional[str] = None
+    audio: bool = True
+    quiet: bool = False
+
+    def validate(self) -> None:
+        """Reject impossible values before any work starts (one-line ValueError naming the option)."""
+        if self.overwrite and self.skip_existing:
+            raise ValueError("--overwrite and --skip-existing exclude each other")
+        if self.ext is not None:
+            ext = "." + self.ext.lower().lstrip(".")
+            if ext not in images.WRITABLE_IMAGE_EXTENSIONS:
+                raise ValueError(f"--ext {self.ext!r}: cannot write that image format; use one of "
+                                 f"{', '.join(e[1:] for e in sorted(images.WRITABLE_IMAGE_EXTENSIONS))}")
+        if self.resize is not None and (self.resize[0] < 1 or self.resize[1] < 1):
+            raise ValueError(f"--resize must be at least 1x1, got {self.resize[0]}x{self.resize[1]}")
+        if self.max_side is not None and self.max_side < 1:
+            raise ValueError(f"--max-side must be >= 1, got {self.max_side}")
+        if self.codec is not None:
+            try:
+                codec = av.codec.Codec(self.codec, "w")
+            except Exception:  # noqa: BLE001 - PyAV raises its own "unknown codec" types
+                raise ValueError(f"--codec {self.codec!r}: no such video encoder in this FFmpeg "
+                                 "(try libx264, libvpx-vp9, mpeg4, gif)") from None
+            if codec.type != "video":
+                raise ValueError(f"--codec {self.codec!r} is a {codec.type} encoder, not a video encoder")
+        if self.pix_fmt is not None:
+            try:
+                av.VideoFormat(self.pix_fmt)
+            except Exception:  # noqa: BLE001
+                raise ValueError(f"--pix-fmt {self.pix_fmt!r}: unknown pixel format "
+                                 "(try yuv420p, yuv444p, rgb24)") from None
+
+
+@dataclass
+class Job:
+    src: Path
+    dst: Path
+    kind: str  # "image", "animation" (animated WebP/PNG) or "video" (incl. animated GIF)
+
+
+def plan_jobs(inputs: Sequence[str], output: str, opts: OutputOptions,
+              problems: Optional[List[Tuple[str, str]]] = None) -> List[Job]:
+    """Turn input paths (files, folders) and an output path into (src, dst) jobs.
+
+    Rules: one image -> OUTPUT is a file, or an existing folder / path ending in '/' to put it in;
+    one video -> OUTPUT is a video file (or folder); a folder or several inputs -> OUTPUT is a
+    folder, relative paths kept. Raises ValueError (one line) on impossible combinations.
+
+    problems: when given, inputs that cannot be processed (missing, broken links, unreadable
+    subfolders, output formats that cannot be written) are appended to it as ``(path, message)``
+    and the other inputs are still planned; without it the first such problem raises ValueError.
+    """
+    if not inputs:
+        raise ValueError("no inputs given")
+    out = Path(output)
+    collect = problems is not None
+    bad: List[Tuple[str, str]] = problems if problems is not None else []
+
+    def problem(path: Path, reason: str) -> None:
+        msg = f"{path}: {reason}"
+        if not collect:
+            raise ValueError(msg)
+        bad.append((str(path), msg))
+
+    srcs = []
+    for p in inputs:
+        s = Path(p)
+        if s.exists():
+            srcs.append(s)
+        elif s.is_symlink():
+            problem(s, f"broken symbolic link (points to {os.readlink(s)})")
+        else:
+            problem(s, "no such file or folder")
+    if not srcs:
+        raise ValueError(bad[0][1] if bad else "no inputs given")
+    single_file = len(srcs) == 1 and not srcs[0].is_dir() and not bad
+    if single_file and not (output.endswith(("/", "\\")) or out.is_dir()):
+        jobs = [Job(srcs[0], out, _kind(srcs[0]))]
+        _check_collisions(jobs)
+        _check_writable([jobs[0]], lambda j, r: _raise(f"{j.dst}: {r}"), named_by_user=True)
+        return jobs
+    jobs: List[Job] = []
+    for s in srcs:
+        if s.is_dir():
+            for f in _media_in(s, opts.recursive, out, problem):
+                kind = _kind(f)
+                jobs.append(Job(f, _out_name(f, s, out, opts, kind), kind))
+        else:
+            kind = _kind(s)
+            jobs.append(Job(s, _out_name(s, s.parent, out, opts, kind), kind))
+    if not jobs and not bad:
+        raise ValueError(f"no images or videos found in {', '.join(map(str, srcs))}"
+                         + ("" if opts.recursive else " (use --recursive for subfolders)"))
+    _check_collisions(jobs)
+    unwritable: set = set()
+    _check_writable(jobs, lambda j, r: (unwritable.add(id(j)), problem(j.src, r)), named_by_user=False)
+    return [j for j in jobs if id(j) not in unwritable]
+
+
+def _raise(msg: str) -> None:
+    raise ValueError(msg)
+
+
+def _check_writable(jobs: List[Job], report: Callable[[Job, str], object], named_by_user: bool) -> None:
+    """Each output must have an extension we can write, checked before any work."""
+    for j in jobs:
+        ext = j.dst.suffix.lower()
+        if j.kind == "video" and ext not in video.WRITABLE_VIDEO_EXTENSIONS:
+            hint = ("use one of " + ", ".join(sorted(video.WRITABLE_VIDEO_EXTENSIONS)) if named_by_user
+                    else "give it as a single input with -o NAME.mp4")
+            report(j, f"cannot write {ext or 'extensionless'} videos; {hint}")
+        elif j.kind == "animation" and ext not in images.ANIMATED_IMAGE_EXTENSIONS:
+            report(j, f"an animated image cannot be written as {ext or 'extensionless'}; "
+                      "write .webp or .png (--ext webp)")
+        elif j.kind == "image" and ext not in images.WRITABLE_IMAGE_EXTENSIONS:
+            hint = ("use one of " + ", ".join(sorted(images.WRITABLE_IMAGE_EXTENSIONS)) if named_by_user
+                    else "pass --ext png (or jpg, webp, tif, bmp)")
+            report(j, f"cannot write {ext or 'extensionless'} images; {hint}")
+
+
+def _media_in(folder: Path, recursive: bool, out: Path,
+              problem: Callable[[Path, str], None]) -> List[Path]:
+    """Images and videos in ``folder`` (one walk; links followed, loops visited once), leaving out
+    the output folder when it lies inside the input folder (a rerun must not eat its outputs)."""
+    wanted = images.IMAGE_EXTENSIONS | video.VIDEO_EXTENSIONS
+    return folders.list_images(folder, recursive=recursive, extensions=wanted, on_error=problem,
+                               exclude=[out] if out.is_dir() else [])
+
+
+def _out_name(src: Path, root: Path, out: Path, opts: OutputOptions, kind: str) -> Path:
+    ext = opts.ext if kind in ("image", "animation") else None
+    return folders.output_path_for(src, root, out, ext)
+
+
+def _kind(path: Path) -> str:
+    if video.is_video(path) and path.suffix.lower() != ".gif":
+        return "video"
+    if path.suffix.lower() == ".gif":  # animated gifs are clips; stills are images
+        return "video" if _gif_frames(path) > 1 else "image"
+    if images.is_animated_image(path):
+        return "animation"
+    return "image"
+
+
+def _gif_frames(path: Path) -> int:
+    try:
+        return video.probe_video(path).frames or 2
+    except Exception:  # noqa: BLE001 - unreadable: let the image reader report it
+        return 1
+
+
+def _check_collisions(jobs: List[Job]) -> None:
+    seen = {}
+    srcs = {j.src.resolve() for j in jobs}
+    for j in jobs:
+        d = j.dst.resolve()
+        if d in srcs:
+            raise ValueError(f"output {j.dst} is one of the inputs; choose another output")
+        if d in seen:
+            raise ValueError(f"{seen[d]} and {j.src} would both be written to {j.dst}")
+        seen[d] = j.src
+
+
+def variant_path(dst: Path, suffix: str) -> Path:
+    return dst.with_name(dst.stem + suffix + dst.suffix) if suffix else dst
+
+
+def check_outputs(jobs: List[Job], translator: "Translator", opts: OutputOptions) -> None:
+    """Refuse to overwrite existing outputs (unless --overwrite/--skip-existing), before any work."""
+    if opts.overwrite or opts.skip_existing:
+        return
+    for j in jobs:
+        for v in translator.variants:
+            p = variant_path(j.dst, v.suffix)
+            if p.exists():
+                raise ValueError(f"{p} exists; pass --overwrite to replace or --skip-existing to keep it")

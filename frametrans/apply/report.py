@@ -1,0 +1,125 @@
+"""What an ``apply`` run did, and how failures and interrupts are contained.
+
+Failure rules (docs/failures.md has the user's view):
+
+- a bad input (unreadable, truncated, not an image...) or a model failure on one image is reported
+  per file (``Report.failed``) and the rest of the job goes on; a run with failures ends with exit 1;
+- out of memory: the runner halves the batch; a single frame that still does not fit is retried in
+  smaller and smaller tiles; a frame is never dropped silently;
+- a write error names the output; nothing half-written is left under the final name; a full disk or
+  read-only file system stops the job (every later write would fail too), the rest is reported;
+- Ctrl-C / SIGTERM (the CLI turns SIGTERM into KeyboardInterrupt): images already handed to the
+  writer are finished, a video is closed as ``NAME.partial.EXT`` with the frames done so far.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterator, List, Optional, Tuple
+
+import av
+
+from frametrans.engine.memory import MemoryBudgetError
+from frametrans.io.errors import InputError, OutputError, first_line, is_fatal_write_error
+
+if TYPE_CHECKING:
+    from frametrans.apply.jobs import Job
+
+log = logging.getLogger("frametrans")
+
+
+@dataclass
+class Report:
+    """What a run did: outputs written, skipped, and failures (path, one-line reason).
+
+    stopped: why the job stopped before its end (a full disk...), None when it ran to the end;
+    ``not_done`` are the inputs it did not get to then.
+    """
+
+    written: List[Path] = field(default_factory=list)
+    skipped: List[Path] = field(default_factory=list)
+    failed: List[Tuple[str, str]] = field(default_factory=list)
+    frames: int = 0
+    stopped: Optional[str] = None
+    not_done: List[Path] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and self.stopped is None
+
+    def fail(self, src: object, msg: str, prefix: bool = True) -> None:
+        """Record and log one failure; ``msg`` gets ``src:`` in front unless it names it already
+        (or ``prefix`` is False: a write error names its output instead)."""
+        msg = first_line(msg)
+        if prefix and str(src) not in msg:
+            msg = f"{src}: {msg}"
+        log.error("%s", msg)
+        with self._lock:  # the writer thread reports too
+            self.failed.append((str(src), msg))
+
+
+class Stop:
+    """Set by the writer thread when further writes are pointless (full disk, read-only disk)."""
+
+    def __init__(self) -> None:
+        self.reason: Optional[str] = None
+        self.event = threading.Event()
+
+    def set(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+        self.event.set()
+
+    def __bool__(self) -> bool:
+        return self.event.is_set()
+
+
+def run_job(fn: Callable[[], None], job: "Job", report: Report, stop: Optional[Stop] = None) -> None:
+    """Run one job; its failure is reported and the run goes on (a full or read-only disk stops it)."""
+    try:
+        fn()
+    except MemoryBudgetError:
+        raise  # a setting wrong for every input: the run stops
+    except (InputError, OSError, ValueError, RuntimeError, MemoryError, av.FFmpegError) as exc:
+        report.fail(job.src, first_line(exc), prefix=not isinstance(exc, OutputError))
+        if stop is not None and is_fatal_write_error(exc):
+            stop.set(first_line(exc))
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM while outputs are being finalized (encoder flush, trailer, fsync,
+    rename): a second Ctrl-C must not leave a broken file or a stray temporary one. A signal that
+    arrives meanwhile is delivered right after. Main thread only (elsewhere: no-op).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: List[int] = []
+    nums = [signal.SIGINT] + ([signal.SIGTERM] if hasattr(signal, "SIGTERM") else [])
+    old = {}
+    for num in nums:
+        old[num] = signal.signal(num, lambda signum, _frame: received.append(signum))
+    try:
+        yield
+    finally:
+        for num, handler in old.items():
+            signal.signal(num, handler)
+        if received and old.get(received[0]) not in (signal.SIG_IGN, None):
+            signal.raise_signal(received[0])
+
+
+def progress_bar(total: Optional[int], desc: str, quiet: bool):
+    """A tqdm bar on stderr; silent with ``quiet`` or when stderr is not a terminal."""
+    from tqdm import tqdm
+
+    disable = quiet or not sys.stderr.isatty()
+    return tqdm(total=total, desc=desc, unit="frame" if desc != "files" else "file",
+                file=sys.stderr, disable=disable, dynamic_ncols=True, leave=False)

@@ -1,0 +1,103 @@
+"""Raw rgb24 and y4m frame streams on stdin/stdout (shell pipes with ffmpeg)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import stat
+from typing import BinaryIO, Optional, Tuple
+
+import numpy as np
+
+from frametrans.apply.images import to_8bit
+from frametrans.apply.report import progress_bar
+from frametrans.apply.translator import Translator, run_guarded
+from frametrans.engine.pipeline import prefetch
+from frametrans.io import raw
+from frametrans.io.errors import InputError
+
+
+def check_stream_size(stdin: BinaryIO, size: Optional[Tuple[int, int]], channels: int = 3) -> None:
+    """Before any work: a raw stream that is a regular file (``< frames.rgb``) must hold whole
+    frames of ``size``; a stream that starts like y4m must not be read as raw (and vice versa).
+    ValueError (one line) otherwise. Pipes are checked as they go (a cut last frame is reported).
+    """
+    head = b""
+    peek = getattr(stdin, "peek", None)  # buffered readers: look without consuming
+    if peek is not None:
+        with contextlib.suppress(OSError, ValueError):
+            head = peek(9)[:9]
+    try:
+        st = os.fstat(stdin.fileno())
+    except (OSError, AttributeError, ValueError, io.UnsupportedOperation):
+        st = None
+    magic = b"YUV4MPEG2"
+    if size is not None and head == magic:
+        raise ValueError("stdin is a y4m stream, not raw rgb24: leave out --size")
+    if size is None and head and not (head == magic or (len(head) < 9 and magic.startswith(head))):
+        raise ValueError("stdin is not a y4m stream; for raw rgb24 frames give --size WIDTHxHEIGHT")
+    if size is None or st is None or not stat.S_ISREG(st.st_mode):
+        return
+    frame_bytes = size[0] * size[1] * channels
+    remaining = st.st_size - _tell(stdin)
+    if remaining % frame_bytes:
+        raise ValueError(
+            f"--size {size[0]}x{size[1]}: stdin holds {remaining} bytes, not a whole number of "
+            f"{frame_bytes}-byte rgb24 frames ({remaining / frame_bytes:.2f} frames); check the size")
+
+
+def _tell(stream: BinaryIO) -> int:
+    try:
+        return stream.tell()
+    except (OSError, ValueError, AttributeError):
+        return 0
+
+
+def apply_stream(stdin: BinaryIO, stdout: BinaryIO, translator: Translator,
+                 size: Optional[Tuple[int, int]], fps: float = 25.0, y4m_out: bool = False,
+                 quiet: bool = False) -> int:
+    """Raw rgb24 (``size`` given) or y4m (``size`` None) frames in, raw rgb24 or y4m out.
+
+    Returns the number of frames written. A partial frame at the end raises InputError after the
+    whole frames before it were written; so does an empty stream (an upstream failure would
+    otherwise look like success).
+    """
+    check_stream_size(stdin, size)
+    if size is None:
+        frames = raw.iter_y4m_frames(stdin)
+    else:
+        frames = raw.iter_raw_frames(stdin, size[0], size[1])
+    progress = progress_bar(None, "frames", quiet)
+    v = translator.variants[0]
+    v.runner.expect(None)  # open-ended: --compile auto compiles when the model is slow enough
+    decoded = prefetch(frames, depth=8, name="decode", max_bytes=translator.queue_bytes(),
+                       size=lambda f: f.image.nbytes)
+    n = 0
+    try:
+        n = _write_stream(run_guarded(v.runner, decoded), stdout, fps, y4m_out, progress)
+    finally:
+        progress.close()
+        with contextlib.suppress(BrokenPipeError, ValueError):
+            stdout.flush()
+    if n == 0:
+        raise InputError(raw.STDIN, "no frames: the stream is empty")
+    return n
+
+
+def _write_stream(results, stdout: BinaryIO, fps: float, y4m_out: bool, progress) -> int:
+    """Outputs (8-bit RGB) to ``stdout`` as raw rgb24 or y4m; returns how many were written."""
+    y4m: Optional[raw.Y4MWriter] = None
+    n = 0
+    for _frame, out in results:
+        out = to_8bit(out)
+        out = out if out.shape[2] == 3 else np.repeat(out, 3, axis=2)
+        if y4m_out:
+            if y4m is None:
+                y4m = raw.Y4MWriter(stdout, out.shape[1], out.shape[0], fps)
+            y4m.write(out)
+        else:
+            raw.write_raw_frame(stdout, out)
+        n += 1
+        progress.update(1)
+    return n

@@ -1,0 +1,238 @@
+"""The model side of ``apply``: a loaded model with its output variants, run with failures contained.
+
+A :class:`Translator` holds one :class:`~frametrans.engine.runner.Runner` per output variant (one
+for plain models; one per style for MUNIT), all on one shared
+:class:`~frametrans.engine.session.Session` (one module, one weight copy), each with its own memory
+policy: an out-of-memory reaction in one style does not change the others.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable, Deque, Iterable, Iterator, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from frametrans.engine.memory import MemoryBudgetError
+from frametrans.engine.padding import pad_to_multiple
+from frametrans.engine.runner import FrameOutOfMemory, Runner, RunnerOptions
+from frametrans.engine.session import Session
+from frametrans.io import images
+from frametrans.io.errors import first_line
+from frametrans.io.frame import Frame, frame_label
+
+log = logging.getLogger("frametrans")
+
+
+@dataclass
+class Variant:
+    """One output per input: ``suffix`` is added to output names when there are several."""
+
+    suffix: str
+    runner: Runner
+
+
+class FrameError(RuntimeError):
+    """The model failed on one frame (after the out-of-memory fallbacks); names the frame."""
+
+
+class Translator:
+    """A loaded model ready to translate batches of images, with its output variants.
+
+    options: how to run it (device, precision, memory...); never modified.
+    direction, style_image, num_styles, seed: MUNIT only: translate a2b or b2a, with the style of
+        an example image, or with ``num_styles`` random styles drawn from ``seed``.
+    """
+
+    def __init__(self, model: torch.nn.Module, options: Optional[RunnerOptions] = None,
+                 direction: str = "a2b", style_image: Optional[str] = None, num_styles: int = 1,
+                 seed: int = 0) -> None:
+        self.model = model
+        self.options = options or RunnerOptions()
+        self.contract = model.config.contract()
+        if self.contract.frames_in != 1:
+            raise ValueError(
+                f"{type(model).arch_name} predicts frames from {self.contract.frames_in} past frames;"
+                " use `frametrans predict-next`"
+            )
+        if not self.contract.takes_style:
+            if style_image or num_styles != 1:
+                raise ValueError("--style/--num-styles need a MUNIT model")
+            self.variants = [Variant("", Runner(model, self.options))]
+            return
+        if direction not in ("a2b", "b2a"):
+            raise ValueError(f"--direction must be a2b or b2a, got {direction!r}")
+        if num_styles < 1:
+            raise ValueError(f"--num-styles must be >= 1, got {num_styles}")
+        self.options.validate()
+        styles = self._styles(direction, style_image, num_styles, seed)  # before the shared session
+        session = Session(model, self.options.device, self.options.precision, self.options.channels_last)
+        self.variants = [
+            Variant(f"_style{i}" if len(styles) > 1 else "",
+                    Runner(model, self.options, forward=_munit_forward(s, direction), session=session))
+            for i, s in enumerate(styles)
+        ]
+
+    @classmethod
+    def load(cls, model: str, options: Optional[RunnerOptions] = None,
+             yaml_config: Optional[str] = None, **kwargs) -> "Translator":
+        """A bundled model name or a checkpoint path (ours, or an imported upstream file)."""
+        from frametrans.checkpoint import load_model
+
+        return cls(load_model(model, yaml_config=yaml_config), options, **kwargs)
+
+    def expect(self, frames: Optional[int]) -> None:
+        """The next job has ``frames`` frames (None: an open-ended stream); lets ``--compile auto``
+        decide whether compiling pays for itself."""
+        for v in self.variants:
+            v.runner.expect(frames)
+
+    def queue_bytes(self) -> Optional[int]:
+        """Bytes each queue of frames between the stages (decode ahead, encode behind) may hold,
+        from the memory budget; None: no bound beyond the queue's length (GPU jobs)."""
+        policy = self.variants[0].runner.memory
+        if not policy.cpu:
+            return None
+        return policy.budget // 16 // len(self.variants)
+
+    def _styles(self, direction: str, style_image: Optional[str], k: int, seed: int
+                ) -> List[torch.Tensor]:
+        """Style codes [1, style_dim, 1, 1], fixed for a whole clip: encoded from ``style_image``
+        (in fp32 through its own session, as upstream MUNIT does) or drawn from ``seed``."""
+        if style_image:
+            frame = images.read_image(style_image)
+            session = Session(self.model, self.options.device, "fp32", channels_last=False)
+            x = torch.from_numpy(np.array(_rgb(frame.image, self.contract.in_channels))).permute(2, 0, 1)
+            x, _ = pad_to_multiple(x[None].float() / 255.0 * 2 - 1, self.contract.size_multiple)
+            target = "b" if direction == "a2b" else "a"
+            with session.inference():
+                return [session.source.encode_style(x.to(session.device), target)]
+        gen = torch.Generator().manual_seed(seed)
+        codes = torch.randn(k, self.contract.style_dim, 1, 1, generator=gen)
+        return [codes[i:i + 1] for i in range(k)]
+
+
+def _munit_forward(style: torch.Tensor, direction: str) -> Callable:
+    def forward(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return model.translate(x, style=style.to(x.device), direction=direction)
+    return forward
+
+
+def _rgb(image: np.ndarray, channels: int) -> np.ndarray:
+    image = image if image.ndim == 3 else image[..., None]
+    if image.dtype == np.uint16:
+        image = (image >> 8).astype(np.uint8)
+    if image.shape[2] == channels:
+        return np.ascontiguousarray(image)
+    if image.shape[2] == 1:
+        return np.repeat(image, channels, axis=2)
+    return np.ascontiguousarray(image[..., :channels])
+
+
+# -- the model, with failures contained -------------------------------------------------------
+
+
+def run_guarded(runner: Runner, frames: Iterable[Frame],
+                on_error: Optional[Callable[[Frame, BaseException], None]] = None
+                ) -> Iterator[Tuple[Frame, np.ndarray]]:
+    """``runner.run(frames)`` that survives a failing batch.
+
+    Out of memory is the runner's to handle (smaller batches, tiles). When a batch fails otherwise
+    (an image the model cannot take), its frames are run one at a time. A frame that still fails
+    goes to ``on_error`` (folder jobs: report the file, go on) or, without it, raises
+    :class:`FrameError` (videos: a frame must never be dropped). Errors of the source itself (e.g. a
+    truncated video) are re-raised after every frame read before them has come out.
+    """
+    source = iter(frames)
+    pending: Deque[Frame] = deque()  # handed to the runner, not out yet
+    source_error: List[BaseException] = []
+
+    def feed() -> Iterator[Frame]:
+        while True:
+            try:
+                frame = next(source)
+            except StopIteration:
+                return
+            except BaseException as exc:
+                source_error.append(exc)
+                raise
+            pending.append(frame)
+            yield frame
+
+    while True:
+        try:
+            for frame, out in runner.run(feed()):
+                _remove(pending, frame)
+                yield frame, out
+            return
+        except Exception as exc:  # noqa: BLE001 - sorted out below; KeyboardInterrupt passes
+            if isinstance(exc, MemoryBudgetError):
+                raise  # the budget is wrong for every frame: not this frame's failure
+            if source_error and exc is source_error[0]:
+                # the source failed (a cut video): the frames read before it still come out, in
+                # batches, whether or not the runner flushed them itself
+                rest = list(pending)
+                pending.clear()
+                yield from run_guarded(runner, rest, on_error)
+                raise
+            failed = list(pending)
+            pending.clear()
+            yield from _one_at_a_time(runner, failed, exc, on_error)
+            if source_error:
+                raise source_error[0]
+
+
+def _one_at_a_time(runner: Runner, failed: List[Frame], exc: BaseException,
+                   on_error: Optional[Callable[[Frame, BaseException], None]]
+                   ) -> Iterator[Tuple[Frame, np.ndarray]]:
+    """The frames of a failed batch, each alone; ``exc`` is the batch's error (not repeated for a
+    batch of one)."""
+    if len(failed) > 1:
+        log.warning("model error (%s) on a batch of %d frames; running them one at a time",
+                    first_line(exc), len(failed))
+    for frame in failed:
+        try:
+            if len(failed) == 1:
+                raise exc
+            out = runner([frame.image], frame_label(frame))[0]
+        except Exception as err:  # noqa: BLE001
+            what = "" if isinstance(err, FrameOutOfMemory) else "model failed: "
+            error = FrameError(f"{frame_label(frame)}: {what}{first_line(err)}")
+            if on_error is None:
+                raise error from err
+            on_error(frame, error)
+            continue
+        yield frame, out
+
+
+def _remove(pending: Deque[Frame], frame: Frame) -> None:
+    if pending and pending[0] is frame:
+        pending.popleft()
+        return
+    for i, f in enumerate(pending):
+        if f is frame:
+            del pending[i]
+            return
+
+
+def run_variants(frames: Iterable[Frame], translator: Translator,
+                 on_error: Optional[Callable[[Frame, BaseException], None]] = None
+                 ) -> Iterator[Tuple[Frame, List[Tuple[str, np.ndarray]]]]:
+    """Each frame through every variant (MUNIT styles); one variant is the plain case."""
+    if len(translator.variants) == 1:
+        v = translator.variants[0]
+        for frame, out in run_guarded(v.runner, frames, on_error):
+            yield frame, [(v.suffix, out)]
+        return
+    for frame in frames:
+        outs = []
+        for v in translator.variants:
+            got = list(run_guarded(v.runner, [frame], on_error))
+            if not got:  # failed and reported
+                break
+            outs.append((v.suffix, got[0][1]))
+        else:
+            yield frame, outs

@@ -1,0 +1,206 @@
+"""Videos (and animated GIFs): decode ahead, translate, encode behind, timing and audio kept."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, List, Optional, Tuple
+
+import numpy as np
+
+from frametrans.apply.images import prepare_frame, skip_done, target_size, to_8bit
+from frametrans.apply.jobs import Job, OutputOptions, variant_path
+from frametrans.apply.report import Report, progress_bar, signals_deferred
+from frametrans.apply.translator import Translator, run_variants
+from frametrans.engine.pipeline import BackgroundWorker, prefetch
+from frametrans.io import video
+from frametrans.io.errors import InputError, OutputError, TruncatedInputError, first_line
+from frametrans.io.frame import Frame
+
+log = logging.getLogger("frametrans")
+
+
+def apply_video(job: Job, translator: Translator, opts: OutputOptions, report: Report) -> None:
+    """One video through the model; timing and audio kept.
+
+    Ctrl-C/SIGTERM: the frames done are closed as ``NAME.partial.EXT`` (playable) and the interrupt
+    goes on. A truncated input: every decodable frame is written under the final name and the cut
+    is reported (InputError). Any other error: nothing is left under the output name.
+    """
+    if skip_done(job, translator, opts, report):
+        return
+    info = video.probe_video(job.src)
+    translator.expect(info.frames or (round(info.duration * float(info.fps))
+                                      if info.duration and info.fps else None))
+    dsts = [variant_path(job.dst, v.suffix) for v in translator.variants]
+    writers = _open_writers(dsts, job.src, info, opts)
+    count = FrameCount(progress_bar(info.frames or None, job.src.name, opts.quiet))
+    try:
+        translate_into(writers, video.iter_video_frames(job.src), translator, opts, count)
+    except KeyboardInterrupt:
+        with signals_deferred():
+            _finish_partial(writers, dsts, info)
+        raise
+    except TruncatedInputError as exc:
+        _keep_decodable(writers, dsts, job, exc, count.done, report)
+    except BaseException:
+        for w in writers:
+            w.abort()
+        raise
+    finally:
+        count.close()
+    with signals_deferred():
+        _close_writers(writers, report)
+    report.frames += count.done
+
+
+def _keep_decodable(writers: list, dsts: List[Path], job: Job, exc: TruncatedInputError, done: int,
+                    report: Report) -> None:
+    """A cut input: the frames decoded before the cut are written, and the cut is reported."""
+    if done == 0:
+        for w in writers:
+            w.abort()
+        raise InputError(job.src, exc.reason) from None
+    with signals_deferred():
+        _close_writers(writers, report)
+    report.frames += done
+    raise InputError(job.src, f"{exc.reason}; the {done} decodable frames were written "
+                              f"to {dsts[0]}") from None
+
+
+@dataclass
+class FrameCount:
+    """Frames through the model so far, with an optional progress bar and a per-frame hook."""
+
+    bar: Any = None
+    on_frame: Optional[Callable[[int], None]] = None
+    done: int = 0
+
+    def add(self) -> None:
+        self.done += 1
+        if self.bar is not None:
+            self.bar.update(1)
+        if self.on_frame is not None:
+            self.on_frame(self.done)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def translate_into(writers: list, frames: Iterable[Frame], translator: Translator,
+                   opts: OutputOptions, count: FrameCount) -> None:
+    """Frames (decoded ahead on a thread) -> --resize/--max-side -> every variant -> one writer per
+    variant (each encoding on its own thread), with the frames' own timestamps. The local video
+    path and the Ray segments both run this. The encoders are drained before this returns or
+    raises; the writers stay open (the caller closes or aborts them)."""
+    queue = translator.queue_bytes()
+    encoders = [BackgroundWorker(video_writer_fn(w), depth=8, name="encode", max_bytes=queue,
+                                 size=lambda item: item[0].nbytes) for w in writers]
+    try:
+        decoded = prefetch(frames, depth=8, name="decode", max_bytes=queue,
+                           size=lambda f: f.image.nbytes)
+        for frame, outs in run_variants((prepare_frame(f, opts) for f in decoded), translator):
+            for enc, (_, out) in zip(encoders, outs):
+                enc.submit((out, frame))
+            count.add()
+    except BaseException:
+        with signals_deferred():
+            _close_quietly(encoders)  # let the queued frames be encoded, then unwind
+        raise
+    with signals_deferred():  # the encoders must be idle before the writers are closed
+        _close_all(encoders)
+
+
+def _open_writers(dsts: List[Path], src: Path, info, opts: OutputOptions) -> list:
+    writers = []
+    try:
+        for d in dsts:
+            writers.append(_open_writer(d, src, info, opts))
+    except BaseException:
+        for w in writers:
+            w.abort()
+        raise
+    return writers
+
+
+def _close_writers(writers: list, report: Report) -> None:
+    """Finish every writer (rename into place); on an error abort the rest and raise it."""
+    for i, w in enumerate(writers):
+        try:
+            report.written.append(Path(w.close()))
+        except BaseException as exc:
+            for rest in writers[i + 1:]:
+                rest.abort()
+            if isinstance(exc, OSError):
+                raise OutputError.wrap(w.path, exc) from None
+            raise
+        with contextlib.suppress(OSError):  # a .partial file left by an interrupted earlier run
+            _partial_name(Path(w.path)).unlink()
+
+
+def _finish_partial(writers: list, dsts: List[Path], info) -> None:
+    for w, d in zip(writers, dsts):
+        if not w.frames_written:
+            w.abort()
+            continue
+        partial = _partial_name(d)
+        try:
+            w.close_as(partial, partial=True)
+        except Exception as exc:  # noqa: BLE001 - report, keep unwinding the interrupt
+            log.error("%s: could not finalize the partial video: %s", partial, first_line(exc))
+            w.abort()
+            continue
+        total = f" of {info.frames}" if info.frames else ""
+        log.warning("interrupted: %d%s frames done; they are in %s (playable)",
+                    w.frames_written, total, partial)
+
+
+def _close_all(workers: List[BackgroundWorker]) -> None:
+    first: Optional[BaseException] = None
+    for w in workers:
+        try:
+            w.close()
+        except BaseException as exc:  # noqa: BLE001 - the first one is raised below
+            first = first or exc
+    if first is not None:
+        raise first
+
+
+def _close_quietly(workers: List[BackgroundWorker]) -> None:
+    for w in workers:
+        try:
+            w.close()
+        except BaseException as exc:  # noqa: BLE001 - already unwinding another error
+            log.debug("encoder stopped: %s", exc)
+
+
+def _partial_name(path: Path) -> Path:
+    return path.with_name(path.stem + ".partial" + path.suffix)
+
+
+def _open_writer(dst: Path, src: Path, info, opts: OutputOptions):
+    try:
+        width, height = target_size(info.width, info.height, opts) or (info.width, info.height)
+        return video.VideoWriter(
+            dst, width=width, height=height, fps=info.fps, time_base=info.time_base,
+            codec=opts.codec, crf=opts.crf, preset=opts.preset, pix_fmt=opts.pix_fmt,
+            copy_streams_from=src if opts.audio else None,
+        )
+    except OSError as exc:
+        raise OutputError.wrap(dst, exc) from None
+
+
+def video_writer_fn(writer) -> Callable[[Tuple[np.ndarray, Frame]], None]:
+    """The encoder-thread function: (output image, its frame) -> ``writer`` (8-bit RGB, frame pts)."""
+    def write(item: Tuple[np.ndarray, Frame]) -> None:
+        out, frame = item
+        out = to_8bit(out)
+        try:
+            writer.write(out if out.shape[2] == 3 else np.repeat(out, 3, axis=2), frame.pts,
+                         frame.time_base)
+        except OSError as exc:  # includes PyAV's errno errors (full disk...)
+            raise OutputError.wrap(writer.path, exc) from None
+    return write

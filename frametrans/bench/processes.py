@@ -1,0 +1,90 @@
+"""``frametrans bench processes``: whole processes, start-up, model load and compile/cache load
+included: ``python -m frametrans.cli apply`` against the reference loop run as
+``python -m frametrans.bench reference`` (:mod:`frametrans.bench.__main__`)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from frametrans.bench.common import Log, make_folder, make_video, median, to_stderr, workdir
+from frametrans.bench.models import prepare_model
+
+
+@dataclass
+class ProcessBench:
+    """Settings of :func:`bench_processes`."""
+
+    model: str = "resnet"
+    config: Dict[str, Any] = field(default_factory=dict)
+    width: int = 256
+    height: int = 256
+    frames: int = 96
+    batch: Optional[int] = None
+    device: str = "auto"
+    precision: str = "auto"
+    compile: str = "auto"
+    repeat: int = 1
+    seed: int = 0
+    workdir: Optional[str] = None
+    video: bool = False
+
+
+def bench_processes(opts: ProcessBench, log: Log = to_stderr) -> Dict[str, Any]:
+    """Wall time of whole processes on the same folder (or video): ``frametrans apply`` against the
+    reference loop, alternating, ``repeat`` times; start-up, model load and compile included."""
+    with workdir(opts.workdir) as work:
+        ckpt = prepare_model(opts.model, work, opts.config, opts.seed)
+        folder = make_folder(work / "in_frames", opts.width, opts.height, opts.frames)
+        src = make_video(work / "in.mp4", opts.width, opts.height, opts.frames) if opts.video else folder
+        dst = work / ("out.mp4" if opts.video else "out_frames")
+        ours = _apply_command(opts, ckpt, src, dst)
+        ref = [sys.executable, "-m", "frametrans.bench", "reference", str(ckpt), str(folder),
+               str(work / "ref_out"), opts.device if opts.device != "auto" else "auto"]
+        times: Dict[str, List[float]] = {"frametrans apply": [], "reference loop": []}
+        for r in range(opts.repeat):
+            for name, cmd in (("frametrans apply", ours), ("reference loop", ref)):
+                times[name].append(_run_timed(name, cmd))
+            log(f"round {r + 1}/{opts.repeat}: " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in times.items()))
+        med = {k: median(v) for k, v in times.items()}
+        return {"setup": {**asdict(opts), "checkpoint": str(ckpt), "command": " ".join(ours)},
+                "seconds": times, "median": med,
+                "speedup": med["reference loop"] / med["frametrans apply"]}
+
+
+def _apply_command(opts: ProcessBench, ckpt: Path, src: Path, dst: Path) -> List[str]:
+    """The ``frametrans apply`` command line of these settings."""
+    cmd = [sys.executable, "-m", "frametrans.cli", "apply", str(src), "-o", str(dst), "-m", str(ckpt),
+           "--device", opts.device, "--precision", opts.precision, "--compile", opts.compile,
+           "--overwrite", "--quiet"]
+    if opts.batch:
+        cmd += ["--batch-size", str(opts.batch)]
+    return cmd
+
+
+def _run_timed(name: str, cmd: List[str]) -> float:
+    """Wall seconds of one run of ``cmd``; a failure raises with the end of its stderr."""
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    seconds = time.perf_counter() - t
+    if proc.returncode != 0:
+        raise RuntimeError(f"{name} failed ({proc.returncode}): {proc.stderr.strip()[-800:]}")
+    return seconds
+
+
+def format_processes(result: Dict[str, Any]) -> str:
+    """A few lines: median wall time and frames/s of each process, and the speed-up."""
+    s, med = result["setup"], result["median"]
+    src = "video" if s["video"] else "folder"
+    lines = [f"whole processes, {s['frames']} frames {s['width']}x{s['height']} ({src}), model {s['model']}"
+             f"{' ' + json.dumps(s['config']) if s['config'] else ''}, device {s['device']}, precision "
+             f"{s['precision']}, compile {s['compile']}; median of {s['repeat']}"]
+    for k, v in med.items():
+        lines.append(f"  {k:<18} {v:8.2f} s   {s['frames'] / v:7.2f} frames/s")
+    lines.append(f"  speed-up over the reference loop: {result['speedup']:.2f}x")
+    return "\n".join(lines)

@@ -1,0 +1,101 @@
+"""The device session: the one owner of eval(), inference_mode, autocast and device moves."""
+
+from __future__ import annotations
+
+import io
+import re
+import tokenize
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from frametrans import registry
+from frametrans.engine.session import Session
+from tests_support import tiny_config
+
+ROOT = Path(__file__).resolve().parents[1] / "frametrans"
+# the inference wing: everything that runs models for inference
+WING = ["apply", "engine", "scale", "bench", "predict_next.py"]
+FORBIDDEN = {
+    ".eval()": re.compile(r"\.eval\(\)"),
+    "inference_mode": re.compile(r"inference_mode\((?!False)"),
+    "autocast": re.compile(r"\bautocast\("),
+    "a model moved to a device": re.compile(r"\w*(model|net|source|module)\w*(\.\w+\(\))*\.to\((?!memory_format)"),
+}
+
+
+def _code_only(path: Path) -> str:
+    """The file's code with comments and strings (docstrings) blanked out."""
+    out = []
+    tokens = tokenize.generate_tokens(io.StringIO(path.read_text(encoding="utf-8")).readline)
+    for tok in tokens:
+        if tok.type in (tokenize.COMMENT, tokenize.STRING):
+            continue
+        out.append(tok.string)
+    return "".join(out)
+
+
+def _wing_files():
+    for name in WING:
+        p = ROOT / name
+        yield from (sorted(p.rglob("*.py")) if p.is_dir() else [p])
+
+
+def test_only_the_session_touches_eval_inference_mode_autocast_and_devices():
+    session = ROOT / "engine" / "session.py"
+    offenders = []
+    for path in _wing_files():
+        if path == session:
+            continue
+        code = _code_only(path)
+        for what, pattern in FORBIDDEN.items():
+            if pattern.search(code):
+                offenders.append(f"{path.relative_to(ROOT)}: {what}")
+    assert not offenders, offenders
+    missing = [what for what, p in FORBIDDEN.items() if not p.search(_code_only(session))]
+    assert not missing, f"the patterns do not see what session.py does: {missing}"
+
+
+def test_the_grep_sees_a_violation(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text('"""model.eval() in a docstring is fine"""\nx = 1  # model.eval() too\n'
+                   'def f(model):\n    model.eval()\n    return model.to(dev)\n')
+    code = _code_only(bad)
+    assert FORBIDDEN[".eval()"].search(code)
+    assert FORBIDDEN["a model moved to a device"].search(code)
+    assert not FORBIDDEN[".eval()"].search(_code_only(_doc_only(tmp_path)))
+
+
+def _doc_only(tmp_path: Path) -> Path:
+    p = tmp_path / "doc.py"
+    p.write_text('"""model.eval() and torch.autocast( in prose"""\n# session.model.to(device)\n')
+    return p
+
+
+def test_session_shares_one_low_precision_copy_and_keeps_fp32_weights():
+    model = registry.get("resnet").build(tiny_config("resnet"))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    a = Session(model, "cpu", "bf16")
+    b = Session(model, "cpu", "bf16")
+    assert a.model is b.model and a.source is model and not model.training
+    assert next(a.model.parameters()).dtype == torch.bfloat16
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert Session(model, "cpu", "fp32").model is model
+
+
+def test_session_inference_context():
+    model = registry.get("resnet").build(tiny_config("resnet"))
+    s = Session(model, "cpu", "bf16")
+    x = s.to_model_layout(torch.rand(1, 3, 16, 16))
+    assert x.dtype == torch.bfloat16 and x.is_contiguous(memory_format=torch.channels_last)
+    with s.inference():
+        assert torch.is_inference_mode_enabled()
+        y = s.model(x)
+        with s.full_precision():
+            assert not torch.is_autocast_enabled("cpu")
+    assert y.shape == (1, 3, 16, 16) and not torch.is_inference_mode_enabled()
+    with pytest.raises(ValueError, match="fp16 is not supported on the CPU"):
+        Session(model, "cpu", "fp16")
+    assert np.isfinite(y.float().numpy()).all()
