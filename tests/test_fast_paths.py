@@ -101,6 +101,26 @@ def test_uint16_and_gray_inputs_keep_their_dtype():
     assert _runner(model, precision="bf16")(gray)[0].shape == (40, 52, 3)
 
 
+def test_auto_precision_runs_16_bit_inputs_in_fp32(monkeypatch):
+    from frametrans.engine import device as devices
+
+    monkeypatch.setattr(devices, "cpu_has_bf16", lambda: True)  # auto -> bf16, as on such a CPU
+    model = _model("resnet")
+    r = _runner(model, precision="auto")
+    assert r.dtype == torch.bfloat16
+    ramp = np.linspace(0, 65535, 24 * 32 * 3).reshape(24, 32, 3).astype(np.uint16)  # 2304 levels
+    ref = _fp32(model, [ramp])[0]
+    out = r([ramp])[0]
+    assert out.dtype == np.uint16 and np.abs(out.astype(int) - ref.astype(int)).max() <= 1
+    outs = [o for _, o in r.run([Frame(ramp, index=0), Frame(ramp, index=1)])]
+    assert all(np.abs(o.astype(int) - ref.astype(int)).max() <= 1 for o in outs)
+    assert len(np.unique(outs[0])) > 1000  # the depth survived
+    bf16 = _runner(model, precision="bf16")([ramp])[0]  # what auto did before: far fewer levels
+    assert np.abs(bf16.astype(int) - ref.astype(int)).max() > 1
+    eight = _images(1, h=24, w=32)
+    assert np.array_equal(r(eight)[0], _runner(model, precision="bf16")(eight)[0])  # 8-bit: bf16
+
+
 def test_bf16_tiles_agree_with_untiled_bf16():
     model = _model("resnet")
     images = _images(1, h=72, w=96)
@@ -149,9 +169,25 @@ def test_runner_expect_and_auto_stays_eager_for_short_jobs(tmp_path):
     outs = [o for _, o in r.run(Frame(im) for im in _images(3))]
     assert len(outs) == 3 and not r._compiled
     assert r.policy.done_frames == 3 and r.policy.remaining() == 0
-    r.expect(None)  # an open-ended stream
-    assert r.policy.remaining() == compiling.UNKNOWN_LENGTH
+    r.expect(None)  # an open-ended stream: no cold compile up front
+    assert r.policy.remaining() == 0
+    outs = [o for _, o in r.run(Frame(im) for im in _images(3))]
+    assert len(outs) == 3 and not r._compiled and r.policy.remaining() == 3
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.pt2"))
+
+
+def test_open_ended_stream_compiles_only_once_its_frames_would_have_paid():
+    cpu = torch.device("cpu")
+    shape = (1, 3, 64, 48)
+    p = compiling.CompilePolicy(mode="auto", done_frames=10, open_ended_from=10)
+    assert not p.should_compile(shape, False, 5.0, cpu, torch.float32)  # a slow model, frame 0
+    need = p.break_even_frames(5.0, cpu, torch.float32)  # 40 s / (0.2 * 5 s) = 40 frames
+    p.done_frames = 10 + int(need) - 1
+    assert not p.should_compile(shape, False, 5.0, cpu, torch.float32)
+    p.done_frames = 10 + int(need) + 1
+    assert p.should_compile(shape, False, 5.0, cpu, torch.float32)
+    assert compiling.CompilePolicy(mode="auto", open_ended_from=0).should_compile(shape, True, None, cpu,
+                                                                                  torch.float32)
 
 
 def test_compile_option_validation(monkeypatch):

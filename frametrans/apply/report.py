@@ -1,6 +1,6 @@
 """What an ``apply`` run did, and how failures and interrupts are contained.
 
-Failure rules (docs/failures.md has the user's view):
+Failure rules (the README's "What happens when things go wrong" has the user's view):
 
 - a bad input (unreadable, truncated, not an image...) or a model failure on one image is reported
   per file (``Report.failed``) and the rest of the job goes on; a run with failures ends with exit 1;

@@ -136,16 +136,16 @@ def _status(key: str) -> int:
 def _child(args: Dict[str, Any]) -> Dict[str, Any]:
     import torch
 
-    from frametrans.checkpoint import load_model
-    from frametrans.engine.runner import Runner, RunnerOptions
+    from frametrans.apply import Translator
+    from frametrans.engine.runner import RunnerOptions
     from frametrans.engine.tiling import plan_tiles
 
     if args.get("threads"):
         torch.set_num_threads(int(args["threads"]))
     image = np.load(args["frame"])
-    runner = Runner(load_model(args["model"]), RunnerOptions(
+    runner = Translator.load(args["model"], RunnerOptions(  # MUNIT: one style, fixed by the seed
         device=args["device"], precision=args["precision"], compile="off", max_memory=args["budget"],
-        tile_stats=args["tile_stats"]))
+        tile_stats=args["tile_stats"])).variants[0].runner
     cuda = runner.device.type == "cuda"
     base = _reset_peak(runner.device) if cuda else _reset_peak(None)
     t0 = time.perf_counter()

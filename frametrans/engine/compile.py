@@ -279,17 +279,19 @@ SAVING = {("cpu", torch.float32): 0.2, ("cpu", torch.bfloat16): 0.5, ("cuda", to
 #: Expected cold compile time in seconds (measured 40-65 s for ResNet-9 on a busy 2-core CPU,
 #: 15-20 s on a quiet Sapphire Rapids). ``FRAMETRANS_COMPILE_SECONDS`` overrides.
 COMPILE_SECONDS = 40.0
-#: Frames assumed for a job of unknown length (a raw stream on stdin).
-UNKNOWN_LENGTH = 1000
-
-
 @dataclass
 class CompilePolicy:
-    """Decides, per input shape, whether to compile. Pure bookkeeping: no torch work here."""
+    """Decides, per input shape, whether to compile. Pure bookkeeping: no torch work here.
+
+    A job of unknown length (a stream on stdin, ``open_ended_from`` set) is expected to run as
+    many more frames as it has run since it started: it pays no cold compile up front, and
+    compiles once the frames already done would have paid for it.
+    """
 
     mode: str = "auto"
     expected_frames: int = 0  # frames run + frames still expected (Runner.expect); 0: no hint
     done_frames: int = 0
+    open_ended_from: Optional[int] = None  # done_frames when an open-ended job started
     failed: Dict[Tuple[int, ...], str] = field(default_factory=dict)
 
     def compile_seconds(self) -> float:
@@ -299,6 +301,9 @@ class CompilePolicy:
             return COMPILE_SECONDS
 
     def remaining(self) -> int:
+        """Frames still expected in this job."""
+        if self.open_ended_from is not None:
+            return self.done_frames - self.open_ended_from
         return max(0, self.expected_frames - self.done_frames)
 
     def should_compile(self, shape: Tuple[int, ...], cached: bool, eager_seconds_per_frame: Optional[float],

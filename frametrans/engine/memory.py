@@ -80,8 +80,9 @@ class Footprint:
 
     activation: peak activations of one forward. frame: the runner's frame tensors around it.
     tiled: what a tiled frame holds besides (blend accumulators, the padded frame kept whole).
-    stats: what the exact statistics pass adds per tile pixel (float32 moments of the layer
-    being measured, :func:`frametrans.engine.tiledstats.collect_norm_stats_tiled`).
+    stats: what a statistics pass adds per pixel it runs on (float32 moments of the layer being
+    measured, :func:`frametrans.engine.tiledstats.collect_norm_stats_tiled`, or the float32
+    statistics of a downscaled pass).
     """
 
     activation: float
@@ -170,9 +171,10 @@ class MemoryPolicy:
 
     def pixels_that_fit(self, h: int, w: int, tiled: bool) -> float:
         """Input pixels one forward may take for frames of this size (tiles included); a tiled
-        frame whose statistics are measured exactly also holds the measuring temporaries."""
+        frame whose model normalizes per frame also holds the statistics temporaries (float32
+        moments, exact; float32 statistics of a downscaled pass, fast)."""
         per_pixel = self.footprint.activation
-        if tiled and self.frame_dependent_norm and self.tile_stats == "exact":
+        if tiled and self.frame_dependent_norm:
             per_pixel += self.footprint.stats
         fit = max(self.available(h, w, tiled), 0.0) / per_pixel
         return min(fit, self.pixel_cap) if self.pixel_cap else fit
