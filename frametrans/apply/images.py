@@ -172,37 +172,62 @@ MAX_ANIMATION_BYTES = 2 * 2**30
 
 
 def apply_animation(job: Job, translator: Translator, opts: OutputOptions, report: Report) -> None:
-    """Every frame of an animated WebP/PNG through the model, written back as an animation.
+    """Every frame of an animated WebP/PNG, or every page of a multi-page TIFF, through the model,
+    written back as one file.
 
-    The output frames are held until the file is written (animated formats are written at once);
-    animations over ``MAX_ANIMATION_BYTES`` of pixels are refused: convert them to a video.
+    Animations keep each frame's display time (the last one included) and their loop count; they
+    are written 8-bit. TIFF pages are written as a multi-page TIFF, each page keeping its size,
+    alpha and depth (16-bit pages stay 16-bit). The output frames are held until the file is written (these
+    formats are written at once); inputs over ``MAX_ANIMATION_BYTES`` of pixels are refused:
+    convert them to a video. Raises :class:`InputError` before any frame is decoded when the
+    output format cannot hold what the input is (pages to .png/.webp, an animation to .tif).
     """
     if skip_done(job, translator, opts, report):
         return
+    info = images.animation_info(job.src)
+    _check_animation_output(job, translator, info)
     outs: List[List[Frame]] = [[] for _ in translator.variants]
-    durations: List[int] = []
+    dsts = [variant_path(job.dst, v.suffix) for v in translator.variants]
+    durations: List[Optional[int]] = []  # filled by the reader as it yields each frame
     held = 0
-    last_pts = None
-    frames = (prepare_frame(f, opts) for f in images.iter_image_frames(job.src))
+    count = 0
+    frames = (prepare_frame(f, opts) for f in images.iter_image_frames(job.src, durations=durations))
     for frame, results in run_variants(frames, translator):
         for k, (_, out) in enumerate(results):
-            outs[k].append(finish_frame(frame, to_8bit(out)))
+            if info.is_multipage:
+                outs[k].append(finish_frame(frame, out, dsts[k]))
+            else:
+                outs[k].append(finish_frame(frame, to_8bit(out)))
             held += out.nbytes
-        if frame.pts is not None and last_pts is not None:
-            durations[-1] = max(1, frame.pts - last_pts)
-        durations.append(100 if not durations else durations[-1])
-        last_pts = frame.pts
+        count += 1
         if held > MAX_ANIMATION_BYTES:
             raise InputError(job.src, f"animation too large to hold ({held / 2**30:.1f} GiB of frames); "
                                       "convert it to a video first (ffmpeg -i IN OUT.mp4)")
-    for v, variant_outs in zip(translator.variants, outs):
-        dst = variant_path(job.dst, v.suffix)
+    timing = None
+    if not info.is_multipage:
+        timing = [100 if d is None else d for d in durations[:count]]
+    for dst, variant_outs in zip(dsts, outs):
         try:
-            images.write_animation(dst, variant_outs, durations)
+            images.write_animation(dst, variant_outs, timing, loop=info.loop or 0)
         except OSError as exc:
             raise OutputError.wrap(dst, exc) from None
         report.written.append(dst)
-    report.frames += len(durations)
+    report.frames += count
+
+
+def _check_animation_output(job: Job, translator: Translator, info: "images.AnimationInfo") -> None:
+    """Pages go to a multi-page TIFF, timed frames to an animated WebP/PNG: anything else would
+    silently lose pages or timing."""
+    for v in translator.variants:
+        ext = variant_path(job.dst, v.suffix).suffix.lower()
+        pages_out = ext in images.MULTIPAGE_IMAGE_EXTENSIONS
+        if info.is_multipage and not pages_out:
+            raise InputError(job.src, f"a {info.frames}-page TIFF can only be written whole as a multi-page "
+                                      f".tif, not {ext or 'extensionless'}; write .tif (--ext tif), or split "
+                                      "the pages first")
+        if not info.is_multipage and pages_out:
+            raise InputError(job.src, f"an animated {info.format} ({info.frames} frames) cannot be written as "
+                                      f"{ext}: TIFF pages have no timing; write .webp or .png (--ext webp)")
 
 
 def _item_bytes(item: Tuple[Job, Optional[Frame], Optional[str]]) -> int:

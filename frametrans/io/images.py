@@ -8,8 +8,12 @@ Reading (:func:`read_image`) gives the picture as it is meant to be seen:
 - 16-bit PNG/TIFF stay uint16 (Pillow would cut 16-bit RGB to 8 bits, so those go through OpenCV);
 - floating-point TIFFs are refused with a clear error: their value range is unknown, and guessing
   it would silently change the picture;
-- animated GIF/WebP/PNG: :func:`read_image` returns the first frame, :func:`iter_image_frames` all
-  of them, with their display times as ``pts`` in milliseconds.
+- an embedded ICC profile that is not sRGB (Adobe RGB, Display P3, a CMYK press profile, a gray
+  gamma profile) is applied: the pixels are converted to sRGB, the space the models were trained in,
+  and one warning per file says so (the outputs are then plain sRGB, written without a profile);
+- animated GIF/WebP/PNG and multi-page TIFF: :func:`read_image` returns the first frame,
+  :func:`iter_image_frames` all of them, with their display times as ``pts`` in milliseconds;
+  :func:`animation_info` gives the frame count and loop count from the header.
 
 Empty, truncated or non-image files raise :class:`InputError` with a one-line message naming the
 file. Writing (:func:`write_image`) is atomic: the bytes go to a hidden temporary file in the same
@@ -25,6 +29,7 @@ import logging
 import os
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -34,6 +39,7 @@ from PIL import Image, ImageSequence, UnidentifiedImageError
 
 from frametrans.atomic import atomic_write_bytes
 
+from .colour import SrgbConverter
 from .errors import InputError
 from .frame import Frame
 
@@ -45,7 +51,10 @@ __all__ = [
     "write_image",
     "write_animation",
     "is_animated_image",
+    "animation_info",
+    "AnimationInfo",
     "ANIMATED_IMAGE_EXTENSIONS",
+    "MULTIPAGE_IMAGE_EXTENSIONS",
     "describe_content",
     "apply_exif_orientation",
 ]
@@ -109,7 +118,8 @@ def read_image(path: str | os.PathLike) -> Frame:
     """Read one image file as an upright :class:`Frame` (index 0, no timestamp).
 
     Returns ``Frame.image`` (H, W, 3) RGB or (H, W, 1) gray, uint8 or uint16 (16-bit sources),
-    and ``Frame.alpha`` (H, W) of the same dtype when the file has transparency. For animated files
+    in sRGB (an embedded non-sRGB ICC profile is applied, with a warning), and ``Frame.alpha``
+    (H, W) of the same dtype when the file has transparency. For animated and multi-page files
     this is the first frame. Raises :class:`InputError` for missing, empty, truncated, non-image or
     floating-point files.
     """
@@ -121,20 +131,58 @@ def read_image(path: str | os.PathLike) -> Frame:
         except UnidentifiedImageError:
             return _read_with_opencv(path, orientation=1)
         with im:
+            colors = SrgbConverter(path, im.info.get("icc_profile"))
             high_bit_depth = _is_high_bit_depth_color(im)  # before getexif(): PNG's loads, clearing tile
             orientation = _orientation(im)
             if high_bit_depth:
-                return _read_with_opencv(path, orientation)
-            image, alpha = _decode_pillow(im, path)
+                return _read_with_opencv(path, orientation, colors)
+            image, alpha = _decode_pillow(im, path, colors)
         return _frame(path, 0, image, alpha, orientation)
 
 
-def iter_image_frames(path: str | os.PathLike) -> Iterator[Frame]:
-    """Yield every frame of an animated GIF/WebP/PNG (one frame for a still image).
+@dataclass(frozen=True)
+class AnimationInfo:
+    """What the header of an animated or multi-page image says.
 
-    Frames are full composited pictures (disposal handled by Pillow), upright, RGB or gray with
-    alpha split off as in :func:`read_image`. ``pts`` is the display time in milliseconds
-    (``time_base`` 1/1000) when the file gives frame durations, else None.
+    format: Pillow's format name ("PNG", "WEBP", "GIF", "TIFF"); frames: number of frames or pages;
+    loop: how many times the animation plays (0: forever; APNG num_plays, WebP loop count), None
+    for formats without one (TIFF pages, still images).
+    """
+
+    format: str
+    frames: int
+    loop: int | None
+
+    @property
+    def is_multipage(self) -> bool:
+        """Pages of a document (TIFF), not timed frames of an animation."""
+        return self.format == "TIFF"
+
+
+def animation_info(path: str | os.PathLike) -> AnimationInfo:
+    """Format, frame (page) count and loop count of an image file, from its header.
+
+    Raises :class:`InputError` when the file cannot be opened as an image.
+    """
+    path = Path(path)
+    _check_file(path)
+    with _decoder_errors(path):
+        with Image.open(path) as im:
+            frames = int(getattr(im, "n_frames", 1))
+            loop = im.info.get("loop") if im.format != "TIFF" else None
+            return AnimationInfo(str(im.format), frames, None if loop is None else int(loop))
+
+
+def iter_image_frames(path: str | os.PathLike, *, durations: list[int | None] | None = None) -> Iterator[Frame]:
+    """Yield every frame of an animated GIF/WebP/PNG or every page of a TIFF (one frame for a still
+    image).
+
+    Frames are full composited pictures (disposal handled by Pillow), upright, RGB or gray in sRGB,
+    with alpha split off as in :func:`read_image`; TIFF pages keep their own size, mode and depth
+    (16-bit pages stay uint16). ``pts`` is the display time in milliseconds (``time_base`` 1/1000)
+    when the file gives frame durations, else None. When ``durations`` is a list, the display time
+    of each frame in milliseconds (None when the file gives none) is appended to it as the frame is
+    yielded: this is the only place the last frame's duration is known.
     """
     path = Path(path)
     _check_file(path)
@@ -144,29 +192,84 @@ def iter_image_frames(path: str | os.PathLike) -> Iterator[Frame]:
         except UnidentifiedImageError:
             im = None
     if im is None:
+        if durations is not None:
+            durations.append(None)
         yield _read_with_opencv(path, orientation=1)
         return
     with im, _decoder_errors(path):
+        colors = SrgbConverter(path, im.info.get("icc_profile"))
+        pages = im.format == "TIFF" and getattr(im, "n_frames", 1) > 1
         high_bit_depth = _is_high_bit_depth_color(im)
         orientation = _orientation(im)
+        if pages:
+            yield from _iter_tiff_pages(path, im, colors, durations)
+            return
         if high_bit_depth:
-            yield _read_with_opencv(path, orientation)
+            if durations is not None:
+                durations.append(None)
+            yield _read_with_opencv(path, orientation, colors)
             return
         animated = getattr(im, "is_animated", False)
         t_ms = 0
         index = 0
         try:
             for page in ImageSequence.Iterator(im):
-                image, alpha = _decode_pillow(page, path)  # loads: WebP sets "duration" here
+                image, alpha = _decode_pillow(page, path, colors)  # loads: WebP sets "duration" here
                 duration = page.info.get("duration") if animated else None
                 frame = _frame(path, index, image, alpha, orientation)
                 if duration is not None:
                     frame.pts, frame.time_base = t_ms, Fraction(1, 1000)
                     t_ms += int(round(duration))
+                if durations is not None:
+                    durations.append(None if duration is None else int(round(duration)))
                 yield frame
                 index += 1
         except _PILLOW_ERRORS as exc:
             raise InputError(path, f"cannot read frame {index}: {exc}") from None
+
+
+def _iter_tiff_pages(path: Path, im: Image.Image, colors: "SrgbConverter",
+                     durations: list[int | None] | None) -> Iterator[Frame]:
+    """Every page of a multi-page TIFF, each with its own orientation; 16-bit colour pages (which
+    Pillow would cut to 8 bits) are decoded by OpenCV."""
+    n = int(im.n_frames)
+    for index in range(n):  # Pillow checks the pixel bound for the first page only, at open
+        im.seek(index)
+        _check_page_size(path, im, index, n)
+    deep: list[np.ndarray] | None = None
+    for index in range(n):
+        try:
+            im.seek(index)
+            if _is_high_bit_depth_color(im):
+                if deep is None:
+                    deep = _decode_tiff_pages_opencv(path, n)
+                image, alpha = _split_opencv(path, deep[index])
+                image = colors(image)
+            else:
+                image, alpha = _decode_pillow(im, path, colors)
+            orientation = _orientation(im)
+        except InputError:
+            raise
+        except _PILLOW_ERRORS as exc:
+            raise InputError(path, f"cannot read page {index + 1} of {n}: {exc}") from None
+        if durations is not None:
+            durations.append(None)
+        yield _frame(path, index, image, alpha, orientation)
+
+
+def _check_page_size(path: Path, im: Image.Image, index: int, n: int) -> None:
+    limit = Image.MAX_IMAGE_PIXELS
+    w, h = im.size
+    if limit and w * h > 2 * limit:
+        raise InputError(path, f"refused: page {index + 1} of {n} is {w}x{h} = {w * h} pixels, over the limit of "
+                               f"{2 * limit} (to allow it, set {PIXEL_LIMIT_ENV}=PIXELS)")
+
+
+def _decode_tiff_pages_opencv(path: Path, n: int) -> list[np.ndarray]:
+    ok, pages = cv2.imdecodemulti(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if not ok or len(pages) != n:
+        raise InputError(path, f"cannot decode the 16-bit pages of this {n}-page TIFF")
+    return list(pages)
 
 
 def _check_file(path: Path) -> None:
@@ -281,8 +384,9 @@ def _is_high_bit_depth_color(im: Image.Image) -> bool:
     return False
 
 
-def _decode_pillow(im: Image.Image, path: Path) -> tuple[np.ndarray, np.ndarray | None]:
-    """Pillow image -> (image (H, W, C) uint8/uint16, alpha (H, W) or None)."""
+def _decode_pillow(im: Image.Image, path: Path, colors: "SrgbConverter | None" = None
+                   ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Pillow image -> (image (H, W, C) uint8/uint16 in sRGB, alpha (H, W) or None)."""
     try:
         im.load()
     except _PILLOW_ERRORS as exc:
@@ -295,13 +399,15 @@ def _decode_pillow(im: Image.Image, path: Path) -> tuple[np.ndarray, np.ndarray 
             "convert it to 8- or 16-bit first",
         )
     if mode in ("I;16", "I;16L", "I;16B", "I;16N"):
-        return np.asarray(im).astype(np.uint16)[:, :, None], None
+        return _in_srgb(colors, np.asarray(im).astype(np.uint16)[:, :, None]), None
     if mode == "I":
         data = np.asarray(im)
         if data.size and (data.min() < 0 or data.max() > 65535):
             raise InputError(path, "32-bit integer image with values outside 0..65535 is not supported")
-        return data.astype(np.uint16)[:, :, None], None
-    if mode == "1":
+        return _in_srgb(colors, data.astype(np.uint16)[:, :, None]), None
+    if mode == "CMYK" and colors is not None and colors.takes("CMYK"):
+        im = colors.cmyk_to_srgb(im)  # the press profile, not Pillow's naive formula
+    elif mode == "1":
         im = im.convert("L")
     elif mode == "La":
         im = im.convert("LA")
@@ -315,15 +421,21 @@ def _decode_pillow(im: Image.Image, path: Path) -> tuple[np.ndarray, np.ndarray 
         im = im.convert("RGBA" if mode == "RGBa" else "RGB")
     data = np.asarray(im)
     if im.mode == "L":
-        return data[:, :, None], None
+        return _in_srgb(colors, data[:, :, None]), None
     if im.mode == "LA":
-        return np.ascontiguousarray(data[:, :, :1]), np.ascontiguousarray(data[:, :, 1])
+        return _in_srgb(colors, np.ascontiguousarray(data[:, :, :1])), np.ascontiguousarray(data[:, :, 1])
     if im.mode == "RGBA":
-        return np.ascontiguousarray(data[:, :, :3]), np.ascontiguousarray(data[:, :, 3])
-    return data, None
+        return _in_srgb(colors, np.ascontiguousarray(data[:, :, :3])), np.ascontiguousarray(data[:, :, 3])
+    if mode in ("LAB", "HSV", "YCbCr", "CMYK"):  # converted by formula above; a profile does not apply
+        return data, None
+    return _in_srgb(colors, data), None
 
 
-def _read_with_opencv(path: Path, orientation: int) -> Frame:
+def _in_srgb(colors: "SrgbConverter | None", image: np.ndarray) -> np.ndarray:
+    return image if colors is None else colors(image)
+
+
+def _read_with_opencv(path: Path, orientation: int, colors: "SrgbConverter | None" = None) -> Frame:
     """Fallback decoder: 16-bit color PNG/TIFF, and formats Pillow does not identify."""
     try:
         buffer = np.fromfile(path, dtype=np.uint8)  # np.fromfile + imdecode: non-ASCII paths work
@@ -340,6 +452,12 @@ def _read_with_opencv(path: Path, orientation: int) -> Frame:
         if what is not None:
             raise InputError(path, f"not an image: the file is {what}")
         raise InputError(path, "not an image, or an unsupported/corrupt image file")
+    image, alpha = _split_opencv(path, data)
+    return _frame(path, 0, _in_srgb(colors, image), alpha, orientation)
+
+
+def _split_opencv(path: Path, data: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """An OpenCV-decoded array (BGR[A] or gray[+alpha]) -> (image RGB or gray (H, W, C), alpha)."""
     if data.dtype.kind == "f":
         raise InputError(
             path,
@@ -359,7 +477,7 @@ def _read_with_opencv(path: Path, orientation: int) -> Frame:
         image = cv2.cvtColor(data, cv2.COLOR_BGR2RGB)
     else:
         image, alpha = cv2.cvtColor(data[:, :, :3], cv2.COLOR_BGR2RGB), data[:, :, 3]
-    return _frame(path, 0, image, alpha, orientation)
+    return np.ascontiguousarray(image), alpha
 
 
 def _frame(path: Path, index: int, image: np.ndarray, alpha: np.ndarray | None, orientation: int) -> Frame:
@@ -387,9 +505,6 @@ def apply_exif_orientation(array: np.ndarray, orientation: int) -> np.ndarray:
     if orientation == 8:
         return np.rot90(array, 1)
     return array
-
-
-# --------------------------------------------------------------------------------------- writing
 
 
 def write_image(
@@ -510,12 +625,16 @@ def _encode_opencv(path: Path, image: np.ndarray, alpha: np.ndarray | None, cv2_
     return encoded.tobytes()
 
 
-#: Extensions :func:`write_animation` can write.
-ANIMATED_IMAGE_EXTENSIONS: frozenset[str] = frozenset({".webp", ".png"})
+#: Extensions :func:`write_animation` can write: timed animations (.webp, APNG .png) and
+#: multi-page TIFF (.tif/.tiff: pages, no timing).
+ANIMATED_IMAGE_EXTENSIONS: frozenset[str] = frozenset({".webp", ".png", ".tif", ".tiff"})
+#: Extensions of documents whose frames are pages rather than timed frames.
+MULTIPAGE_IMAGE_EXTENSIONS: frozenset[str] = frozenset({".tif", ".tiff"})
 
 
 def is_animated_image(path: str | os.PathLike) -> bool:
-    """True for an animated WebP or PNG (APNG) with more than one frame (reads the header only).
+    """True for an animated WebP or PNG (APNG), or a multi-page TIFF, with more than one frame
+    (reads the header only).
 
     Unreadable files answer False: the reader reports them when it gets to them.
     """
@@ -524,6 +643,8 @@ def is_animated_image(path: str | os.PathLike) -> bool:
         return False
     try:
         with Image.open(path) as im:
+            if im.format == "TIFF":
+                return getattr(im, "n_frames", 1) > 1
             return bool(getattr(im, "is_animated", False)) and getattr(im, "n_frames", 1) > 1
     except Exception:  # noqa: BLE001 - read_image will say what is wrong with it
         return False
@@ -537,17 +658,25 @@ def write_animation(
     loop: int = 0,
     quality: int = 95,
 ) -> Path:
-    """Write uint8 frames (RGB or gray, alpha from ``Frame.alpha``) as an animated .webp or .png.
+    """Write frames (RGB or gray, alpha from ``Frame.alpha``) as an animated .webp or .png, or the
+    pages of a multi-page .tif.
 
-    durations_ms: display time of each frame (default 100 ms each); loop: 0 plays forever.
-    Atomic like :func:`write_image`. Raises ``ValueError`` for other extensions or 16-bit frames.
+    durations_ms: display time of each frame, the last one included (default 100 ms each);
+    loop: how many times it plays, 0 forever. Animations are 8-bit; TIFF pages keep their own size,
+    gray/colour, alpha and depth (uint16 pages stay 16-bit), and have no timing or loop.
+    Atomic like :func:`write_image`. Raises ``ValueError`` for other extensions, 16-bit frames in
+    an animation, or a duration list of the wrong length.
     """
     path = Path(path)
     ext = path.suffix.lower()
     if ext not in ANIMATED_IMAGE_EXTENSIONS:
-        raise ValueError(f"{path}: cannot write an animation as {ext or '(none)'!r}; use .webp or .png")
+        raise ValueError(f"{path}: cannot write an animation as {ext or '(none)'!r}; use .webp or .png "
+                         "(or .tif for pages)")
     if not frames:
         raise ValueError(f"{path}: no frames to write")
+    if ext in MULTIPAGE_IMAGE_EXTENSIONS:
+        atomic_write_bytes(path, _encode_pages(path, frames))
+        return path
     pictures = []
     for frame in frames:
         image, alpha = _normalize_for_write(path, frame.image, frame.alpha)
@@ -559,11 +688,44 @@ def write_animation(
                                         "RGBA" if alpha is not None else "RGB"))
     if any(p.mode == "RGBA" for p in pictures):
         pictures = [p.convert("RGBA") for p in pictures]
-    durations = [int(d) for d in (durations_ms or [100] * len(pictures))]
-    options: dict = {"save_all": True, "append_images": pictures[1:], "duration": durations, "loop": loop}
+    durations = [max(0, int(round(d))) for d in (durations_ms or [100] * len(pictures))]
+    if len(durations) != len(pictures):
+        raise ValueError(f"{path}: {len(durations)} durations for {len(pictures)} frames")
+    options: dict = {"save_all": True, "append_images": pictures[1:], "duration": durations,
+                     "loop": int(loop)}
     if ext == ".webp":
         options.update(quality=int(quality), method=4)
     buffer = io.BytesIO()
     pictures[0].save(buffer, format="WEBP" if ext == ".webp" else "PNG", **options)
     atomic_write_bytes(path, buffer.getvalue())
     return path
+
+
+def _encode_pages(path: Path, frames: list[Frame]) -> bytes:
+    """Frames -> one multi-page TIFF (deflate); through OpenCV when a page is 16-bit."""
+    pages = [_normalize_for_write(path, f.image, f.alpha) for f in frames]
+    if any(image.dtype == np.uint16 for image, _ in pages):
+        arrays = []
+        for image, alpha in pages:
+            if image.shape[2] == 1 and alpha is None:
+                arrays.append(image[:, :, 0])
+            elif image.shape[2] == 1:
+                arrays.append(np.dstack([image, image, image, alpha]))
+            else:
+                bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+                arrays.append(bgr if alpha is None else np.dstack([bgr, alpha]))
+        ok, encoded = cv2.imencodemulti(".tiff", [np.ascontiguousarray(a) for a in arrays])
+        if not ok:
+            raise ValueError(f"{path}: OpenCV could not encode {len(arrays)} pages as TIFF")
+        return encoded.tobytes()
+    pictures = []
+    for image, alpha in pages:
+        gray = image.shape[2] == 1
+        if alpha is None:
+            pictures.append(Image.fromarray(image[:, :, 0] if gray else image, "L" if gray else "RGB"))
+        else:
+            pictures.append(Image.fromarray(np.dstack([image, alpha]), "LA" if gray else "RGBA"))
+    buffer = io.BytesIO()
+    pictures[0].save(buffer, format="TIFF", save_all=True, append_images=pictures[1:],
+                     compression="tiff_deflate")
+    return buffer.getvalue()
