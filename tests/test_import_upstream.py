@@ -252,3 +252,26 @@ def test_non_consecutive_blocks_are_refused() -> None:
     state = {k: v for k, v in state.items() if not k.startswith("model.11.")}
     with pytest.raises(ValueError, match="residual blocks at"):
         import_upstream_generator(state)
+
+
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+@pytest.mark.parametrize("make, old_stats", [
+    (lambda: RefUnet(3, 3, 5, 1, "instance", False), True),  # smallest: the dropped stats weigh most
+    (lambda: ref_resnet(1, 3, 1, 2, "instance", False), True),
+    (lambda: ref_resnet(3, 3, 2, 1, "batch", True), False),
+], ids=["unet-ngf1-old-instance", "resnet-ngf1-old-instance", "resnet-batch"])
+def test_files_load_through_the_checked_path(tmp_path, make, old_stats, zip_format) -> None:
+    """Real files go through load_model's checks (record sizes, layout on "meta", bytes against
+    what the model needs) and still load, including old files whose statistics are dropped."""
+    from frametrans.checkpoint import load_model
+
+    ref = randomize(make())
+    state = dict(ref.state_dict())
+    if old_stats:
+        state = old_instance_file(ref, state)
+    path = tmp_path / "latest_net_G.pth"
+    torch.save(state, path, _use_new_zipfile_serialization=zip_format)
+    ours = load_model(path).eval()
+    x = torch.rand(1, ours.config.in_channels, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x * 2 - 1), ref(x * 2 - 1), atol=1e-6, rtol=0)
