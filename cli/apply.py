@@ -22,8 +22,8 @@ from frametrans.cli import options as opt
 @click.option("--recursive", "-r", is_flag=True, help="Include subfolders of input folders.")
 @click.option("--ext", help="Image format for folder outputs, e.g. png or jpg (default: keep).")
 @click.option("--size", help="Frame size WIDTHxHEIGHT of a raw rgb24 stream on stdin.")
-@click.option("--fps", type=float, default=25.0, show_default=True, callback=opt.positive("fps"),
-              help="Frame rate written into y4m output.")
+@click.option("--fps", type=float, default=None, callback=opt.positive("fps"),
+              help="Frame rate written into y4m output [default: a y4m input's rate, else 25].")
 @click.option("--y4m", is_flag=True, help="Write YUV4MPEG2 instead of raw rgb24 to stdout.")
 @click.option("--resize", help="Resize frames to WIDTHxHEIGHT before the model (output has that size).")
 @click.option("--max-side", type=int, callback=opt.positive("max-side"),
@@ -58,7 +58,7 @@ from frametrans.cli import options as opt
               "the cluster RAY_ADDRESS names or this machine runs, else a new local one. "
               "Needs pip install 'frametrans[ray]'.")
 def apply_cmd(inputs: Tuple[str, ...], output: str, model: str, list_file, recursive: bool,
-              ext: Optional[str], size: Optional[str], fps: float, y4m: bool, resize: Optional[str],
+              ext: Optional[str], size: Optional[str], fps: Optional[float], y4m: bool, resize: Optional[str],
               max_side: Optional[int], codec, crf, preset, pix_fmt, no_audio: bool, direction: str,
               style_image, num_styles: int, seed: int, yaml_config, batch_size, tile, tile_overlap,
               tile_stats: str, max_memory, device: str, precision: str, skip_existing: bool, overwrite: bool,
@@ -93,7 +93,7 @@ def apply_cmd(inputs: Tuple[str, ...], output: str, model: str, list_file, recur
     if stream_in and ray_address is not None:
         raise click.UsageError("--ray spreads files and folders over a cluster, not a stream on stdin")
     if not stream_in:
-        for flag, given in (("--size", size), ("--y4m", y4m)):
+        for flag, given in (("--size", size), ("--y4m", y4m), ("--fps", fps is not None)):
             if given:
                 raise click.UsageError(f"{flag} is for a raw stream on stdin ('-' as the input)")
     else:
@@ -107,6 +107,7 @@ def apply_cmd(inputs: Tuple[str, ...], output: str, model: str, list_file, recur
     # Every option is checked before the model is loaded or any input is read (exit status 2).
     from frametrans.apply import (OutputOptions, Translator, apply_paths, apply_stream,
                                   check_stream_size)
+    from frametrans.apply.jobs import OptionError, check_output_target, plan_jobs
     from frametrans.engine.device import resolve_device, resolve_precision
     from frametrans.engine.runner import RunnerOptions
 
@@ -130,9 +131,16 @@ def apply_cmd(inputs: Tuple[str, ...], output: str, model: str, list_file, recur
                              ext=ext, resize=resize_wh, max_side=max_side, codec=codec, crf=crf,
                              preset=preset, pix_fmt=pix_fmt, audio=not no_audio, quiet=quiet)
     try:
-        out_opts.validate()
-    except ValueError as exc:
+        out_opts.validate()  # opens --codec once: an encoder that cannot run here is refused now
+    except ValueError as exc:  # OptionError too: its message names the option
         raise click.UsageError(str(exc)) from None
+    if not stream_in:
+        try:
+            check_output_target(paths, output)
+            if pix_fmt or crf is not None or preset:  # the encoder of each video output, opened once
+                plan_jobs(paths, output, out_opts, problems=[])
+        except OptionError as exc:
+            raise click.UsageError(str(exc)) from None
     if stream_in:
         if sys.stdin.isatty():
             raise click.UsageError("'-' reads frames from stdin, but stdin is a terminal")

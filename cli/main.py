@@ -6,6 +6,7 @@ Nothing heavy is imported here: torch and friends load inside the commands, so `
 
 from __future__ import annotations
 
+import errno
 import importlib
 import signal
 import sys
@@ -84,6 +85,27 @@ class UserError(click.ClickException):
         click.echo(f"frametrans: error: {self.format_message()}", err=True)
 
 
+class StdoutClosed(click.ClickException):
+    """The program reading our stdout went away (``... -o - | head -c 1000``): exit status 141
+    (128 + SIGPIPE), as the shell reports for tools killed by SIGPIPE, and nothing on stderr:
+    a pipe's reader closing early is how pipelines end, not an error.
+
+    A ClickException, because Click itself turns an EPIPE ``OSError`` into exit status 1."""
+
+    exit_code = 141
+
+    def __init__(self) -> None:
+        super().__init__("broken pipe")
+
+    def show(self, file: Any = None) -> None:
+        _silence_stdout()
+
+
+def _is_broken_pipe(exc: BaseException) -> bool:
+    return isinstance(exc, BrokenPipeError) or (
+        isinstance(exc, OSError) and exc.errno == errno.EPIPE)
+
+
 class LazyGroup(click.Group):
     """A group that imports each command's module only when that command is used."""
 
@@ -102,9 +124,11 @@ class LazyGroup(click.Group):
         try:
             return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort,
-                KeyboardInterrupt, BrokenPipeError):
+                KeyboardInterrupt):
             raise
         except Exception as exc:  # noqa: BLE001 - shown as one line, the traceback on request
+            if _is_broken_pipe(exc):
+                raise StdoutClosed() from exc
             if (ctx.obj or {}).get("verbose"):
                 raise
             hint = getattr(exc, "param_hint", None)  # a setting the run cannot work with: exit 2

@@ -471,6 +471,8 @@ def test_memory_budget_below_one_tile_is_refused_with_the_minimum(tmp_path, mode
     assert "Invalid value for --max-memory: 3.0 MiB is too small for a 420x300 frame" in line[0]
     need = int(re.search(r"use --max-memory (\d+)M", line[0]).group(1))
     assert 3 < need < 64
+    one = run("apply", tmp_path / "big.png", "-o", tmp_path / "out.png", "-m", model_path, "--max-memory", "1")
+    assert one.exit_code == 2 and "Invalid value for --max-memory: 1 B is too small" in one.output
     assert not (tmp_path / "out.png").exists()
     ok = run("apply", tmp_path / "big.png", "-o", tmp_path / "out.png", "-m", model_path,
              "--precision", "fp32", "--tile-overlap", "16", "--max-memory", f"{need}M")
@@ -657,3 +659,98 @@ def test_stream_kind_mismatch_detected_from_the_first_bytes():
     with pytest.raises(ValueError, match="for raw rgb24 frames give --size"):
         check_stream_size(rgb, None)
     check_stream_size(io.BufferedReader(io.BytesIO(b"YUV4")), None)  # a short first read is fine
+
+
+# ---------------------------------------------------------------------------------------------
+# refused up front, before the model is loaded (issue 20, items 10, 12, 13)
+
+
+@pytest.mark.parametrize("layout", ["folder", "several files"])
+def test_existing_file_as_output_of_a_folder_is_refused_before_any_work(tmp_path, layout):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(picture(16, 16, i)).save(folder / f"p{i}.png")
+    target = tmp_path / "out.png"
+    target.write_bytes(b"keep me")
+    inputs = [folder] if layout == "folder" else sorted(folder.iterdir())
+    # a model that does not exist: the refusal must come before it is looked for
+    res = run("apply", *inputs, "-o", target, "-m", tmp_path / "nope.safetensors")
+    assert res.exit_code == 2, res.output
+    assert f"{target} is an existing file" in res.output and "output folder" in res.output
+    assert "nope.safetensors" not in res.output and "cannot write" not in res.output
+    assert res.output.count("Error") == 1
+    assert target.read_bytes() == b"keep me"
+
+
+def test_existing_file_as_output_folder_refused_by_the_library_planner(tmp_path):
+    from frametrans.apply import OutputOptions, plan_jobs
+
+    (tmp_path / "in").mkdir()
+    Image.fromarray(picture(8, 8)).save(tmp_path / "in" / "a.png")
+    (tmp_path / "out.png").write_bytes(b"x")
+    with pytest.raises(ValueError, match="is an existing file") as info:
+        plan_jobs([str(tmp_path / "in")], str(tmp_path / "out.png"), OutputOptions(), problems=[])
+    assert getattr(info.value, "param_hint", None) == "-o/--output"
+    # one image to an existing file stays a plain overwrite question, not this refusal
+    jobs = plan_jobs([str(tmp_path / "in" / "a.png")], str(tmp_path / "out.png"), OutputOptions())
+    assert len(jobs) == 1
+
+
+def _encoder_opens(codec: str) -> bool:
+    ctx = av.codec.CodecContext.create(codec, "w")
+    ctx.width, ctx.height, ctx.pix_fmt, ctx.time_base = 352, 288, "yuv420p", Fraction(1, 25)
+    try:
+        ctx.open()
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+@pytest.mark.parametrize("input_kind", ["video", "image"])
+def test_encoder_that_cannot_open_here_is_refused_before_the_model(tmp_path, input_kind):
+    try:
+        if _encoder_opens("h264_nvenc"):
+            pytest.skip("h264_nvenc works on this machine")
+    except av.codec.codec.UnknownCodecError:
+        pytest.skip("this FFmpeg has no h264_nvenc")
+    if input_kind == "video":
+        make_clip(tmp_path / "clip.mp4", n=3)
+        src, dst = tmp_path / "clip.mp4", tmp_path / "out.mp4"
+    else:
+        Image.fromarray(picture(16, 16)).save(tmp_path / "a.png")
+        src, dst = tmp_path / "a.png", tmp_path / "b.png"
+    res = run("apply", src, "-o", dst, "--codec", "h264_nvenc", "-m", tmp_path / "nope.safetensors")
+    assert res.exit_code == 2, res.output
+    assert "--codec h264_nvenc: the encoder cannot be opened here" in res.output
+    assert "libx264" in res.output and "nope.safetensors" not in res.output
+    assert res.output.count("Error") == 1 and not dst.exists()
+
+
+@pytest.mark.parametrize("args", [["--pix-fmt", "rgb48le"], ["--codec", "libx264", "--pix-fmt", "rgb48le"]])
+def test_pixel_format_the_codec_cannot_write_is_refused_before_the_model(tmp_path, args):
+    make_clip(tmp_path / "clip.mp4", n=3)
+    res = run("apply", tmp_path / "clip.mp4", "-o", tmp_path / "out.mp4", *args,
+              "-m", tmp_path / "nope.safetensors")
+    assert res.exit_code == 2, res.output
+    assert "--pix-fmt rgb48le: the libx264 encoder cannot write it; it takes yuv420p" in res.output
+    assert "yuv444p" in res.output and "nope.safetensors" not in res.output
+    assert "returned 22" not in res.output and not (tmp_path / "out.mp4").exists()
+
+
+def test_pixel_format_refused_for_a_video_inside_a_folder(tmp_path):
+    (tmp_path / "in").mkdir()
+    make_clip(tmp_path / "in" / "clip.webm", n=2, codec="libvpx-vp9")
+    res = run("apply", tmp_path / "in", "-o", tmp_path / "out", "--pix-fmt", "nv12",
+              "-m", tmp_path / "nope.safetensors")
+    assert res.exit_code == 2, res.output
+    assert "--pix-fmt nv12: the libvpx-vp9 encoder cannot write it" in res.output
+
+
+def test_pixel_format_the_codec_takes_still_works(tmp_path, model_path):
+    make_clip(tmp_path / "clip.mp4", n=3, w=16, h=12)
+    res = run("apply", tmp_path / "clip.mp4", "-o", tmp_path / "out.mp4", "--pix-fmt", "yuv444p",
+              "--preset", "ultrafast", "-m", model_path, "--precision", "fp32", "--compile", "off")
+    assert res.exit_code == 0, res.output
+    with av.open(str(tmp_path / "out.mp4")) as c:
+        assert c.streams.video[0].codec_context.pix_fmt == "yuv444p"

@@ -173,3 +173,105 @@ def test_y4m_errors(clip):
     assert len(got) == 1 and info.value.frames_read == 1
     with pytest.raises(ValueError, match="differs"):
         writer.write(clip[0][:10])
+
+
+# ------------------------------------------------------------------- untrusted sizes (issue 20)
+
+
+def _traced_peak(fn) -> int:
+    """Peak bytes traced (Python objects and numpy buffers) while ``fn`` runs."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def _consume(frames, error=None):
+    def run():
+        if error is None:
+            list(frames)
+        else:
+            with pytest.raises(error):
+                list(frames)
+    return run
+
+
+def test_y4m_header_claiming_a_huge_frame_costs_only_the_bytes_that_arrive():
+    # 10000x10000 C444 claims a 300 MB frame; 1000 bytes arrive
+    data = b"YUV4MPEG2 W10000 H10000 F25:1 C444\nFRAME\n" + b"\x80" * 1000
+    frames = iter_y4m_frames(io.BytesIO(data))
+    peak = _traced_peak(_consume(frames, TruncatedInputError))
+    assert peak < 8 * 2**20, f"{peak / 2**20:.0f} MiB allocated for 1000 bytes of data"
+    with pytest.raises(TruncatedInputError, match="got 1000 of 300000000 bytes"):
+        list(iter_y4m_frames(io.BytesIO(data)))
+
+
+def test_raw_size_claiming_a_huge_frame_costs_only_the_bytes_that_arrive():
+    frames = iter_raw_frames(io.BytesIO(b"\x10" * 5000), 10000, 10000)
+    assert _traced_peak(_consume(frames, TruncatedInputError)) < 8 * 2**20
+
+
+@pytest.mark.parametrize("w, h", [(1000000, 1000000), (20000, 20000)])
+def test_absurd_y4m_size_refused_with_the_images_bound(w, h, monkeypatch):
+    monkeypatch.delenv("FRAMETRANS_MAX_IMAGE_PIXELS", raising=False)
+    data = f"YUV4MPEG2 W{w} H{h} F25:1 C420jpeg\nFRAME\n".encode() + b"\0" * 100
+    with pytest.raises(InputError) as info:
+        list(iter_y4m_frames(io.BytesIO(data)))
+    message = str(info.value)
+    assert message.startswith("<stdin>: ") and f"{w}x{h}" in message and "\n" not in message
+    assert "FRAMETRANS_MAX_IMAGE_PIXELS" in message and "megapixel" in message
+    with pytest.raises(ValueError, match=f"{w}x{h}.*FRAMETRANS_MAX_IMAGE_PIXELS"):
+        list(iter_raw_frames(io.BytesIO(b""), w, h))
+
+
+def test_pixel_bound_follows_the_environment_variable(monkeypatch):
+    monkeypatch.setenv("FRAMETRANS_MAX_IMAGE_PIXELS", "1000")
+    with pytest.raises(InputError, match="40x30"):
+        list(iter_y4m_frames(io.BytesIO(b"YUV4MPEG2 W40 H30 F25:1 Cmono\n")))
+    ok = b"YUV4MPEG2 W40 H25 F25:1 Cmono\nFRAME\n" + bytes(1000)
+    assert len(list(iter_y4m_frames(io.BytesIO(ok)))) == 1
+    monkeypatch.setenv("FRAMETRANS_MAX_IMAGE_PIXELS", "0")  # no bound: still no huge allocation
+    data = b"YUV4MPEG2 W1000000 H1000000 F25:1 Cmono\nFRAME\n" + b"\x80" * 100
+    peak = _traced_peak(_consume(iter_y4m_frames(io.BytesIO(data)), TruncatedInputError))
+    assert peak < 8 * 2**20
+
+
+@pytest.mark.parametrize("reader", ["raw", "y4m"])
+def test_frames_larger_than_the_first_read_are_exact(clip, reader):
+    # 1200x700 frames (2.5 MB each): the first grows from 1 MiB while it arrives, in odd chunks
+    big = np.concatenate([np.tile(im, (11, 13, 1)) for im in clip[:1]], axis=0)[:700, :1200].copy()
+    images = [big, np.ascontiguousarray(big[::-1]), np.ascontiguousarray(big[:, ::-1])]
+    if reader == "raw":
+        data = b"".join(im.tobytes() for im in images)
+        frames = list(iter_raw_frames(Trickle(data, chunk=300_001), 1200, 700))
+        for frame, image in zip(frames, images):
+            np.testing.assert_array_equal(frame.image, image)
+            assert frame.image.flags.writeable
+    else:
+        out = io.BytesIO()
+        with Y4MWriter(out, 1200, 700, fps=25) as writer:
+            for image in images:
+                writer.write(image)
+        frames = list(iter_y4m_frames(Trickle(out.getvalue(), chunk=300_001)))
+        for frame, image in zip(frames, images):
+            assert np.abs(frame.image.astype(int) - image).max() <= 3
+    assert len(frames) == 3
+
+
+def test_y4m_header_tags_read_and_written_back():
+    from frametrans.io.raw import read_y4m_header
+
+    stream = io.BytesIO(b"YUV4MPEG2 W4 H2 F30000:1001 It A10:11 C444\nFRAME\n" + bytes(24))
+    header = read_y4m_header(stream)
+    assert (header.fps, header.aspect, header.interlace) == (Fraction(30000, 1001), Fraction(10, 11), "t")
+    assert len(list(iter_y4m_frames(stream, header=header))) == 1  # goes on from the first frame
+    out = io.BytesIO()
+    writer = Y4MWriter(out, 4, 2, fps=header.fps, aspect=header.aspect, interlace="t")
+    writer.write(np.zeros((2, 4, 3), np.uint8))
+    assert out.getvalue().startswith(b"YUV4MPEG2 W4 H2 F30000:1001 It A10:11 C444\n")
+    with pytest.raises(ValueError, match="interlace"):
+        Y4MWriter(out, 4, 2, interlace="x")

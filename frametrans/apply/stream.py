@@ -6,6 +6,8 @@ import contextlib
 import io
 import os
 import stat
+from dataclasses import dataclass
+from fractions import Fraction
 from typing import BinaryIO, Optional, Tuple
 
 import numpy as np
@@ -17,17 +19,15 @@ from frametrans.engine.pipeline import prefetch
 from frametrans.io import raw
 from frametrans.io.errors import InputError
 
+DEFAULT_FPS = 25  # the rate of a raw stream's y4m output when --fps is not given
+
 
 def check_stream_size(stdin: BinaryIO, size: Optional[Tuple[int, int]], channels: int = 3) -> None:
     """Before any work: a raw stream that is a regular file (``< frames.rgb``) must hold whole
     frames of ``size``; a stream that starts like y4m must not be read as raw (and vice versa).
     ValueError (one line) otherwise. Pipes are checked as they go (a cut last frame is reported).
     """
-    head = b""
-    peek = getattr(stdin, "peek", None)  # buffered readers: look without consuming
-    if peek is not None:
-        with contextlib.suppress(OSError, ValueError):
-            head = peek(9)[:9]
+    head = _peek(stdin, 9)
     try:
         st = os.fstat(stdin.fileno())
     except (OSError, AttributeError, ValueError, io.UnsupportedOperation):
@@ -37,6 +37,10 @@ def check_stream_size(stdin: BinaryIO, size: Optional[Tuple[int, int]], channels
         raise ValueError("stdin is a y4m stream, not raw rgb24: leave out --size")
     if size is None and head and not (head == magic or (len(head) < 9 and magic.startswith(head))):
         raise ValueError("stdin is not a y4m stream; for raw rgb24 frames give --size WIDTHxHEIGHT")
+    if size is not None:
+        raw.check_frame_size(size[0], size[1], "--size")
+    elif head == magic:
+        _check_y4m_header(stdin)
     if size is None or st is None or not stat.S_ISREG(st.st_mode):
         return
     frame_bytes = size[0] * size[1] * channels
@@ -47,6 +51,31 @@ def check_stream_size(stdin: BinaryIO, size: Optional[Tuple[int, int]], channels
             f"{frame_bytes}-byte rgb24 frames ({remaining / frame_bytes:.2f} frames); check the size")
 
 
+def _peek(stdin: BinaryIO, n: int) -> bytes:
+    """Up to ``n`` bytes from the start of ``stdin`` without consuming them: what a buffered
+    reader already holds (at most one read on a pipe), or read and seek back on a seekable stream."""
+    with contextlib.suppress(OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        peek = getattr(stdin, "peek", None)
+        if peek is not None:
+            return peek(n)[:n]
+        if stdin.seekable():
+            pos = stdin.tell()
+            try:
+                return stdin.read(n)
+            finally:
+                stdin.seek(pos)
+    return b""
+
+
+def _check_y4m_header(stdin: BinaryIO) -> None:
+    """A y4m header at hand (buffered, or a seekable stream) is checked now, before the model is
+    loaded: InputError for a bad one (a size over the pixel bound...). A header that has not
+    arrived yet is checked when it is read."""
+    buffered = _peek(stdin, 4096)
+    if b"\n" in buffered:
+        raw.Y4MHeader(buffered.split(b"\n", 1)[0], raw.STDIN)
+
+
 def _tell(stream: BinaryIO) -> int:
     try:
         return stream.tell()
@@ -55,17 +84,23 @@ def _tell(stream: BinaryIO) -> int:
 
 
 def apply_stream(stdin: BinaryIO, stdout: BinaryIO, translator: Translator,
-                 size: Optional[Tuple[int, int]], fps: float = 25.0, y4m_out: bool = False,
+                 size: Optional[Tuple[int, int]], fps: Optional[float] = None, y4m_out: bool = False,
                  quiet: bool = False) -> int:
     """Raw rgb24 (``size`` given) or y4m (``size`` None) frames in, raw rgb24 or y4m out.
 
+    y4m output keeps a y4m input's frame rate, pixel aspect ratio and interlacing tag; ``fps``
+    (None: from the input) overrides the rate, and is the rate of a raw input (default 25).
     Returns the number of frames written. A partial frame at the end raises InputError after the
     whole frames before it were written; so does an empty stream (an upstream failure would
-    otherwise look like success).
+    otherwise look like success). The reader of ``stdout`` going away raises BrokenPipeError.
     """
     check_stream_size(stdin, size)
+    tags = _OutputTags(fps=Fraction(fps) if fps is not None else Fraction(DEFAULT_FPS))
     if size is None:
-        frames = raw.iter_y4m_frames(stdin)
+        header = raw.read_y4m_header(stdin)
+        tags = _OutputTags(fps=tags.fps if fps is not None else (header.fps or tags.fps),
+                           aspect=header.aspect, interlace=header.interlace)
+        frames = raw.iter_y4m_frames(stdin, header=header)
     else:
         frames = raw.iter_raw_frames(stdin, size[0], size[1])
     progress = progress_bar(None, "frames", quiet)
@@ -75,7 +110,7 @@ def apply_stream(stdin: BinaryIO, stdout: BinaryIO, translator: Translator,
                        size=lambda f: f.image.nbytes)
     n = 0
     try:
-        n = _write_stream(run_guarded(v.runner, decoded), stdout, fps, y4m_out, progress)
+        n = _write_stream(run_guarded(v.runner, decoded), stdout, tags, y4m_out, progress)
     finally:
         progress.close()
         with contextlib.suppress(BrokenPipeError, ValueError):
@@ -85,7 +120,16 @@ def apply_stream(stdin: BinaryIO, stdout: BinaryIO, translator: Translator,
     return n
 
 
-def _write_stream(results, stdout: BinaryIO, fps: float, y4m_out: bool, progress) -> int:
+@dataclass(frozen=True)
+class _OutputTags:
+    """What a y4m output header says besides the size."""
+
+    fps: Fraction
+    aspect: Optional[Fraction] = None
+    interlace: str = "p"
+
+
+def _write_stream(results, stdout: BinaryIO, tags: _OutputTags, y4m_out: bool, progress) -> int:
     """Outputs (8-bit RGB) to ``stdout`` as raw rgb24 or y4m; returns how many were written."""
     y4m: Optional[raw.Y4MWriter] = None
     n = 0
@@ -94,7 +138,9 @@ def _write_stream(results, stdout: BinaryIO, fps: float, y4m_out: bool, progress
         out = out if out.shape[2] == 3 else np.repeat(out, 3, axis=2)
         if y4m_out:
             if y4m is None:
-                y4m = raw.Y4MWriter(stdout, out.shape[1], out.shape[0], fps)
+                interlace = tags.interlace if tags.interlace in ("p", "t", "b", "m") else "p"
+                y4m = raw.Y4MWriter(stdout, out.shape[1], out.shape[0], tags.fps, aspect=tags.aspect,
+                                    interlace=interlace)
             y4m.write(out)
         else:
             raw.write_raw_frame(stdout, out)

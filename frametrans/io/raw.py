@@ -8,6 +8,11 @@ Readers yield :class:`Frame` objects one at a time (memory bounded by one frame)
 the middle of a frame raises :class:`TruncatedInputError` (an :class:`InputError`) saying how many
 bytes of the frame arrived, after every complete frame has been yielded.
 
+Untrusted sizes: a frame of more than ``FRAMETRANS_MAX_IMAGE_PIXELS`` pixels (default: the bound
+Pillow puts on images, ~179 megapixels; 0 lifts it) is refused before anything is read, and the
+buffer of the first frame grows with the bytes that actually arrive (1 MiB, then doubling), so a
+149-byte stream whose header claims 20000x20000 costs no more than those 149 bytes.
+
 Y4M colour: BT.601, limited range (16..235) unless the header says ``XCOLORRANGE=FULL``, which is
 what ffmpeg writes and expects for yuv4mpegpipe. The writer emits ``C444`` by default (no chroma
 loss, any width/height) or ``C420jpeg``.
@@ -19,14 +24,20 @@ from collections.abc import Iterator
 from fractions import Fraction
 from typing import BinaryIO
 
+import os
+
 import cv2
 import numpy as np
 
 from .errors import InputError, TruncatedInputError
 from .frame import Frame
+from .images import _PILLOW_DEFAULT_LIMIT, PIXEL_LIMIT_ENV
 
 __all__ = [
+    "check_frame_size",
+    "max_frame_pixels",
     "iter_raw_frames",
+    "read_y4m_header",
     "write_raw_frame",
     "iter_y4m_frames",
     "Y4MHeader",
@@ -36,6 +47,36 @@ __all__ = [
 ]
 
 STDIN = "<stdin>"
+
+# Pillow refuses images over 2 x Image.MAX_IMAGE_PIXELS (its decompression-bomb guard); streams get
+# the same bound, and the same variable raises it (see frametrans.io.images).
+DEFAULT_MAX_FRAME_PIXELS = 2 * _PILLOW_DEFAULT_LIMIT
+_FIRST_READ = 1 << 20  # the first frame's buffer starts here and doubles as data arrives
+
+
+def max_frame_pixels() -> int | None:
+    """The largest frame (in pixels) a stream may declare: ``FRAMETRANS_MAX_IMAGE_PIXELS`` if set
+    (0: no bound), else the images' decompression-bomb bound (~179 megapixels)."""
+    value = os.environ.get(PIXEL_LIMIT_ENV, "").strip()
+    if not value:
+        return DEFAULT_MAX_FRAME_PIXELS
+    try:
+        limit = int(float(value))
+    except ValueError:
+        raise ValueError(f"{PIXEL_LIMIT_ENV}={value!r}: expected a number of pixels") from None
+    return limit if limit > 0 else None
+
+
+def check_frame_size(width: int, height: int, what: str) -> None:
+    """ValueError (one line naming ``what`` and the size) if ``width x height`` is over
+    :func:`max_frame_pixels`; ``what`` says where the size came from (``"--size"``, a header)."""
+    limit = max_frame_pixels()
+    if limit is not None and width * height > limit:
+        raise ValueError(
+            f"{what} {width}x{height}: {width * height / 1e6:.0f} megapixels per frame, over the "
+            f"{limit / 1e6:.0f}-megapixel bound for untrusted sizes (possible decompression bomb); "
+            f"to allow it, set {PIXEL_LIMIT_ENV}=PIXELS"
+        )
 
 
 # ------------------------------------------------------------------------------ raw rgb24 / gray
@@ -60,12 +101,12 @@ def iter_raw_frames(
         raise ValueError(f"raw frame size must be positive, got {width}x{height}")
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 (gray8) or 3 (rgb24), got {channels}")
+    check_frame_size(width, height, "raw frame size")
     time_base = _time_base(fps)
     frame_bytes = width * height * channels
     index = 0
     while True:
-        buffer = bytearray(frame_bytes)
-        got = _read_exactly(stream, buffer)
+        buffer, got = _read_frame(stream, frame_bytes, grow=index == 0)
         if got == 0:
             return
         if got < frame_bytes:
@@ -75,7 +116,7 @@ def iter_raw_frames(
                 f"({width}x{height}x{channels}); check the frame size and pixel format",
                 frames_read=index,
             )
-        image = np.frombuffer(buffer, dtype=np.uint8).reshape(height, width, channels)
+        image = buffer.reshape(height, width, channels)
         yield Frame(
             image=image,
             index=index,
@@ -98,9 +139,30 @@ def write_raw_frame(stream: BinaryIO, image: Frame | np.ndarray) -> None:
     stream.write(memoryview(np.ascontiguousarray(image)).cast("B"))
 
 
-def _read_exactly(stream: BinaryIO, buffer: bytearray) -> int:
-    """Fill ``buffer`` from ``stream``; returns the number of bytes read (less only at EOF)."""
-    view = memoryview(buffer)
+def _read_frame(stream: BinaryIO, nbytes: int, *, grow: bool) -> tuple[np.ndarray, int]:
+    """Read one frame of ``nbytes`` into a new 1-D uint8 array; returns (array, bytes read).
+
+    grow: the size comes from an untrusted header and no frame has arrived yet: the buffer starts
+    at 1 MiB and doubles only while the stream keeps delivering, so memory follows the data that
+    actually arrives (a short stream never costs a whole claimed frame).
+    """
+    if not grow or nbytes <= _FIRST_READ:
+        buffer = np.empty(nbytes, np.uint8)
+        return buffer, _read_exactly(stream, buffer)
+    buffer = np.empty(_FIRST_READ, np.uint8)
+    got = _read_exactly(stream, buffer)
+    while got == len(buffer) < nbytes:
+        bigger = np.empty(min(nbytes, 2 * len(buffer)), np.uint8)
+        bigger[:got] = buffer
+        buffer = bigger
+        got += _read_exactly(stream, buffer[got:])
+    return buffer, got
+
+
+def _read_exactly(stream: BinaryIO, buffer) -> int:
+    """Fill ``buffer`` (bytearray or 1-D uint8 array) from ``stream``; returns the number of bytes
+    read (less only at EOF)."""
+    view = memoryview(buffer).cast("B")
     got = 0
     readinto = getattr(stream, "readinto", None)
     while got < len(buffer):
@@ -166,6 +228,10 @@ class Y4MHeader:
             raise InputError(source, f"bad y4m header field {field!r}") from None
         if self.width <= 0 or self.height <= 0:
             raise InputError(source, "y4m header lacks a valid size (W and H tags)")
+        try:
+            check_frame_size(self.width, self.height, "y4m header size")
+        except ValueError as exc:
+            raise InputError(source, str(exc)) from None
         if self.chroma not in ("420jpeg", "420paldv", "420mpeg2", "420", "422", "444", "mono"):
             raise InputError(
                 source,
@@ -193,19 +259,30 @@ class Y4MHeader:
         return sum(r * c for r, c in self.plane_shapes)
 
 
-def iter_y4m_frames(stream: BinaryIO, *, source: str = STDIN) -> Iterator[Frame]:
-    """Yield RGB (or gray, for ``Cmono``) uint8 frames from a YUV4MPEG2 stream.
-
-    Frames carry ``pts = index`` and ``time_base = 1/F`` from the header. Raises
-    :class:`InputError` for a bad header and :class:`TruncatedInputError` if the stream ends
-    inside a frame.
-    """
+def read_y4m_header(stream: BinaryIO, *, source: str = STDIN) -> Y4MHeader:
+    """Read and check the ``YUV4MPEG2`` header line (InputError if it is missing or bad); the
+    stream is left at the first frame, for :func:`iter_y4m_frames` with ``header=``."""
     line = _read_line(stream, 4096, source)
     if line is None:
         raise InputError(source, "empty input: expected a y4m stream")
-    header = Y4MHeader(line, source)
+    return Y4MHeader(line, source)
+
+
+def iter_y4m_frames(
+    stream: BinaryIO, *, source: str = STDIN, header: Y4MHeader | None = None
+) -> Iterator[Frame]:
+    """Yield RGB (or gray, for ``Cmono``) uint8 frames from a YUV4MPEG2 stream.
+
+    Frames carry ``pts = index`` and ``time_base = 1/F`` from the header. ``header``: already read
+    with :func:`read_y4m_header` (to see the rate, aspect and interlacing first). Raises
+    :class:`InputError` for a bad header and :class:`TruncatedInputError` if the stream ends
+    inside a frame.
+    """
+    if header is None:
+        header = read_y4m_header(stream, source=source)
     time_base = 1 / header.fps if header.fps else None
     shapes = header.plane_shapes
+    frame_bytes = header.frame_bytes
     index = 0
     while True:
         marker = _read_line(stream, 4096, source)
@@ -213,17 +290,17 @@ def iter_y4m_frames(stream: BinaryIO, *, source: str = STDIN) -> Iterator[Frame]
             return
         if not marker.startswith(b"FRAME"):
             raise InputError(source, f"bad y4m frame marker before frame {index}: {marker[:20]!r}")
-        buffer = bytearray(header.frame_bytes)
-        got = _read_exactly(stream, buffer)
-        if got < len(buffer):
+        buffer, got = _read_frame(stream, frame_bytes, grow=index == 0)
+        if got < frame_bytes:
             raise TruncatedInputError(
                 source,
-                f"y4m stream ended inside frame {index}: got {got} of {len(buffer)} bytes",
+                f"y4m stream ended inside frame {index}: got {got} of {frame_bytes} bytes "
+                f"({header.width}x{header.height} C{header.chroma})",
                 frames_read=index,
             )
         planes, offset = [], 0
         for rows, cols in shapes:
-            planes.append(np.frombuffer(buffer, np.uint8, rows * cols, offset).reshape(rows, cols))
+            planes.append(buffer[offset : offset + rows * cols].reshape(rows, cols))
             offset += rows * cols
         if len(planes) == 1:
             image = planes[0][:, :, None]
@@ -298,8 +375,10 @@ class Y4MWriter:
 
     chroma: ``"444"`` (default: exact chroma, odd sizes fine) or ``"420"`` (written as
     ``C420jpeg``, chroma averaged over 2x2 blocks; 4x smaller chroma, what most encoders want).
-    Gray frames are written as colour with neutral chroma. Use as a context manager or call
-    :meth:`write` then :meth:`flush`; the header is written with the first frame.
+    Gray frames are written as colour with neutral chroma. ``aspect`` (pixel aspect ratio, None:
+    unknown, ``A0:0``) and ``interlace`` (``p``, ``t``, ``b`` or ``m``) are written as given, so a
+    stream passed through keeps its tags. Use as a context manager or call :meth:`write` then
+    :meth:`flush`; the header is written with the first frame.
     """
 
     def __init__(
@@ -311,14 +390,18 @@ class Y4MWriter:
         *,
         chroma: str = "444",
         aspect: Fraction | None = None,
+        interlace: str = "p",
     ) -> None:
         if chroma not in ("444", "420"):
             raise ValueError(f"chroma must be '444' or '420', got {chroma!r}")
+        if interlace not in ("p", "t", "b", "m"):
+            raise ValueError(f"interlace must be 'p', 't', 'b' or 'm', got {interlace!r}")
         self.stream = stream
         self.width, self.height = int(width), int(height)
         self.fps = Fraction(fps).limit_denominator(1_000_000)
         self.chroma = chroma
         self.aspect = aspect
+        self.interlace = interlace
         self.frames_written = 0
 
     def header(self) -> bytes:
@@ -326,7 +409,7 @@ class Y4MWriter:
         aspect = f"{self.aspect.numerator}:{self.aspect.denominator}" if self.aspect else "0:0"
         return (
             f"YUV4MPEG2 W{self.width} H{self.height} F{self.fps.numerator}:{self.fps.denominator} "
-            f"Ip A{aspect} {tag}\n"
+            f"I{self.interlace} A{aspect} {tag}\n"
         ).encode("ascii")
 
     def write(self, image: Frame | np.ndarray) -> None:
