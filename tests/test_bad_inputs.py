@@ -26,10 +26,9 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from frametrans.checkpoint import save_model
 from frametrans.cli.main import cli
 from frametrans.io.images import iter_image_frames, read_image
-from frametrans.models.resnet import ResnetConfig, ResnetGenerator
+from tests_support import tiny_resnet_file
 
 ROOT = os.geteuid() == 0 if hasattr(os, "geteuid") else False
 
@@ -306,9 +305,7 @@ def _webp(frames) -> bytes:
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
-    torch.manual_seed(0)
-    return save_model(ResnetGenerator(ResnetConfig(ngf=4, n_blocks=1)),
-                      tmp_path_factory.mktemp("model") / "tiny.safetensors")
+    return tiny_resnet_file(tmp_path_factory.mktemp("model"))
 
 
 def run(*args, input=None):

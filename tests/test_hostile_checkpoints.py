@@ -74,19 +74,16 @@ def no_tensor_records_read(monkeypatch):
     monkeypatch.setattr(torch, "load", spy)
 
 
-def test_zip_bomb_refused_before_inflating_measured(tmp_path):
-    """A 256 MiB record (about 250 KB on disk) under an unknown layout: refused, and the
-    process's peak memory grows by far less than the record (it grew by the record before)."""
-    bomb = _torch_zip(tmp_path / "bomb.pth", {"foo": torch.zeros(4)}, {"data/0": 256 * MB})
-    assert bomb.stat().st_size < 2 * MB
+def _load_in_child(path) -> tuple:
+    """``load_model(path)`` in a fresh process: (its one-line refusal, peak memory growth in MB)."""
     script = textwrap.dedent(f"""
-        import resource, sys
+        import resource
         from frametrans.checkpoint import CheckpointError, load_model
         import torch
         torch.zeros(1)
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         try:
-            load_model({str(bomb)!r})
+            load_model({str(path)!r})
         except CheckpointError as exc:
             print(exc)
         print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
@@ -96,6 +93,15 @@ def test_zip_bomb_refused_before_inflating_measured(tmp_path):
                          timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     message, growth_mb = res.stdout.strip().splitlines()
+    return message, growth_mb
+
+
+def test_zip_bomb_refused_before_inflating_measured(tmp_path):
+    """A 256 MiB record (about 250 KB on disk) under an unknown layout: refused, and the
+    process's peak memory grows by far less than the record (it grew by the record before)."""
+    bomb = _torch_zip(tmp_path / "bomb.pth", {"foo": torch.zeros(4)}, {"data/0": 256 * MB})
+    assert bomb.stat().st_size < 2 * MB
+    message, growth_mb = _load_in_child(bomb)
     assert message.startswith(str(bomb)) and "unknown checkpoint layout" in message, message
     assert int(growth_mb) < 64, f"peak memory grew by {growth_mb} MB for a refused file"
 
@@ -220,23 +226,7 @@ def test_three_million_fields_refused_with_bounded_memory(tmp_path):
     config = "{" + ",".join(f'"x{i}":0' for i in range(3_000_000)) + "}"
     path = _safetensors(tmp_path / "big.safetensors",
                         {"__metadata__": _meta(config), "w": _tensor()}, bytes(4))
-    script = textwrap.dedent(f"""
-        import resource
-        from frametrans.checkpoint import CheckpointError, load_model
-        import torch
-        torch.zeros(1)
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        try:
-            load_model({str(path)!r})
-        except CheckpointError as exc:
-            print(exc)
-        print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
-    """)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
-                         timeout=300)
-    assert res.returncode == 0, res.stderr[-2000:]
-    message, growth_mb = res.stdout.strip().splitlines()
+    message, growth_mb = _load_in_child(path)
     assert message.startswith(str(path)) and len(message) < 400, message[:1000]
     assert "value 'config' is 37.9 MB; expected at most 1.0 MB per value" in message, message
     header_mb = path.stat().st_size / MB  # 42 MiB: json.dumps escapes every quote

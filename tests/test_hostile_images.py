@@ -11,11 +11,10 @@ import zlib
 import cv2
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 from PIL import Image, ImageCms
 
-from frametrans.checkpoint import save_model
+from tests_support import tiny_resnet_file
 from frametrans.cli.main import cli
 from frametrans.io.errors import InputError
 from frametrans.io.images import (
@@ -25,7 +24,6 @@ from frametrans.io.images import (
     read_image,
     write_animation,
 )
-from frametrans.models.resnet import ResnetConfig, ResnetGenerator
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -192,8 +190,7 @@ def test_animated_frames_with_profile_warn_once(tmp_path, picture, caplog):
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
-    torch.manual_seed(0)
-    return save_model(ResnetGenerator(ResnetConfig(ngf=4, n_blocks=1)), tmp_path_factory.mktemp("m") / "rn.safetensors")
+    return tiny_resnet_file(tmp_path_factory.mktemp("m"))
 
 
 def run(*args):

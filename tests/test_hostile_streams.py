@@ -9,19 +9,15 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 
-from frametrans.checkpoint import save_model
 from frametrans.cli.main import cli
-from frametrans.models.resnet import ResnetConfig, ResnetGenerator
+from tests_support import tiny_resnet_file
 
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
-    torch.manual_seed(0)
-    return save_model(ResnetGenerator(ResnetConfig(ngf=4, n_blocks=1)),
-                      tmp_path_factory.mktemp("model") / "tiny.safetensors")
+    return tiny_resnet_file(tmp_path_factory.mktemp("model"))
 
 
 def run(*args, input=None):

@@ -51,3 +51,14 @@ def psnr(a: np.ndarray, b: np.ndarray, top: float = 255.0) -> float:
     """PSNR in dB of two integer images (inf when equal)."""
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
     return math.inf if mse == 0 else 10 * math.log10(top**2 / mse)
+
+
+def tiny_resnet_file(folder):
+    """A tiny seeded ResNet generator (ngf 4, one block) saved as ``folder/tiny.safetensors``."""
+    import torch
+
+    from frametrans.checkpoint import save_model
+    from frametrans.models.resnet import ResnetConfig, ResnetGenerator
+
+    torch.manual_seed(0)
+    return save_model(ResnetGenerator(ResnetConfig(ngf=4, n_blocks=1)), folder / "tiny.safetensors")
