@@ -26,6 +26,7 @@ _COMMANDS: Dict[str, str] = {
     "inspect": "models_cmd:inspect_cmd",
     "models": "models_cmd:models_cmd",
     "bench": "bench:bench_group",
+    "eval": "eval_cmd:eval_group",
 }
 
 _HELP: Dict[str, str] = {
@@ -36,6 +37,7 @@ _HELP: Dict[str, str] = {
     "inspect": "Show architecture, config, parameters and I/O contract of a checkpoint.",
     "models": "List the bundled models with their task, data, size and quality.",
     "bench": "Measure throughput: model-only, end to end, and a reference loop.",
+    "eval": "Measure outputs: temporal consistency (flicker) of translated videos.",
 }
 
 

@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import numpy as np
 
-from frametrans.io.errors import InputError
+from frametrans.io.clips import iter_clip
 from frametrans.io.frame import Frame
 
 log = logging.getLogger("frametrans")
@@ -123,26 +123,6 @@ class _Clip:
     total: Optional[int]  # frames in the clip (None when reading stopped early)
 
 
-def _iter_input(path: Path) -> Iterator[Frame]:
-    from frametrans.io import folders, images, video
-
-    if path.is_dir():
-        files = folders.list_images(path)
-        if not files:
-            raise InputError(path, "folder holds no images")
-        for i, f in enumerate(files):
-            frame = images.read_image(f)
-            frame.index = i
-            yield frame
-        return
-    if not path.exists():
-        raise InputError(path, "no such file or folder")
-    if video.is_video(path):
-        yield from video.iter_video_frames(path)
-        return
-    raise InputError(path, "not a video or a folder of frames")
-
-
 def _input_fps(path: Path) -> Optional[Fraction]:
     from frametrans.io import video
 
@@ -158,7 +138,7 @@ def _read_clip(path: Path, start: Optional[int], keep_last: int, want_after: int
                progress: Callable[[Iterator[Frame]], Iterator[Frame]]) -> _Clip:
     """With ``start``: frames [start, start + want_after) (fewer if the clip ends first). Without:
     the last ``keep_last`` frames. Only those are kept in memory; reading stops when it can."""
-    source = _iter_input(path)
+    source = iter_clip(path)
     count = 0
     try:
         if start is not None:

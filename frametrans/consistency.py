@@ -1,0 +1,166 @@
+"""Temporal consistency of a translated video: the warping error of Lai et al. (ECCV 2018,
+"Learning Blind Video Temporal Consistency"), with the flow and the occlusions taken from the input.
+
+For each pair of consecutive frames (t-1, t) of the INPUT:
+
+- ``F`` = optical flow from input frame t to input frame t-1 (OpenCV DIS, on luma): where each
+  pixel of frame t was in frame t-1; ``B`` = the flow from t-1 to t;
+- ``M`` = the non-occluded pixels of frame t, by forward-backward consistency (Sundaram et al.
+  2010): ``|F(x) + B(x + F(x))|^2 < 0.01 (|F(x)|^2 + |B(x + F(x))|^2) + 0.5``, and ``x + F(x)``
+  inside frame t-1;
+- the error of a video ``V`` (RGB in [0, 1]) at t is the mean over M of
+  ``||V_t(x) - V_{t-1}(x + F(x))||^2``, the squared difference summed over the three channels,
+  with ``V_{t-1}`` sampled bilinearly.
+
+The warping error is the mean over all pairs: 0 for a video whose content moves exactly with the
+input's motion; for the input itself it is what the flow cannot explain (the scene's own residual:
+lighting, blur, flow errors), the floor for any output. Values are in [0, 3].
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Optional, Tuple
+
+import cv2
+import numpy as np
+
+__all__ = ["TemporalReport", "flow", "non_occluded", "warp", "pair_error", "temporal_consistency"]
+
+
+def _luma(image: np.ndarray) -> np.ndarray:
+    """[H, W, C] uint8/uint16 -> [H, W] uint8 luma (BT.601) for the flow."""
+    if image.dtype == np.uint16:
+        image = (image >> 8).astype(np.uint8)
+    if image.ndim == 2 or image.shape[2] == 1:
+        return np.ascontiguousarray(image.reshape(image.shape[:2]))
+    return cv2.cvtColor(np.ascontiguousarray(image[..., :3]), cv2.COLOR_RGB2GRAY)
+
+
+def flow(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Optical flow [H, W, 2] (x, y in pixels) from ``src`` to ``dst`` (same-size images): pixel
+    ``p`` of ``src`` shows what ``dst`` shows at ``p + flow[p]``. OpenCV DIS, medium preset."""
+    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    return dis.calc(_luma(src), _luma(dst), None)
+
+
+def warp(image: np.ndarray, flow_to: np.ndarray) -> np.ndarray:
+    """``image`` sampled at ``p + flow_to[p]`` for every pixel ``p`` (bilinear, edges replicated):
+    with ``flow_to`` = flow(t -> t-1), frame t-1 brought to frame t. float32 in, float32 out."""
+    h, w = flow_to.shape[:2]
+    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    return cv2.remap(image, gx + flow_to[..., 0], gy + flow_to[..., 1], cv2.INTER_LINEAR,
+                     borderMode=cv2.BORDER_REPLICATE)
+
+
+def non_occluded(fwd: np.ndarray, bwd: np.ndarray) -> np.ndarray:
+    """[H, W] bool: pixels of frame t whose flow ``fwd`` (t -> t-1) is confirmed by ``bwd``
+    (t-1 -> t) and lands inside frame t-1 (forward-backward consistency, Sundaram et al. 2010)."""
+    h, w = fwd.shape[:2]
+    back = warp(bwd, fwd)  # bwd at x + fwd(x)
+    total = fwd + back
+    lhs = (total ** 2).sum(-1)
+    rhs = 0.01 * ((fwd ** 2).sum(-1) + (back ** 2).sum(-1)) + 0.5
+    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    x, y = gx + fwd[..., 0], gy + fwd[..., 1]
+    inside = (x >= 0) & (x <= w - 1) & (y >= 0) & (y <= h - 1)
+    return (lhs < rhs) & inside
+
+
+def _unit(image: np.ndarray) -> np.ndarray:
+    """uint8/uint16 [H, W, C] -> float32 RGB in [0, 1] (gray repeated to 3 channels)."""
+    top = 65535.0 if image.dtype == np.uint16 else 255.0
+    x = image.astype(np.float32) / top
+    if x.ndim == 2:
+        x = x[..., None]
+    return np.repeat(x, 3, axis=2) if x.shape[2] == 1 else x[..., :3]
+
+
+def pair_error(prev: np.ndarray, cur: np.ndarray, flow_to_prev: np.ndarray, mask: np.ndarray) -> float:
+    """The warping error of one pair: mean over ``mask`` of the squared RGB difference between
+    ``cur`` and ``prev`` warped by ``flow_to_prev`` (values in [0, 1] per channel)."""
+    if not mask.any():
+        return 0.0
+    diff = _unit(cur) - warp(_unit(prev), flow_to_prev)
+    return float((diff ** 2).sum(-1)[mask].mean())
+
+
+@dataclass
+class TemporalReport:
+    """Warping errors (see the module doc) of an output and of its input, over ``pairs`` frame
+    pairs; with a second output, its warping error and the mean PSNR (dB) between the outputs."""
+
+    pairs: int
+    output: float
+    input: float
+    occluded: float  # mean fraction of pixels left out as occluded
+    second: Optional[float] = None
+    psnr_between: Optional[float] = None
+
+    @property
+    def ratio(self) -> float:
+        """Output error over the input's own: how much flicker the output adds."""
+        return self.output / self.input if self.input > 0 else math.inf
+
+
+def temporal_consistency(inputs: Iterable[np.ndarray], output: Iterable[np.ndarray],
+                         second: Optional[Iterable[np.ndarray]] = None) -> TemporalReport:
+    """Warping errors of ``output`` (and ``second``) against the motion of ``inputs``; the three
+    are sequences of same-size [H, W, C] frames of the same length (ValueError otherwise)."""
+    sums = np.zeros(4)  # output, input, second, occluded
+    psnrs = []
+    pairs = 0
+    prev = None
+    for i, frames in enumerate(_zipped(inputs, output, second)):
+        _check_sizes(i, frames)
+        if prev is not None:
+            fwd, bwd = flow(frames[0], prev[0]), flow(prev[0], frames[0])
+            mask = non_occluded(fwd, bwd)
+            sums[0] += pair_error(prev[1], frames[1], fwd, mask)
+            sums[1] += pair_error(prev[0], frames[0], fwd, mask)
+            if second is not None:
+                sums[2] += pair_error(prev[2], frames[2], fwd, mask)
+            sums[3] += 1.0 - float(mask.mean())
+            pairs += 1
+        if second is not None:
+            psnrs.append(_psnr(frames[1], frames[2]))
+        prev = frames
+    if pairs == 0:
+        raise ValueError("the videos need at least two frames")
+    mean = sums / pairs
+    return TemporalReport(pairs=pairs, output=float(mean[0]), input=float(mean[1]), occluded=float(mean[3]),
+                          second=float(mean[2]) if second is not None else None,
+                          psnr_between=float(np.mean(psnrs)) if psnrs else None)
+
+
+def _zipped(inputs: Iterable[np.ndarray], output: Iterable[np.ndarray],
+            second: Optional[Iterable[np.ndarray]]) -> Iterator[Tuple[np.ndarray, ...]]:
+    """Frames of the two (three) sequences together; ValueError when one ends before the others."""
+    streams = [iter(inputs), iter(output)] + ([iter(second)] if second is not None else [])
+    names = ["INPUT", "OUTPUT", "the second output"]
+    index = 0
+    while True:
+        got = [next(s, None) for s in streams]
+        if all(g is None for g in got):
+            return
+        if any(g is None for g in got):
+            short = names[next(i for i, g in enumerate(got) if g is None)]
+            raise ValueError(f"{short} ends after {index} frames, before the others; compare "
+                             "videos of the same length")
+        yield tuple(got)
+        index += 1
+
+
+def _check_sizes(index: int, frames: Tuple[np.ndarray, ...]) -> None:
+    size = frames[0].shape[:2]
+    for name, f in zip(("OUTPUT", "the second output"), frames[1:]):
+        if f.shape[:2] != size:
+            raise ValueError(f"frame {index}: {name} is {f.shape[1]}x{f.shape[0]}, INPUT is "
+                             f"{size[1]}x{size[0]}; compare same-size videos")
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    x, y = _unit(a), _unit(b)
+    mse = float(((x - y) ** 2).mean())
+    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
