@@ -44,6 +44,10 @@ from frametrans.cli import options as opt
               help="Upstream MUNIT YAML for a MUNIT .pt file.")
 @click.option("--batch-size", "-b", type=int, callback=opt.positive("batch-size"),
               help="Frames per forward pass (default: from device and frame size).")
+@click.option("--temporal", type=click.Choice(["off", "flow", "auto"]), default="off", show_default=True,
+              help="Stabilize videos, animations and streams: blend each output with the previous one "
+              "warped along the input's optical flow (auto: the measured default strength, 0.5).")
+@click.option("--temporal-strength", type=float, help="Blend weight for --temporal flow, in [0, 1).")
 @opt.memory_options
 @opt.device_option
 @opt.precision_option
@@ -61,7 +65,8 @@ def apply_cmd(inputs: Tuple[str, ...], output: str, model: str, list_file, recur
               ext: Optional[str], size: Optional[str], fps: Optional[float], y4m: bool, resize: Optional[str],
               max_side: Optional[int], codec, crf, preset, pix_fmt, no_audio: bool, direction: str,
               style_image, num_styles: int, seed: int, yaml_config, batch_size, tile, tile_overlap,
-              tile_stats: str, max_memory, device: str, precision: str, skip_existing: bool, overwrite: bool,
+              temporal: str, temporal_strength: Optional[float], tile_stats: str, max_memory,
+              device: str, precision: str, skip_existing: bool, overwrite: bool,
               quiet: bool, ray_address: Optional[str] = None, compile_mode: str = "auto") -> None:
     """Run INPUTS (images, folders, videos, or '-' for a raw/y4m stream) through a generator.
 
@@ -129,7 +134,8 @@ def apply_cmd(inputs: Tuple[str, ...], output: str, model: str, list_file, recur
         raise click.BadParameter(str(exc), param_hint="--precision") from None
     out_opts = OutputOptions(overwrite=overwrite, skip_existing=skip_existing, recursive=recursive,
                              ext=ext, resize=resize_wh, max_side=max_side, codec=codec, crf=crf,
-                             preset=preset, pix_fmt=pix_fmt, audio=not no_audio, quiet=quiet)
+                             preset=preset, pix_fmt=pix_fmt, audio=not no_audio, quiet=quiet,
+                             temporal=temporal, temporal_strength=temporal_strength)
     try:
         out_opts.validate()  # opens --codec once: an encoder that cannot run here is refused now
     except ValueError as exc:  # OptionError too: its message names the option
@@ -154,7 +160,7 @@ def apply_cmd(inputs: Tuple[str, ...], output: str, model: str, list_file, recur
         num_styles=num_styles, seed=seed)
     if stream_in:
         n = apply_stream(sys.stdin.buffer, sys.stdout.buffer, translator, raw_size, fps=fps,
-                         y4m_out=y4m, quiet=quiet)
+                         y4m_out=y4m, quiet=quiet, temporal_strength=out_opts.stabilizer_strength())
         click.echo(f"{n} frames", err=True) if not quiet else None
         return
     if ray_address is not None:  # the Ray workers load the model themselves

@@ -91,7 +91,7 @@ class TemporalReport:
     """Warping errors (see the module doc) of an output and of its input, over ``pairs`` frame
     pairs; with a second output, its warping error and the mean PSNR (dB) between the outputs."""
 
-    pairs: int
+    pairs: int  # psnr_between: mean over frames, identical frames counted as MAX_PSNR (100 dB)
     output: float
     input: float
     occluded: float  # mean fraction of pixels left out as occluded
@@ -160,7 +160,10 @@ def _check_sizes(index: int, frames: Tuple[np.ndarray, ...]) -> None:
                              f"{size[1]}x{size[0]}; compare same-size videos")
 
 
+MAX_PSNR = 100.0  # identical frames: a finite value, so one of them cannot make the mean infinite
+
+
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     x, y = _unit(a), _unit(b)
     mse = float(((x - y) ** 2).mean())
-    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
+    return MAX_PSNR if mse == 0 else min(MAX_PSNR, 10 * math.log10(1.0 / mse))

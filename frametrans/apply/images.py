@@ -10,6 +10,7 @@ import numpy as np
 
 from frametrans.apply.jobs import Job, OutputOptions, variant_path
 from frametrans.apply.report import Report, Stop, signals_deferred
+from frametrans.apply.temporal import stabilized
 from frametrans.apply.translator import Translator, run_variants
 from frametrans.engine.pipeline import BackgroundWorker, prefetch
 from frametrans.io import images
@@ -28,6 +29,9 @@ def apply_images(jobs: List[Job], translator: Translator, opts: OutputOptions, r
     writing are finished or reported, the rest are listed in ``report.not_done``.
     """
     todo = [j for j in jobs if not skip_done(j, translator, opts, report)]
+    if opts.temporal != "off":
+        log.warning("--temporal %s: still images have no frame order; they are translated one by "
+                    "one (videos, animations and streams are stabilized)", opts.temporal)
     translator.expect(len(todo))
     if progress is not None:
         progress.update(len(jobs) - len(todo))
@@ -192,7 +196,7 @@ def apply_animation(job: Job, translator: Translator, opts: OutputOptions, repor
     held = 0
     count = 0
     frames = (prepare_frame(f, opts) for f in images.iter_image_frames(job.src, durations=durations))
-    for frame, results in run_variants(frames, translator):
+    for frame, results in stabilized(run_variants(frames, translator), opts.stabilizer_strength()):
         for k, (_, out) in enumerate(results):
             if info.is_multipage:
                 outs[k].append(finish_frame(frame, out, dsts[k]))

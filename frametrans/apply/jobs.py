@@ -49,9 +49,18 @@ class OutputOptions:
     pix_fmt: Optional[str] = None
     audio: bool = True
     quiet: bool = False
+    temporal: str = "off"  # off | flow | auto: stabilize videos, animations and streams
+    temporal_strength: Optional[float] = None
+
+    def stabilizer_strength(self) -> float:
+        """The flow-blend strength for videos, animations and streams (0: per-frame output)."""
+        from frametrans.stabilize import resolve_strength
+
+        return resolve_strength(self.temporal, self.temporal_strength)
 
     def validate(self) -> None:
         """Reject impossible values before any work starts (one-line ValueError naming the option)."""
+        self.stabilizer_strength()
         if self.overwrite and self.skip_existing:
             raise ValueError("--overwrite and --skip-existing exclude each other")
         if self.ext is not None:

@@ -14,6 +14,7 @@ import numpy as np
 
 from frametrans.apply.images import to_8bit
 from frametrans.apply.report import progress_bar
+from frametrans.apply.temporal import stabilized_one
 from frametrans.apply.translator import Translator, run_guarded
 from frametrans.engine.pipeline import prefetch
 from frametrans.io import raw
@@ -85,9 +86,10 @@ def _tell(stream: BinaryIO) -> int:
 
 def apply_stream(stdin: BinaryIO, stdout: BinaryIO, translator: Translator,
                  size: Optional[Tuple[int, int]], fps: Optional[float] = None, y4m_out: bool = False,
-                 quiet: bool = False) -> int:
+                 quiet: bool = False, temporal_strength: float = 0.0) -> int:
     """Raw rgb24 (``size`` given) or y4m (``size`` None) frames in, raw rgb24 or y4m out.
 
+    ``temporal_strength`` > 0 stabilizes the outputs (:mod:`frametrans.stabilize`).
     y4m output keeps a y4m input's frame rate, pixel aspect ratio and interlacing tag; ``fps``
     (None: from the input) overrides the rate, and is the rate of a raw input (default 25).
     Returns the number of frames written. A partial frame at the end raises InputError after the
@@ -110,7 +112,8 @@ def apply_stream(stdin: BinaryIO, stdout: BinaryIO, translator: Translator,
                        size=lambda f: f.image.nbytes)
     n = 0
     try:
-        n = _write_stream(run_guarded(v.runner, decoded), stdout, tags, y4m_out, progress)
+        results = stabilized_one(run_guarded(v.runner, decoded), temporal_strength)
+        n = _write_stream(results, stdout, tags, y4m_out, progress)
     finally:
         progress.close()
         with contextlib.suppress(BrokenPipeError, ValueError):

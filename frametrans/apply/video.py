@@ -13,6 +13,7 @@ import numpy as np
 from frametrans.apply.images import prepare_frame, skip_done, target_size, to_8bit
 from frametrans.apply.jobs import Job, OutputOptions, variant_path
 from frametrans.apply.report import Report, progress_bar, signals_deferred
+from frametrans.apply.temporal import stabilized
 from frametrans.apply.translator import Translator, run_variants
 from frametrans.engine.pipeline import BackgroundWorker, prefetch
 from frametrans.io import video
@@ -102,7 +103,8 @@ def translate_into(writers: list, frames: Iterable[Frame], translator: Translato
     try:
         decoded = prefetch(frames, depth=8, name="decode", max_bytes=queue,
                            size=lambda f: f.image.nbytes)
-        for frame, outs in run_variants((prepare_frame(f, opts) for f in decoded), translator):
+        results = run_variants((prepare_frame(f, opts) for f in decoded), translator)
+        for frame, outs in stabilized(results, opts.stabilizer_strength()):
             for enc, (_, out) in zip(encoders, outs):
                 enc.submit((out, frame))
             count.add()

@@ -1,0 +1,69 @@
+"""Temporal stabilization of translated video: flow-guided blending (``--temporal flow``).
+
+A per-frame generator re-decides textures in every frame, so its output flickers (the bundled
+cyclegan: 5x the input's own warping error on the sample clip, see :mod:`frametrans.consistency`).
+:class:`FlowStabilizer` blends each output frame with the previous *stabilized* output warped along
+the input's optical flow, where the flow is trustworthy:
+
+    stabilized_t = (1 - w) * output_t + w * warp(stabilized_{t-1}, flow_{t -> t-1}),
+    w = strength * non_occluded_t
+
+with the flow and the occlusions from the INPUT frames (the model's input, after any resize).
+Occluded pixels and the first frame take the model's output unchanged; a scene cut (most pixels
+occluded, or the picture changes too much) resets the state. One stabilizer per output stream:
+frames must come in order; batching does not matter (it runs after the model).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from frametrans.consistency import flow, non_occluded, warp
+
+#: The strength ``--temporal auto`` uses, measured on the sample clip with the bundled cyclegan:
+#: 0.3 -> 46% less warping error at 43.0 dB from the per-frame output, 0.5 -> 68% at 37.9 dB,
+#: 0.7 -> 85% at 33.9 dB, 0.8 -> 92% at 31.8 dB. 0.5 keeps moving objects crisp (no visible trail).
+AUTO_STRENGTH = 0.5
+#: A new scene: fewer than this fraction of pixels follow the flow from the previous frame.
+CUT_TRACKED = 0.5
+TEMPORAL_MODES = ("off", "flow", "auto")
+
+
+def resolve_strength(mode: str, strength: Optional[float]) -> float:
+    """The blend strength for ``--temporal MODE`` (0: off). ValueError for unknown values."""
+    if mode not in TEMPORAL_MODES:
+        raise ValueError(f"--temporal must be one of {', '.join(TEMPORAL_MODES)}, got {mode!r}")
+    if strength is not None and not 0.0 <= strength < 1.0:
+        raise ValueError(f"--temporal-strength must be in [0, 1), got {strength}")
+    if mode == "off":
+        return 0.0
+    return AUTO_STRENGTH if strength is None else strength
+
+
+class FlowStabilizer:
+    """Stabilizes one stream of output frames; ``step`` in frame order."""
+
+    def __init__(self, strength: float) -> None:
+        self.strength = float(strength)
+        self.prev_input: Optional[np.ndarray] = None
+        self.prev_output: Optional[np.ndarray] = None  # float32, stabilized
+        self.cuts = 0
+
+    def step(self, model_input: np.ndarray, output: np.ndarray) -> np.ndarray:
+        """``model_input`` [H, W, C] (what the model saw) and its ``output`` [H, W, C'] (same H, W,
+        uint8 or uint16) -> the stabilized output, same shape and dtype."""
+        out = output.astype(np.float32)
+        if self.prev_output is not None and self.prev_output.shape == out.shape:
+            fwd = flow(model_input, self.prev_input)
+            mask = non_occluded(fwd, flow(self.prev_input, model_input))
+            if mask.mean() < CUT_TRACKED:
+                self.cuts += 1  # a new scene: start over from the model's output
+            else:
+                w = (self.strength * mask.astype(np.float32))[..., None]
+                previous = warp(self.prev_output, fwd).reshape(out.shape)
+                out = (1.0 - w) * out + w * previous
+        self.prev_input, self.prev_output = model_input, out
+        top = 65535 if output.dtype == np.uint16 else 255
+        return np.clip(out + 0.5, 0, top).astype(output.dtype)
