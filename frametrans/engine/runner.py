@@ -186,6 +186,8 @@ class Runner:
         p.open_ended_from = p.done_frames if frames is None else None
         if frames is not None:
             p.expected_frames = p.done_frames + max(0, int(frames))
+        if self._wide is not None:  # 16-bit frames of the same job
+            self._wide.expect(frames)
 
     def run(self, frames: Iterable[Frame]) -> Iterator[Tuple[Frame, np.ndarray]]:
         """Yield ``(frame, output image)`` in input order; consecutive same-size frames are batched.
