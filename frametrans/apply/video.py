@@ -47,8 +47,7 @@ def apply_video(job: Job, translator: Translator, opts: OutputOptions, report: R
     except TruncatedInputError as exc:
         _keep_decodable(writers, dsts, job, exc, count.done, report)
     except BaseException:
-        for w in writers:
-            w.abort()
+        abort_all(writers)
         raise
     finally:
         count.close()
@@ -61,8 +60,7 @@ def _keep_decodable(writers: list, dsts: List[Path], job: Job, exc: TruncatedInp
                     report: Report) -> None:
     """A cut input: the frames decoded before the cut are written, and the cut is reported."""
     if done == 0:
-        for w in writers:
-            w.abort()
+        abort_all(writers)
         raise InputError(job.src, exc.reason) from None
     with signals_deferred():
         _close_writers(writers, report)
@@ -116,14 +114,19 @@ def translate_into(writers: list, frames: Iterable[Frame], translator: Translato
         _close_all(encoders)
 
 
+def abort_all(writers: list) -> None:
+    """Abort every writer: their temporary files go, nothing appears under the output names."""
+    for w in writers:
+        w.abort()
+
+
 def _open_writers(dsts: List[Path], src: Path, info, opts: OutputOptions) -> list:
     writers = []
     try:
         for d in dsts:
             writers.append(_open_writer(d, src, info, opts))
     except BaseException:
-        for w in writers:
-            w.abort()
+        abort_all(writers)
         raise
     return writers
 

@@ -4,6 +4,7 @@ FLOP counts, the device's dense-matmul peak, device names and small formatting h
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import statistics
 import sys
@@ -215,3 +216,9 @@ def device_name(device: torch.device) -> str:
     if device.type == "cpu":
         return f"{cpu_name()}, {torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}"
     return device.type
+
+
+def psnr_uint8(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB of two 8-bit images (inf when equal)."""
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * math.log10(255.0**2 / mse)

@@ -14,7 +14,6 @@ runs one measurement (the child side) and prints one JSON line.
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 import sys
 import tempfile
@@ -25,7 +24,7 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
-from frametrans.bench.common import Log, make_frames, mib, to_stderr
+from frametrans.bench.common import Log, make_frames, mib, psnr_uint8, to_stderr
 
 
 @dataclass
@@ -56,7 +55,7 @@ def bench_memory(opts: MemoryBench, log: Log = to_stderr) -> Dict[str, Any]:
                 f"(tile {runs[name]['tile']}, statistics {runs[name]['stats']})")
         untiled = np.load(Path(tmp) / "untiled.npy")
         budgeted = np.load(Path(tmp) / "budget.npy")
-    return {"setup": asdict(opts), "runs": runs, "psnr_db": _psnr(budgeted, untiled),
+    return {"setup": asdict(opts), "runs": runs, "psnr_db": psnr_uint8(budgeted, untiled),
             "ratio": runs["budget"]["seconds"] / runs["untiled"]["seconds"],
             "of_budget": runs["budget"]["growth"] / opts.max_memory}
 
@@ -103,11 +102,6 @@ def photo_mosaic(h: int, w: int) -> np.ndarray:
             x, row = x + pw, max(row, ph)
         y += row
     return out
-
-
-def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * math.log10(255.0**2 / mse)
 
 
 def format_memory(result: Dict[str, Any]) -> str:

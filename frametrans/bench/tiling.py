@@ -4,14 +4,13 @@ the tiled output against the untiled one, the tile plan and the peak memory of e
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from frametrans.bench.common import Log, PeakMemory, make_frames, median, mib, to_stderr, workdir
+from frametrans.bench.common import Log, PeakMemory, make_frames, median, mib, psnr_uint8, to_stderr, workdir
 from frametrans.bench.models import prepare_model
 
 #: How the report names the runner plan's statistics modes (others are printed as they are).
@@ -56,7 +55,7 @@ def bench_tiling(opts: TilingBench, log: Log = to_stderr) -> Dict[str, Any]:
         med = {k: median(v) for k, v in times.items()}
         return {"setup": {**asdict(opts), **layout, "dtype": str(whole.dtype)},
                 "seconds": times, "median": med, "ratio": med["tiled"] / med["untiled"],
-                "psnr_db": _psnr_uint8(outs["tiled"], outs["untiled"]),
+                "psnr_db": psnr_uint8(outs["tiled"], outs["untiled"]),
                 "peak_mem_bytes": {k: max(x.peak for x in v) for k, v in mems.items()},
                 "added_mem_bytes": {k: max(x.added for x in v) for k, v in mems.items()}}
 
@@ -103,12 +102,6 @@ def _rounds(opts: TilingBench, frame: np.ndarray, whole: Any, tiled: Any, log: L
             mems[name].append(mem)
         log(f"round {r + 1}/{opts.repeat}: untiled {times['untiled'][-1]:.2f} s, tiled {times['tiled'][-1]:.2f} s")
     return times, mems, outs
-
-
-def _psnr_uint8(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB of two 8-bit images (inf when equal)."""
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * math.log10(255.0**2 / mse)
 
 
 def format_tiling(result: Dict[str, Any]) -> str:

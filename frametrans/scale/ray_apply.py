@@ -188,7 +188,7 @@ class FrameWorker:
     def _segment(self, unit: WorkUnit) -> Outcome:
         """One keyframe-aligned segment of a video into part files: the local video path's
         :func:`frametrans.apply.video.translate_into`, with the frames' own timestamps."""
-        from frametrans.apply.video import FrameCount, translate_into
+        from frametrans.apply.video import FrameCount, abort_all, translate_into
         from frametrans.io.video import VideoWriter, probe_video
 
         src, dst, seg = unit.srcs[0], Path(unit.dst), unit.segment
@@ -213,18 +213,18 @@ class FrameWorker:
         except TruncatedInputError as exc:  # keep what decoded, report the cut (as locally)
             failed.append((src, f"{src}: {exc.reason}; the frames before it were written"))
         except (InputError, OSError, ValueError, RuntimeError, av.FFmpegError) as exc:
-            for w in writers:
-                w.abort()
+            abort_all(writers)
             return _failure(exc, src)
         except BaseException:
-            for w in writers:
-                w.abort()
+            abort_all(writers)
             raise
         finally:
             count.close()
         return self._close_parts(writers, src, failed, count.done)
 
     def _close_parts(self, writers: list, src: str, failed: list, done: int) -> Outcome:
+        from frametrans.apply.video import abort_all
+
         parts: List[Optional[str]] = []
         try:
             for w in writers:
@@ -232,8 +232,7 @@ class FrameWorker:
                 if not w.frames_written:
                     w.abort()
         except (OSError, ValueError, av.FFmpegError) as exc:
-            for w in writers:
-                w.abort()
+            abort_all(writers)
             return _failure(exc, src)
         return Outcome(failed=failed, frames=done, parts=parts)
 
