@@ -93,10 +93,8 @@ class Translator:
     def queue_bytes(self) -> Optional[int]:
         """Bytes each queue of frames between the stages (decode ahead, encode behind) may hold,
         from the memory budget; None: no bound beyond the queue's length (GPU jobs)."""
-        policy = self.variants[0].runner.memory
-        if not policy.cpu:
-            return None
-        return policy.budget // 16 // len(self.variants)
+        limit = self.variants[0].runner.memory.queue_limit()
+        return None if limit is None else limit // len(self.variants)
 
     def _styles(self, direction: str, style_image: Optional[str], k: int, seed: int
                 ) -> List[torch.Tensor]:

@@ -148,12 +148,18 @@ class MemoryPolicy:
         m, least = self.multiple, min_side(self.multiple)
         return max(least, -(-h // m) * m), max(least, -(-w // m) * m)
 
+    def queue_limit(self) -> Optional[int]:
+        """Bytes one queue between two stages (decode ahead, encode behind) may hold: a sixteenth
+        of the budget on the CPU, so the two together stay within an eighth; None on a GPU (the
+        queues are in host memory, bounded by their length alone)."""
+        return self.budget // 16 if self.cpu else None
+
     def queue_depth(self, frame_bytes: int) -> int:
-        """How many frames of ``frame_bytes`` a queue between two stages may hold (decode ahead,
-        encode behind): 1..8, the two queues together within an eighth of the budget on the CPU."""
-        if not self.cpu:
+        """How many frames of ``frame_bytes`` a queue may hold within :meth:`queue_limit`: 1..8."""
+        limit = self.queue_limit()
+        if limit is None:
             return MAX_QUEUE_DEPTH
-        return int(max(1, min(MAX_QUEUE_DEPTH, self.budget // 16 // max(1, frame_bytes))))
+        return int(max(1, min(MAX_QUEUE_DEPTH, limit // max(1, frame_bytes))))
 
     def queue_bytes(self, h: int, w: int, channels: int = 3, item: int = 1) -> int:
         """Bytes the two queues may hold for frames of this size (0 on a GPU: host memory)."""
