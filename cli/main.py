@@ -20,6 +20,7 @@ from frametrans import __version__
 # command name -> "module:attribute" under frametrans.cli, imported only when the command runs.
 _COMMANDS: Dict[str, str] = {
     "apply": "apply:apply_cmd",
+    "join": "join_cmd:join_cmd",
     "predict-next": "predict:predict_next_cmd",
     "train": "train_cmd:train_group",
     "convert": "models_cmd:convert_cmd",
@@ -27,10 +28,12 @@ _COMMANDS: Dict[str, str] = {
     "models": "models_cmd:models_cmd",
     "bench": "bench:bench_group",
     "eval": "eval_cmd:eval_group",
+    "export": "export_cmd:export_cmd",
 }
 
 _HELP: Dict[str, str] = {
     "apply": "Run images, folders, videos or raw streams through a generator.",
+    "join": "Make a playable video of what an interrupted job finished (NAME.partial/).",
     "predict-next": "Predict the next frames of a clip with a multi-frame U-Net.",
     "train": "Train pix2pix, CycleGAN, MUNIT or the next-frame predictor.",
     "convert": "Convert a foreign checkpoint (pix2pix/CycleGAN .pth, MUNIT .pt) to .safetensors.",
@@ -38,6 +41,7 @@ _HELP: Dict[str, str] = {
     "models": "List the bundled models with their task, data, size and quality.",
     "bench": "Measure throughput: model-only, end to end, and a reference loop.",
     "eval": "Measure outputs: temporal consistency (flicker) of translated videos.",
+    "export": "Export a generator to ONNX (dynamic batch and size, contract in the metadata).",
 }
 
 
