@@ -36,7 +36,8 @@ COMMON: List[Spec] = [
                          help="YAML file of options (keys = option names); flags given here win.")),
     (("--resume",), dict(is_flag=True, help="Continue the run in --output from its state.pt, exactly.")),
     (("--size",), dict(type=int, help="Load size: images are resized to this before cropping.")),
-    (("--crop",), dict(type=int, help="Side of the random square crop the networks train on.")),
+    (("--crop",), dict(type=int, help="Side of the random square crop the networks train on "
+                                         "[default: min(--size, 256); the predictor: --size].")),
     (("--flip/--no-flip",), dict(default=None, help="Random horizontal flips.")),
     (("--resize",), dict(type=click.Choice(["square", "short-side", "none"]),
                          help="square: SIZE x SIZE (pix2pix/CycleGAN); short-side: short side = SIZE (MUNIT).")),
@@ -92,7 +93,8 @@ PATCH_NETS: List[Spec] = [
 
 PIX2PIX: List[Spec] = GAN + PATCH_NETS + [
     (("--direction",), dict(type=click.Choice(["AtoB", "BtoA"]), help="Which half of a pair is the input.")),
-    (("--num-downs",), dict(type=int, help="U-Net downsamplings (8: U-Net-256, 7: U-Net-128); crop must be a multiple of 2**N.")),
+    (("--num-downs",), dict(type=int, help="U-Net downsamplings (8: U-Net-256, 7: U-Net-128); crop must be a "
+                                           "multiple of 2**N [default: the deepest the crop allows, at most 8].")),
     (("--lambda-l1",), dict(type=float, help="Weight of the L1 loss.")),
 ]
 

@@ -25,7 +25,6 @@ from frametrans.train.base import (Amp, Method, Options, adam, eval_mode, image_
                                    set_requires_grad)
 from frametrans.train.datasets import Augment, TrainDataset, UnpairedDataset, data_path, find_domains
 from frametrans.train.losses import GANLoss, gradient_penalty
-from frametrans.train.pix2pix import check_patchgan
 from frametrans.train.pool import ImagePool
 
 
@@ -45,10 +44,7 @@ class CycleGAN(Method):
 
     def __init__(self, options: Options, device: torch.device, amp: Amp) -> None:
         super().__init__(options, device, amp)
-        o = options
-        if o.crop % 4:
-            raise ValueError(f"--crop {o.crop} is not a multiple of 4 (ResNet generator); use e.g. 256")
-        check_patchgan(o.crop, o.n_layers_d)
+        o = options  # the crop fits the networks (frametrans.train.sizes.check_fit, at resolution)
         g_cfg = ResnetConfig(3, 3, ngf=o.ngf, n_blocks=o.n_blocks, norm=o.norm, dropout=o.dropout,
                              upsample=o.upsample)
         d_cfg = PatchGANConfig(in_channels=3, ndf=o.ndf, n_layers=o.n_layers_d, norm=o.norm)

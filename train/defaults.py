@@ -13,7 +13,7 @@ from typing import Any, Dict
 
 COMMON: Dict[str, Any] = {
     # data
-    "data": None, "val_data": None, "size": 286, "crop": 256, "flip": True, "resize": "square",
+    "data": None, "val_data": None, "size": 286, "crop": None, "flip": True, "resize": "square",
     # length and optimisation
     "batch_size": 1, "iters": None, "epochs": None,
     "lr": 2e-4, "beta1": 0.5, "beta2": 0.999, "lr_policy": "linear", "decay_start": 0.5,
@@ -31,7 +31,7 @@ _UNPAIRED_DATA: Dict[str, Any] = {"data_a": None, "data_b": None, "frame_every":
 PIX2PIX: Dict[str, Any] = {
     **_GAN,
     "direction": "AtoB", "epochs": 200,
-    "ngf": 64, "num_downs": 8, "ndf": 64, "n_layers_d": 3, "norm": "batch", "dropout": True,
+    "ngf": 64, "num_downs": None, "ndf": 64, "n_layers_d": 3, "norm": "batch", "dropout": True,
     "init": "normal", "init_gain": 0.02,
     "gan_mode": "vanilla", "lambda_l1": 100.0,
 }
@@ -47,7 +47,7 @@ CYCLEGAN: Dict[str, Any] = {
 
 MUNIT: Dict[str, Any] = {
     **_GAN, **_UNPAIRED_DATA,
-    "size": 256, "crop": 256, "resize": "short-side",
+    "size": 256, "resize": "short-side",
     "iters": 1_000_000, "lr": 1e-4, "weight_decay": 1e-4, "lr_policy": "step", "step_size": 100_000,
     "gamma": 0.5,
     "dim": 64, "style_dim": 8, "n_downsample": 2, "n_res": 4, "mlp_dim": 256, "activ": "relu",

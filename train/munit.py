@@ -39,22 +39,6 @@ def build_data(o: Options) -> Tuple[TrainDataset, List[Dict[str, torch.Tensor]],
     return _unpaired_data(o)
 
 
-def check_discriminator(crop: int, n_layer: int, num_scales: int) -> None:
-    """Every scale must survive ``n_layer`` stride-2 convs with reflect padding 1."""
-    size = crop
-    for scale in range(num_scales):
-        if scale:
-            size = (size + 1) // 2  # AvgPool2d(3, 2, padding=1)
-        s = size
-        for _ in range(n_layer):
-            if s < 2:
-                raise ValueError(
-                    f"--crop {crop} is too small for --dis-layers {n_layer} at --dis-scales "
-                    f"{num_scales} (scale {scale} shrinks to {s}px); use a larger crop or fewer layers/scales"
-                )
-            s = s // 2
-
-
 class MUNITMethod(Method):
     """Networks ``gen`` (MUNIT: gen_a, gen_b), ``dis_a``, ``dis_b`` (multi-scale)."""
 
@@ -62,10 +46,7 @@ class MUNITMethod(Method):
 
     def __init__(self, options: Options, device: torch.device, amp: Amp) -> None:
         super().__init__(options, device, amp)
-        o = options
-        if o.crop % 2**o.n_downsample:
-            raise ValueError(f"--crop {o.crop} is not a multiple of {2**o.n_downsample} (--n-downsample {o.n_downsample})")
-        check_discriminator(o.crop, o.dis_layers, o.dis_scales)
+        o = options  # the crop fits the networks (frametrans.train.sizes.check_fit, at resolution)
         gen = MUNIT(MUNITConfig(3, dim=o.dim, style_dim=o.style_dim, n_downsample=o.n_downsample,
                                 n_res=o.n_res, mlp_dim=o.mlp_dim, activ=o.activ, pad_type=o.pad_type))
         d_cfg = MUNITDiscriminatorConfig(3, dim=o.dis_dim, n_layer=o.dis_layers, num_scales=o.dis_scales,

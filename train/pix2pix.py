@@ -26,21 +26,6 @@ from frametrans.train.datasets import Augment, PairedDataset, TrainDataset, data
 from frametrans.train.losses import GANLoss, gradient_penalty
 
 
-def patchgan_output_size(size: int, n_layers: int) -> int:
-    """Side of a PatchGAN's logit map for an input of side ``size``."""
-    for _ in range(n_layers):
-        size = (size + 2 - 4) // 2 + 1
-    return size - 2
-
-
-def check_patchgan(crop: int, n_layers: int) -> None:
-    if patchgan_output_size(crop, n_layers) < 1:
-        raise ValueError(
-            f"--crop {crop} is too small for a PatchGAN with --n-layers-d {n_layers}; "
-            "use a larger --crop or fewer --n-layers-d"
-        )
-
-
 def build_data(o: Options) -> Tuple[TrainDataset, List[Dict[str, torch.Tensor]], Optional[List[Dict[str, torch.Tensor]]]]:
     """(training data, fixed samples for the grids, held-out pairs for validation or None)."""
     augment = Augment(o.size, o.crop, o.flip, o.resize)
@@ -64,14 +49,7 @@ class Pix2Pix(Method):
 
     def __init__(self, options: Options, device: torch.device, amp: Amp) -> None:
         super().__init__(options, device, amp)
-        o = options
-        multiple = 2**o.num_downs
-        if o.crop % multiple:
-            raise ValueError(
-                f"--crop {o.crop} is not a multiple of {multiple} (U-Net with --num-downs "
-                f"{o.num_downs}); use a crop that is, or fewer --num-downs"
-            )
-        check_patchgan(o.crop, o.n_layers_d)
+        o = options  # the crop fits the networks (frametrans.train.sizes.check_fit, at resolution)
         g = UNetGenerator(UNetConfig(3, 3, num_downs=o.num_downs, ngf=o.ngf, norm=o.norm, dropout=o.dropout))
         d = PatchDiscriminator(PatchGANConfig(in_channels=6, ndf=o.ndf, n_layers=o.n_layers_d, norm=o.norm))
         for i, net in enumerate((g, d)):

@@ -66,10 +66,7 @@ class Predictor(Method):
 
     def __init__(self, options: Options, device: torch.device, amp: Amp) -> None:
         super().__init__(options, device, amp)
-        o = options
-        crop = o.crop or o.size
-        if crop % 2**o.depth:
-            raise ValueError(f"frames of {crop}px are not a multiple of {2**o.depth} (--depth {o.depth})")
+        o = options  # the frames fit the U-Net (frametrans.train.sizes.check_fit, at resolution)
         net = FramePredictor(PredictorConfig(o.channels, o.context, o.horizon, o.width, o.depth))
         self.nets = {"P": net.to(device)}
         self.optimizers = {"P": adam(net.parameters(), o.lr, o.beta1, o.beta2)}

@@ -35,7 +35,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -49,6 +49,7 @@ from frametrans.train.base import LR_POLICIES, PRECISIONS, Amp, Method, Options,
 from frametrans.train.datasets import RESIZE_MODES, make_loader, steps_per_epoch
 from frametrans.train.losses import GAN_MODES
 from frametrans.train.plot import plot_losses
+from frametrans.train.sizes import MAX_UNET_DEPTH, check_fit, default_crop, largest_unet_depth
 
 STATE_FILE = "state.pt"
 CONFIG_FILE = "config.yaml"
@@ -131,6 +132,11 @@ def merge_layers(*layers: Dict[str, Any]) -> Dict[str, Any]:
 
 def resolve_options(method: str, *layers: Dict[str, Any]) -> Options:
     """The full, validated options of ``method``: its defaults overridden by ``layers``."""
+    return resolve_with_notes(method, *layers)[0]
+
+
+def resolve_with_notes(method: str, *layers: Dict[str, Any]) -> Tuple[Options, List[str]]:
+    """:func:`resolve_options`, and the log lines saying which defaults were fitted to the data."""
     known = set(option_names(method))
     for layer in layers:
         unknown = sorted(set(layer) - known)
@@ -139,7 +145,28 @@ def resolve_options(method: str, *layers: Dict[str, Any]) -> Options:
     base = defaults.defaults_for(method)
     options = Options({**base, **merge_layers(base, *layers)})
     _validate(options)
-    return options
+    return fit_to_crop(method, options)
+
+
+def fit_to_crop(method: str, o: Options) -> Tuple[Options, List[str]]:
+    """Fill the size defaults that depend on the crop and check the crop fits the networks.
+
+    --crop (GAN methods): ``min(--size, 256)`` when not given. pix2pix --num-downs: the deepest
+    U-Net the crop allows (at most 8) when not given, with a note saying so. Returns new options
+    and the notes (log lines)."""
+    o, notes = Options(o), []
+    if method == "predictor":
+        check_fit(method, o, o.crop or o.size, crop_given=o.crop is not None)
+        return o, notes
+    crop_given = o.crop is not None
+    if not crop_given:
+        o["crop"] = default_crop(o.size)
+    check_fit(method, o, o.crop, crop_given)
+    if method == "pix2pix" and o.num_downs is None:
+        o["num_downs"] = largest_unet_depth(o.crop)
+        notes.append(f"pix2pix: U-Net depth --num-downs {o.num_downs}, the deepest that {o.crop} px crops "
+                     f"allow (2**{o.num_downs} = {2**o.num_downs} divides {o.crop}; at most {MAX_UNET_DEPTH})")
+    return o, notes
 
 
 def _validate(o: Options) -> None:
@@ -262,10 +289,11 @@ class Trainer:
     resume: continue from ``run_dir/state.pt`` (the caller merged the saved config into options).
     dist: this process's place in a DDP run (None: a single process). Every rank runs the same
         loop on its slice of each global batch; only rank 0 writes to ``run_dir``.
+    notes: log lines about the options (defaults fitted to the data), said when training starts.
     """
 
     def __init__(self, method: str, options: Options, run_dir: Path, resume: bool = False,
-                 dist: Optional[DistContext] = None) -> None:
+                 dist: Optional[DistContext] = None, notes: Sequence[str] = ()) -> None:
         from frametrans.engine.device import resolve_device
 
         self.spec = _spec(method)
@@ -281,6 +309,7 @@ class Trainer:
         self.amp = Amp(self.device, options.precision)
         if dist is not None:
             self.amp.grad_sync = dist.optimizer_sync
+        self.notes = tuple(notes)
         self.records: List[Dict[str, Any]] = []
         self.saved_step: Optional[int] = None
         self.elapsed0 = 0.0
@@ -484,6 +513,8 @@ class Trainer:
                         disable=o.quiet or not sys.stderr.isatty() or not self.is_main,
                         dynamic_ncols=True, desc=self.method_name)
         procs = "" if self.dist is None else f" x {self.world} processes ({self.dist.backend})"
+        for note in self.notes:
+            self._say(note)
         self._say(f"{self.method_name}: {self.train_data.description}; "
                   f"steps {self.step} -> {end} of {self.total}; device {self.device}{procs}, {o.precision}")
         pending: Dict[str, List[float]] = {}
@@ -580,17 +611,18 @@ def train(method: str, options: Dict[str, Any], run_dir: str | Path, resume: boo
                                until=until, ddp=True)
     run_dir = Path(run_dir)
     if not (ddp or (under_launcher() and env_world_size() > 1)):
-        resolved = _resolve_run(method, options, run_dir, resume, overwrite)
+        resolved, notes = _resolve_run(method, options, run_dir, resume, overwrite)
         if overwrite and run_dir.is_dir():
             clear_run_dir(run_dir)
-        return Trainer(method, resolved, run_dir, resume=resume).run(until=until)
+        return Trainer(method, resolved, run_dir, resume=resume, notes=notes).run(until=until)
 
     # DDP: every rank checks the run folder and options (reading only); the errors are agreed on
     # once the process group stands, so all ranks stop together with the same message
     error: Optional[BaseException] = None
     resolved: Optional[Options] = None
+    notes: List[str] = []
     try:
-        resolved = _resolve_run(method, options, run_dir, resume, overwrite)
+        resolved, notes = _resolve_run(method, options, run_dir, resume, overwrite)
     except Exception as exc:
         error = exc
     ctx = DistContext.from_env(resolved.device if resolved is not None else options.get("device"))
@@ -599,13 +631,15 @@ def train(method: str, options: Dict[str, Any], run_dir: str | Path, resume: boo
         assert resolved is not None
         if overwrite and ctx.is_main and run_dir.is_dir():
             clear_run_dir(run_dir)
-        return Trainer(method, resolved, run_dir, resume=resume, dist=ctx).run(until=until)
+        return Trainer(method, resolved, run_dir, resume=resume, dist=ctx, notes=notes).run(until=until)
     finally:
         ctx.close()
 
 
-def _resolve_run(method: str, options: Dict[str, Any], run_dir: Path, resume: bool, overwrite: bool) -> Options:
-    """Check the run folder against resume/overwrite and resolve the options (reads only)."""
+def _resolve_run(method: str, options: Dict[str, Any], run_dir: Path, resume: bool, overwrite: bool
+                 ) -> Tuple[Options, List[str]]:
+    """Check the run folder against resume/overwrite and resolve the options (reads only); also
+    returns the notes on defaults fitted to the data."""
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other")
     if run_dir.exists() and not run_dir.is_dir():
@@ -625,7 +659,7 @@ def _resolve_run(method: str, options: Dict[str, Any], run_dir: Path, resume: bo
     opts = dict(options)
     opts.pop("method", None)
     layers.append(opts)
-    return resolve_options(method, *layers)
+    return resolve_with_notes(method, *layers)
 
 
 OWNED_FILES = (STATE_FILE, CONFIG_FILE, LOSSES_FILE, VAL_FILE, PLOT_FILE, "G.safetensors",
