@@ -2,8 +2,9 @@
 
 Subcommands: ``apply`` (model-only vs end-to-end vs the reference loop, in one process),
 ``processes`` (whole processes against the reference loop), ``tiling``, ``memory`` (the
-``--max-memory`` bound, measured in fresh processes), ``compile``. Other
-benchmarks (``predict``) hang off the same group.
+``--max-memory`` bound, measured in fresh processes), ``compile``, ``pipeline`` (the host side's
+ceiling: the apply path with a null model against the raw codec rate), ``gpu`` (the whole GPU
+table in one call). Other benchmarks (``predict``) hang off the same group.
 """
 
 from __future__ import annotations
@@ -92,6 +93,8 @@ def bench_group() -> None:
     frametrans bench tiling --model resnet --size 1920x1080 --tile 512
     frametrans bench memory --model cyclegan --image photo.png --max-memory 128M
     frametrans bench compile --model unet --size 256 --precision bf16
+    frametrans bench pipeline --size 1280x720 --threads 1,2
+    frametrans bench gpu
     """
 
 
@@ -218,3 +221,51 @@ def bench_compile_cmd(model: str, config, seed: int, workdir, json_out, threads,
         model=model, config=_parse_config(config), width=w, height=h, batch=batch, device=device,
         precision=precision, repeat=repeat, seed=seed, workdir=workdir))
     _emit(result, format_compile(result), json_out)
+
+
+def _parse_threads(ctx: click.Context, param: click.Parameter, value: Optional[str]) -> Tuple[int, ...]:
+    """'2' -> (2,); '1,2,4' -> (1, 2, 4); None -> () (one per core)."""
+    if value is None:
+        return ()
+    try:
+        counts = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected N or N,M,..., got {value!r}") from None
+    if not counts or min(counts) < 1:
+        raise click.BadParameter(f"thread counts must be >= 1, got {value!r}")
+    return counts
+
+
+def _parse_inputs(ctx: click.Context, param: click.Parameter, value: str) -> Tuple[str, ...]:
+    """'video,png' -> ('video', 'png'), each one of video, png, jpg."""
+    kinds = tuple(v.strip() for v in value.split(",") if v.strip())
+    bad = [k for k in kinds if k not in ("video", "png", "jpg")]
+    if bad or not kinds:
+        raise click.BadParameter(f"expected some of video, png, jpg (comma-separated), got {value!r}")
+    return kinds
+
+
+@bench_group.command("pipeline")
+@click.option("--size", default="1280x720", show_default=True, help="Frame size: N or WIDTHxHEIGHT.")
+@click.option("--frames", "-n", type=int, default=48, show_default=True, callback=opt.positive("frames"))
+@click.option("--inputs", default="video,png,jpg", show_default=True, callback=_parse_inputs,
+              help="Comma-separated: video (H.264 clip), png, jpg (folders).")
+@click.option("--threads", callback=_parse_threads, metavar="N[,M...]",
+              help="Decode/encode threads of the folder path and of the raw codec (and torch's); "
+                   "several sizes measure the scaling (default: one per core).")
+@click.option("--repeat", type=int, default=3, show_default=True, callback=opt.positive("repeat"))
+@click.option("--workdir", type=click.Path(file_okay=False),
+              help="Keep inputs and outputs here (default: a temporary folder).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False),
+              help="Also write the results as JSON to this file.")
+@opt.device_option
+def bench_pipeline_cmd(size: str, frames: int, inputs: Tuple[str, ...], threads: Tuple[int, ...],
+                       repeat: int, workdir, json_out, device: str) -> None:
+    """The host side's ceiling: apply with a null model vs the raw codec rate, in one run."""
+    _start(None)
+    from frametrans.bench.pipeline import PipelineBench, bench_pipeline, format_pipeline
+
+    w, h = _parse_size(size)
+    result = bench_pipeline(PipelineBench(width=w, height=h, frames=frames, inputs=inputs, threads=threads,
+                                          device=device, repeat=repeat, workdir=workdir))
+    _emit(result, format_pipeline(result), json_out)

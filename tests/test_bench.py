@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ from click.testing import CliRunner
 
 from frametrans import bench
 from frametrans.checkpoint import load_model
+from frametrans.io.frame import Frame
 from frametrans.cli.main import cli
 
 TINY = ["--config", "ngf=4", "--config", "n_blocks=1"]
@@ -42,12 +45,73 @@ def test_bench_tiling_cli_tiny():
     assert "tiled / untiled" in res.output and "PSNR" in res.output
 
 
-def test_bench_processes_cli_tiny(tmp_path):
+def test_bench_processes_cli_tiny(tmp_path, monkeypatch):
+    """Run from a folder that holds another ``frametrans`` package (a checkout next to a ``pip
+    install --target DIR`` found through PYTHONPATH; ``python -m`` puts the working folder first):
+    the child processes still import the frametrans this process imported."""
+    decoy = tmp_path / "checkout"
+    (decoy / "frametrans").mkdir(parents=True)
+    (decoy / "frametrans" / "__init__.py").write_text("raise ImportError('the decoy frametrans')\n")
+    monkeypatch.chdir(decoy)
     res = _invoke(["processes", "-m", "resnet", *TINY, "--size", "32", "--frames", "2", "--device", "cpu",
-                   "--precision", "fp32", "--compile", "off", "--workdir", str(tmp_path)])
+                   "--precision", "fp32", "--compile", "off", "--workdir", "work"])  # relative: resolved
     assert "speed-up over the reference loop" in res.output
-    assert len(list((tmp_path / "out_frames").glob("*.png"))) == 2
-    assert len(list((tmp_path / "ref_out").glob("*.png"))) == 2
+    assert len(list((decoy / "work" / "out_frames").glob("*.png"))) == 2
+    assert len(list((decoy / "work" / "ref_out").glob("*.png"))) == 2
+
+
+def test_child_env_puts_the_imported_package_first(monkeypatch):
+    import frametrans
+    from frametrans.bench.common import child_env, package_root
+
+    monkeypatch.setenv("PYTHONPATH", "/somewhere/else")
+    env = child_env()
+    parts = env["PYTHONPATH"].split(os.pathsep)
+    assert parts[0] == str(package_root()) and "/somewhere/else" in parts
+    assert (package_root() / "frametrans" / "__init__.py").resolve() == Path(frametrans.__file__).resolve()
+
+
+def test_null_model_gives_back_every_frame_unchanged():
+    from frametrans.bench.models import NullModel, null_translator
+    from frametrans import registry
+
+    assert "null" not in registry.names()  # users never see it
+    runner = null_translator("cpu").variants[0].runner
+    rng = np.random.default_rng(0)
+    frames = [Frame(rng.integers(0, 256, (23, 37, 3), dtype=np.uint8)) for _ in range(5)]
+    outs = list(runner.run(frames))
+    assert [f for f, _ in outs] == frames
+    assert all(np.array_equal(f.image, o) for f, o in outs)
+    deep = rng.integers(0, 65536, (9, 11, 3), dtype=np.uint16)
+    assert np.array_equal(runner([deep])[0], deep)
+    assert isinstance(runner.source, NullModel)
+
+
+def test_bench_pipeline_cli_tiny(tmp_path):
+    out = tmp_path / "p.json"
+    res = _invoke(["pipeline", "--size", "40x24", "--frames", "3", "--repeat", "1", "--threads", "1,2",
+                   "--device", "cpu", "--workdir", str(tmp_path / "w"), "--json", str(out)])
+    assert "apply / codec" in res.output and "scaling png, 1 -> 2 threads" in res.output
+    data = json.loads(out.read_text())
+    rows = {(r["input"], r["threads"]): r for r in data["rows"]}
+    assert set(rows) == {(k, n) for k in ("video", "png", "jpg") for n in (1, 2)}
+    for r in rows.values():
+        assert r["codec_fps"] > 0 and r["apply_fps"] > 0 and r["runner_fps"] > 0
+        assert r["ratio"] == pytest.approx(r["apply_fps"] / r["codec_fps"])
+    assert rows[("video", 1)]["codec_rgb_fps"] > 0 and rows[("png", 1)]["codec_rgb_fps"] is None
+    assert set(data["scaling"]) == {"png", "jpg"} and data["setup"]["threads"] == [1, 2]
+    from frametrans.io.images import read_image
+
+    for name in ("frame_00000.png", "frame_00002.png"):  # the null model: outputs are the inputs
+        w = tmp_path / "w"
+        np.testing.assert_array_equal(read_image(w / "out_png" / name).image,
+                                      read_image(w / "in_png" / name).image)
+
+
+def test_bench_pipeline_refuses_bad_threads_and_inputs():
+    for args in (["--threads", "0"], ["--threads", "2,x"], ["--inputs", "png,gif"]):
+        res = CliRunner().invoke(cli, ["bench", "pipeline", *args])
+        assert res.exit_code == 2 and "Invalid value" in res.output, res.output
 
 
 def test_bench_group_lists_subcommands():

@@ -1,7 +1,9 @@
-"""Still images (batched, decoded and written on background threads) and animated images."""
+"""Still images (decoded and written on pools of worker threads, batched, order kept) and animated
+images."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
@@ -12,21 +14,31 @@ from frametrans.apply.jobs import Job, OutputOptions, variant_path
 from frametrans.apply.report import Report, Stop, signals_deferred
 from frametrans.apply.temporal import stabilized
 from frametrans.apply.translator import Translator, run_variants
-from frametrans.engine.pipeline import BackgroundWorker, prefetch
+from frametrans.engine.pipeline import Turn, WorkerPool, default_workers, ordered_map
 from frametrans.io import images
 from frametrans.io.errors import InputError, OutputError, first_line, is_fatal_write_error
 from frametrans.io.frame import Frame
 
 log = logging.getLogger("frametrans")
 
+#: What the writer pool hands back per output, in input order: ("written", job, path),
+#: ("failed", job, message) or ("not done", job, None).
+Outcome = Tuple[str, Job, object]
+
+
+class _Discarded(Exception):
+    """An output not committed because an earlier one stopped the job (full disk)."""
+
 
 def apply_images(jobs: List[Job], translator: Translator, opts: OutputOptions, report: Report,
-                 progress, stop: Stop) -> None:
-    """Decode ahead in a thread, batch same-size images, write in another thread.
+                 progress, stop: Stop, io_threads: Optional[int] = None) -> None:
+    """Decode on a pool of ``io_threads`` threads (None: one per core), batch same-size images
+    in input order, encode and write on another pool of as many threads.
 
-    Per-file failures (read, model, write) are reported and the others go on. A write error that
-    will repeat for every file (full or read-only disk) stops the job: the images still queued for
-    writing are finished or reported, the rest are listed in ``report.not_done``.
+    Per-file failures (read, model, write) are reported in input order and the others go on. A
+    write error that will repeat for every file (full or read-only disk) stops the job: the
+    outputs before it in input order are finished, the ones after it are not committed (listed in
+    ``report.not_done`` with the inputs not read yet), whatever the number of threads.
     """
     todo = [j for j in jobs if not skip_done(j, translator, opts, report)]
     if opts.temporal != "off":
@@ -35,31 +47,30 @@ def apply_images(jobs: List[Job], translator: Translator, opts: OutputOptions, r
     translator.expect(len(todo))
     if progress is not None:
         progress.update(len(jobs) - len(todo))
-
-    read = _reader(todo, opts, stop)
-    write = _writer(report, stop)
-
+    workers = io_threads or default_workers()
+    queue = translator.queue_bytes()
     jobs_by_frame: Dict[int, Job] = {}
     started: set = set()
 
     def frames() -> Iterator[Frame]:
-        for j, frame, err in prefetch(read(), depth=8, name="decode", max_bytes=translator.queue_bytes(),
-                                      size=_item_bytes):
-            started.add(id(j))
-            if err is not None:
-                report.fail(j.src, err)
-                continue
-            jobs_by_frame[id(frame)] = j
-            yield frame
-            if stop:
-                return
+        decoded = ordered_map(_reader(opts), todo, workers, name="decode", max_bytes=queue, size=_item_bytes)
+        with contextlib.closing(decoded):
+            for j, frame, err in decoded:
+                if stop:
+                    return
+                started.add(id(j))
+                if err is not None:
+                    report.fail(j.src, err)
+                    continue
+                jobs_by_frame[id(frame)] = j
+                yield frame
 
     def model_failed(frame: Frame, exc: BaseException) -> None:
         job = jobs_by_frame.pop(id(frame))
         report.fail(job.src, first_line(exc))
 
-    writer = BackgroundWorker(write, depth=8, name="encode", max_bytes=translator.queue_bytes(),
-                              size=lambda item: item[3].nbytes)
+    writer = WorkerPool(_writer(stop), workers, name="encode", max_bytes=queue,
+                        size=lambda item: item[3].nbytes, done=_recorder(report))
     try:
         for frame, outs in run_variants(frames(), translator, model_failed):
             job = jobs_by_frame.pop(id(frame))
@@ -69,46 +80,62 @@ def apply_images(jobs: List[Job], translator: Translator, opts: OutputOptions, r
             if progress is not None:
                 progress.update(1)
     finally:
-        with signals_deferred():  # a second Ctrl-C must not kill the writer mid-file
+        with signals_deferred():  # a second Ctrl-C must not kill the writers mid-file
             writer.close()  # finishes every image handed to it (also on Ctrl-C): no partial files
     if stop:
         report.not_done.extend(j.src for j in todo if id(j) not in started)
 
 
-def _reader(todo: List[Job], opts: OutputOptions, stop: Stop
-            ) -> Callable[[], Iterator[Tuple[Job, Optional[Frame], Optional[str]]]]:
-    """Decoding (on the prefetch thread): (job, frame, None), or (job, None, why) for a bad file."""
-    def read() -> Iterator[Tuple[Job, Optional[Frame], Optional[str]]]:
-        for j in todo:
-            if stop:
-                return
-            try:
-                yield j, prepare_frame(images.read_image(j.src), opts), None
-            except (InputError, OSError, ValueError, MemoryError) as exc:
-                yield j, None, first_line(exc)
+def _reader(opts: OutputOptions) -> Callable[[Job], Tuple[Job, Optional[Frame], Optional[str]]]:
+    """Decoding one file (on a decode thread): (job, frame, None), or (job, None, why) for a bad file."""
+    def read(j: Job) -> Tuple[Job, Optional[Frame], Optional[str]]:
+        try:
+            return j, prepare_frame(images.read_image(j.src), opts), None
+        except (InputError, OSError, ValueError, MemoryError) as exc:
+            return j, None, first_line(exc)
     return read
 
 
-def _writer(report: Report, stop: Stop) -> Callable[[Tuple[Job, str, Frame, np.ndarray]], None]:
-    """Writing (on the encoder thread): one output image, or its failure reported; a full or
-    read-only disk stops the job."""
-    def write(item: Tuple[Job, str, Frame, np.ndarray]) -> None:
+def _writer(stop: Stop) -> Callable[[Tuple[Job, str, Frame, np.ndarray], Turn], Outcome]:
+    """Writing one output (on an encode thread). Whether it may still appear, and whether its
+    failure stops the job, is decided at its ``turn``, in input order: with any number of threads
+    a full disk leaves the outputs before the failing one and none after it."""
+    def write(item: Tuple[Job, str, Frame, np.ndarray], turn: Turn) -> Outcome:
         job, suffix, frame, out = item
         dst = variant_path(job.dst, suffix)
         if stop:
-            report.not_done.append(job.src)
-            return
+            return "not done", job, None
+
+        def commit_in_order() -> None:
+            with turn:
+                if stop:
+                    raise _Discarded()
+
         try:
-            images.write_image(dst, finish_frame(frame, out, dst))
-            with report._lock:
-                report.written.append(dst)
+            images.write_image(dst, finish_frame(frame, out, dst), before_commit=commit_in_order)
+            return "written", job, dst
+        except _Discarded:
+            return "not done", job, None
         except (OSError, ValueError) as exc:
             err = OutputError.wrap(dst, exc) if isinstance(exc, OSError) else exc
-            msg = first_line(err) if str(dst) in str(err) else f"{dst}: {first_line(err)}"
-            report.fail(job.src, msg, prefix=False)
-            if is_fatal_write_error(err):
-                stop.set(first_line(err))
+            with turn:
+                if is_fatal_write_error(err):
+                    stop.set(first_line(err))
+            return "failed", job, first_line(err) if str(dst) in str(err) else f"{dst}: {first_line(err)}"
     return write
+
+
+def _recorder(report: Report) -> Callable[[Outcome], None]:
+    """Records the writer pool's outcomes (in input order, on the caller's thread)."""
+    def record(outcome: Outcome) -> None:
+        kind, job, value = outcome
+        if kind == "written":
+            report.written.append(value)
+        elif kind == "failed":
+            report.fail(job.src, str(value), prefix=False)
+        else:
+            report.not_done.append(job.src)
+    return record
 
 
 def skip_done(job: Job, translator: Translator, opts: OutputOptions, report: Report) -> bool:

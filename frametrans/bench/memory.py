@@ -14,7 +14,6 @@ runs one measurement (the child side) and prints one JSON line.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,7 +23,7 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
-from frametrans.bench.common import Log, make_frames, mib, psnr_uint8, to_stderr
+from frametrans.bench.common import Log, make_frames, mib, psnr_uint8, run_child, to_stderr
 
 
 @dataclass
@@ -63,9 +62,10 @@ def bench_memory(opts: MemoryBench, log: Log = to_stderr) -> Dict[str, Any]:
 def measure_in_child(opts: MemoryBench, frame: Path, out: Path, budget: Optional[int]) -> Dict[str, Any]:
     """One frame (``frame``, a .npy picture) through ``opts.model`` in a fresh Python process;
     the output goes to ``out`` (.npy). Returns the child's JSON: growth (bytes), seconds, plan."""
-    args = {**asdict(opts), "frame": str(frame), "out": str(out), "budget": budget}
-    res = subprocess.run([sys.executable, "-m", "frametrans.bench.memory", json.dumps(args)],
-                         capture_output=True, text=True)
+    args = {**asdict(opts), "frame": str(frame.resolve()), "out": str(out.resolve()), "budget": budget}
+    if Path(opts.model).exists():  # a checkpoint path: the child runs in another folder
+        args["model"] = str(Path(opts.model).resolve())
+    res = run_child("frametrans.bench.memory", [json.dumps(args)])
     if res.returncode != 0:
         lines = res.stderr.strip().splitlines() or ["no output"]
         raise RuntimeError(f"the measuring process failed: {lines[-1]}")

@@ -3,12 +3,14 @@ every path (in-process phases, whole processes, the reference loop) loads the sa
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 import torch
 
 from frametrans.bench.common import make_frames
+from frametrans.registry import IOContract, ModelConfig
 
 
 def prepare_model(model: str, workdir: Path, config: Optional[Dict[str, Any]] = None, seed: int = 0) -> Path:
@@ -70,3 +72,47 @@ def describe_model(model: torch.nn.Module) -> str:
     params = sum(p.numel() for p in model.parameters()) / 1e6
     fields = ", ".join(f"{k}={v}" for k, v in (cfg.to_dict().items() if cfg is not None else []))
     return f"{type(model).arch_name}({fields}), {params:.1f} M parameters"
+
+
+# ----------------------------------------------------------------------------------- null model
+
+
+@dataclass(frozen=True)
+class NullConfig(ModelConfig):
+    """The null model's config: RGB in, RGB out, values in [0, 1], any frame size."""
+
+    channels: int = 3
+
+    def contract(self) -> IOContract:
+        return IOContract(value_range=(0.0, 1.0), size_multiple=1, in_channels=self.channels,
+                          out_channels=self.channels)
+
+
+class NullModel(torch.nn.Module):
+    """The identity as a model: ``x`` [B, C, H, W] in [0, 1] comes back unchanged, so a frame goes
+    through the whole apply path (upload, conversions, batching, queues, codecs) and comes out as
+    it went in. Not in the registry (``frametrans models`` does not list it, checkpoints cannot
+    name it): :func:`null_translator` builds it for ``frametrans bench pipeline``."""
+
+    arch_name = "null"
+
+    def __init__(self, config: NullConfig = NullConfig()) -> None:
+        super().__init__()
+        self.config = config
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def null_translator(device: str = "auto", batch_size: Optional[int] = None) -> Any:
+    """A :class:`~frametrans.apply.Translator` of :class:`NullModel` on ``device`` (fp32, eager),
+    as ``frametrans apply`` would build one for a real model."""
+    import dataclasses
+
+    from frametrans.apply import Translator
+    from frametrans.engine.runner import RunnerOptions
+
+    fixed: Dict[str, Any] = {"device": device, "precision": "fp32", "compile": "off", "batch_size": batch_size}
+    if "backend" in {f.name for f in dataclasses.fields(RunnerOptions)}:
+        fixed["backend"] = "torch"  # the identity needs no graph runtime: torch runs it as it is
+    return Translator(NullModel(), RunnerOptions(**fixed))

@@ -5,14 +5,13 @@ included: ``python -m frametrans.cli apply`` against the reference loop run as
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from frametrans.bench.common import Log, make_folder, make_video, median, to_stderr, workdir
+from frametrans.bench.common import Log, make_folder, make_video, median, run_child, to_stderr, workdir
 from frametrans.bench.models import prepare_model
 
 
@@ -37,40 +36,47 @@ class ProcessBench:
 
 def bench_processes(opts: ProcessBench, log: Log = to_stderr) -> Dict[str, Any]:
     """Wall time of whole processes on the same folder (or video): ``frametrans apply`` against the
-    reference loop, alternating, ``repeat`` times; start-up, model load and compile included."""
+    reference loop, alternating, ``repeat`` times; start-up, model load and compile included.
+
+    Both run as ``python -m MODULE`` with this interpreter, the environment passed through and the
+    folder this frametrans was imported from first on ``PYTHONPATH``
+    (:func:`~frametrans.bench.common.run_child`): a ``pip install --target DIR`` found through
+    ``PYTHONPATH`` is the one the children run."""
     with workdir(opts.workdir) as work:
-        ckpt = prepare_model(opts.model, work, opts.config, opts.seed)
+        work = work.resolve()  # the children run in another folder
+        ckpt = Path(prepare_model(opts.model, work, opts.config, opts.seed)).resolve()
         folder = make_folder(work / "in_frames", opts.width, opts.height, opts.frames)
         src = make_video(work / "in.mp4", opts.width, opts.height, opts.frames) if opts.video else folder
         dst = work / ("out.mp4" if opts.video else "out_frames")
-        ours = _apply_command(opts, ckpt, src, dst)
-        ref = [sys.executable, "-m", "frametrans.bench", "reference", str(ckpt), str(folder),
-               str(work / "ref_out"), opts.device if opts.device != "auto" else "auto"]
+        ours = _apply_args(opts, ckpt, src, dst)
+        ref = ["reference", str(ckpt), str(folder), str(work / "ref_out"),
+               opts.device if opts.device != "auto" else "auto"]
+        runs = (("frametrans apply", "frametrans.cli", ours), ("reference loop", "frametrans.bench", ref))
         times: Dict[str, List[float]] = {"frametrans apply": [], "reference loop": []}
         for r in range(opts.repeat):
-            for name, cmd in (("frametrans apply", ours), ("reference loop", ref)):
-                times[name].append(_run_timed(name, cmd))
+            for name, module, args in runs:
+                times[name].append(_run_timed(name, module, args))
             log(f"round {r + 1}/{opts.repeat}: " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in times.items()))
         med = {k: median(v) for k, v in times.items()}
-        return {"setup": {**asdict(opts), "checkpoint": str(ckpt), "command": " ".join(ours)},
+        command = " ".join([sys.executable, "-m", "frametrans.cli", *ours])
+        return {"setup": {**asdict(opts), "checkpoint": str(ckpt), "command": command},
                 "seconds": times, "median": med,
                 "speedup": med["reference loop"] / med["frametrans apply"]}
 
 
-def _apply_command(opts: ProcessBench, ckpt: Path, src: Path, dst: Path) -> List[str]:
-    """The ``frametrans apply`` command line of these settings."""
-    cmd = [sys.executable, "-m", "frametrans.cli", "apply", str(src), "-o", str(dst), "-m", str(ckpt),
-           "--device", opts.device, "--precision", opts.precision, "--compile", opts.compile,
-           "--overwrite", "--quiet"]
+def _apply_args(opts: ProcessBench, ckpt: Path, src: Path, dst: Path) -> List[str]:
+    """The arguments of ``frametrans apply`` for these settings."""
+    args = ["apply", str(src), "-o", str(dst), "-m", str(ckpt), "--device", opts.device,
+            "--precision", opts.precision, "--compile", opts.compile, "--overwrite", "--quiet"]
     if opts.batch:
-        cmd += ["--batch-size", str(opts.batch)]
-    return cmd
+        args += ["--batch-size", str(opts.batch)]
+    return args
 
 
-def _run_timed(name: str, cmd: List[str]) -> float:
-    """Wall seconds of one run of ``cmd``; a failure raises with the end of its stderr."""
+def _run_timed(name: str, module: str, args: List[str]) -> float:
+    """Wall seconds of one ``python -m module args``; a failure raises with the end of its stderr."""
     t = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = run_child(module, args)
     seconds = time.perf_counter() - t
     if proc.returncode != 0:
         raise RuntimeError(f"{name} failed ({proc.returncode}): {proc.stderr.strip()[-800:]}")

@@ -19,6 +19,16 @@ Empty, truncated or non-image files raise :class:`InputError` with a one-line me
 file. Writing (:func:`write_image`) is atomic: the bytes go to a hidden temporary file in the same
 folder, are fsynced, and replace the destination in one ``os.replace``, so a crash or Ctrl-C never
 leaves a half-written image under the final name.
+
+Speed (every function here runs on the decode/encode worker pools of a folder job; OpenCV and
+Pillow release the GIL while they decode and encode): PNGs are written by OpenCV with its
+speed-tuned defaults (SUB filter, zlib level 1, RLE strategy): 48 ms for a 1280x720 photo against
+252 ms for Pillow's default (level 6) and 109 ms for Pillow's level 1, the file 12% larger than
+level 6 (measured on one core, 2026-11-30); gray + alpha PNGs, which OpenCV cannot write, go
+through Pillow at level 1. Complete 8-bit RGB/gray JPEGs are decoded by OpenCV (the same
+libjpeg-turbo result as Pillow, pixel for pixel, on 72 variants of subsampling, quality and
+progressive; 11 against 17 ms at 720p); anything else, or anything OpenCV does not decode, by
+Pillow.
 """
 
 from __future__ import annotations
@@ -28,7 +38,7 @@ import io
 import logging
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -37,7 +47,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageSequence, UnidentifiedImageError
 
-from frametrans.atomic import atomic_write_bytes
+from frametrans.atomic import atomic_path, atomic_write_bytes
 
 from .colour import SrgbConverter
 from .errors import InputError
@@ -136,8 +146,42 @@ def read_image(path: str | os.PathLike) -> Frame:
             orientation = _orientation(im)
             if high_bit_depth:
                 return _read_with_opencv(path, orientation, colors)
-            image, alpha = _decode_pillow(im, path, colors)
+            decoded = _decode_jpeg_opencv(im, path, colors)
+            image, alpha = decoded if decoded is not None else _decode_pillow(im, path, colors)
         return _frame(path, 0, image, alpha, orientation)
+
+
+_JPEG_END = b"\xff\xd9"
+_IMREAD_RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)  # OpenCV >= 4.11
+
+
+def _decode_jpeg_opencv(im: Image.Image, path: Path, colors: "SrgbConverter"
+                        ) -> tuple[np.ndarray, None] | None:
+    """A complete 8-bit RGB or gray JPEG decoded by OpenCV (faster than Pillow's decoder, the same
+    pixels), stored orientation, colours converted like Pillow's; None: let Pillow decode it (other
+    modes, a file that does not end with the end-of-image marker, whose truncation Pillow
+    reports, or anything OpenCV fails on)."""
+    if im.format != "JPEG" or im.mode not in ("RGB", "L"):
+        return None
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError:
+        return None
+    if data.size < 4 or data[-2:].tobytes() != _JPEG_END:
+        return None
+    gray = im.mode == "L"
+    flag = cv2.IMREAD_GRAYSCALE if gray else (_IMREAD_RGB if _IMREAD_RGB is not None else cv2.IMREAD_COLOR)
+    try:
+        out = cv2.imdecode(data, flag | cv2.IMREAD_IGNORE_ORIENTATION)
+    except cv2.error:
+        return None
+    if out is None or out.shape[:2] != (im.height, im.width):
+        return None
+    if gray:
+        out = out[:, :, None]
+    elif _IMREAD_RGB is None:
+        out = cv2.cvtColor(out, cv2.COLOR_BGR2RGB)
+    return _in_srgb(colors, out), None
 
 
 @dataclass(frozen=True)
@@ -513,6 +557,7 @@ def write_image(
     *,
     alpha: np.ndarray | None = None,
     quality: int = 95,
+    before_commit: Callable[[], None] | None = None,
 ) -> Path:
     """Write an image atomically; the format comes from the extension (see
     ``WRITABLE_IMAGE_EXTENSIONS``).
@@ -523,6 +568,9 @@ def write_image(
     alpha:   (H, W) opacity, re-attached as the alpha channel; converted to the image dtype
              (x257 or //257) when it differs. JPEG has no alpha: it is dropped with a warning.
     quality: 1..100 for JPEG and WebP.
+    before_commit: called once the bytes are in the temporary file, before it replaces ``path``;
+             whatever it raises is raised with nothing left behind (a writer pool decides there,
+             in input order, whether an output may still appear).
 
     Returns the path written. Creates missing parent folders.
     """
@@ -549,9 +597,17 @@ def write_image(
                 "or convert the image to uint8"
             )
         data = _encode_opencv(path, image, alpha, cv2_ext)
+    elif pil_format == "PNG" and not (image.shape[2] == 1 and alpha is not None):
+        data = _encode_opencv(path, image, alpha, ".png")  # 8-bit gray, RGB, RGBA: the fast encoder
     else:
         data = _encode_pillow(image, alpha, pil_format, quality)
-    atomic_write_bytes(path, data)
+    if before_commit is None:
+        atomic_write_bytes(path, data)
+        return path
+    with atomic_path(path, suffix=".tmp") as tmp:
+        with os.fdopen(os.open(tmp, os.O_WRONLY | getattr(os, "O_BINARY", 0)), "wb") as f:
+            f.write(data)
+        before_commit()
     return path
 
 
@@ -603,6 +659,8 @@ def _encode_pillow(image: np.ndarray, alpha: np.ndarray | None, pil_format: str,
             im = im.convert("RGBA" if alpha is not None else "RGB")
     elif pil_format == "TIFF":
         options = {"compression": "tiff_deflate"}
+    elif pil_format == "PNG":
+        options = {"compress_level": 1}  # gray + alpha only (see write_image): fast, like OpenCV's
     elif pil_format == "BMP" and im.mode == "LA":
         im = im.convert("RGBA")
     buffer = io.BytesIO()
