@@ -23,6 +23,20 @@ def precision_option(f: F) -> F:
     )(f)
 
 
+BACKEND_HELP = ("What runs the model: auto (per frame shape, from measurements: the compiled torch forward "
+                "when --compile compiles it, else OpenVINO or ONNX Runtime when installed and the job pays "
+                "for converting, else torch), torch, openvino (pip install 'frametrans[openvino]') or "
+                "onnxruntime (pip install 'frametrans[onnx]'); the last two run on the CPU, their "
+                "converted graphs cached in ~/.cache/frametrans.")
+
+
+def backend_option(f: F) -> F:
+    return click.option(
+        "--backend", type=click.Choice(["auto", "torch", "openvino", "onnxruntime"]), default="auto",
+        show_default=True, help=BACKEND_HELP,
+    )(f)
+
+
 def quiet_option(f: F) -> F:
     return click.option("--quiet", "-q", is_flag=True, help="No progress bar or log lines.")(f)
 

@@ -41,12 +41,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from frametrans.engine import backends
 from frametrans.engine import compile as compiling
 from frametrans.engine import device as devices
 from frametrans.engine import transforms
+from frametrans.engine.backends.serve import BackendServer
 from frametrans.engine.memory import (Footprint, MemoryPolicy, Plan, format_size, frame_bytes_per_pixel,
                                       probe_footprint)
 from frametrans.engine.normstats import frame_dependent_norms, has_frame_dependent_norm
+from frametrans.engine.pinned import PinnedBuffers
 from frametrans.engine.padding import Pads, crop, min_side, pad_to_multiple
 from frametrans.engine.session import Session
 from frametrans.io.errors import first_line
@@ -71,7 +74,13 @@ class RunnerOptions:
         long enough for compiling to pay; see :meth:`Runner.expect`), ``on`` (always; fails loudly
         if it cannot), ``off`` (eager only).
     cuda_graphs: replay CUDA graphs of the forward per static shape (CUDA only).
-    cache_dir: where compiled packages go (default :func:`frametrans.engine.compile.cache_dir`).
+    cache_dir: where compiled packages and backend graphs go (default
+        :func:`frametrans.engine.compile.cache_dir`).
+    backend: what runs whole frames (:mod:`frametrans.engine.backends`): ``torch`` (the default
+        here: exactly the module given runs), ``openvino``, ``onnxruntime`` (CPU only; not installed:
+        a one-line error naming the pip command), or ``auto`` (the CLI's default; per shape, from
+        measurements: the compiled torch forward when ``compile`` compiles it, else an installed
+        backend when its graph is cached or the job pays for converting, else torch eager).
     """
 
     device: str = "auto"
@@ -85,6 +94,7 @@ class RunnerOptions:
     compile: str = "auto"
     cuda_graphs: bool = False
     cache_dir: Optional[str] = None
+    backend: str = "torch"
 
     def validate(self) -> None:
         """Reject impossible values before any work starts (one-line ValueError)."""
@@ -102,10 +112,19 @@ class RunnerOptions:
         if self.tile_stats not in TILE_STATS:
             raise ValueError(f"--tile-stats must be exact or fast, got {self.tile_stats!r}")
         compiling.validate_mode(self.compile)
+        backend = backends.validate_backend(self.backend)
+        backends.require_installed(backend)
+        if backend in backends.PACKAGES and self.cuda_graphs:
+            raise backends.BackendUnavailable(f"--backend {backend} runs on the CPU: CUDA graphs need "
+                                              "--backend torch")
 
 
 class FrameOutOfMemory(RuntimeError):
     """One frame does not fit even in the smallest tiles."""
+
+
+class NonFiniteOutput(RuntimeError):
+    """The model's output has NaN or inf even in fp32 (names the frames); nothing is written."""
 
 
 def default_forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -145,10 +164,11 @@ class Runner:
         self.forward = forward
         self.in_channels = self.contract.in_channels * self.contract.frames_in
         self.out_channels = out_channels or self.contract.out_channels * self.contract.frames_out
+        self._frame_norms = has_frame_dependent_norm(self.source)
         self.memory = MemoryPolicy(
             budget=self.options.max_memory or devices.default_memory_budget(self.device),
             measure=self._measure_footprint, multiple=self.contract.size_multiple,
-            overlap=self.overlap, frame_dependent_norm=has_frame_dependent_norm(self.source),
+            overlap=self.overlap, frame_dependent_norm=self._frame_norms,
             batch_size=self.options.batch_size, tile=self.options.tile,
             tile_stats=self.options.tile_stats, cpu=self.device.type != "cuda")
         self._plans: Dict[tuple, Plan] = {}
@@ -161,9 +181,14 @@ class Runner:
         self._signature: Optional[str] = None
         self._declined: set = set()  # shapes auto decided not to compile, until the next expect()
         self.compile_seconds = 0.0  # spent compiling or loading packages, for reports
-        self._pinned: Dict[tuple, List[Tuple[torch.Tensor, "torch.cuda.Event"]]] = {}
-        self._pinned_turn: Dict[tuple, int] = {}
+        self._pinned = PinnedBuffers()  # CUDA staging buffers
         self._wide: Optional[Runner] = None  # fp32 twin for 16-bit inputs under precision auto
+        self.backend = backends.choose(self.options.backend, self.device, self.dtype,
+                                       self.options.precision, self.options.compile)
+        token = "" if forward is default_forward else getattr(forward, "cache_token", None)
+        self._server = BackendServer.serving(self.backend, self.source, forward, token, self._cache_root())
+        if self.backend.explicit and self._server is not None:
+            self.policy = compiling.CompilePolicy(mode="off")  # the backend asked for runs every frame
         if self.policy.mode == "on":
             reason = compiling.can_compile(self.device) or self._forward_uncompilable()
             if reason:
@@ -221,7 +246,7 @@ class Runner:
         if self.for_depth(images[0].dtype) is not self:
             return self.for_depth(images[0].dtype)(images, label)
         try:
-            return self._finish(self._launch(None, images))
+            return self._finish(self._launch(None, images, label=label))
         except torch.OutOfMemoryError:
             if len(images) > 1:
                 raise
@@ -327,7 +352,7 @@ class Runner:
                     "%s: out of memory on a %dx%d frame; retrying in tiles (at most %d pixels "
                     "per forward)", label, w, h, self.memory.pixel_cap)
             try:
-                return self._finish(self._launch(None, [image], plan))[0]
+                return self._finish(self._launch(None, [image], plan, label))[0]
             except torch.OutOfMemoryError:
                 continue
         self.session.release_cached_memory()
@@ -339,33 +364,59 @@ class Runner:
         yield from zip(launched.frames, self._finish(launched))
 
     def _launch(self, frames: Optional[List[Frame]], images: Sequence[np.ndarray],
-                plan: Optional[Plan] = None) -> _Launched:
+                plan: Optional[Plan] = None, label: str = "image") -> _Launched:
         """Upload, convert, run and convert back; on CUDA the copy back is queued, not awaited."""
         dtype = images[0].dtype
         max_value = 65535.0 if dtype == np.uint16 else 255.0
         plan = plan or self.plan(*images[0].shape[:2])
         with self.session.inference():
             x, pads = self._model_tensor(images, max_value)
-            y = self._infer(x, plan)
+            y = crop(self._infer(x, plan), pads)
             del x  # the input's memory is free for the conversion back
-            y = transforms.from_model_range(crop(y, pads), self.contract.value_range, max_value)
+            labels = [frame_label(f) for f in frames] if frames else [label] * len(images)
+            y = self._finite(y, images, max_value, plan, labels)
+            y = transforms.from_model_range(y, self.contract.value_range, max_value)
             y = y.to(torch.int32 if dtype == np.uint16 else torch.uint8).permute(0, 2, 3, 1)
             self.policy.done_frames += len(images)
             if self.device.type != "cuda":
                 return _Launched(frames, y.to("cpu"), np.dtype(dtype))
-            out, event = self._pinned_buffer(tuple(y.shape), y.dtype)
+            out, event = self._pinned.get(tuple(y.shape), y.dtype)
             out.copy_(y, non_blocking=True)
             event.record()
             return _Launched(frames, out, np.dtype(dtype), event)
 
-    def _model_tensor(self, images: Sequence[np.ndarray], max_value: float) -> Tuple[torch.Tensor, Pads]:
-        """Integer images -> the padded model input [B, C, H', W'] in the model's range, dtype and
-        layout. Padded while still integers (4x less to copy), each step freeing the one before."""
+    def _model_tensor(self, images: Sequence[np.ndarray], max_value: float, fp32: bool = False
+                      ) -> Tuple[torch.Tensor, Pads]:
+        """Integer images -> the padded model input [B, C, H', W'] in the model's range, dtype
+        (float32 with ``fp32``) and layout. Padded while still integers (4x less to copy), each
+        step freeing the one before."""
         m = self.contract.size_multiple
         x, pads = pad_to_multiple(self._upload(images), m, min_size=min_side(m))
         x = _to_model_range(x, self.contract.value_range, max_value)
         x = transforms.match_frame_channels(x, self.contract.frames_in, self.contract.in_channels)
-        return self.session.to_model_layout(x), pads
+        return (x if fp32 else self.session.to_model_layout(x)), pads
+
+    def _finite(self, y: torch.Tensor, images: Sequence[np.ndarray], max_value: float, plan: Plan,
+                labels: List[str]) -> torch.Tensor:
+        """``y`` when every output is finite. Else (a bf16/fp16 overflow) the batch once more in fp32
+        on the fp32 weights, with a warning naming the frames; NonFiniteOutput when even that has
+        NaN or inf, so that no black or garbage frame is ever written."""
+        bad = ~torch.isfinite(y).flatten(1).all(1)
+        if not bool(bad.any()):
+            return y
+        names = ", ".join(labels[i] for i in bad.nonzero().flatten().tolist())
+        served = self._server is not None and self._server.fn is not None  # may have run on the backend
+        ran = self._server.choice.dtype if served else self.dtype
+        if ran == torch.float32 and not served:
+            raise NonFiniteOutput(f"{names}: the model's output has NaN or inf (in fp32)")
+        log.warning("%s: NaN or inf in the %s output; running %s again in fp32", names,
+                    backends.dtype_name(ran), "it" if len(images) == 1 else f"the batch of {len(images)}")
+        x, pads = self._model_tensor(images, max_value, fp32=True)
+        with self.session.full_precision():
+            y = crop(self._infer(x, plan, self.source), pads)
+        if not bool(torch.isfinite(y).all()):
+            raise NonFiniteOutput(f"{names}: the model's output has NaN or inf, in fp32 too")
+        return y
 
     def _finish(self, launched: _Launched) -> List[np.ndarray]:
         if launched.event is not None:
@@ -379,40 +430,20 @@ class Runner:
         """Integer images onto the device as [B, C, H, W] (a view of [B, H, W, C]: channels_last)."""
         if self.device.type == "cuda" and images[0].dtype == np.uint8 and images[0].ndim == 3:
             shape = (len(images), *images[0].shape)
-            buf, event = self._pinned_buffer(("in", *shape), torch.uint8)
+            buf, event = self._pinned.get(("in", *shape), torch.uint8)
             np.stack(images, out=buf.numpy())
             t = buf.to(self.device, non_blocking=True)
             event.record()  # the buffer may be refilled once this copy is done
             return t.permute(0, 3, 1, 2)
         return transforms.images_to_tensor(images, self.device)
 
-    def _pinned_buffer(self, key: tuple, dtype: torch.dtype) -> Tuple[torch.Tensor, "torch.cuda.Event"]:
-        """A page-locked CPU buffer of shape ``key`` (two per shape, used in turn) and its event.
-
-        Waits for the event of the buffer's previous use, so it is never overwritten while an
-        asynchronous copy still reads or writes it.
-        """
-        shape = tuple(k for k in key if isinstance(k, int))
-        full = (key, dtype)
-        ring = self._pinned.get(full)
-        if ring is None:
-            ring = [(torch.empty(shape, dtype=dtype, pin_memory=True), torch.cuda.Event())
-                    for _ in range(2)]
-            self._pinned[full] = ring
-            if len(self._pinned) > 16:  # many frame sizes: keep the newest few
-                self._pinned.pop(next(iter(self._pinned)))
-        turn = self._pinned_turn.get(full, 0)
-        self._pinned_turn[full] = turn + 1
-        buf, event = ring[turn % 2]
-        event.synchronize()
-        return buf, event
-
     # -- inference ------------------------------------------------------------------------------
 
-    def _infer(self, x: torch.Tensor, plan: Plan) -> torch.Tensor:
+    def _infer(self, x: torch.Tensor, plan: Plan, fp32: Optional[nn.Module] = None) -> torch.Tensor:
+        """The model's output for padded ``x``; ``fp32``: the fp32 module, run eagerly by torch."""
         if plan.tile is None:
-            return self._forward_whole(x)
-        return self._infer_tiled(x, plan)
+            return self._forward_whole(x) if fp32 is None else self.forward(fp32, x)
+        return self._infer_tiled(x, plan, fp32)
 
     def _forward_whole(self, x: torch.Tensor) -> torch.Tensor:
         """One padded batch through the compiled forward when there is (or should be) one."""
@@ -432,7 +463,12 @@ class Runner:
             fn = compiling.CudaGraphForward(lambda t: self.forward(self.model, t), x)
             self._compiled[shape] = fn
             return fn(x)
-        timed = self.policy.mode == "auto" and shape not in self._eager_seconds
+        server, eager = self._server, self._eager_seconds.get(shape)
+        if server is not None and server.wants(shape, eager, self.policy.remaining()):
+            y = server(x, eager)
+            if y is not None:
+                return y
+        timed = (self.policy.mode == "auto" or server is not None) and eager is None
         if timed:
             self.session.sync()
             t0 = time.perf_counter()
@@ -499,23 +535,33 @@ class Runner:
             model=self._identity, shape=tuple(x.shape), dtype=str(x.dtype),
             channels_last=self.session.channels_last, device=self._signature)
 
-    def _infer_tiled(self, x: torch.Tensor, plan: Plan) -> torch.Tensor:
+    def _infer_tiled(self, x: torch.Tensor, plan: Plan, fp32: Optional[nn.Module] = None) -> torch.Tensor:
         """Padded frames [B,C,H,W] through the model in overlapping tiles.
 
         Normalization statistics (InstanceNorm, AdaIN, LayerNorm, batch-stat BatchNorm) are taken
         over each whole frame and frozen while its tiles run, so tiles agree with the full-frame
         pass (``plan.stats``: from a full pass when the frame fits, else exactly from a
         layer-by-layer tiled pass, or approximately from a downscaled copy with ``tile_stats=fast``).
+        Those layers are frozen inside the torch module, so such tiles run through torch; the tiles
+        of other models go through the backend when it is serving. ``fp32``: the fp32 module.
         """
         from frametrans.engine.tiledstats import run_tiled_frozen
 
         self.tiled_frames += x.shape[0]
+        model = self.model if fp32 is None else fp32
         return run_tiled_frozen(
-            self.model, x, tile=plan.tile, overlap=plan.overlap, multiple=self.contract.size_multiple,
-            fn=lambda t: self.forward(self.model, t),
+            model, x, tile=plan.tile, overlap=plan.overlap, multiple=self.contract.size_multiple,
+            fn=self._tile_forward(model, fp32 is None),
             stats="full" if plan.stats == "none" else plan.stats, stats_scale=plan.stats_scale,
             out_channels=self.out_channels, batch_tiles=plan.batch_tiles,
         )
+
+    def _tile_forward(self, model: nn.Module, serve: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+        """How tiles run: the backend for models without per-frame normalization, else torch."""
+        if self._server is None or not serve:
+            return lambda t: self.forward(model, t)
+        return self._server.tile_forward(lambda t: self.forward(model, t), self._frame_norms,
+                                         self.policy.remaining)
 
     def _measure_footprint(self) -> Footprint:
         """The per-pixel memory costs of this model in this session (one small probe forward)."""

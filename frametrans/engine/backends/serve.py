@@ -1,0 +1,168 @@
+"""Which whole-frame batches a backend serves, and the backend itself, built on first use.
+
+:class:`BackendServer` sits in the runner between the compiled torch forward and torch eager. A
+backend asked for by name serves every whole-frame batch. Under ``--backend auto`` it decides per
+input shape, from what it measures on this machine, like ``--compile auto`` does:
+
+- the model's graph is already cached on disk: serve (loading it costs well under a second);
+- else convert only when the job pays for it: the eager time per frame (timed on the first batch
+  of the shape) x the expected saving (:data:`SAVING`) x the frames still expected in the job must
+  exceed the conversion time (:data:`CONVERT_SECONDS`); a job of unknown length never pays up
+  front, an open-ended stream does once the frames it has run would have;
+- after a shape has run twice on the backend, its time per frame is compared with torch eager's
+  for that shape: when the backend is not faster here, that shape goes back to torch (logged).
+
+A conversion that fails under ``auto`` is logged and torch keeps running; under an explicit backend
+it is an error (one line).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Callable, Dict, Optional, Set, Tuple
+
+import torch
+from torch import nn
+
+from frametrans.engine import backends
+from frametrans.engine.backends.graph import graph_path, onnx_graph
+
+log = logging.getLogger("frametrans")
+
+Shape = Tuple[int, ...]
+#: Expected fraction of torch eager's time per frame that a backend saves, by (backend, dtype).
+#: Measured for ResNet-9 (ngf 64): OpenVINO bf16 156 against torch eager bf16 169-299 ms/frame at
+#: 256x256 on Sapphire Rapids (~0.3); OpenVINO fp32 364 and ONNX Runtime fp32 405 against torch
+#: eager fp32 1058 ms/frame at 128x128 on a 2-core Xeon (0.6, but 587 against 545-784 on Sapphire
+#: Rapids): 0.3 is the conservative middle.
+SAVING = {("openvino", torch.bfloat16): 0.3, ("openvino", torch.float32): 0.3,
+          ("onnxruntime", torch.float32): 0.3}
+#: Expected seconds to trace the ONNX graph and compile it for one shape (ResNet-9: ~1.5 s trace,
+#: ~0.5 s OpenVINO compile on 2 cores). ``FRAMETRANS_CONVERT_SECONDS`` overrides.
+CONVERT_SECONDS = 3.0
+
+
+def convert_seconds() -> float:
+    try:
+        return float(os.environ.get("FRAMETRANS_CONVERT_SECONDS", CONVERT_SECONDS))
+    except ValueError:
+        return CONVERT_SECONDS
+
+
+class BackendServer:
+    """Runs whole-frame batches on the chosen backend when it should (see the module docstring).
+
+    choice: from :func:`frametrans.engine.backends.choose` (not ``torch``). source: the fp32 module
+    in eval mode; forward: the runner's ``forward(model, x)``; root: the cache folder.
+    """
+
+    def __init__(self, choice: backends.Choice, source: nn.Module,
+                 forward: Callable[[nn.Module, torch.Tensor], torch.Tensor], token: Optional[str],
+                 root: Path) -> None:
+        self.choice = choice
+        self.source, self.forward, self.token, self.root = source, forward, token, root
+        self.fn: Optional[backends.Forward] = None
+        self.failed: Optional[str] = None
+        self.convert_seconds = 0.0  # spent tracing and loading, for reports
+        self._slower: Set[Shape] = set()
+        self._runs: Dict[Shape, int] = {}
+        self._seconds: Dict[Shape, float] = {}
+        self._path: Optional[Path] = None
+        self._told_tiles = False
+
+    @classmethod
+    def serving(cls, choice: backends.Choice, source: nn.Module,
+                forward: Callable[[nn.Module, torch.Tensor], torch.Tensor], token: Optional[str],
+                root: Path) -> Optional["BackendServer"]:
+        """The server for ``choice`` (logged), or None for torch. ``token`` names the forward in the
+        cache ("" for the plain ``model(x)``, else its ``cache_token``); None: not cached."""
+        backends.log_choice(choice)
+        return None if choice.name == "torch" else cls(choice, source, forward, token, root)
+
+    def tile_forward(self, torch_fn: backends.Forward, frame_norms: bool,
+                     remaining: Callable[[], int]) -> backends.Forward:
+        """How tiles run: through the backend when it serves their shape, except for models with
+        per-frame normalization (``frame_norms``: their whole-frame statistics are frozen inside
+        the torch layers), whose tiles run through ``torch_fn``."""
+        if frame_norms:
+            if self.choice.explicit and not self._told_tiles:
+                self._told_tiles = True
+                log.info("backend %s: tiled frames of this model run through torch (the whole-frame "
+                         "statistics of its normalization layers are frozen inside torch's layers)", self.name)
+            return torch_fn
+
+        def fn(t: torch.Tensor) -> torch.Tensor:
+            y = self(t) if self.wants(tuple(t.shape), None, remaining()) else None
+            return torch_fn(t) if y is None else y
+
+        return fn
+
+    @property
+    def name(self) -> str:
+        return self.choice.name
+
+    def cached(self) -> bool:
+        """True when the model's graph is on disk already (auto then serves without a job hint)."""
+        if self.token is None:
+            return False
+        if self._path is None:
+            self._path = graph_path(self.source, self.token, self.root)
+        return self._path.exists()
+
+    def wants(self, shape: Shape, eager_seconds: Optional[float], remaining: int) -> bool:
+        """Whether the backend should run a batch of ``shape`` (per-frame eager seconds if timed)."""
+        if self.failed is not None or shape in self._slower:
+            return False
+        if self.choice.explicit or self.fn is not None or self.cached():
+            return True
+        if eager_seconds is None:
+            return False
+        saving = SAVING.get((self.name, self.choice.dtype), 0.3) * eager_seconds
+        return saving * remaining > convert_seconds()
+
+    def __call__(self, x: torch.Tensor, eager_seconds: Optional[float] = None) -> Optional[torch.Tensor]:
+        """The backend's output for ``x [B, C, H, W]`` (float32, CPU), or None when it failed to
+        convert under ``auto`` (torch then runs it)."""
+        if self.fn is None and not self._build(x):
+            return None
+        shape = tuple(x.shape)
+        n = self._runs[shape] = self._runs.get(shape, 0) + 1
+        if n != 2 or eager_seconds is None or self.choice.explicit:
+            return self.fn(x)
+        t0 = time.perf_counter()
+        y = self.fn(x)
+        per_frame = (time.perf_counter() - t0) / shape[0]
+        self._seconds[shape] = per_frame
+        if per_frame >= eager_seconds:
+            self._slower.add(shape)
+            log.info("backend %s: %.0f ms/frame for %s, torch eager %.0f: torch runs this shape",
+                     self.name, per_frame * 1e3, shape, eager_seconds * 1e3)
+        return y
+
+    def _build(self, x: torch.Tensor) -> bool:
+        t0 = time.perf_counter()
+        try:
+            with onnx_graph(self.source, self.forward, x, self.root, self.token) as got:
+                path, was_cached, _ = got
+                self.fn = backends.build(self.choice, str(path), self.root)
+        except Exception as exc:  # noqa: BLE001 - an unexportable model: torch still runs it
+            self.failed = f"{type(exc).__name__}: {_first_line(exc)}"
+            if self.choice.explicit:
+                raise RuntimeError(f"--backend {self.name}: converting the model failed ({self.failed}); "
+                                   "use --backend torch") from exc
+            log.warning("backend %s: converting the model failed (%s); running it with torch",
+                        self.name, self.failed)
+            return False
+        self.convert_seconds += time.perf_counter() - t0
+        log.info("backend %s (%s): %s graph in %.1f s", self.name, backends.dtype_name(self.choice.dtype),
+                 "loaded the cached" if was_cached else "converted the", self.convert_seconds)
+        return True
+
+
+def _first_line(exc: BaseException) -> str:
+    from frametrans.io.errors import first_line
+
+    return first_line(exc)

@@ -1,0 +1,193 @@
+"""Backends behind the runner: selection (with and without the optional packages), the auto rule,
+OpenVINO and ONNX Runtime against torch fp32, batching and tiling through them, the disk cache."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from frametrans.engine import backends
+from frametrans.engine.backends.serve import BackendServer
+from frametrans.engine.runner import Runner, RunnerOptions
+from frametrans.io.frame import Frame
+from tests_support import psnr, smooth_images, tiny_model
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def without_backends(monkeypatch):
+    """Neither openvino nor onnxruntime importable (None in sys.modules makes ``import`` fail)."""
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+
+
+def _runner(model, tmp_path, **kw) -> Runner:
+    kw.setdefault("device", "cpu")
+    kw.setdefault("compile", "off")
+    return Runner(model, RunnerOptions(cache_dir=str(tmp_path / "cache"), **kw))
+
+
+def _fp32(model, images, forward=None):
+    opts = RunnerOptions(device="cpu", precision="fp32", compile="off", backend="torch")
+    return (Runner(model, opts, forward=forward) if forward else Runner(model, opts))(images)
+
+
+# -- selection -------------------------------------------------------------------------------
+
+
+def test_selection_without_the_optional_packages(without_backends):
+    assert not backends.installed("openvino") and not backends.installed("onnxruntime")
+    for dtype in (torch.float32, torch.bfloat16):
+        choice = backends.choose("auto", CPU, dtype)
+        assert choice.name == "torch" and "neither OpenVINO nor ONNX Runtime" in choice.reason
+    for name, pip in (("openvino", "pip install 'frametrans[openvino]'"),
+                      ("onnxruntime", "pip install 'frametrans[onnx]'")):
+        with pytest.raises(backends.BackendUnavailable, match=f"--backend {name}: .* not installed; ") as err:
+            RunnerOptions(backend=name).validate()
+        assert pip in str(err.value) and "\n" not in str(err.value)
+        assert err.value.param_hint == "--backend"  # the CLI turns it into exit status 2
+    RunnerOptions(backend="torch").validate()
+    RunnerOptions(backend="auto").validate()
+    assert RunnerOptions().backend == "torch"  # the library runs the module it is given; the CLI says auto
+
+
+def test_auto_rule_and_refusals(monkeypatch):
+    pytest.importorskip("openvino")
+    pytest.importorskip("onnxruntime")
+    assert backends.choose("auto", CPU, torch.bfloat16).name == "openvino"
+    assert backends.choose("auto", CPU, torch.float32).name == "openvino"
+    assert backends.choose("auto", torch.device("cuda"), torch.bfloat16).name == "torch"
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    assert backends.choose("auto", CPU, torch.float32).name == "onnxruntime"
+    assert backends.choose("auto", CPU, torch.bfloat16).name == "torch"  # ORT has no bf16
+    monkeypatch.delitem(sys.modules, "openvino")
+    with pytest.raises(backends.BackendUnavailable, match="runs on the CPU, not cuda"):
+        backends.choose("openvino", torch.device("cuda"), torch.float32)
+    with pytest.raises(backends.BackendUnavailable, match="computes in fp32 on the CPU, not bf16"):
+        backends.choose("onnxruntime", CPU, torch.bfloat16, precision="bf16")
+    assert backends.choose("onnxruntime", CPU, torch.bfloat16, precision="auto").dtype == torch.float32
+    with pytest.raises(backends.BackendUnavailable, match="--compile on"):
+        backends.choose("openvino", CPU, torch.float32, compile_mode="on")
+    with pytest.raises(ValueError, match="unknown backend 'tensorrt'"):
+        RunnerOptions(backend="tensorrt").validate()
+    with pytest.raises(ValueError, match="CUDA graphs need --backend torch"):
+        RunnerOptions(backend="openvino", cuda_graphs=True).validate()
+
+
+def test_auto_converts_only_when_the_job_pays(tmp_path, monkeypatch):
+    model = tiny_model("resnet")
+    choice = backends.Choice("onnxruntime", torch.float32, "test")
+    server = BackendServer(choice, model, lambda m, x: m(x), "", tmp_path)
+    shape = (1, 3, 16, 16)
+    assert not server.wants(shape, None, 10**6)  # not timed yet
+    monkeypatch.setenv("FRAMETRANS_CONVERT_SECONDS", "3")
+    assert server.wants(shape, 0.5, 100)  # 0.3 x 0.5 s x 100 frames = 15 s > 3 s
+    assert not server.wants(shape, 0.5, 10)  # 1.5 s < 3 s
+    assert not server.wants(shape, 0.5, 0)  # no job hint: nothing pays
+    explicit = BackendServer(backends.Choice("onnxruntime", torch.float32, "x", True), model,
+                             lambda m, x: m(x), "", tmp_path)
+    assert explicit.wants(shape, None, 0)
+
+
+def test_a_shape_the_backend_runs_slower_goes_back_to_torch(tmp_path):
+    server = BackendServer(backends.Choice("onnxruntime", torch.float32, "test"), tiny_model("resnet"),
+                           lambda m, x: m(x), "", tmp_path)
+    server.fn = lambda x: (time.sleep(0.02), x)[1]
+    x = torch.zeros(1, 3, 8, 8)
+    assert server.wants((1, 3, 8, 8), 1e-6, 100)
+    server(x, 1e-6)
+    server(x, 1e-6)  # the second run is compared with torch eager's 1 us/frame
+    assert not server.wants((1, 3, 8, 8), 1e-6, 100)
+
+
+# -- running through the backends -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["openvino", "onnxruntime"])
+def test_backend_batches_match_torch_fp32(backend, tmp_path):
+    pytest.importorskip(backend)
+    model = tiny_model("resnet")
+    images = smooth_images(5, 44, 60)
+    ref = _fp32(model, images)
+    r = _runner(model, tmp_path, backend=backend, precision="fp32", batch_size=2)
+    outs = [o for _, o in r.run(Frame(im, index=i) for i, im in enumerate(images))]
+    assert r._server.fn is not None and r._server.name == backend
+    assert {s[0] for s in r._server._runs} == {1, 2}  # batches of 2 and the last one alone
+    for a, b in zip(outs, ref):
+        assert a.shape == b.shape and a.dtype == np.uint8
+        assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+    graphs = list((tmp_path / "cache" / "onnx").glob("*.onnx"))
+    assert len(graphs) == 1  # cached on disk; a second runner loads it
+    again = _runner(model, tmp_path, backend=backend, precision="fp32")
+    assert again._server.cached()
+
+
+def test_openvino_bf16_keeps_the_picture(tmp_path):
+    pytest.importorskip("openvino")
+    model = tiny_model("resnet")
+    images = smooth_images(3)
+    ref = _fp32(model, images)
+    r = _runner(model, tmp_path, backend="openvino", precision="bf16")
+    assert r.backend.dtype == torch.bfloat16
+    assert min(psnr(a, b) for a, b in zip(r(images), ref)) >= 40.0
+
+
+@pytest.mark.parametrize("backend", ["openvino", "onnxruntime"])
+def test_tiles_go_through_the_backend_unless_norm_statistics_are_frozen(backend, tmp_path, caplog):
+    pytest.importorskip(backend)
+    images = smooth_images(1, 128, 160)
+    unet = tiny_model("unet", num_downs=3)  # batch norm with running statistics: not per frame
+    r = _runner(unet, tmp_path, backend=backend, precision="fp32", tile=64, tile_overlap=16)
+    out = r(images)[0]
+    assert r.tiled_frames == 1 and any(s[-2:] == (64, 64) for s in r._server._runs)
+    assert np.abs(out.astype(int) - _fp32(unet, images)[0].astype(int)).max() <= 1
+    resnet = tiny_model("resnet")  # instance norm: tiles run through torch with frozen statistics
+    tiled_torch = _runner(resnet, tmp_path, backend="torch", precision="fp32", tile=64, tile_overlap=16)(images)[0]
+    caplog.set_level("INFO", logger="frametrans")
+    r = _runner(resnet, tmp_path, backend=backend, precision="fp32", tile=64, tile_overlap=16)
+    out = r(images)[0]
+    assert r._server.fn is None and "tiled frames of this model run through torch" in caplog.text
+    assert np.array_equal(out, tiled_torch)
+
+
+def test_munit_style_forward_through_a_backend(tmp_path):
+    pytest.importorskip("onnxruntime")
+    model = tiny_model("munit")
+    style = torch.randn(1, model.config.style_dim, 1, 1, generator=torch.Generator().manual_seed(1))
+
+    def forward(m, x):
+        return m.translate(x, style=style, direction="b2a")
+
+    images = smooth_images(2, 40, 48)
+    ref = _fp32(model, images, forward)
+    r = Runner(model, RunnerOptions(device="cpu", precision="fp32", compile="off", backend="onnxruntime",
+                                    cache_dir=str(tmp_path / "cache")), forward=forward)
+    outs = r(images)
+    assert r._server.fn is not None
+    assert all(np.abs(a.astype(int) - b.astype(int)).max() <= 1 for a, b in zip(outs, ref))
+    # a forward without a cache_token cannot be named in the cache: converted, not cached
+    assert not (tmp_path / "cache" / "onnx").exists()
+
+
+def test_auto_in_the_runner_converts_once_the_job_pays(tmp_path, monkeypatch):
+    if not (backends.installed("openvino") or backends.installed("onnxruntime")):
+        pytest.skip("neither openvino nor onnxruntime installed")
+    monkeypatch.setenv("FRAMETRANS_CONVERT_SECONDS", "0")
+    model = tiny_model("resnet")
+    images = smooth_images(6, 32, 40)
+    frames = [Frame(im, index=i) for i, im in enumerate(images)]
+    short = _runner(model, tmp_path / "a", precision="fp32", batch_size=2, backend="auto")
+    assert short.backend.name in ("openvino", "onnxruntime") and not short.backend.explicit
+    list(short.run(frames))  # no job hint: nothing pays for converting
+    assert short._server.fn is None
+    long = _runner(model, tmp_path / "b", precision="fp32", batch_size=2, backend="auto")
+    long.expect(len(frames))
+    outs = [o for _, o in long.run(frames)]
+    assert long._server.fn is not None  # the first batch ran eagerly (timed), the rest converted
+    ref = _fp32(model, images)
+    assert all(np.abs(a.astype(int) - b.astype(int)).max() <= 1 for a, b in zip(outs, ref))
