@@ -1,0 +1,95 @@
+"""The non-finite guard: a bf16 output with NaN/inf is run again in fp32, never written as garbage."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from frametrans.engine.runner import NonFiniteOutput, Runner, RunnerOptions
+from frametrans.io.frame import Frame
+from frametrans.models.resnet import ResnetConfig, ResnetGenerator
+from tests_support import smooth_images
+
+
+CALLS: list = []
+
+
+class NaNInBf16(ResnetGenerator):
+    """A tiny ResNet whose output has NaN in one pixel of every frame in bf16 (an overflow), and
+    everywhere in fp32 too when ``always`` is set."""
+
+    always = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        CALLS.append(x.dtype)  # shared by the session's bf16 copy (a deepcopy of the module)
+        y = super().forward(x)
+        if y.dtype == torch.bfloat16 or self.always:
+            y = y.clone()
+            y[:, :, 1, 2] = float("nan")
+        return y
+
+
+def _model(always: bool = False) -> NaNInBf16:
+    torch.manual_seed(0)
+    m = NaNInBf16(ResnetConfig(ngf=4, n_blocks=1))
+    m.always = always
+    return m
+
+
+def _frames(n: int):
+    return [Frame(im, source="clip.mp4", index=i, pts=i) for i, im in enumerate(smooth_images(n))]
+
+
+def _opts(**kw) -> RunnerOptions:
+    return RunnerOptions(device="cpu", compile="off", **kw)
+
+
+def test_a_bf16_batch_with_nan_runs_again_in_fp32(caplog):
+    model = _model()
+    frames = _frames(4)
+    ref = Runner(model, _opts(precision="fp32"))([f.image for f in frames])
+    assert all(np.isfinite(r).all() for r in ref)
+    caplog.set_level(logging.WARNING, logger="frametrans")
+    r = Runner(model, _opts(precision="bf16", batch_size=2))
+    r.plan(*frames[0].image.shape[:2])  # the memory policy's probe forward, before counting
+    CALLS.clear()
+    outs = [o for _, o in r.run(frames)]
+    # each bf16 batch once, then once in fp32: never more
+    assert CALLS == [torch.bfloat16, torch.float32] * 2
+    for a, b in zip(outs, ref):
+        assert np.abs(a.astype(int) - b.astype(int)).max() <= 1  # the fp32 picture, not a black frame
+    warnings = [rec.getMessage() for rec in caplog.records if "NaN or inf" in rec.getMessage()]
+    assert len(warnings) == 2
+    assert "clip.mp4: frame 0" in warnings[0] and "clip.mp4: frame 1" in warnings[0]
+    assert "bf16 output; running the batch of 2 again in fp32" in warnings[0]
+
+
+def test_tiled_frames_are_guarded_too():
+    model = _model()
+    image = smooth_images(1, 96, 128)[0]
+    ref = Runner(model, _opts(precision="fp32", tile=64, tile_overlap=16))([image])[0]
+    CALLS.clear()
+    out = Runner(model, _opts(precision="bf16", tile=64, tile_overlap=16))([image], "big.png")[0]
+    assert torch.float32 in CALLS
+    assert np.abs(out.astype(int) - ref.astype(int)).max() <= 1
+
+
+def test_nan_in_fp32_is_an_error_naming_the_frame_not_a_frame():
+    for precision in ("fp32", "bf16"):
+        r = Runner(_model(always=True), _opts(precision=precision))
+        with pytest.raises(NonFiniteOutput, match="clip.mp4: frame 0: the model's output has NaN or inf"):
+            list(r.run(_frames(1)))
+
+
+def test_finite_outputs_run_once():
+    torch.manual_seed(0)
+    model = ResnetGenerator(ResnetConfig(ngf=4, n_blocks=1))
+    r = Runner(model, _opts(precision="bf16", batch_size=3))
+    r.plan(40, 52)
+    calls = []
+    r.forward = lambda m, x: calls.append(x.dtype) or m(x)
+    outs = r([f.image for f in _frames(3)])
+    assert len(outs) == 3 and calls == [torch.bfloat16]
