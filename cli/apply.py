@@ -50,11 +50,19 @@ from frametrans.cli import options as opt
 @click.option("--temporal-strength", type=float, help="Blend weight for --temporal flow, in [0, 1).")
 @opt.memory_options
 @opt.device_option
+@opt.backend_option
 @opt.precision_option
 @click.option("--compile", "compile_mode", type=click.Choice(["auto", "on", "off"]), default="auto",
               show_default=True, help="Compiled forward pass (AOTInductor, cached in ~/.cache/frametrans): "
               "auto compiles when the job is long enough to pay for it, or a compiled package is cached.")
-@click.option("--skip-existing", is_flag=True, help="Skip inputs whose output exists (resume a job).")
+@click.option("--skip-existing", is_flag=True,
+              help="Skip inputs whose output exists; continue interrupted videos (as --resume).")
+@click.option("--resume", is_flag=True,
+              help="Finish an interrupted job: continue each video from its last closed segment "
+              "(NAME.partial/), skip outputs that are complete.")
+@click.option("--segment-seconds", type=click.FloatRange(min=0), default=10.0, show_default=True,
+              help="Write videos as closed segments of this length, so --resume redoes at most one "
+              "(MP4/MOV/MKV/WebM); 0: in one piece.")
 @opt.overwrite_option
 @opt.quiet_option
 @click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
@@ -67,13 +75,15 @@ def apply_cmd(inputs: Tuple[str, ...], output: str, model: str, list_file, recur
               style_image, num_styles: int, seed: int, yaml_config, batch_size, tile, tile_overlap,
               temporal: str, temporal_strength: Optional[float], tile_stats: str, max_memory,
               device: str, precision: str, skip_existing: bool, overwrite: bool,
-              quiet: bool, ray_address: Optional[str] = None, compile_mode: str = "auto") -> None:
+              quiet: bool, ray_address: Optional[str] = None, compile_mode: str = "auto",
+              resume: bool = False, segment_seconds: float = 10.0, backend: str = "auto") -> None:
     """Run INPUTS (images, folders, videos, or '-' for a raw/y4m stream) through a generator.
 
     \b
     frametrans apply clip.mp4 -o clip_out.mp4 --model cyclegan
     frametrans apply photo.jpg -o out.png --model pix2pix
     frametrans apply photos/ -o out/ --recursive --ext png --skip-existing
+    frametrans apply long.mp4 -o long_out.mp4 --resume      (after Ctrl-C or a crash)
     find . -name '*.jpg' | frametrans apply --list - -o out/
     ffmpeg -i in.mp4 -f rawvideo -pix_fmt rgb24 - | \\
       frametrans apply - --size 640x360 -o - | \\
@@ -103,7 +113,8 @@ def apply_cmd(inputs: Tuple[str, ...], output: str, model: str, list_file, recur
                 raise click.UsageError(f"{flag} is for a raw stream on stdin ('-' as the input)")
     else:
         for flag, given in (("--resize", resize), ("--max-side", max_side), ("--ext", ext),
-                            ("--recursive", recursive), ("--skip-existing", skip_existing)):
+                            ("--recursive", recursive), ("--skip-existing", skip_existing),
+                            ("--resume", resume)):
             if given:
                 raise click.UsageError(f"{flag} does not apply to a stream on stdin")
     raw_size = opt.parse_size(size)
@@ -119,7 +130,7 @@ def apply_cmd(inputs: Tuple[str, ...], output: str, model: str, list_file, recur
     memory = opt.parse_memory_option(max_memory)
     runner_opts = RunnerOptions(device=device, precision=precision, batch_size=batch_size, tile=tile,
                                 tile_overlap=tile_overlap, tile_stats=tile_stats, max_memory=memory,
-                                compile=compile_mode)
+                                compile=compile_mode, backend=backend)
     try:
         runner_opts.validate()
     except ValueError as exc:
@@ -132,10 +143,13 @@ def apply_cmd(inputs: Tuple[str, ...], output: str, model: str, list_file, recur
         resolve_precision(precision, dev)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--precision") from None
-    out_opts = OutputOptions(overwrite=overwrite, skip_existing=skip_existing, recursive=recursive,
+    if resume and overwrite:
+        raise click.UsageError("--resume and --overwrite exclude each other")
+    out_opts = OutputOptions(overwrite=overwrite, skip_existing=skip_existing or resume, recursive=recursive,
                              ext=ext, resize=resize_wh, max_side=max_side, codec=codec, crf=crf,
                              preset=preset, pix_fmt=pix_fmt, audio=not no_audio, quiet=quiet,
-                             temporal=temporal, temporal_strength=temporal_strength)
+                             temporal=temporal, temporal_strength=temporal_strength,
+                             segment_seconds=segment_seconds)
     try:
         out_opts.validate()  # opens --codec once: an encoder that cannot run here is refused now
     except ValueError as exc:  # OptionError too: its message names the option

@@ -9,7 +9,9 @@ on that to clean up after a killed try.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import Iterator, Union
@@ -21,6 +23,17 @@ def temporary_path_for(path: Path, suffix: str) -> Path:
     """A hidden, unique sibling of ``path`` (``.name.1a2b3c4d<suffix>``): same folder, hence same
     file system, so ``os.replace`` onto ``path`` is atomic. Hidden, so folder listings skip it."""
     return path.with_name(f".{path.name}.{secrets.token_hex(4)}{suffix}")
+
+
+def remove_temporaries(path: PathLike) -> None:
+    """Delete the temporary files a killed writer of ``path`` left beside it (``.NAME.1a2b3c4d...``,
+    see :func:`temporary_path_for`). Only for outputs nobody else is writing."""
+    path = Path(path)
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.[0-9a-f]{{8}}(\..*)?")
+    for p in path.parent.glob(f".{glob.escape(path.name)}.*"):
+        if pattern.fullmatch(p.name):
+            with contextlib.suppress(OSError):
+                p.unlink()
 
 
 def fsync_dir(folder: Path) -> None:

@@ -15,7 +15,7 @@ from frametrans.cli.main import cli
 from frametrans.engine.runner import RunnerOptions
 from frametrans.io.images import read_image
 from frametrans.models.resnet import ResnetConfig, ResnetGenerator
-from test_segments import decoded, make_clip
+from tests_support import decoded, segment_clip as make_clip
 
 FP32 = RunnerOptions(device="cpu", precision="fp32")
 
@@ -147,7 +147,7 @@ def test_temporaries_of_a_killed_try_are_removed(tmp_path):
 def test_segment_frame_count_hint_for_compile_auto(tmp_path):
     from frametrans.io.video import probe_video
     from frametrans.scale.ray_apply import _segment_frames
-    from frametrans.scale.segments import plan_segments
+    from frametrans.io.segments import plan_segments
 
     clip = make_clip(tmp_path / "c.mp4", frames=48, gop=12)
     info = probe_video(clip)

@@ -1,4 +1,4 @@
-"""Keyframe split and lossless join of videos (frametrans.scale.segments): pure PyAV, no Ray."""
+"""Keyframe split and lossless join of videos (frametrans.io.segments): pure PyAV, no Ray."""
 
 from fractions import Fraction
 from pathlib import Path
@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from frametrans.io.video import VideoWriter, iter_video_frames, probe_video
-from frametrans.scale.segments import (
+from tests_support import decoded, segment_clip as make_clip
+from frametrans.io.segments import (
     Segment,
     iter_segment_frames,
     join_segments,
@@ -18,56 +19,6 @@ from frametrans.scale.segments import (
 )
 
 
-def make_clip(path, frames=60, size=(64, 48), fps=25, gop=10, audio=True, open_gop=False,
-              vfr=False):
-    """A small H.264 clip with B-frames, a keyframe every ``gop`` frames and an AAC track.
-
-    vfr: irregular frame durations (1/1000 s time base); open_gop: x264 open GOPs.
-    """
-    w, h = size
-    options = {"g": str(gop), "keyint_min": str(gop), "sc_threshold": "0", "bf": "3",
-               "preset": "fast", "crf": "20"}
-    if open_gop:
-        options["x264-params"] = "open-gop=1"
-    tb = Fraction(1, 1000) if vfr else Fraction(1, fps)
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:h, 0:w]
-    with av.open(str(path), "w") as c:
-        v = c.add_stream("libx264", rate=fps, options=options)
-        v.width, v.height, v.pix_fmt = w, h, "yuv420p"
-        v.codec_context.time_base = tb
-        if audio:
-            a = c.add_stream("aac", rate=48000)
-            a.layout = "mono"
-        pts = 0
-        for i in range(frames):
-            img = np.stack([(xx * 4 + i * 5) % 256, (yy * 5 + i * 3) % 256, (xx + yy + i * 7) % 256], -1)
-            img = np.clip(img + rng.integers(-12, 12, img.shape), 0, 255).astype(np.uint8)
-            f = av.VideoFrame.from_ndarray(img, format="rgb24")
-            f.pts, f.time_base = pts, tb
-            pts += int(rng.integers(20, 60)) if vfr else 1
-            for p in v.encode(f):
-                c.mux(p)
-        for p in v.encode(None):
-            c.mux(p)
-        if audio:
-            n = int(48000 * frames / fps)
-            samples = (0.3 * np.sin(2 * np.pi * 440 * np.arange(n) / 48000)).astype(np.float32)[None]
-            af = av.AudioFrame.from_ndarray(samples, format="fltp", layout="mono")
-            af.sample_rate, af.pts = 48000, 0
-            for p in [*a.encode(af), *a.encode(None)]:
-                c.mux(p)
-    return Path(path)
-
-
-def decoded(path):
-    """(pts in seconds, RGB frames) of the first video stream, and the audio packets' bytes."""
-    with av.open(str(path)) as c:
-        v = c.streams.video[0]
-        frames = [(f.pts * v.time_base, f.to_ndarray(format="rgb24")) for f in c.decode(v)]
-    with av.open(str(path)) as c:
-        audio = [bytes(p) for p in c.demux(*c.streams.audio) if p.size] if c.streams.audio else []
-    return [t for t, _ in frames], [f for _, f in frames], audio
 
 
 @pytest.mark.parametrize("ext", [".mp4", ".mkv"])

@@ -1,7 +1,8 @@
 """Ctrl-C and SIGTERM delivered to a real `frametrans apply` process in the middle of its work.
 
-Video: the output is finalized as NAME.partial.EXT, playable, with exactly the frames the log says;
-nothing under the final name, no temporary files. Folder: finished images are complete, no
+Video: the segments done are kept in NAME.partial/ for --resume, with exactly the frames the log
+says (`frametrans join` makes them a playable NAME.partial.EXT); nothing under the final name, no
+temporary files. Folder: finished images are complete, no
 temporary files, and a rerun with --skip-existing finishes the job without redoing them.
 """
 
@@ -80,10 +81,12 @@ def finish(proc: subprocess.Popen, timeout: float = 60.0):
 def test_signal_during_video(tmp_path, slow_model, long_clip, signals):
     clip = long_clip
     out = tmp_path / "out"
+    folder = out / "clip.partial"
     proc = start([clip, "-o", out / "clip.mp4", "-m", slow_model, "--precision", "fp32",
-                  "--batch-size", "2", "--compile", "off"], tmp_path)
-    # the encoder's temporary file appears with the first encoded frame
-    wait_for(lambda: out.exists() and any(p.name.startswith(".clip.mp4.") for p in out.iterdir()), proc)
+                  "--batch-size", "2", "--compile", "off", "--backend", "torch"], tmp_path)
+    # the encoder's temporary file of the first segment appears with the first encoded frame
+    wait_for(lambda: folder.exists() and any(p.name.startswith(".clip.00000.mp4.") for p in folder.iterdir()),
+             proc)
     time.sleep(0.3)
     for name in signals:
         proc.send_signal(getattr(signal, name))
@@ -91,12 +94,17 @@ def test_signal_during_video(tmp_path, slow_model, long_clip, signals):
     code, err = finish(proc)
     assert code == STATUS[signals[0]], err
     assert "Traceback" not in err
-    partial = out / "clip.partial.mp4"
-    found = re.search(r"interrupted: (\d+) of 150 frames done; they are in (.+) \(playable\)", err)
+    found = re.search(r"interrupted: (\d+) of 150 frames done, kept in (.+); rerun with --resume", err)
     assert found, err
     done = int(found.group(1))
-    assert found.group(2) == str(partial)
+    assert found.group(2) == str(folder)
     assert 0 < done < 150
+    assert sorted(p.name for p in out.iterdir()) == ["clip.partial"]
+    assert not hidden_files(out)
+    # the frames done, playable: `frametrans join` (what Ctrl-C wrote directly before segments)
+    res = CliRunner().invoke(cli, ["join", str(folder)])
+    assert res.exit_code == 0, res.output
+    partial = out / "clip.partial.mp4"
     with av.open(str(partial)) as c:
         video = c.streams.video[0]
         frames = [f for f in c.decode(video)]
@@ -108,8 +116,6 @@ def test_signal_during_video(tmp_path, slow_model, long_clip, signals):
         audio = c.streams.audio[0]
         last = max(float(p.pts * audio.time_base) for p in c.demux(audio) if p.pts is not None)
         assert last <= end + 0.1
-    assert sorted(p.name for p in out.iterdir()) == ["clip.partial.mp4"]
-    assert not hidden_files(out)
 
 
 @pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])

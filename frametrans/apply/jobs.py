@@ -51,6 +51,14 @@ class OutputOptions:
     quiet: bool = False
     temporal: str = "off"  # off | flow | auto: stabilize videos, animations and streams
     temporal_strength: Optional[float] = None
+    segment_seconds: float = 10.0  # videos in closed segments of this length (resumable); 0: one piece
+
+    def segmented(self, dst: Path) -> bool:
+        """True when the video output ``dst`` is written in resumable segments: the container and
+        codec allow a lossless join, and ``segment_seconds`` > 0."""
+        from frametrans.io.segments import can_split_output
+
+        return self.segment_seconds > 0 and can_split_output(dst, self.codec)
 
     def stabilizer_strength(self) -> float:
         """The flow-blend strength for videos, animations and streams (0: per-frame output)."""
@@ -61,6 +69,8 @@ class OutputOptions:
     def validate(self) -> None:
         """Reject impossible values before any work starts (one-line ValueError naming the option)."""
         self.stabilizer_strength()
+        if self.segment_seconds < 0:
+            raise ValueError(f"--segment-seconds must be >= 0, got {self.segment_seconds}")
         if self.overwrite and self.skip_existing:
             raise ValueError("--overwrite and --skip-existing exclude each other")
         if self.ext is not None:
@@ -366,7 +376,13 @@ def variant_path(dst: Path, suffix: str) -> Path:
 
 
 def check_outputs(jobs: List[Job], translator: "Translator", opts: OutputOptions) -> None:
-    """Refuse to overwrite existing outputs (unless --overwrite/--skip-existing), before any work."""
+    """Refuse to overwrite existing outputs (unless --overwrite/--skip-existing), and to continue an
+    interrupted video job without --resume or with other settings, before any work."""
+    from frametrans.apply.resumable import check_resumable
+
+    for j in jobs:
+        if j.kind == "video" and opts.segmented(j.dst):
+            check_resumable(j, translator, opts)
     if opts.overwrite or opts.skip_existing:
         return
     for j in jobs:

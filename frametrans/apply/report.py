@@ -9,7 +9,8 @@ Failure rules (the README's "What happens when things go wrong" has the user's v
 - a write error names the output; nothing half-written is left under the final name; a full disk or
   read-only file system stops the job (every later write would fail too), the rest is reported;
 - Ctrl-C / SIGTERM (the CLI turns SIGTERM into KeyboardInterrupt): images already handed to the
-  writer are finished, a video is closed as ``NAME.partial.EXT`` with the frames done so far.
+  writer are finished; a segmented video (MP4, MOV, MKV, WebM) keeps its closed segments in
+  ``NAME.partial/`` for ``--resume``; a video in one piece is closed as ``NAME.partial.EXT``.
 """
 
 from __future__ import annotations
@@ -116,10 +117,11 @@ def signals_deferred() -> Iterator[None]:
             signal.raise_signal(received[0])
 
 
-def progress_bar(total: Optional[int], desc: str, quiet: bool):
-    """A tqdm bar on stderr; silent with ``quiet`` or when stderr is not a terminal."""
+def progress_bar(total: Optional[int], desc: str, quiet: bool, initial: int = 0):
+    """A tqdm bar on stderr; silent with ``quiet`` or when stderr is not a terminal. ``initial``:
+    units already done (a resumed job: the rate and ETA count only what this run does)."""
     from tqdm import tqdm
 
     disable = quiet or not sys.stderr.isatty()
-    return tqdm(total=total, desc=desc, unit="frame" if desc != "files" else "file",
+    return tqdm(total=total, desc=desc, unit="frame" if desc != "files" else "file", initial=initial,
                 file=sys.stderr, disable=disable, dynamic_ncols=True, leave=False)

@@ -8,10 +8,11 @@ policy: an out-of-memory reaction in one style does not change the others.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Deque, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -52,6 +53,8 @@ class Translator:
                  seed: int = 0) -> None:
         self.model = model
         self.options = options or RunnerOptions()
+        self.styles: List[torch.Tensor] = []  # MUNIT: the style code of each variant
+        self._fingerprint: Optional[Dict[str, Any]] = None
         self.contract = model.config.contract()
         if self.contract.frames_in != 1:
             raise ValueError(
@@ -69,6 +72,8 @@ class Translator:
             raise ValueError(f"--num-styles must be >= 1, got {num_styles}")
         self.options.validate()
         styles = self._styles(direction, style_image, num_styles, seed)  # before the shared session
+        self.styles = [s.detach().cpu() for s in styles]
+        self.direction = direction
         session = Session(model, self.options.device, self.options.precision, self.options.channels_last)
         self.variants = [
             Variant(f"_style{i}" if len(styles) > 1 else "",
@@ -89,6 +94,27 @@ class Translator:
         decide whether compiling pays for itself."""
         for v in self.variants:
             v.runner.expect(frames)
+
+    def fingerprint(self) -> Dict[str, Any]:
+        """What decides the pixels on the model side, as plain JSON values: a hash of the weights
+        (and MUNIT style codes and direction) and the runner options that change outputs. Device,
+        batch size and compiling are left out: they change nothing beyond float rounding."""
+        if self._fingerprint is None:
+            digest = hashlib.sha256()
+            for name, t in sorted(self.model.state_dict().items()):
+                digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+                digest.update(_tensor_bytes(t))
+            for s in self.styles:
+                digest.update(_tensor_bytes(s))
+            o = self.options
+            self._fingerprint = {
+                "model": f"{type(self.model).arch_name}:{digest.hexdigest()[:32]}",
+                "variants": len(self.variants), "direction": getattr(self, "direction", None),
+                "precision": str(getattr(self.variants[0].runner, "dtype", o.precision)).replace("torch.", ""),
+                "tile": o.tile, "tile_overlap": o.tile_overlap,
+                "tile_stats": o.tile_stats, "max_memory": o.max_memory,
+                "backend": _backend_name(self.variants[0].runner)}
+        return dict(self._fingerprint)
 
     def queue_bytes(self) -> Optional[int]:
         """Bytes each queue of frames between the stages (decode ahead, encode behind) may hold,
@@ -111,6 +137,17 @@ class Translator:
         gen = torch.Generator().manual_seed(seed)
         codes = torch.randn(k, self.contract.style_dim, 1, 1, generator=gen)
         return [codes[i:i + 1] for i in range(k)]
+
+
+def _backend_name(runner: Runner) -> str:
+    """The backend that runs the frames (``--backend auto`` resolved: they differ in rounding)."""
+    choice = getattr(runner, "backend", None)
+    return getattr(choice, "name", None) or "torch"
+
+
+def _tensor_bytes(t: torch.Tensor) -> bytes:
+    t = t.detach().cpu().contiguous()
+    return t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
 
 
 def _munit_forward(style: torch.Tensor, direction: str) -> Callable:

@@ -13,6 +13,7 @@ import numpy as np
 from frametrans.apply.images import prepare_frame, skip_done, target_size, to_8bit
 from frametrans.apply.jobs import Job, OutputOptions, variant_path
 from frametrans.apply.report import Report, progress_bar, signals_deferred
+from frametrans.apply.resumable import apply_resumable
 from frametrans.apply.temporal import stabilized
 from frametrans.apply.translator import Translator, run_variants
 from frametrans.engine.pipeline import BackgroundWorker, prefetch
@@ -26,6 +27,8 @@ log = logging.getLogger("frametrans")
 def apply_video(job: Job, translator: Translator, opts: OutputOptions, report: Report) -> None:
     """One video through the model; timing and audio kept.
 
+    Outputs that can be joined by stream copy (MP4, MOV, MKV, WebM with the usual codecs) are
+    written in segments and can be resumed (:mod:`frametrans.apply.resumable`). Others, in one piece:
     Ctrl-C/SIGTERM: the frames done are closed as ``NAME.partial.EXT`` (playable) and the interrupt
     goes on. A truncated input: every decodable frame is written under the final name and the cut
     is reported (InputError). Any other error: nothing is left under the output name.
@@ -36,6 +39,9 @@ def apply_video(job: Job, translator: Translator, opts: OutputOptions, report: R
     translator.expect(info.frames or (round(info.duration * float(info.fps))
                                       if info.duration and info.fps else None))
     dsts = [variant_path(job.dst, v.suffix) for v in translator.variants]
+    if opts.segmented(job.dst):
+        apply_resumable(job, translator, opts, report, info, dsts)
+        return
     writers = _open_writers(dsts, job.src, info, opts)
     count = FrameCount(progress_bar(info.frames or None, job.src.name, opts.quiet))
     try:
@@ -90,11 +96,14 @@ class FrameCount:
 
 
 def translate_into(writers: list, frames: Iterable[Frame], translator: Translator,
-                   opts: OutputOptions, count: FrameCount) -> None:
+                   opts: OutputOptions, count: FrameCount, write_after: Optional[int] = None) -> None:
     """Frames (decoded ahead on a thread) -> --resize/--max-side -> every variant -> one writer per
     variant (each encoding on its own thread), with the frames' own timestamps. The local video
     path and the Ray segments both run this. The encoders are drained before this returns or
-    raises; the writers stay open (the caller closes or aborts them)."""
+    raises; the writers stay open (the caller closes or aborts them).
+
+    write_after: frames with pts <= this go through the model (and ``--temporal``) but are not
+    written: a resumed job warms its stabilizer up on the frames before its cut."""
     queue = translator.queue_bytes()
     encoders = [BackgroundWorker(video_writer_fn(w), depth=8, name="encode", max_bytes=queue,
                                  size=lambda item: item[0].nbytes) for w in writers]
@@ -103,6 +112,8 @@ def translate_into(writers: list, frames: Iterable[Frame], translator: Translato
                            size=lambda f: f.image.nbytes)
         results = run_variants((prepare_frame(f, opts) for f in decoded), translator)
         for frame, outs in stabilized(results, opts.stabilizer_strength()):
+            if write_after is not None and frame.pts is not None and frame.pts <= write_after:
+                continue
             for enc, (_, out) in zip(encoders, outs):
                 enc.submit((out, frame))
             count.add()

@@ -187,8 +187,9 @@ def iter_segment_frames(path: PathLike, segment: Segment) -> Iterator[Frame]:
     pts/time_base, exactly the ones :func:`frametrans.io.video.iter_video_frames` yields with
     ``start <= pts < end``. ``Frame.index`` counts within the segment.
 
-    Seeks to the keyframe at or before ``start``; if the container lands after it, decodes from
-    the beginning instead (slower, same frames). Raises :class:`InputError` when frames have no
+    Seeks to the keyframe at or before ``start`` (which need not be a frame's own pts, nor a
+    keyframe's: a resumed job starts just after its last written frame); if the container lands
+    after it, decodes from the beginning instead (slower, same frames). Raises :class:`InputError` when frames have no
     timestamps (such a video cannot be split), :class:`TruncatedInputError` when the last
     segment's file is cut short (after yielding what decodes).
     """
@@ -204,17 +205,19 @@ def iter_segment_frames(path: PathLike, segment: Segment) -> Iterator[Frame]:
                 container.seek(segment.start, stream=stream, backward=True, any_frame=False)
             decoder = _Decoder(container, stream, path)
             reached_end = False
+            first = True
             for av_frame in decoder:
                 pts = av_frame.pts
                 if pts is None and (segment.start is not None or segment.end is not None):
                     raise InputError(path, "frames without timestamps: this video cannot be split")
-                if segment.start is not None and pts < segment.start:
-                    continue
-                if count == 0 and attempt == "seek" and segment.start is not None \
-                        and pts > segment.start:
+                if first and attempt == "seek" and segment.start is not None and pts > segment.start:
+                    # the seek landed after the start (the first frame decoded is past it)
                     log.warning("%s: seeking overshot pts %d; decoding from the start",
                                 path, segment.start)
                     break  # -> "scan"
+                first = False
+                if segment.start is not None and pts < segment.start:
+                    continue
                 if segment.end is not None and pts >= segment.end:
                     reached_end = True
                     break
@@ -236,7 +239,7 @@ def iter_segment_frames(path: PathLike, segment: Segment) -> Iterator[Frame]:
 
 def join_segments(parts: Sequence[PathLike], dst: PathLike, *,
                   copy_streams_from: Optional[PathLike] = None, strict_copy: bool = False,
-                  expected_frames: Optional[int] = None) -> int:
+                  expected_frames: Optional[int] = None, partial: bool = False) -> int:
     """Concatenate the video packets of ``parts`` (in order) into ``dst`` by stream copy, then the
     audio and subtitle packets of ``copy_streams_from`` (unchanged, interleaved by time).
 
@@ -245,7 +248,8 @@ def join_segments(parts: Sequence[PathLike], dst: PathLike, *,
     start with a keyframe. ``dst`` appears only when complete (temporary name, then rename).
     Returns the number of video packets (frames) written. Raises ``ValueError`` when the parts
     do not fit together, or hold another number of packets than ``expected_frames`` (then
-    ``dst`` is not touched).
+    ``dst`` is not touched). ``partial``: the parts are the beginning of a video (an interrupted
+    job): the copied streams stop where the last frame ends instead of running to their end.
     """
     if not parts:
         raise ValueError(f"{dst}: no segments to join")
@@ -266,6 +270,7 @@ def join_segments(parts: Sequence[PathLike], dst: PathLike, *,
         copier = StreamCopier(out, source, copy_streams_from, dst, strict=strict_copy) if source else None
         written = 0
         last_dts: Optional[Fraction] = None
+        video_end = Fraction(0)
         for i, part in enumerate(parts):
             with av.open(str(part)) as container:
                 stream = container.streams.video[0]
@@ -291,6 +296,8 @@ def join_segments(parts: Sequence[PathLike], dst: PathLike, *,
                         t = packet.pts * packet.time_base
                     if copier is not None:
                         copier.copy_until(float(t))
+                    if packet.pts is not None:
+                        video_end = max(video_end, (packet.pts + (packet.duration or 0)) * packet.time_base)
                     packet.stream = vstream
                     out.mux(packet)
                     written += 1
@@ -298,7 +305,7 @@ def join_segments(parts: Sequence[PathLike], dst: PathLike, *,
             raise ValueError(f"{dst}: the segments hold {written} frames, {expected_frames} were "
                              "encoded; not joined")
         if copier is not None:
-            copier.copy_until(None)
+            copier.copy_until(float(video_end) if partial else None)
         out.close()
         out = None
         _fsync_file(tmp)

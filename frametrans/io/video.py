@@ -577,7 +577,7 @@ class StreamCopier:
     with a warning (its label in ``skipped``), or raises ``ValueError`` with ``strict=True``.
     Call :meth:`copy_until` with each video packet's time to keep the file interleaved, and with
     ``None`` at the end. Used by :class:`VideoWriter` and by the segment joiner of
-    :mod:`frametrans.scale.segments`.
+    :mod:`frametrans.io.segments`.
     """
 
     def __init__(self, out: av.container.OutputContainer, source: av.container.InputContainer,

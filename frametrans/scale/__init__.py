@@ -3,9 +3,9 @@
     from frametrans.scale import ray_apply
     report = ray_apply(["clips/"], "out/", "cyclegan", address="auto")
 
-:mod:`frametrans.scale.segments` (keyframe split and lossless join, pure PyAV) needs no Ray, and
-nothing here imports Ray until :func:`ray_apply` runs (it raises a one-line ``ImportError`` with the
-install command when Ray is missing).
+The keyframe split and the lossless join (:mod:`frametrans.io.segments`, pure PyAV) are shared
+with the local, resumable video path. Nothing here imports Ray until :func:`ray_apply` runs (it
+raises a one-line ``ImportError`` with the install command when Ray is missing).
 """
 
 from __future__ import annotations

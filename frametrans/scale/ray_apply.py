@@ -8,7 +8,7 @@ How the work is cut and put back together:
 - The driver plans the jobs exactly as a local run does (:func:`frametrans.apply.plan_jobs`: same
   output names and layout, same refusal to overwrite) and cuts them into work units: groups of
   images with the same output folder, whole videos, and, for videos longer than two segments,
-  keyframe-aligned segments (:mod:`frametrans.scale.segments`).
+  keyframe-aligned segments (:mod:`frametrans.io.segments`).
 - A pool of Ray actors, one per GPU (or per ``cpus_per_worker`` CPUs when there is no GPU), each
   loads the model once and runs units one at a time. Images and whole videos go through
   :func:`frametrans.apply.apply_paths` itself, so they come out exactly as locally. A segment is
@@ -26,13 +26,10 @@ How the work is cut and put back together:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import glob
 import logging
 import math
 import os
-import re
 import shutil
 import sys
 from collections import deque
@@ -52,10 +49,11 @@ from frametrans.apply import (
     plan_jobs,
     variant_path,
 )
+from frametrans.atomic import remove_temporaries
 from frametrans.engine.runner import RunnerOptions
 from frametrans.io.errors import InputError, TruncatedInputError, first_line, is_fatal_write_error
 from frametrans.io.folders import output_path_for
-from frametrans.scale.segments import (
+from frametrans.io.segments import (
     Segment,
     can_split_output,
     iter_segment_frames,
@@ -276,14 +274,9 @@ def _segment_frames(info, seg: Segment) -> Optional[int]:
 
 def _remove_temporaries(outputs: Sequence[str]) -> None:
     """Delete what an earlier try of this unit left when its process was killed mid-write: the
-    writers' hidden temporary files ``.NAME.1a2b3c4d...`` beside each output (see
-    :func:`frametrans.atomic.temporary_path_for`). Nobody else writes these outputs."""
-    for out in map(Path, outputs):
-        pattern = re.compile(rf"\.{re.escape(out.name)}\.[0-9a-f]{{8}}(\..*)?")
-        for p in out.parent.glob(f".{glob.escape(out.name)}.*"):
-            if pattern.fullmatch(p.name):
-                with contextlib.suppress(OSError):
-                    p.unlink()
+    writers' hidden temporary files beside each output. Nobody else writes these outputs."""
+    for out in outputs:
+        remove_temporaries(out)
 
 
 def _failure(exc: BaseException, src: str) -> Outcome:
