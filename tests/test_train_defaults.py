@@ -13,7 +13,6 @@ literal options with the default networks through the Python API.
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, List
 
 import cv2
@@ -124,11 +123,11 @@ def test_too_small_is_one_line_naming_the_smallest_size(method: str, args: List[
     ("munit", dict(dim=4, mlp_dim=8, dis_dim=4, n_res=1)),
 ])
 def test_the_smallest_size_named_does_train(method: str, options: dict, tmp_path: Path) -> None:
+    from frametrans.train.options import options_class
     from frametrans.train.sizes import fit_of
-    from frametrans.train.trainer import resolve_options, train
+    from frametrans.train.trainer import train
 
-    defaults = resolve_options(method, dict(iters=1))
-    smallest = fit_of(method, SimpleNamespace(**dict(defaults, num_downs=None))).smallest()
+    smallest = fit_of(method, options_class(method)()).smallest()  # pix2pix: num_downs still None
     data = make_folder(tmp_path / "data", method, side=smallest)
     result = train(method, dict(options, data=str(data), size=smallest, iters=1, quiet=True), tmp_path / "run")
     assert result.step == 1 and all(np.isfinite(v) for v in result.last_losses.values())

@@ -20,20 +20,7 @@ from torch import nn
 
 from frametrans.checkpoint import save_model
 from frametrans.train.distributed import Shard
-
-PRECISIONS = ("fp32", "bf16", "fp16")
-LR_POLICIES = ("linear", "constant", "step", "cosine")
-
-
-class Options(dict):
-    """The resolved options of a run (option name with underscores -> value), read as attributes."""
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(f"no option {name!r}") from None
-
+from frametrans.train.options import LR_POLICIES, PRECISIONS, TrainOptions
 
 # ---------------------------------------------------------------------------------------------
 # mixed precision
@@ -235,7 +222,7 @@ class Method:
 
     name = ""
 
-    def __init__(self, options: Options, device: torch.device, amp: Amp) -> None:
+    def __init__(self, options: TrainOptions, device: torch.device, amp: Amp) -> None:
         self.options = options
         self.device = device
         self.amp = amp

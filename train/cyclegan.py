@@ -12,7 +12,7 @@ B -> A and is judged by D_B. Exports ``G_A.safetensors`` (A -> B) and ``G_B.safe
 from __future__ import annotations
 
 import itertools
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -21,20 +21,10 @@ import torch.nn.functional as F
 from frametrans.models.layers import init_weights
 from frametrans.models.patchgan import PatchDiscriminator, PatchGANConfig
 from frametrans.models.resnet import ResnetConfig, ResnetGenerator
-from frametrans.train.base import (Amp, Method, Options, adam, eval_mode, image_grid, seeded,
-                                   set_requires_grad)
-from frametrans.train.datasets import Augment, TrainDataset, UnpairedDataset, data_path, find_domains
+from frametrans.train.base import Amp, Method, adam, eval_mode, image_grid, seeded, set_requires_grad
 from frametrans.train.losses import GANLoss, gradient_penalty
+from frametrans.train.options import CycleGANOptions
 from frametrans.train.pool import ImagePool
-
-
-def build_data(o: Options) -> Tuple[TrainDataset, List[Dict[str, torch.Tensor]], None]:
-    """(unpaired training data, fixed (A, B) couples for the sample grids, no validation)."""
-    augment = Augment(o.size, o.crop, o.flip, o.resize)
-    a, b = find_domains(data_path(o.data), data_path(o.data_a), data_path(o.data_b), augment,
-                        o.frame_every, o.max_frames)
-    train = UnpairedDataset(a, b, augment, o.seed)
-    return train, train.evaluation(o.sample_count), None
 
 
 class CycleGAN(Method):
@@ -42,7 +32,9 @@ class CycleGAN(Method):
 
     name = "cyclegan"
 
-    def __init__(self, options: Options, device: torch.device, amp: Amp) -> None:
+    options: CycleGANOptions
+
+    def __init__(self, options: CycleGANOptions, device: torch.device, amp: Amp) -> None:
         super().__init__(options, device, amp)
         o = options  # the crop fits the networks (frametrans.train.sizes.check_fit, at resolution)
         g_cfg = ResnetConfig(3, 3, ngf=o.ngf, n_blocks=o.n_blocks, norm=o.norm, dropout=o.dropout,

@@ -37,10 +37,11 @@ import cv2
 import numpy as np
 import torch
 
+from frametrans.train.options import RESIZE_MODES
+
 IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 VIDEO_EXTS = frozenset({".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".gif", ".y4m"})
 GENERATED_SOURCES = ("moving-digits", "moving-mnist")
-RESIZE_MODES = ("square", "short-side", "none")
 
 # stream ids mixed into the seeds, so order, augmentation and the B-domain draw are independent
 _ORDER, _AUGMENT, _PICK_B, _GENERATE = 0, 1, 2, 3

@@ -54,7 +54,6 @@ GAN_LOSSES: Dict[str, Callable[[torch.Tensor, bool, bool], torch.Tensor]] = {
     "hinge": _hinge,
     "wgan-gp": _wasserstein,
 }
-GAN_MODES = tuple(GAN_LOSSES)
 
 
 class GANLoss(nn.Module):
@@ -68,7 +67,7 @@ class GANLoss(nn.Module):
     def __init__(self, mode: str) -> None:
         super().__init__()
         if mode not in GAN_LOSSES:
-            raise ValueError(f"unknown GAN mode {mode!r}; use one of: {', '.join(GAN_MODES)}")
+            raise ValueError(f"unknown GAN mode {mode!r}; use one of: {', '.join(GAN_LOSSES)}")
         self.mode = mode
         self._fn = GAN_LOSSES[mode]
 

@@ -20,23 +20,16 @@ Exports ``munit.safetensors`` (both auto-encoders, registry name ``munit``).
 from __future__ import annotations
 
 import itertools
-from typing import Dict, List, Tuple
+from typing import Dict, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from frametrans.models.munit import MUNIT, MultiScaleDiscriminator, MUNITConfig, MUNITDiscriminatorConfig
-from frametrans.train.base import (Amp, Method, Options, adam, eval_mode, image_grid, seeded,
-                                   set_requires_grad)
-from frametrans.train.cyclegan import build_data as _unpaired_data
-from frametrans.train.datasets import TrainDataset
+from frametrans.train.base import Amp, Method, adam, eval_mode, image_grid, seeded, set_requires_grad
 from frametrans.train.losses import GANLoss, VGGPerceptualLoss, gradient_penalty
-
-
-def build_data(o: Options) -> Tuple[TrainDataset, List[Dict[str, torch.Tensor]], None]:
-    """Unpaired data, as CycleGAN (with MUNIT's short-side resize by default)."""
-    return _unpaired_data(o)
+from frametrans.train.options import MUNITOptions
 
 
 class MUNITMethod(Method):
@@ -44,7 +37,9 @@ class MUNITMethod(Method):
 
     name = "munit"
 
-    def __init__(self, options: Options, device: torch.device, amp: Amp) -> None:
+    options: MUNITOptions
+
+    def __init__(self, options: MUNITOptions, device: torch.device, amp: Amp) -> None:
         super().__init__(options, device, amp)
         o = options  # the crop fits the networks (frametrans.train.sizes.check_fit, at resolution)
         gen = MUNIT(MUNITConfig(3, dim=o.dim, style_dim=o.style_dim, n_downsample=o.n_downsample,

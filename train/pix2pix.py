@@ -20,13 +20,13 @@ import torch.nn.functional as F
 from frametrans.models.layers import init_weights
 from frametrans.models.patchgan import PatchDiscriminator, PatchGANConfig
 from frametrans.models.unet import UNetConfig, UNetGenerator
-from frametrans.train.base import (Amp, Method, Options, adam, eval_mode, image_grid, seeded,
-                                   set_requires_grad)
+from frametrans.train.base import Amp, Method, adam, eval_mode, image_grid, seeded, set_requires_grad
 from frametrans.train.datasets import Augment, PairedDataset, TrainDataset, data_path, find_pairs
 from frametrans.train.losses import GANLoss, gradient_penalty
+from frametrans.train.options import Pix2PixOptions
 
 
-def build_data(o: Options) -> Tuple[TrainDataset, List[Dict[str, torch.Tensor]], Optional[List[Dict[str, torch.Tensor]]]]:
+def build_data(o: Pix2PixOptions) -> Tuple[TrainDataset, List[Dict[str, torch.Tensor]], Optional[List[Dict[str, torch.Tensor]]]]:
     """(training data, fixed samples for the grids, held-out pairs for validation or None)."""
     augment = Augment(o.size, o.crop, o.flip, o.resize)
     root = data_path(o.data)
@@ -47,7 +47,9 @@ class Pix2Pix(Method):
 
     name = "pix2pix"
 
-    def __init__(self, options: Options, device: torch.device, amp: Amp) -> None:
+    options: Pix2PixOptions
+
+    def __init__(self, options: Pix2PixOptions, device: torch.device, amp: Amp) -> None:
         super().__init__(options, device, amp)
         o = options  # the crop fits the networks (frametrans.train.sizes.check_fit, at resolution)
         g = UNetGenerator(UNetConfig(3, 3, num_downs=o.num_downs, ngf=o.ngf, norm=o.norm, dropout=o.dropout))

@@ -17,12 +17,13 @@ import torch
 import torch.nn.functional as F
 
 from frametrans.models.predictor import FramePredictor, PredictorConfig
-from frametrans.train.base import Amp, Method, Options, adam, eval_mode, image_grid
+from frametrans.train.base import Amp, Method, adam, eval_mode, image_grid
 from frametrans.train.datasets import (GENERATED_SOURCES, DataError, GeneratedWindows, TrainDataset,
                                        WindowDataset, data_path, load_sequences)
+from frametrans.train.options import PredictorOptions
 
 
-def build_data(o: Options) -> Tuple[TrainDataset, List[Dict[str, torch.Tensor]], Optional[List[Dict[str, torch.Tensor]]]]:
+def build_data(o: PredictorOptions) -> Tuple[TrainDataset, List[Dict[str, torch.Tensor]], Optional[List[Dict[str, torch.Tensor]]]]:
     """(training windows, fixed windows for the sample grids, held-out windows or None)."""
     length = o.context + o.horizon
     crop = o.crop or o.size
@@ -64,7 +65,9 @@ class Predictor(Method):
 
     name = "predictor"
 
-    def __init__(self, options: Options, device: torch.device, amp: Amp) -> None:
+    options: PredictorOptions
+
+    def __init__(self, options: PredictorOptions, device: torch.device, amp: Amp) -> None:
         super().__init__(options, device, amp)
         o = options  # the frames fit the U-Net (frametrans.train.sizes.check_fit, at resolution)
         net = FramePredictor(PredictorConfig(o.channels, o.context, o.horizon, o.width, o.depth))

@@ -1,8 +1,9 @@
-"""The training loop shared by every method, and the options it understands.
+"""The training loop shared by every method.
 
-``train(method, options, run_dir)`` is the whole API: options is a flat dict whose keys are the CLI
-option names with underscores (``batch_size``, ``lr``, ...), the same keys a ``--config`` YAML file
-holds. Per method defaults follow the reference implementations (see each method's module).
+``train(method, options, run_dir)`` is the whole API: options is the method's frozen options
+dataclass (:mod:`frametrans.train.options`: ``Pix2PixOptions``, ``CycleGANOptions``, ...), or a dict
+of option names with underscores (``batch_size``, ``lr``, ...), the keys a ``--config`` YAML file
+holds. Per method defaults follow the reference implementations.
 
 Run folder::
 
@@ -35,21 +36,26 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
 from frametrans.atomic import atomic_path, atomic_write_text
 from frametrans.io.errors import first_line
-from frametrans.train import cyclegan, defaults, munit, pix2pix, predictor
+from frametrans.train import cyclegan, munit, pix2pix, predictor
 from frametrans.train.distributed import (DistContext, convert_batchnorm, env_world_size, mark_collective,
                                           rank_seed, spawn_local, under_launcher)
-from frametrans.train.base import LR_POLICIES, PRECISIONS, Amp, Method, Options, lr_factor
-from frametrans.train.datasets import RESIZE_MODES, make_loader, steps_per_epoch
-from frametrans.train.losses import GAN_MODES
+from frametrans.train.base import Amp, Method, lr_factor
+from frametrans.train.common import build_unpaired_data
+from frametrans.train.datasets import make_loader, steps_per_epoch
+from frametrans.train.options import TrainOptions, as_layer, option_names, options_class, resolve
 from frametrans.train.plot import plot_losses
-from frametrans.train.sizes import MAX_UNET_DEPTH, check_fit, default_crop, largest_unet_depth
+from frametrans.train.schema import merge_layers, parse_layer, read_config_file
+
+__all__ = ["train", "resolve_options", "option_names", "merge_layers", "read_config_file", "Trainer",
+           "TrainResult", "TrainingStopped", "load_state", "clear_run_dir", "STATE_FILE", "CONFIG_FILE"]
+
 
 STATE_FILE = "state.pt"
 CONFIG_FILE = "config.yaml"
@@ -65,16 +71,16 @@ STATE_VERSION = 1
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """A training method: its data builder and Method class (defaults: :mod:`.defaults`)."""
+    """A training method: its data builder and Method class (options: :mod:`.options`)."""
 
-    build_data: Callable[[Options], Tuple[Any, List[Dict[str, torch.Tensor]], Optional[List[Dict[str, torch.Tensor]]]]]
+    build_data: Callable[[Any], Tuple[Any, List[Dict[str, torch.Tensor]], Optional[List[Dict[str, torch.Tensor]]]]]
     cls: type
 
 
 METHODS: Dict[str, MethodSpec] = {
     "pix2pix": MethodSpec(pix2pix.build_data, pix2pix.Pix2Pix),
-    "cyclegan": MethodSpec(cyclegan.build_data, cyclegan.CycleGAN),
-    "munit": MethodSpec(munit.build_data, munit.MUNITMethod),
+    "cyclegan": MethodSpec(build_unpaired_data, cyclegan.CycleGAN),
+    "munit": MethodSpec(build_unpaired_data, munit.MUNITMethod),
     "predictor": MethodSpec(predictor.build_data, predictor.Predictor),
 }
 
@@ -100,112 +106,16 @@ class TrainResult:
 # options
 
 
-def option_names(method: str) -> List[str]:
-    """Every option key ``method`` accepts."""
-    return list(defaults.defaults_for(method))
-
-
 def _spec(method: str) -> MethodSpec:
     if method not in METHODS:
         raise ValueError(f"unknown training method {method!r}; use one of {', '.join(METHODS)}")
     return METHODS[method]
 
 
-def merge_layers(*layers: Dict[str, Any]) -> Dict[str, Any]:
-    """Merge option dicts, lowest priority first; None values do not override.
-
-    The run length is one setting: a layer that sets ``iters`` clears an ``epochs`` from lower
-    layers and the other way round (so ``--iters`` on the CLI wins over pix2pix's default epochs).
-    """
-    merged: Dict[str, Any] = {}
-    for layer in layers:
-        given = {k: v for k, v in layer.items() if v is not None}
-        if "iters" in given and "epochs" in given:
-            raise ValueError("give --iters or --epochs, not both")
-        if "iters" in given:
-            merged["epochs"] = None
-        if "epochs" in given:
-            merged["iters"] = None
-        merged.update(given)
-    return merged
-
-
-def resolve_options(method: str, *layers: Dict[str, Any]) -> Options:
-    """The full, validated options of ``method``: its defaults overridden by ``layers``."""
-    return resolve_with_notes(method, *layers)[0]
-
-
-def resolve_with_notes(method: str, *layers: Dict[str, Any]) -> Tuple[Options, List[str]]:
-    """:func:`resolve_options`, and the log lines saying which defaults were fitted to the data."""
-    known = set(option_names(method))
-    for layer in layers:
-        unknown = sorted(set(layer) - known)
-        if unknown:
-            raise ValueError(f"unknown option(s) for {method}: {', '.join(unknown)}")
-    base = defaults.defaults_for(method)
-    options = Options({**base, **merge_layers(base, *layers)})
-    _validate(options)
-    return fit_to_crop(method, options)
-
-
-def fit_to_crop(method: str, o: Options) -> Tuple[Options, List[str]]:
-    """Fill the size defaults that depend on the crop and check the crop fits the networks.
-
-    --crop (GAN methods): ``min(--size, 256)`` when not given. pix2pix --num-downs: the deepest
-    U-Net the crop allows (at most 8) when not given, with a note saying so. Returns new options
-    and the notes (log lines)."""
-    o, notes = Options(o), []
-    if method == "predictor":
-        check_fit(method, o, o.crop or o.size, crop_given=o.crop is not None)
-        return o, notes
-    crop_given = o.crop is not None
-    if not crop_given:
-        o["crop"] = default_crop(o.size)
-    check_fit(method, o, o.crop, crop_given)
-    if method == "pix2pix" and o.num_downs is None:
-        o["num_downs"] = largest_unet_depth(o.crop)
-        notes.append(f"pix2pix: U-Net depth --num-downs {o.num_downs}, the deepest that {o.crop} px crops "
-                     f"allow (2**{o.num_downs} = {2**o.num_downs} divides {o.crop}; at most {MAX_UNET_DEPTH})")
-    return o, notes
-
-
-def _validate(o: Options) -> None:
-    def positive(*names: str) -> None:
-        for n in names:
-            if n in o and o[n] is not None and not o[n] > 0:
-                raise ValueError(f"--{n.replace('_', '-')} must be > 0, got {o[n]}")
-
-    positive("size", "batch_size", "iters", "epochs", "lr", "save_every", "sample_every", "val_every",
-             "log_every", "step_size", "crop")
-    if o.iters is None and o.epochs is None:
-        raise ValueError("give --iters or --epochs")
-    for name, value, choices in (("precision", o.precision, PRECISIONS), ("lr-policy", o.lr_policy, LR_POLICIES),
-                                 ("resize", o.resize, RESIZE_MODES), ("gan-mode", o.get("gan_mode", "lsgan"), GAN_MODES)):
-        if value not in choices:
-            raise ValueError(f"--{name} {value!r} is not one of: {', '.join(choices)}")
-    if not 0.0 <= o.ema < 1.0:
-        raise ValueError(f"--ema must be 0 (off) or between 0 and 1, e.g. 0.999; got {o.ema}")
-    if not 0.0 <= o.decay_start <= 1.0:
-        raise ValueError(f"--decay-start is a fraction of the run in [0, 1], got {o.decay_start}")
-    if o.workers < 0 or o.sample_count < 0 or o.val_count < 0:
-        raise ValueError("--workers, --sample-count and --val-count must be >= 0")
-
-
-def read_config_file(path: Path) -> Dict[str, Any]:
-    """A YAML mapping of option names (dashes or underscores) to values."""
-    import yaml
-
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ValueError(f"{path}: cannot read ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of option names to values")
-    return {str(k).replace("-", "_"): v for k, v in data.items()}
+def resolve_options(method: str, *layers: Mapping[str, Any]) -> TrainOptions:
+    """The full, checked options of ``method``: its defaults overridden by ``layers`` (dicts of
+    option name -> value, lowest priority first); see :func:`frametrans.train.options.resolve`."""
+    return resolve(method, *layers)[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -292,7 +202,7 @@ class Trainer:
     notes: log lines about the options (defaults fitted to the data), said when training starts.
     """
 
-    def __init__(self, method: str, options: Options, run_dir: Path, resume: bool = False,
+    def __init__(self, method: str, options: TrainOptions, run_dir: Path, resume: bool = False,
                  dist: Optional[DistContext] = None, notes: Sequence[str] = ()) -> None:
         from frametrans.engine.device import resolve_device
 
@@ -379,7 +289,7 @@ class Trainer:
         header = (f"# frametrans train {self.method_name}: resolved options ({length}).\n"
                   f"# data: {self.train_data.description}\n"
                   f"# Reuse with: frametrans train {self.method_name} --config {CONFIG_FILE} -o NEW_DIR\n")
-        run_options = {k: v for k, v in o.items() if k not in INVOCATION_ONLY}
+        run_options = {k: v for k, v in o.to_dict().items() if k not in INVOCATION_ONLY}
         body = yaml.safe_dump({"method": self.method_name, **run_options}, sort_keys=False)
         atomic_write_text(self.run_dir / CONFIG_FILE, header + body)
 
@@ -408,7 +318,7 @@ class Trainer:
             "data": self.train_data.description,
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "ema": self.options.ema, "precision": self.options.precision,
-            "options": {k: v for k, v in self.options.items() if k != "quiet"},
+            "options": {k: v for k, v in self.options.to_dict().items() if k not in INVOCATION_ONLY},
         }
 
     def save(self) -> List[Path]:
@@ -432,7 +342,7 @@ class Trainer:
         state = {
             "format": STATE_FORMAT, "version": STATE_VERSION, "method": self.method_name,
             "step": self.step, "total": self.total, "elapsed": self._elapsed(),
-            "options": dict(o),
+            "options": o.to_dict(),
             "train": self.method.state_dict(),
             "rng": rng_ranks[0] if rng_ranks else rng_state(self.device),
             "data": {"seed": o.seed, "sample": self.sample, "batch_size": o.batch_size},
@@ -582,13 +492,16 @@ class Trainer:
         raise exc if self.dist is None else mark_collective(exc, self.rank)
 
 
-def train(method: str, options: Dict[str, Any], run_dir: str | Path, resume: bool = False,
-          overwrite: bool = False, until: Optional[int] = None, ddp: bool = False,
+def train(method: str, options: Union[TrainOptions, Mapping[str, Any]], run_dir: str | Path,
+          resume: bool = False, overwrite: bool = False, until: Optional[int] = None, ddp: bool = False,
           nproc: Optional[int] = None) -> TrainResult:
     """Train ``method`` ('pix2pix', 'cyclegan', 'munit', 'predictor') into ``run_dir``.
 
-    options: flat option dict (see :func:`option_names`), merged over the method's defaults; with
-        ``resume``, over the options saved in ``run_dir/config.yaml`` first.
+    options: the method's options object (``Pix2PixOptions``, ``CycleGANOptions``, ``MUNITOptions``,
+        ``PredictorOptions`` from :mod:`frametrans.train.options`), or a dict of option name ->
+        value (see :func:`option_names`) merged over the method's defaults. With ``resume``, they
+        override the options saved in ``run_dir/config.yaml``: a dict's keys, or the fields of an
+        options object that differ from the class defaults.
     resume: continue from ``run_dir/state.pt``. overwrite: start over in a non-empty ``run_dir``
         (removes only what a run writes there). Without either, a non-empty ``run_dir`` is refused.
     until: stop (and save) at this step, as if interrupted there; the schedule still spans the run.
@@ -611,21 +524,21 @@ def train(method: str, options: Dict[str, Any], run_dir: str | Path, resume: boo
                                until=until, ddp=True)
     run_dir = Path(run_dir)
     if not (ddp or (under_launcher() and env_world_size() > 1)):
-        resolved, notes = _resolve_run(method, options, run_dir, resume, overwrite)
+        single, said = _resolve_run(method, options, run_dir, resume, overwrite)
         if overwrite and run_dir.is_dir():
             clear_run_dir(run_dir)
-        return Trainer(method, resolved, run_dir, resume=resume, notes=notes).run(until=until)
+        return Trainer(method, single, run_dir, resume=resume, notes=said).run(until=until)
 
     # DDP: every rank checks the run folder and options (reading only); the errors are agreed on
     # once the process group stands, so all ranks stop together with the same message
     error: Optional[BaseException] = None
-    resolved: Optional[Options] = None
+    resolved: Optional[TrainOptions] = None
     notes: List[str] = []
     try:
         resolved, notes = _resolve_run(method, options, run_dir, resume, overwrite)
     except Exception as exc:
         error = exc
-    ctx = DistContext.from_env(resolved.device if resolved is not None else options.get("device"))
+    ctx = DistContext.from_env(resolved.device if resolved is not None else _device_of(options))
     try:
         ctx.agree(error)
         assert resolved is not None
@@ -636,10 +549,15 @@ def train(method: str, options: Dict[str, Any], run_dir: str | Path, resume: boo
         ctx.close()
 
 
-def _resolve_run(method: str, options: Dict[str, Any], run_dir: Path, resume: bool, overwrite: bool
-                 ) -> Tuple[Options, List[str]]:
+def _device_of(options: Union[TrainOptions, Mapping[str, Any]]) -> Optional[str]:
+    return options.device if isinstance(options, TrainOptions) else options.get("device")
+
+
+def _resolve_run(method: str, options: Union[TrainOptions, Mapping[str, Any]], run_dir: Path, resume: bool,
+                 overwrite: bool) -> Tuple[TrainOptions, List[str]]:
     """Check the run folder against resume/overwrite and resolve the options (reads only); also
-    returns the notes on defaults fitted to the data."""
+    returns the notes on defaults fitted to the data. A resumed run's saved config.yaml is parsed
+    and checked by the method's options schema."""
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other")
     if run_dir.exists() and not run_dir.is_dir():
@@ -648,18 +566,17 @@ def _resolve_run(method: str, options: Dict[str, Any], run_dir: Path, resume: bo
     if resume:
         if not (run_dir / STATE_FILE).is_file():
             raise ValueError(f"{run_dir}: no {STATE_FILE} to resume from")
-        saved = read_config_file(run_dir / CONFIG_FILE) if (run_dir / CONFIG_FILE).is_file() else {}
+        config = run_dir / CONFIG_FILE
+        saved = read_config_file(config) if config.is_file() else {}
         saved_method = saved.pop("method", method)
         if saved_method != method:
             raise ValueError(f"{run_dir}: holds a {saved_method} run, not {method}")
-        layers.append(saved)
+        layers.append(parse_layer(options_class(method), saved, str(config)))
     elif run_dir.is_dir() and any(run_dir.iterdir()):
         if not overwrite:
             raise ValueError(f"{run_dir} is not empty; pass --resume to continue that run or --overwrite to start over")
-    opts = dict(options)
-    opts.pop("method", None)
-    layers.append(opts)
-    return resolve_with_notes(method, *layers)
+    layers.append(as_layer(method, options))
+    return resolve(method, *layers)
 
 
 OWNED_FILES = (STATE_FILE, CONFIG_FILE, LOSSES_FILE, VAL_FILE, PLOT_FILE, "G.safetensors",
