@@ -10,6 +10,7 @@ table in one call). Other benchmarks (``predict``) hang off the same group.
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any, Dict, Optional, Tuple
 
 import click
@@ -269,3 +270,52 @@ def bench_pipeline_cmd(size: str, frames: int, inputs: Tuple[str, ...], threads:
     result = bench_pipeline(PipelineBench(width=w, height=h, frames=frames, inputs=inputs, threads=threads,
                                           device=device, repeat=repeat, workdir=workdir))
     _emit(result, format_pipeline(result), json_out)
+
+
+def _gpu_refusal(device: str, quick: bool) -> Optional[str]:
+    """Why ``bench gpu`` cannot run with these settings here (None: it can)."""
+    import torch
+
+    if device == "cpu":
+        return None if quick else ("bench gpu --device cpu runs only with --quick (tiny sizes, a smoke run); "
+                                   "the full table needs a CUDA GPU")
+    if device != "cuda" and not device.startswith("cuda:"):
+        return f"bench gpu --device {device}: use cuda, cuda:N, or cpu with --quick"
+    if not torch.cuda.is_available():
+        return ("bench gpu needs a CUDA GPU and torch sees none (torch.cuda.is_available() is False); "
+                "for a smoke run on the CPU: frametrans bench gpu --device cpu --quick")
+    return None
+
+
+@bench_group.command("gpu")
+@click.option("--device", default="cuda", show_default=True,
+              help="cuda or cuda:N; cpu only with --quick (a smoke run).")
+@click.option("--quick", is_flag=True,
+              help="Tiny sizes, frame counts and models: the same code in well under a minute on a CPU "
+                   "(compiles skipped).")
+@click.option("--budget", type=float, default=330.0, show_default=True,
+              help="Seconds for the whole table; rows that no longer fit are listed as skipped.")
+@click.option("--precision", type=click.Choice(["bf16", "fp16", "fp32"]),
+              help="Inference precision (default: bf16 on CUDA, fp32 on the CPU).")
+@click.option("--out", "out_prefix", default="frametrans-bench-gpu", show_default=True,
+              help="Writes OUT.json and OUT.md.")
+def bench_gpu_cmd(device: str, quick: bool, budget: float, precision: Optional[str],
+                  out_prefix: str) -> None:
+    """The whole GPU table in one call: model only, video, folder (256 and 1080p, ResNet and U-Net),
+    the host ceiling, 4K within --max-memory 4G, training steps/s, compile on; one JSON, one Markdown."""
+    _start(None)
+    why = _gpu_refusal(device, quick)
+    if why:  # one line, exit status 2 (a bad option for this machine)
+        click.echo(f"frametrans: error: {why}", err=True)
+        sys.exit(2)
+    from frametrans.bench.gpu import GpuBench, bench_gpu, format_gpu
+
+    precision = precision or ("fp32" if device == "cpu" else "bf16")
+    result = bench_gpu(GpuBench(device=device, quick=quick, budget_s=budget, precision=precision))
+    text = format_gpu(result)
+    from frametrans.atomic import atomic_write_text
+
+    atomic_write_text(f"{out_prefix}.json", json.dumps(result, indent=2, default=str))
+    atomic_write_text(f"{out_prefix}.md", text)
+    click.echo(text)
+    click.echo(f"wrote {out_prefix}.json and {out_prefix}.md", err=True)

@@ -173,3 +173,70 @@ def test_bench_compile_cli_tiny(tmp_path):
     res = _invoke(["compile", "-m", "resnet", *TINY, "--size", "32", "--repeat", "1", "--device", "cpu",
                    "--precision", "fp32", "--workdir", str(tmp_path)])
     assert "break-even" in res.output
+
+
+# ------------------------------------------------------------------------------------ bench gpu
+
+
+@pytest.mark.parametrize("args, why", [
+    ([], "needs a CUDA GPU"),
+    (["--device", "cpu"], "runs only with --quick"),
+    (["--device", "mps"], "use cuda, cuda:N, or cpu with --quick"),
+])
+def test_bench_gpu_refuses_in_one_line(args, why):
+    if not args and torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is here")
+    res = CliRunner().invoke(cli, ["bench", "gpu", *args])
+    assert res.exit_code == 2
+    (line,) = res.output.strip().splitlines()
+    assert line.startswith("frametrans: error: bench gpu") and why in line
+
+
+def test_bench_gpu_plan_covers_the_table_with_compiles_last():
+    from frametrans.bench.gpu import GpuBench, plan
+
+    pieces = plan(GpuBench())
+    apply = {(p.settings["model"], p.settings["width"], p.settings["height"], p.settings["batch"])
+             for p in pieces if p.kind == "apply"}
+    assert apply == {("resnet", 256, 256, 16), ("unet", 256, 256, 16), ("resnet", 1920, 1080, 4),
+                     ("unet", 1920, 1080, 4)}
+    assert all(p.settings["compile"] == "off" and p.settings["precision"] == "bf16"
+               for p in pieces if p.kind == "apply")
+    assert {(p.settings["width"], p.settings["height"]) for p in pieces if p.kind == "pipeline"} == {
+        (256, 256), (1920, 1080)}
+    (mem,) = [p for p in pieces if p.kind == "memory"]
+    assert (mem.settings["width"], mem.settings["height"], mem.settings["max_memory"]) == (3840, 2160, 4 * 2**30)
+    assert {p.settings["method"] for p in pieces if p.kind == "training"} == {"cyclegan", "predictor"}
+    assert [p.kind for p in pieces[-2:]] == ["compile", "compile"] and all(p.isolated for p in pieces[-2:])
+    assert not any(p.isolated for p in pieces[:-2])
+
+
+def test_bench_gpu_row_in_a_child_process():
+    """Isolated rows (the compiles) run as ``python -m frametrans.bench.gpu KIND JSON``."""
+    from frametrans.bench.gpu import GpuBench, Piece, _run_piece
+
+    piece = Piece("ceiling", "tiny", "pipeline", dict(width=24, height=16, frames=2, repeat=1,
+                                                      inputs=["png"], threads=[1], device="cpu"), isolated=True)
+    row = _run_piece(piece, GpuBench(device="cpu"), left=300, log=lambda _: None)
+    assert row["status"] == "ok", row
+    assert row["result"]["rows"][0]["input"] == "png" and row["result"]["rows"][0]["apply_fps"] > 0
+    bad = _run_piece(Piece("ceiling", "bad", "nonsense", {}), GpuBench(device="cpu"), 300, lambda _: None)
+    assert bad["status"] == "error" and "unknown benchmark kind" in bad["why"]
+
+
+@pytest.mark.slow
+def test_bench_gpu_quick_smoke_run_on_the_cpu(tmp_path):
+    _invoke(["gpu", "--device", "cpu", "--quick", "--out", str(tmp_path / "g")])
+    data = json.loads((tmp_path / "g.json").read_text())
+    md = (tmp_path / "g.md").read_text()
+    status = {(r["table"], r["label"]): r["status"] for r in data["rows"]}
+    assert {t for t, _ in status} == {"apply", "ceiling", "memory", "training", "compile"}
+    assert all(s == "skipped" for (t, _), s in status.items() if t == "compile")
+    must_run = [r for r in data["rows"] if r["table"] in ("ceiling", "memory", "training")
+                or (r["table"] == "apply" and r["label"].startswith("ResNet"))]
+    failed = [(r["label"], r.get("why")) for r in must_run if r["status"] != "ok"]
+    assert not failed
+    for heading in ("## Model and end to end", "## Host ceiling", "## One large frame within --max-memory",
+                    "## Training", "## Compile on"):
+        assert heading in md
+    assert "ResNet-9 32x32, b2 |" in md and "bound)" in md

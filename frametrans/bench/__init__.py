@@ -7,6 +7,10 @@ progress lines through a ``log`` callable (stderr by default), results as plain 
   loop run as ``python -m frametrans.bench reference`` (:mod:`~frametrans.bench.__main__`);
 - :mod:`~frametrans.bench.tiling`: tiled against untiled inference of one large frame;
 - :mod:`~frametrans.bench.compile`: cold and warm compilation, compiled against eager, break-even;
+- :mod:`~frametrans.bench.pipeline`: the host side's ceiling: the apply path with the null model
+  (:class:`~frametrans.bench.models.NullModel`) against the raw codec rate, in one run;
+- :mod:`~frametrans.bench.training`: training steps/s of one method through the real trainer;
+- :mod:`~frametrans.bench.gpu`: the whole GPU table in one call (the benchmarks above, fixed sizes);
 - :mod:`~frametrans.bench.predict`: the Moving MNIST next-frame protocol (train with the frametrans
   trainer or load a predictor, score it and two baselines on the fixed test set);
 - :mod:`~frametrans.bench.common` and :mod:`~frametrans.bench.models`: peak memory, synthetic
@@ -31,7 +35,8 @@ from frametrans.bench.common import (
     rss_bytes,
 )
 from frametrans.bench.compile import CompileBench, bench_compile, format_compile
-from frametrans.bench.models import describe_model, prepare_model
+from frametrans.bench.models import NullModel, describe_model, null_translator, prepare_model
+from frametrans.bench.pipeline import PipelineBench, bench_pipeline, format_pipeline
 from frametrans.bench.predict import (
     DEFAULT_TEST_SIZE,
     BenchOptions,
@@ -51,6 +56,7 @@ __all__ = [
     "ProcessBench", "bench_processes", "format_processes",
     "TilingBench", "bench_tiling", "format_tiling",
     "CompileBench", "bench_compile", "format_compile",
+    "PipelineBench", "bench_pipeline", "format_pipeline", "NullModel", "null_translator",
     # shared helpers
     "Log", "PeakMemory", "rss_bytes", "make_frames", "make_video", "make_folder", "model_flops",
     "device_peak_flops", "cpu_name", "device_name", "prepare_model", "describe_model",

@@ -188,8 +188,9 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int, depth: O
     Bounded: at most ``depth`` items (default twice ``workers``) are started and not yet consumed;
     with ``max_bytes`` and ``size``, no further item starts while the started ones would hold more
     than ``max_bytes``, each counted at ``size`` of the latest result (the images of one folder
-    are alike; one item always runs, and only one until the first result is known). Items are taken from ``items`` on the caller's thread, when
-    it asks for a result (give a list or a cheap iterator).
+    are alike; one item always runs, and only one until the first result is known). Items are
+    taken from ``items`` on the caller's thread, when it asks for a result (give a list or a cheap
+    iterator).
 
     An exception of ``fn`` is raised here at its item's turn, after every result before it. Closing
     the generator early drops the items not started and waits for the running ones.
