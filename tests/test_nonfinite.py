@@ -17,6 +17,11 @@ from tests_support import smooth_images
 CALLS: list = []
 
 
+def _precision(model: ResnetGenerator) -> torch.dtype:
+    """bf16 for the session's low-precision copy (its residual block convs are bf16), else fp32."""
+    return model.model[10].conv_block[1].weight.dtype
+
+
 class NaNInBf16(ResnetGenerator):
     """A tiny ResNet whose output has NaN in one pixel of every frame in bf16 (an overflow), and
     everywhere in fp32 too when ``always`` is set."""
@@ -24,9 +29,9 @@ class NaNInBf16(ResnetGenerator):
     always = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        CALLS.append(x.dtype)  # shared by the session's bf16 copy (a deepcopy of the module)
+        CALLS.append(_precision(self))  # shared by the session's bf16 copy (a deepcopy of the module)
         y = super().forward(x)
-        if y.dtype == torch.bfloat16 or self.always:
+        if _precision(self) == torch.bfloat16 or self.always:  # the bf16 copy
             y = y.clone()
             y[:, :, 1, 2] = float("nan")
         return y
@@ -90,6 +95,6 @@ def test_finite_outputs_run_once():
     r = Runner(model, _opts(precision="bf16", batch_size=3))
     r.plan(40, 52)
     calls = []
-    r.forward = lambda m, x: calls.append(x.dtype) or m(x)
+    r.forward = lambda m, x: calls.append(_precision(m)) or m(x)
     outs = r([f.image for f in _frames(3)])
     assert len(outs) == 3 and calls == [torch.bfloat16]

@@ -394,7 +394,7 @@ class Runner:
         x, pads = pad_to_multiple(self._upload(images), m, min_size=min_side(m))
         x = _to_model_range(x, self.contract.value_range, max_value)
         x = transforms.match_frame_channels(x, self.contract.frames_in, self.contract.in_channels)
-        return (x if fp32 else self.session.to_model_layout(x)), pads
+        return (x if fp32 else self.session.to_model_input(x)), pads
 
     def _finite(self, y: torch.Tensor, images: Sequence[np.ndarray], max_value: float, plan: Plan,
                 labels: List[str]) -> torch.Tensor:

@@ -1,0 +1,104 @@
+"""bf16 that keeps the picture: what stays fp32 in the session's low-precision copy, the PSNR bars on
+real photos (random and bundled weights), and precision=auto's rule for a model that still loses."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import skimage.data
+import torch
+from torch import nn
+
+from frametrans.checkpoint import load_model
+from frametrans.engine import device as devices
+from frametrans.engine.runner import Runner, RunnerOptions
+from frametrans.engine.session import Session, full_precision_modules
+from frametrans.models.resnet import ResnetConfig, ResnetGenerator
+from tests_support import psnr, tiny_model
+
+
+def _photos(size: int = 128):
+    return [f()[:size, :size].copy() for f in (skimage.data.astronaut, skimage.data.coffee,
+                                               skimage.data.chelsea, skimage.data.rocket)]
+
+
+def _munit_forward(model):
+    style = torch.randn(1, model.config.style_dim, 1, 1, generator=torch.Generator().manual_seed(0))
+
+    def forward(m, x):
+        return m.translate(x, style=style, direction="a2b")
+    return forward
+
+
+def _psnrs(model, images, forward=None):
+    def run(precision):
+        opts = RunnerOptions(device="cpu", precision=precision, compile="off", batch_size=1)
+        r = Runner(model, opts, forward=forward) if forward else Runner(model, opts)
+        return [r([im])[0] for im in images]
+    return [psnr(a, b) for a, b in zip(run("bf16"), run("fp32"))]
+
+
+def test_the_copy_keeps_norms_frame_and_output_convs_in_fp32():
+    model = tiny_model("resnet")
+    keep = full_precision_modules(model, torch.device("cpu"))
+    # first 7x7 conv and the stride-2 conv reading the full frame, the output conv, every norm
+    assert {"model.1", "model.4", "model.18", "model.2", "model.10.conv_block.2"} <= keep
+    assert "model.7" not in keep and "model.10.conv_block.1" not in keep  # lower resolutions: bf16
+    low = Session(model, "cpu", "bf16").model
+    weights = dict(low.named_parameters())
+    assert weights["model.1.weight"].dtype == weights["model.18.weight"].dtype == torch.float32
+    assert weights["model.10.conv_block.1.weight"].dtype == torch.bfloat16
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    s = Session(model, "cpu", "bf16")
+    with s.inference():
+        y = s.model(s.to_model_input(x))
+    assert y.dtype == torch.float32  # the tanh ran in fp32: no bf16 rounding right before uint8
+
+
+@pytest.mark.parametrize("name", ["resnet", "unet", "munit", "predictor"])
+def test_bf16_keeps_the_picture_with_random_weights(name):
+    model = tiny_model(name)
+    forward = _munit_forward(model) if name == "munit" else None
+    ps = _psnrs(model, _photos(64 if name != "unet" else 128), forward)
+    assert min(ps) >= 40.0 and np.mean(ps) >= 45.0, ps
+
+
+@pytest.mark.parametrize("name", ["cyclegan", "munit", "pix2pix"])
+def test_bf16_keeps_the_picture_with_bundled_weights(name):
+    model = load_model(name)
+    forward = _munit_forward(model) if name == "munit" else None
+    ps = _psnrs(model, _photos(128), forward)
+    assert min(ps) >= 40.0 and np.mean(ps) >= 45.0, ps
+
+
+class LosesInBf16(ResnetGenerator):
+    """A ResNet whose output passes through a channel-mixing Linear with a large offset: in bf16
+    (8 significant bits) the offset leaves steps of 0.5 on values in [-1, 1]."""
+
+    def __init__(self, config: ResnetConfig) -> None:
+        super().__init__(config)
+        self.shift = nn.Linear(3, 3)
+        with torch.no_grad():
+            self.shift.weight.copy_(torch.eye(3))
+            self.shift.bias.fill_(100.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = super().forward(x)
+        return self.shift(y.permute(0, 2, 3, 1)).permute(0, 3, 1, 2) - 100.0
+
+
+def test_auto_runs_fp32_for_a_model_that_loses_the_picture_in_bf16(monkeypatch, caplog):
+    monkeypatch.setattr(devices, "cpu_has_bf16", lambda: True)  # auto means bf16 on any CPU here
+    torch.manual_seed(0)
+    lossy = LosesInBf16(ResnetConfig(ngf=4, n_blocks=1))
+    caplog.set_level(logging.WARNING, logger="frametrans")
+    s = Session(lossy, "cpu", "auto")
+    assert s.dtype == torch.float32 and s.model is s.source and s.precision_db < 45.0
+    assert "--precision auto: bf16 output of this model is" in caplog.text and "running it in fp32" in caplog.text
+    assert Session(lossy, "cpu", "bf16").dtype == torch.bfloat16  # asked for by name: kept
+    fine = Session(tiny_model("resnet"), "cpu", "auto")
+    assert fine.dtype == torch.bfloat16 and fine.precision_db >= 45.0
+    r = Runner(lossy, RunnerOptions(device="cpu", precision="auto", compile="off"))
+    assert r.dtype == torch.float32
