@@ -44,7 +44,7 @@ VIDEO_EXTS = frozenset({".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg",
 GENERATED_SOURCES = ("moving-digits", "moving-mnist")
 
 # stream ids mixed into the seeds, so order, augmentation and the B-domain draw are independent
-_ORDER, _AUGMENT, _PICK_B, _GENERATE = 0, 1, 2, 3
+_ORDER, _AUGMENT, _PICK_B = 0, 1, 2  # 3: generated sequences (frametrans.train.generated)
 
 
 def spread(count: int, n: int) -> List[int]:
@@ -576,34 +576,6 @@ class WindowDataset(TrainDataset):
         return [{"frames": self.window(i, None)} for i in spread(min(count, len(self.index)), len(self.index))]
 
 
-class GeneratedWindows(TrainDataset):
-    """Moving digits drawn on the fly: {"frames": float32 [frames, 1, size, size] in [0, 1]}."""
-
-    def __init__(self, source: str, size: int, frames: int, seed: int,
-                 mnist_dir: Optional[str] = None, num_digits: int = 2) -> None:
-        from frametrans.data import make_datasets
-
-        # the standard geometry is 28 px digits in 64 px frames; smaller frames get smaller digits
-        digit_size = None if size >= 64 else max(4, round(28 * size / 64))
-        try:
-            self.splits = make_datasets(source, size=size, num_digits=num_digits, frames=frames,
-                                        digit_size=digit_size, mnist_dir=mnist_dir)
-        except ValueError as exc:
-            raise DataError(str(exc)) from None
-        self.seed = seed
-        self.epoch_size = None
-        self.description = f"{source}: {num_digits} digits in {size}x{size}, {frames} frames, generated"
-
-    def __getitem__(self, k: int) -> Dict[str, torch.Tensor]:
-        rng = np.random.default_rng([self.seed, _GENERATE, k])
-        return {"frames": torch.from_numpy(self.splits.train.sample(1, rng)[0])}
-
-    def evaluation(self, count: int) -> List[Dict[str, torch.Tensor]]:
-        """The fixed validation set (training digits, a seed of its own)."""
-        seqs = self.splits.validation_set(count)
-        return [{"frames": torch.from_numpy(s)} for s in seqs]
-
-
 # ---------------------------------------------------------------------------------------------
 # batching
 
@@ -636,14 +608,19 @@ class StepBatches(torch.utils.data.Sampler):
 
 
 def make_loader(dataset: TrainDataset, batch_size: int, start: int, workers: int,
-                pin_memory: bool = False, rank: int = 0, world: int = 1) -> Iterator[Dict[str, torch.Tensor]]:
+                pin_memory: bool = False, rank: int = 0, world: int = 1,
+                device: Optional[torch.device] = None) -> Iterator[Dict[str, torch.Tensor]]:
     """An endless iterator over batches of the samples ``start``, ``start + 1``, ...
 
     workers: loader processes (0: load in this process). The batches do not depend on it.
     rank, world: this process's shard of the global batch ``batch_size`` (see :class:`StepBatches`).
+    device: where a dataset that makes whole batches itself (``makes_batches``: the generated
+    sources) makes them; such datasets use no loader processes.
     """
     if workers < 0:
         raise DataError(f"--workers must be >= 0, got {workers}")
+    if getattr(dataset, "makes_batches", False):
+        return _made_batches(dataset, StepBatches(batch_size, start, rank, world), device or torch.device("cpu"))
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=StepBatches(batch_size, start, rank, world), num_workers=workers,
         pin_memory=pin_memory, persistent_workers=workers > 0,
@@ -653,6 +630,11 @@ def make_loader(dataset: TrainDataset, batch_size: int, start: int, workers: int
         generator=torch.Generator().manual_seed(0),
     )
     return iter(loader)
+
+
+def _made_batches(dataset: Any, steps: StepBatches, device: torch.device) -> Iterator[Dict[str, torch.Tensor]]:
+    for ks in steps:  # consecutive sample counters
+        yield dataset.batch(torch.arange(ks[0], ks[-1] + 1, dtype=torch.int64, device=device), device)
 
 
 def batch_list(items: List[Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:

@@ -18,8 +18,9 @@ import torch.nn.functional as F
 
 from frametrans.models.predictor import FramePredictor, PredictorConfig
 from frametrans.train.base import Amp, Method, adam, eval_mode, image_grid
-from frametrans.train.datasets import (GENERATED_SOURCES, DataError, GeneratedWindows, TrainDataset,
-                                       WindowDataset, data_path, load_sequences)
+from frametrans.train.datasets import (GENERATED_SOURCES, DataError, TrainDataset, WindowDataset, data_path,
+                                       load_sequences)
+from frametrans.train.generated import GeneratedWindows
 from frametrans.train.options import PredictorOptions
 
 

@@ -417,7 +417,8 @@ class Trainer:
         if self.step >= end:
             return result
         loader = make_loader(self.train_data, o.batch_size, self.sample, o.workers,
-                             pin_memory=self.device.type == "cuda", rank=self.rank, world=self.world)
+                             pin_memory=self.device.type == "cuda", rank=self.rank, world=self.world,
+                             device=self.device)
         self.t0 = time.perf_counter()  # "time" in the logs: training time, setup excluded
         self.bar = tqdm(total=self.total, initial=self.step, file=sys.stderr, unit="it",
                         disable=o.quiet or not sys.stderr.isatty() or not self.is_main,

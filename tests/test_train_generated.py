@@ -1,0 +1,81 @@
+"""Moving digits made on the training device in whole batches (frametrans.train.generated): the same
+sequences as the host generator for the same draws, sample k a pure function of (seed, k)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from frametrans.data import make_datasets
+from frametrans.train.datasets import make_loader
+from frametrans.train.generated import DeviceDigits, GeneratedWindows, uniforms
+
+
+@pytest.fixture(scope="module")
+def splits() -> Any:
+    return make_datasets("moving-digits", size=48, frames=7, digit_size=20)
+
+
+def test_renders_what_the_host_generator_renders_for_the_same_draws(splits: Any) -> None:
+    host = splits.train
+    dev = DeviceDigits(host.digits, 48, 2, 7, torch.device("cpu"))
+    n = 40
+    traj = host.draw(n, np.random.default_rng(11))
+    rng = np.random.default_rng(11)  # the same draws, in MovingDigits.draw's order
+    digit = rng.integers(0, len(host.digits), size=(n, 2))
+    y, x = rng.random((n, 2)), rng.random((n, 2))
+    theta = rng.random((n, 2)) * 2 * np.pi
+    ours = dev.render(torch.from_numpy(digit), torch.from_numpy(np.stack([y, x], -1)), torch.from_numpy(theta))
+    assert ours.dtype == torch.float32 and ours.shape == (n, 7, 1, 48, 48)
+    np.testing.assert_array_equal(ours.numpy(), host.render(traj).astype(np.float32) / 255)
+
+
+def test_sample_k_does_not_depend_on_the_batch_it_is_in(splits: Any) -> None:
+    dev = DeviceDigits(splits.train.digits, 48, 2, 7, torch.device("cpu"))
+    ks = torch.arange(1000, 1012)
+    whole = dev.batch(5, ks)
+    parts = torch.cat([dev.batch(5, ks[:5]), dev.batch(5, ks[5:9]), dev.batch(5, ks[9:])])
+    assert torch.equal(whole, parts)
+    assert not torch.equal(dev.batch(6, ks), whole)  # another seed, other sequences
+    assert not torch.equal(whole[0], whole[1])
+    frames = whole.reshape(-1, 48 * 48)
+    assert (frames.max(dim=1).values > 0.5).all()  # every frame shows a digit
+    big = torch.tensor([2**40 + 3, 2**40 + 3, 3])
+    u = uniforms(0, 3, big, 4)
+    assert torch.equal(u[0], u[1]) and not torch.equal(u[0], u[2])  # the high bits of k count
+
+
+def test_uniform_draws() -> None:
+    u = uniforms(123, 3, torch.arange(20000), 8)
+    assert u.dtype == torch.float64 and u.shape == (20000, 8)
+    assert 0.0 <= float(u.min()) and float(u.max()) < 1.0
+    assert torch.allclose(u.mean(0), torch.full((8,), 0.5, dtype=torch.float64), atol=0.01)
+    assert torch.allclose(u.std(0), torch.full((8,), 12 ** -0.5, dtype=torch.float64), atol=0.01)
+    hist = torch.histc(u[:, 0].float(), bins=10, min=0, max=1)
+    assert float(hist.min()) > 1700  # ~2000 per tenth
+    c = torch.corrcoef(torch.stack([u[:-1, 0], u[1:, 0], u[:, 1][:-1]]))  # neighbours, draws
+    assert float((c - torch.eye(3, dtype=torch.float64)).abs().max()) < 0.03
+
+
+def test_loader_makes_whole_batches_and_ranks_split_them() -> None:
+    ds = GeneratedWindows("moving-digits", 32, 5, seed=3, num_digits=2)
+    single = make_loader(ds, 6, start=12, workers=0, device=torch.device("cpu"))
+    ranks = [make_loader(ds, 6, start=12, workers=0, rank=r, world=3, device=torch.device("cpu")) for r in range(3)]
+    for _ in range(2):
+        batch = next(single)["frames"]
+        assert batch.shape == (6, 5, 1, 32, 32) and batch.device.type == "cpu"
+        assert torch.equal(torch.cat([next(it)["frames"] for it in ranks]), batch)
+    torch.testing.assert_close(ds[12]["frames"], GeneratedWindows("moving-digits", 32, 5, 3)[12]["frames"])
+    assert 0.0 <= float(batch.min()) and float(batch.max()) <= 1.0
+
+
+def test_data_bench_measures(capsys: pytest.CaptureFixture) -> None:
+    from frametrans.train.data_bench import main
+
+    assert main(["--steps", "1", "--warmup", "0", "--width", "4", "--batch-size", "2", "--device", "cpu",
+                 "--host"]) == 0
+    out = capsys.readouterr().out
+    assert "data share of the step" in out and "previous host generator" in out
