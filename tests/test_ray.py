@@ -171,3 +171,45 @@ def test_ray_option_gives_an_input_path_back(tmp_path, monkeypatch):
     assert _ray_address_or_input("clips", ["b.png"]) == ("", ["clips", "b.png"])
     with pytest.raises(click.BadParameter, match="not a Ray address"):
         _ray_address_or_input("nowhere", [])
+
+
+@pytest.mark.ray
+def test_interrupted_local_job_resumes_on_a_ray_worker(tmp_path, ray_local, model, inputs, monkeypatch):
+    """Ctrl-C a local run (closed segments kept in clip.partial/), then --resume with Ray: one
+    worker goes on from the segments (the video is not split) and checks the settings itself."""
+    from frametrans.apply.manifest import Manifest
+    from frametrans.apply.segmented import SegmentedWriter
+    from frametrans.scale.ray_apply import ray_apply
+
+    src = inputs / "clip.mp4"
+    real, count = SegmentedWriter.write, [0]
+
+    def write(self, *a, **k):
+        count[0] += 1
+        if count[0] == 30:
+            raise KeyboardInterrupt
+        return real(self, *a, **k)
+    monkeypatch.setattr(SegmentedWriter, "write", write)
+    opts = OutputOptions(crf=0, quiet=True, segment_seconds=0.4)
+    with pytest.raises(KeyboardInterrupt):
+        local_run(src, tmp_path / "out" / "clip.mp4", model, opts)
+    done = Manifest.load(tmp_path / "out" / "clip.partial").frames_done
+    assert done == 29
+    monkeypatch.setattr(SegmentedWriter, "write", real)
+    resume = OutputOptions(crf=0, quiet=True, segment_seconds=0.4, skip_existing=True)
+    report = ray_apply([str(src)], str(tmp_path / "out" / "clip.mp4"), model, FP32, resume,
+                       segment_seconds=0.5)
+    assert report.ok, report.failed
+    assert report.frames == 60 - done  # only what was not done
+    local_run(src, tmp_path / "local.mp4", model, OutputOptions(crf=0, quiet=True))
+    check_video_like_local(tmp_path / "out" / "clip.mp4", tmp_path / "local.mp4", src)
+    assert tree(tmp_path / "out") == ["clip.mp4"]
+    # other settings: the worker refuses, naming them
+    with pytest.raises(KeyboardInterrupt):
+        monkeypatch.setattr(SegmentedWriter, "write", write)
+        count[0] = 0
+        local_run(src, tmp_path / "again" / "clip.mp4", model, opts)
+    monkeypatch.setattr(SegmentedWriter, "write", real)
+    other = OutputOptions(crf=5, quiet=True, segment_seconds=0.4, skip_existing=True)
+    report = ray_apply([str(src)], str(tmp_path / "again" / "clip.mp4"), model, FP32, other)
+    assert not report.ok and "crf (0 -> 5)" in report.failed[0][1]

@@ -375,14 +375,19 @@ def variant_path(dst: Path, suffix: str) -> Path:
     return dst.with_name(dst.stem + suffix + dst.suffix) if suffix else dst
 
 
-def check_outputs(jobs: List[Job], translator: "Translator", opts: OutputOptions) -> None:
+def check_outputs(jobs: List[Job], translator: "Translator", opts: OutputOptions, *,
+                  check_settings: bool = True) -> None:
     """Refuse to overwrite existing outputs (unless --overwrite/--skip-existing), and to continue an
-    interrupted video job without --resume or with other settings, before any work."""
+    interrupted video job without --resume or with other settings, before any work.
+
+    check_settings: compare an interrupted job's settings with ``translator``'s; False where
+    ``translator`` is not the one that will run (the Ray driver's planning copy): the workers check.
+    """
     from frametrans.apply.resumable import check_resumable
 
     for j in jobs:
         if j.kind == "video" and opts.segmented(j.dst):
-            check_resumable(j, translator, opts)
+            check_resumable(j, translator if check_settings else None, opts)
     if opts.overwrite or opts.skip_existing:
         return
     for j in jobs:

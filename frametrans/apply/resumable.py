@@ -40,10 +40,11 @@ def settings_of(translator: Translator, opts: OutputOptions) -> Dict[str, Any]:
     return json.loads(json.dumps(settings))  # tuples -> lists, as they come back from the file
 
 
-def check_resumable(job: Job, translator: Translator, opts: OutputOptions) -> None:
+def check_resumable(job: Job, translator: Optional[Translator], opts: OutputOptions) -> None:
     """Before any work: a job folder left by an interrupted run is continued only with --resume or
     --skip-existing, and only with the settings and input it was started with
-    (:class:`OptionError`, exit 2, naming what changed); ``--overwrite`` starts over."""
+    (:class:`OptionError`, exit 2, naming what changed); ``--overwrite`` starts over. Without a
+    ``translator`` the settings are not compared (whoever runs the job does it)."""
     folder = work_folder(job.dst)
     manifest = Manifest.load(folder) if folder.is_dir() else None
     if manifest is None or not manifest.parts or opts.overwrite:
@@ -52,7 +53,7 @@ def check_resumable(job: Job, translator: Translator, opts: OutputOptions) -> No
         raise OptionError(f"{folder} holds an interrupted run of {job.src.name} "
                           f"({_done(manifest)} done); pass --resume to continue it or --overwrite to "
                           "start over", "--resume")
-    changed = differences(manifest.settings, settings_of(translator, opts))
+    changed = [] if translator is None else differences(manifest.settings, settings_of(translator, opts))
     if changed:
         raise OptionError(f"{folder} was started with other settings: {', '.join(changed)}; "
                           "rerun with those, or pass --overwrite to start over", "--resume")
@@ -117,6 +118,13 @@ def _translate(folder: Path, manifest: Manifest, job: Job, translator: Translato
             raise InputError(job.src, truncated.reason if truncated else "no frames decoded") from None
         book.complete()
     return truncated
+
+
+def resumable_folder(dst: Path) -> bool:
+    """True when the job writing ``dst`` has an interrupted run's closed parts to continue."""
+    folder = work_folder(dst)
+    manifest = Manifest.load(folder) if folder.is_dir() else None
+    return manifest is not None and bool(manifest.parts)
 
 
 def _start(folder: Path, job: Job, translator: Translator, opts: OutputOptions,

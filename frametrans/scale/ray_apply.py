@@ -49,6 +49,7 @@ from frametrans.apply import (
     plan_jobs,
     variant_path,
 )
+from frametrans.apply.resumable import resumable_folder
 from frametrans.atomic import remove_temporaries
 from frametrans.engine.runner import RunnerOptions
 from frametrans.io.errors import InputError, TruncatedInputError, first_line, is_fatal_write_error
@@ -99,6 +100,7 @@ class WorkUnit:
     expected_frames: int = 0  # join: frames the parts hold
     frames: int = 1
     outputs: Tuple[str, ...] = ()  # files: the final paths it writes (all variants)
+    resume: bool = False  # files: a video continued from its NAME.partial/ folder (--resume)
 
 
 @dataclass
@@ -174,8 +176,11 @@ class FrameWorker:
     def _files(self, unit: WorkUnit) -> Outcome:
         self._maybe_crash()
         _remove_temporaries(unit.outputs)
+        # --resume: the video goes on from its closed segments (a retry of the unit too); the
+        # worker's own model checks the job's settings
+        opts = dataclasses.replace(self.opts, overwrite=False, skip_existing=True) if unit.resume else self.opts
         try:
-            report = apply_paths(list(unit.srcs), unit.dst, self.translator, self.opts)
+            report = apply_paths(list(unit.srcs), unit.dst, self.translator, opts)
         except (InputError, OSError, ValueError, RuntimeError) as exc:
             return Outcome(failed=[(s, _message(exc, s)) for s in unit.srcs],
                            stopped=_message(exc, unit.dst) if is_fatal_write_error(exc) else None)
@@ -334,7 +339,7 @@ def ray_apply(inputs: Sequence[str], output: str, model: str,
     problems: List[Tuple[str, str]] = []
     jobs = plan_jobs(inputs, output, opts, problems)
     local = Translator.load(model, RunnerOptions(device="cpu", precision="fp32"), **translator_kwargs)
-    check_outputs(jobs, local, opts)
+    check_outputs(jobs, local, opts, check_settings=False)  # the workers compare the settings
     suffixes = [v.suffix for v in local.variants]
     del local
     report = Report()
@@ -400,16 +405,19 @@ def plan_units(jobs: Sequence[Job], opts: OutputOptions, segment_seconds: Option
                 units.append(WorkUnit("files", (str(j.src),), str(j.dst), outputs=outputs([j])))
             continue
         segments, frames = [Segment(0, None, None)], 1
+        resume = opts.skip_existing and opts.segmented(j.dst)
         try:
             info = probe_video(j.src)
             frames = info.frames or int((info.duration or 0) * float(info.fps or 25)) or 1
-            if segment_seconds and can_split_output(j.dst, opts.codec):
+            # a video with an interrupted job's segments goes on from them on one worker
+            if segment_seconds and can_split_output(j.dst, opts.codec) and \
+                    not (resume and resumable_folder(j.dst)):
                 segments = plan_segments(j.src, segment_seconds)
         except (InputError, OSError) as exc:  # the worker reports it, as a local run would
             log.debug("%s: not split (%s)", j.src, exc)
         if len(segments) == 1:
             units.append(WorkUnit("files", (str(j.src),), str(j.dst), frames=frames,
-                                  outputs=outputs([j])))
+                                  outputs=outputs([j]), resume=resume))
             continue
         for s in segments:
             units.append(WorkUnit("segment", (str(j.src),), str(j.dst), segment=s,
