@@ -252,8 +252,10 @@ def _parse_inputs(ctx: click.Context, param: click.Parameter, value: str) -> Tup
 @click.option("--inputs", default="video,png,jpg", show_default=True, callback=_parse_inputs,
               help="Comma-separated: video (H.264 clip), png, jpg (folders).")
 @click.option("--threads", callback=_parse_threads, metavar="N[,M...]",
-              help="Decode/encode threads of the folder path and of the raw codec (and torch's); "
-                   "several sizes measure the scaling (default: one per core).")
+              help="Decode/encode threads of the folder path and of the raw codec; several sizes "
+                   "measure the scaling (default: one per core).")
+@click.option("--torch-threads", type=int, default=1, show_default=True, callback=opt.positive("torch-threads"),
+              help="torch's threads for the null model (its few elementwise passes per frame).")
 @click.option("--repeat", type=int, default=3, show_default=True, callback=opt.positive("repeat"))
 @click.option("--workdir", type=click.Path(file_okay=False),
               help="Keep inputs and outputs here (default: a temporary folder).")
@@ -261,14 +263,15 @@ def _parse_inputs(ctx: click.Context, param: click.Parameter, value: str) -> Tup
               help="Also write the results as JSON to this file.")
 @opt.device_option
 def bench_pipeline_cmd(size: str, frames: int, inputs: Tuple[str, ...], threads: Tuple[int, ...],
-                       repeat: int, workdir, json_out, device: str) -> None:
+                       torch_threads: int, repeat: int, workdir, json_out, device: str) -> None:
     """The host side's ceiling: apply with a null model vs the raw codec rate, in one run."""
     _start(None)
     from frametrans.bench.pipeline import PipelineBench, bench_pipeline, format_pipeline
 
     w, h = _parse_size(size)
     result = bench_pipeline(PipelineBench(width=w, height=h, frames=frames, inputs=inputs, threads=threads,
-                                          device=device, repeat=repeat, workdir=workdir))
+                                          torch_threads=torch_threads, device=device, repeat=repeat,
+                                          workdir=workdir))
     _emit(result, format_pipeline(result), json_out)
 
 

@@ -15,8 +15,14 @@ raw codec work on the same data in the same run, interleaved (``repeat`` rounds,
   and encode threads.
 
 A model on a GPU can never make ``apply`` faster than this: it is what the host side allows.
-``threads`` may list several pool sizes (torch gets as many intra-op threads); the scaling of the
-folder rows from the fewest to the most threads is reported.
+``threads`` may list several pool sizes; the scaling of the folder rows from the fewest to the
+most threads is reported. ``runner`` (the null model's runner alone on frames in memory) shows
+what the device side costs per frame: on a CPU it shares the cores with the codecs.
+
+torch runs the null model with ``torch_threads`` intra-op threads (1 by default): its work is a few
+elementwise passes per frame, and OpenMP threads that must meet at every pass only wait on each
+other while the decode and encode threads hold the cores (measured on 2 busy cores: 1.7x more
+frames/s through apply with one torch thread than with two).
 """
 
 from __future__ import annotations
@@ -43,7 +49,8 @@ INPUTS = ("video", "png", "jpg")
 class PipelineBench:
     """Settings of :func:`bench_pipeline`; see ``frametrans bench pipeline --help``.
 
-    threads: decode/encode pool sizes to measure (torch gets as many threads); empty: one per core.
+    threads: decode/encode pool sizes to measure; empty: one per core.
+    torch_threads: torch's intra-op threads for the null model's runner (None: torch's default).
     """
 
     width: int = 1280
@@ -53,6 +60,7 @@ class PipelineBench:
     threads: Tuple[int, ...] = ()
     device: str = "auto"
     repeat: int = 3
+    torch_threads: Optional[int] = 1
     workdir: Optional[str] = None
 
 
@@ -263,22 +271,23 @@ def bench_pipeline(opts: PipelineBench, log: Log = to_stderr) -> Dict[str, Any]:
             f"pool sizes {', '.join(map(str, counts))}")
         rows: List[Dict[str, Any]] = []
         try:
+            torch.set_num_threads(opts.torch_threads or torch_threads)
             for n in counts:
-                torch.set_num_threads(n)
                 rows += _rows(opts, n, _rounds(opts, work, sources, translator, n, log))
         finally:
             torch.set_num_threads(torch_threads)
     setup = {**asdict(opts), "threads": list(counts), "device": str(dev), "device_name": device_name(dev),
-             "cores": default_workers(), "torch": torch.__version__}
+             "cores": default_workers(), "torch": torch.__version__,
+             "torch_threads": opts.torch_threads or torch_threads}
     return {"setup": setup, "rows": rows, "scaling": _scaling(rows)}
 
 
 def format_pipeline(result: Dict[str, Any]) -> str:
     """A markdown table of :func:`bench_pipeline`'s rows, the setup above, the scaling below."""
     s = result["setup"]
-    lines = [f"host pipeline ceiling: null model on {s['device']} ({s['device_name']}), {s['width']}x"
-             f"{s['height']}, {s['frames']} frames, median of {s['repeat']}; codec = PyAV (video) / "
-             f"OpenCV on the same threads (folders)", ""]
+    lines = [f"host pipeline ceiling: null model on {s['device']} ({s['device_name']}; torch threads "
+             f"{s['torch_threads']}), {s['width']}x{s['height']}, {s['frames']} frames, median of "
+             f"{s['repeat']}; codec = PyAV (video) / OpenCV on the same threads (folders)", ""]
     head = ("| input | threads | codec frames/s | codec + RGB frames/s | apply frames/s | apply / codec "
             "| apply CPU s/frame | null runner alone frames/s (CPU s/frame) |")
     lines += [head, "|---|---:|---:|---:|---:|---:|---:|---:|"]
