@@ -405,13 +405,15 @@ def plan_units(jobs: Sequence[Job], opts: OutputOptions, segment_seconds: Option
                 units.append(WorkUnit("files", (str(j.src),), str(j.dst), outputs=outputs([j])))
             continue
         segments, frames = [Segment(0, None, None)], 1
-        resume = opts.skip_existing and opts.segmented(j.dst)
+        # without --overwrite a video's NAME.partial/ is continued: one the driver found (the user
+        # asked for --resume, else check_outputs refused), or one a killed try of the unit left
+        resume = not opts.overwrite and opts.segmented(j.dst)
         try:
             info = probe_video(j.src)
             frames = info.frames or int((info.duration or 0) * float(info.fps or 25)) or 1
             # a video with an interrupted job's segments goes on from them on one worker
             if segment_seconds and can_split_output(j.dst, opts.codec) and \
-                    not (resume and resumable_folder(j.dst)):
+                    not (opts.skip_existing and resumable_folder(j.dst)):
                 segments = plan_segments(j.src, segment_seconds)
         except (InputError, OSError) as exc:  # the worker reports it, as a local run would
             log.debug("%s: not split (%s)", j.src, exc)
