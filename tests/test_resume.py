@@ -275,3 +275,25 @@ def test_temporal_resume_warms_the_stabilizer_up(tmp_path, clip, model):
     _, ref_frames, _ = decoded(ref)
     worst = max(np.abs(a.astype(int) - b.astype(int)).max() for a, b in zip(frames, ref_frames))
     assert worst <= 1, worst
+
+
+@pytest.mark.parametrize("name", ["unet", "resnet", "munit"])
+def test_settings_fingerprint_of_every_generator(name):
+    """Every image generator gets a fingerprint (0-dim buffers such as BatchNorm's step count
+    included); it changes with the weights, and for MUNIT with the style."""
+    import torch
+
+    from frametrans.apply import Translator
+    from frametrans.engine.runner import RunnerOptions
+    from tests_support import tiny_model
+
+    opts = RunnerOptions(device="cpu", precision="fp32", backend="torch")
+    a = Translator(tiny_model(name), opts).fingerprint()
+    assert a == Translator(tiny_model(name), opts).fingerprint()
+    assert a["model"].startswith(name + ":") and a["precision"] == "float32"
+    changed = tiny_model(name)
+    with torch.no_grad():
+        next(changed.parameters()).add_(1e-3)
+    assert Translator(changed, opts).fingerprint()["model"] != a["model"]
+    if name == "munit":
+        assert Translator(tiny_model(name), opts, seed=1).fingerprint()["model"] != a["model"]

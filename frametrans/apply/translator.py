@@ -146,7 +146,7 @@ def _backend_name(runner: Runner) -> str:
 
 
 def _tensor_bytes(t: torch.Tensor) -> bytes:
-    t = t.detach().cpu().contiguous()
+    t = t.detach().cpu().contiguous().reshape(-1)  # 0-dim buffers too (BatchNorm's step count)
     return t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
 
 
