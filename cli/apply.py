@@ -44,6 +44,8 @@ from frametrans.cli import options as opt
               help="Upstream MUNIT YAML for a MUNIT .pt file.")
 @click.option("--batch-size", "-b", type=int, callback=opt.positive("batch-size"),
               help="Frames per forward pass (default: from device and frame size).")
+@click.option("--io-threads", type=int, callback=opt.positive("io-threads"),
+              help="Threads decoding and encoding still images, per pool [default: one per core].")
 @click.option("--temporal", type=click.Choice(["off", "flow", "auto"]), default="off", show_default=True,
               help="Stabilize videos, animations and streams: blend each output with the previous one "
               "warped along the input's optical flow (auto: the measured default strength, 0.5).")
@@ -76,7 +78,8 @@ def apply_cmd(inputs: Tuple[str, ...], output: str, model: str, list_file, recur
               temporal: str, temporal_strength: Optional[float], tile_stats: str, max_memory,
               device: str, precision: str, skip_existing: bool, overwrite: bool,
               quiet: bool, ray_address: Optional[str] = None, compile_mode: str = "auto",
-              resume: bool = False, segment_seconds: float = 10.0, backend: str = "auto") -> None:
+              resume: bool = False, segment_seconds: float = 10.0, backend: str = "auto",
+              io_threads: Optional[int] = None) -> None:
     """Run INPUTS (images, folders, videos, or '-' for a raw/y4m stream) through a generator.
 
     \b
@@ -149,7 +152,7 @@ def apply_cmd(inputs: Tuple[str, ...], output: str, model: str, list_file, recur
                              ext=ext, resize=resize_wh, max_side=max_side, codec=codec, crf=crf,
                              preset=preset, pix_fmt=pix_fmt, audio=not no_audio, quiet=quiet,
                              temporal=temporal, temporal_strength=temporal_strength,
-                             segment_seconds=segment_seconds)
+                             segment_seconds=segment_seconds, io_threads=io_threads)
     try:
         out_opts.validate()  # opens --codec once: an encoder that cannot run here is refused now
     except ValueError as exc:  # OptionError too: its message names the option

@@ -322,3 +322,31 @@ def bench_gpu_cmd(device: str, quick: bool, budget: float, precision: Optional[s
     atomic_write_text(f"{out_prefix}.md", text)
     click.echo(text)
     click.echo(f"wrote {out_prefix}.json and {out_prefix}.md", err=True)
+
+
+@bench_group.command("resume")
+@click.option("--model", "-m", default="cyclegan", show_default=True,
+              help="Bundled name, checkpoint path or architecture name.")
+@click.option("--size", default="256", show_default=True, help="Frame size: N or WIDTHxHEIGHT.")
+@click.option("--seconds", type=float, default=60.0, show_default=True, callback=opt.positive("seconds"),
+              help="Length of the synthetic clip (25 fps, with audio).")
+@click.option("--segment-seconds", type=float, default=10.0, show_default=True,
+              callback=opt.positive("segment-seconds"))
+@click.option("--repeat", type=int, default=2, show_default=True, callback=opt.positive("repeat"))
+@click.option("--kill-at", type=click.FloatRange(0.05, 0.95), default=0.6, show_default=True,
+              help="Fraction of the clip at which the child job is killed (SIGKILL).")
+@click.option("--workdir", type=click.Path(file_okay=False), help="Keep the files here (default: a temporary folder).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the results as JSON.")
+@opt.device_option
+@opt.precision_option
+def bench_resume_cmd(model: str, size: str, seconds: float, segment_seconds: float, repeat: int,
+                     kill_at: float, workdir, json_out, device: str, precision: str) -> None:
+    """What writing videos in resumable segments costs, and a job killed with SIGKILL and resumed."""
+    _start(None)
+    from frametrans.bench.resume import ResumeBench, bench_resume, format_resume
+
+    w, h = _parse_size(size)
+    result = bench_resume(ResumeBench(model=model, width=w, height=h, seconds=seconds,
+                                      segment_seconds=segment_seconds, repeat=repeat, kill_at=kill_at,
+                                      device=device, precision=precision, workdir=workdir))
+    _emit(result, format_resume(result), json_out)

@@ -240,3 +240,19 @@ def test_bench_gpu_quick_smoke_run_on_the_cpu(tmp_path):
                     "## Training", "## Compile on"):
         assert heading in md
     assert "ResNet-9 32x32, b2 |" in md and "bound)" in md
+
+
+def test_bench_resume_measures_the_writer_and_a_killed_job(tmp_path):
+    from tests_support import tiny_resnet_file
+
+    model = tiny_resnet_file(tmp_path)
+    out = tmp_path / "resume.json"
+    res = CliRunner().invoke(cli, ["bench", "resume", "-m", str(model), "--size", "48x32", "--seconds",
+                                   "3", "--segment-seconds", "0.5", "--repeat", "1", "--precision",
+                                   "fp32", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    r = json.loads(out.read_text())
+    assert r["frames"] == 75 and r["segmented_over_one_piece"] > 0
+    assert r["equal_to_uninterrupted"] is True
+    assert r["resumed_frames"] == 75 - r["killed_with_frames_done"]
+    assert 0 < r["killed_with_frames_done"] < 75

@@ -4,9 +4,10 @@
     t = Translator.load("cyclegan")                      # bundled name or checkpoint path
     report = apply_paths(["clip.mp4"], "out.mp4", t)     # same for images, folders, lists
 
-Data flow per input: a reader (in a background thread) yields frames, the runner batches and runs
-them, a writer (in another background thread) encodes; outputs are written under a temporary name
-and renamed when complete. The queues between the threads are bounded in frames and, on the CPU,
+Data flow per input: readers (a pool of threads for still images, a decode thread for a video)
+yield frames in order, the runner batches and runs them, writers (a pool for images, one encoder
+thread per video output) encode; outputs are written under a temporary name and renamed when
+complete (a video as closed segments in ``NAME.partial/``, joined at the end). The queues between the threads are bounded in frames and, on the CPU,
 in bytes (a share of ``--max-memory``).
 
 One concept per module:

@@ -52,6 +52,7 @@ class OutputOptions:
     temporal: str = "off"  # off | flow | auto: stabilize videos, animations and streams
     temporal_strength: Optional[float] = None
     segment_seconds: float = 10.0  # videos in closed segments of this length (resumable); 0: one piece
+    io_threads: Optional[int] = None  # image decode/encode workers per pool (None: one per core)
 
     def segmented(self, dst: Path) -> bool:
         """True when the video output ``dst`` is written in resumable segments: the container and
@@ -69,6 +70,8 @@ class OutputOptions:
     def validate(self) -> None:
         """Reject impossible values before any work starts (one-line ValueError naming the option)."""
         self.stabilizer_strength()
+        if self.io_threads is not None and self.io_threads < 1:
+            raise ValueError(f"--io-threads must be >= 1, got {self.io_threads}")
         if self.segment_seconds < 0:
             raise ValueError(f"--segment-seconds must be >= 0, got {self.segment_seconds}")
         if self.overwrite and self.skip_existing:

@@ -34,7 +34,7 @@ def apply_paths(inputs: Sequence[str], output: str, translator: Translator,
     other_jobs = [j for j in jobs if j.kind != "image"]
     try:
         if image_jobs:
-            apply_images(image_jobs, translator, opts, report, progress, stop)
+            apply_images(image_jobs, translator, opts, report, progress, stop, io_threads=opts.io_threads)
         for j in other_jobs:
             if stop:
                 report.not_done.append(j.src)

@@ -132,22 +132,12 @@ def codec_folder(src: Path, dst: Path, threads: int) -> int:
 
 
 def apply_folder(src: Path, dst: Path, translator: Any, threads: int) -> Any:
-    """``frametrans apply SRC -o DST --overwrite`` for a folder of still images, with ``threads``
-    decode and encode threads: planned and checked as :func:`frametrans.apply.apply_paths` does,
-    then :func:`frametrans.apply.images.apply_images`. Returns the report."""
-    from frametrans.apply import OutputOptions, Report, check_outputs, plan_jobs
-    from frametrans.apply.images import apply_images
-    from frametrans.apply.report import Stop
+    """``frametrans apply SRC -o DST --overwrite --io-threads THREADS`` for a folder of still
+    images. Returns the report."""
+    from frametrans.apply import OutputOptions, apply_paths
 
-    opts = OutputOptions(overwrite=True, quiet=True)
-    opts.validate()
-    jobs = plan_jobs([str(src)], str(dst), opts)
-    check_outputs(jobs, translator, opts)
-    report, stop = Report(), Stop()
-    apply_images(jobs, translator, opts, report, None, stop, io_threads=threads)
-    if stop:
-        report.stopped = stop.reason
-    return report
+    return apply_paths([str(src)], str(dst), translator,
+                       OutputOptions(overwrite=True, quiet=True, io_threads=threads))
 
 
 def apply_video(src: Path, dst: Path, translator: Any) -> Any:

@@ -3,15 +3,14 @@
 1. The same clip through the same loaded model, written in one piece (``segment_seconds=0``) and in
    segments (``segment_seconds``), alternating, ``repeat`` times: the ratio of the best times is
    what writing segments, the manifest and the final join cost.
-2. ``frametrans apply`` in a child process, killed with SIGKILL about ``kill_at`` of the way through
-   (inside a segment), then resumed with ``--resume``: frames the resumed run processed, and whether
+2. ``frametrans apply`` in a child process, killed with SIGKILL when its encoder takes frame
+   ``kill_at * frames`` (inside a segment), then resumed with ``--resume``: frames the resumed run processed, and whether
    the final file equals the uninterrupted one (frame count, every pts, audio packets byte for byte,
    decoded frames; the runs use ``--crf 0``, lossless).
 """
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -102,31 +101,44 @@ def _writer_cost(opts: ResumeBench, ckpt: Path, clip: Path, work: Path, log: Log
             "segmented_over_one_piece": ratio}
 
 
+#: The child job: ``frametrans ARGS``, killed with SIGKILL by itself when its encoder takes frame
+#: FRAMETRANS_BENCH_KILL_AT (inside a segment, at an exact point whatever the machine's speed).
+_KILLED_CHILD = """
+import os, signal, sys
+from frametrans.apply.segmented import SegmentedWriter
+real, count, at = SegmentedWriter.write, [0], int(os.environ["FRAMETRANS_BENCH_KILL_AT"])
+def write(self, *a, **k):
+    count[0] += 1
+    if count[0] == at:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(self, *a, **k)
+SegmentedWriter.write = write
+from frametrans.cli.main import main
+sys.argv = ["frametrans"] + sys.argv[1:]
+main()
+"""
+
+
 def _kill_and_resume(opts: ResumeBench, ckpt: Path, clip: Path, work: Path, frames: int,
                      log: Log) -> Dict[str, Any]:
     from frametrans.apply.manifest import Manifest
 
     out = work / "killed" / "out.mp4"
     args = ["apply", str(clip), "-o", str(out), "-m", str(ckpt), "--crf", "0", "--device", opts.device,
-            "--precision", opts.precision, "--backend", opts.backend, "--segment-seconds", str(opts.segment_seconds), "--quiet"]
-    folder = out.with_name("out.partial")
-    proc = subprocess.Popen([sys.executable, "-m", "frametrans.cli", *args], env=child_env(),
-                            cwd=str(package_root()), stderr=subprocess.PIPE, text=True)
-    target = int(opts.kill_at * frames)
-    per_segment = int(opts.segment_seconds * 25)
-    t0 = time.perf_counter()
-    done = 0
-    while proc.poll() is None:  # wait until the part that holds the target frame is being written
-        m = Manifest.load(folder) if folder.is_dir() else None
-        done = m.frames_done if m else 0
-        if done + per_segment > target:
-            time.sleep(_seconds_until(target, done, t0))
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    done = Manifest.load(folder).frames_done
-    log(f"killed after {time.perf_counter() - t0:.1f} s with {done} of {frames} frames in closed segments")
+            "--precision", opts.precision, "--backend", opts.backend,
+            "--segment-seconds", str(opts.segment_seconds), "--quiet"]
+    target = max(1, int(opts.kill_at * frames))
+    env = dict(child_env(), FRAMETRANS_BENCH_KILL_AT=str(target + 1))
+    t = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", _KILLED_CHILD, *args], env=env, cwd=str(package_root()),
+                          capture_output=True, text=True)
+    if proc.returncode != -signal.SIGKILL:
+        raise RuntimeError(f"the job was not killed (exit status {proc.returncode}): "
+                           f"{proc.stderr.strip().splitlines()[-1:]}")
+    killed_seconds = time.perf_counter() - t
+    done = Manifest.load(out.with_name("out.partial")).frames_done
+    log(f"killed (SIGKILL) after {killed_seconds:.1f} s, at frame {target} of {frames}: {done} frames "
+        f"in closed segments, {target - done} written to the segment that was open")
     t = time.perf_counter()
     res = subprocess.run([sys.executable, "-m", "frametrans.cli", *args[:-1], "--resume"], env=child_env(),
                          cwd=str(package_root()), capture_output=True, text=True)
@@ -135,17 +147,11 @@ def _kill_and_resume(opts: ResumeBench, ckpt: Path, clip: Path, work: Path, fram
         raise RuntimeError(f"the resumed run failed: {res.stderr.strip().splitlines()[-1:]}")
     processed = int(res.stderr.split(" written, ")[1].split(" frames")[0])
     same = _same(out, work / "segmented.mp4")
-    log(f"resumed in {resumed_seconds:.1f} s: {processed} frames processed again ({frames - done} were "
-        f"not in closed segments); final file equal to the uninterrupted run: {same}")
-    return {"killed_with_frames_done": done, "resumed_frames": processed,
-            "resumed_seconds": resumed_seconds, "equal_to_uninterrupted": same}
-
-
-def _seconds_until(target: int, done: int, t0: float) -> float:
-    """How long to wait from now for the job to reach frame ``target`` (from its rate so far)."""
-    elapsed = time.perf_counter() - t0
-    rate = done / elapsed if done and elapsed > 0 else 25.0
-    return max(0.0, (target - done) / rate)
+    log(f"resumed in {resumed_seconds:.1f} s: {processed} frames processed ({frames - done} were not in "
+        f"closed segments); final file equal to the uninterrupted run: {same}")
+    return {"killed_at_frame": target, "killed_with_frames_done": done, "killed_seconds": killed_seconds,
+            "resumed_frames": processed, "resumed_seconds": resumed_seconds,
+            "equal_to_uninterrupted": same}
 
 
 def _same(a: Path, b: Path) -> bool:
@@ -166,6 +172,6 @@ def format_resume(result: Dict[str, Any]) -> str:
     r = result
     return (f"segmented writer: {r['seconds_segmented']:.2f} s vs one piece {r['seconds_one_piece']:.2f} s "
             f"({r['frames']} frames): {r['segmented_over_one_piece']:.3f}x\n"
-            f"killed at ~{r['settings']['kill_at']:.0%}: {r['killed_with_frames_done']} frames in closed "
+            f"killed at frame {r['killed_at_frame']}: {r['killed_with_frames_done']} frames in closed "
             f"segments; resumed run processed {r['resumed_frames']} frames in {r['resumed_seconds']:.1f} s; "
             f"final file equal to the uninterrupted run: {r['equal_to_uninterrupted']}")
