@@ -89,6 +89,13 @@ def test_auto_converts_only_when_the_job_pays(tmp_path, monkeypatch):
     assert server.wants(shape, 0.5, 100)  # 0.3 x 0.5 s x 100 frames = 15 s > 3 s
     assert not server.wants(shape, 0.5, 10)  # 1.5 s < 3 s
     assert not server.wants(shape, 0.5, 0)  # no job hint: nothing pays
+    (tmp_path / "onnx").mkdir()
+    graph = BackendServer(choice, model, lambda m, x: m(x), "", tmp_path)
+    graph_file = tmp_path / "onnx" / "x.onnx"
+    graph._path = graph_file
+    graph_file.write_bytes(b"")  # cached: loading (1 s) is cheaper than converting (3 s)
+    assert graph.wants(shape, 0.5, 10) and not graph.wants(shape, 0.5, 5)  # 1.5 s > 1 s > 0.75 s
+    assert not graph.wants(shape, None, 10**6)  # a cached graph still waits for the job's measure
     explicit = BackendServer(backends.Choice("onnxruntime", torch.float32, "x", True), model,
                              lambda m, x: m(x), "", tmp_path)
     assert explicit.wants(shape, None, 0)

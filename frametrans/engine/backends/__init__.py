@@ -23,7 +23,9 @@ README's backend table):
    package is cached, or the job is long enough to pay for the cold compile): AOTInductor bf16 is
    the fastest path measured (72 ms/frame against OpenVINO's 156 for ResNet-9 at 256x256 on
    Sapphire Rapids).
-3. otherwise OpenVINO when it is installed: 156 against 169-299 ms/frame for torch eager bf16 on
+3. otherwise, once the job is long enough to pay for converting (or loading a cached graph) at the
+   eager speed measured on its first batch (:mod:`frametrans.engine.backends.serve`), and only for
+   shapes where the backend then measures faster than torch eager here: OpenVINO when installed: 156 against 169-299 ms/frame for torch eager bf16 on
    Sapphire Rapids, and 364 against 1058 ms/frame in fp32 on this project's 2-core Xeon (ResNet-9,
    128x128), with ~0.5 s to convert and compile.
 4. otherwise ONNX Runtime when it is installed and the precision is fp32 (405 against 1058 ms/frame

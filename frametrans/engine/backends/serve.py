@@ -4,11 +4,12 @@
 backend asked for by name serves every whole-frame batch. Under ``--backend auto`` it decides per
 input shape, from what it measures on this machine, like ``--compile auto`` does:
 
-- the model's graph is already cached on disk: serve (loading it costs well under a second);
-- else convert only when the job pays for it: the eager time per frame (timed on the first batch
-  of the shape) x the expected saving (:data:`SAVING`) x the frames still expected in the job must
-  exceed the conversion time (:data:`CONVERT_SECONDS`); a job of unknown length never pays up
-  front, an open-ended stream does once the frames it has run would have;
+- only when the job pays for it: the eager time per frame (timed on the first batch of the shape)
+  x the expected saving (:data:`SAVING`) x the frames still expected in the job must exceed the
+  cost of getting the backend ready: :data:`LOAD_SECONDS` when the model's graph is cached on
+  disk, else :data:`CONVERT_SECONDS`. A job of unknown length never pays up front, an open-ended
+  stream does once the frames it has run would have; a short job always stays on torch (so a
+  cached graph never takes over a job of a few frames);
 - after a shape has run twice on the backend, its time per frame is compared with torch eager's
   for that shape: when the backend is not faster here, that shape goes back to torch (logged).
 
@@ -43,6 +44,8 @@ SAVING = {("openvino", torch.bfloat16): 0.3, ("openvino", torch.float32): 0.3,
 #: Expected seconds to trace the ONNX graph and compile it for one shape (ResNet-9: ~1.5 s trace,
 #: ~0.5 s OpenVINO compile on 2 cores). ``FRAMETRANS_CONVERT_SECONDS`` overrides.
 CONVERT_SECONDS = 3.0
+#: Expected seconds to load a cached graph and compile it for one shape (~0.1 s load, ~0.5 s compile).
+LOAD_SECONDS = 1.0
 
 
 def convert_seconds() -> float:
@@ -105,7 +108,7 @@ class BackendServer:
         return self.choice.name
 
     def cached(self) -> bool:
-        """True when the model's graph is on disk already (auto then serves without a job hint)."""
+        """True when the model's graph is on disk already (cheaper to get ready)."""
         if self.token is None:
             return False
         if self._path is None:
@@ -116,12 +119,12 @@ class BackendServer:
         """Whether the backend should run a batch of ``shape`` (per-frame eager seconds if timed)."""
         if self.failed is not None or shape in self._slower:
             return False
-        if self.choice.explicit or self.fn is not None or self.cached():
+        if self.choice.explicit or self.fn is not None:
             return True
         if eager_seconds is None:
             return False
         saving = SAVING.get((self.name, self.choice.dtype), 0.3) * eager_seconds
-        return saving * remaining > convert_seconds()
+        return saving * remaining > (LOAD_SECONDS if self.cached() else convert_seconds())
 
     def __call__(self, x: torch.Tensor, eager_seconds: Optional[float] = None) -> Optional[torch.Tensor]:
         """The backend's output for ``x [B, C, H, W]`` (float32, CPU), or None when it failed to
