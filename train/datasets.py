@@ -38,9 +38,13 @@ import numpy as np
 import torch
 
 from frametrans.train.options import RESIZE_MODES
+from frametrans.train.reading import (TRAIN_IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, DataError, decode_video, is_video,
+                                      list_images, list_videos, read_rgb, to_uint8)
 
-IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
-VIDEO_EXTS = frozenset({".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".gif", ".y4m"})
+__all__ = ["DataError", "decode_video", "read_rgb", "Augment", "find_pairs", "find_domains", "PairedDataset",
+           "UnpairedDataset", "WindowDataset", "load_sequences", "make_loader", "StepBatches", "batch_list",
+           "steps_per_epoch", "data_path", "spread", "is_video", "list_images", "list_videos"]
+
 GENERATED_SOURCES = ("moving-digits", "moving-mnist")
 
 # stream ids mixed into the seeds, so order, augmentation and the B-domain draw are independent
@@ -50,74 +54,6 @@ _ORDER, _AUGMENT, _PICK_B = 0, 1, 2  # 3: generated sequences (frametrans.train.
 def spread(count: int, n: int) -> List[int]:
     """``count`` indices into ``range(n)`` spread evenly from first to last (repeats when count > n)."""
     return [int(i) for i in np.linspace(0, n - 1, num=count).round()] if n and count else []
-
-
-class DataError(ValueError):
-    """Training data that cannot be used; the message names the path and what was expected."""
-
-
-# ---------------------------------------------------------------------------------------------
-# reading
-
-
-def read_rgb(path: Path) -> np.ndarray:
-    """An image file -> uint8 [H, W, 3] RGB (gray is expanded, alpha dropped)."""
-    data = np.fromfile(str(path), dtype=np.uint8)  # imdecode: works with any file name
-    img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if img is None:
-        raise DataError(f"{path}: cannot decode image")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-
-
-def list_images(folder: Path) -> List[Path]:
-    """Image files directly in ``folder``, sorted by name."""
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
-
-
-def list_videos(folder: Path) -> List[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_EXTS)
-
-
-def is_video(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in VIDEO_EXTS
-
-
-def decode_video(
-    path: Path,
-    every: int = 1,
-    max_frames: Optional[int] = None,
-    prepare: Any = None,
-) -> List[np.ndarray]:
-    """Decode every ``every``-th frame of a video with PyAV: a list of uint8 [H, W, 3] RGB arrays.
-
-    prepare: optional function applied to each kept frame right away (e.g. a resize), so memory
-        holds only what training uses. max_frames: stop after this many kept frames.
-    """
-    import av
-
-    if every < 1:
-        raise DataError(f"frame step must be >= 1, got {every}")
-    frames: List[np.ndarray] = []
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise DataError(f"{path}: has no video stream")
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            for i, frame in enumerate(container.decode(stream)):
-                if i % every:
-                    continue
-                rgb = frame.to_ndarray(format="rgb24")
-                frames.append(prepare(rgb) if prepare is not None else rgb)
-                if max_frames is not None and len(frames) >= max_frames:
-                    break
-    except DataError:
-        raise
-    except (av.error.FFmpegError, OSError) as exc:  # type: ignore[attr-defined]
-        raise DataError(f"{path}: cannot decode video ({exc})") from None
-    if not frames:
-        raise DataError(f"{path}: no frames decoded")
-    return frames
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,9 +121,10 @@ class Augment:
 
 
 def to_tensor(img: np.ndarray) -> torch.Tensor:
-    """uint8 [H, W, C] -> float32 [C, H, W] in [-1, 1]."""
+    """uint8 (or uint16) [H, W, C] -> float32 [C, H, W] in [-1, 1]."""
+    half = 32767.5 if img.dtype == np.uint16 else 127.5
     t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float()
-    return t / 127.5 - 1.0
+    return t / half - 1.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,6 +147,8 @@ class ImageSource:
 
 
 class FolderImages(ImageSource):
+    """Image files, read on demand with :func:`read_rgb` (frametrans.io)."""
+
     def __init__(self, paths: Sequence[Path], description: str) -> None:
         self.paths = list(paths)
         self.description = description
@@ -225,7 +164,8 @@ class FolderImages(ImageSource):
 
 
 class MemoryImages(ImageSource):
-    """Frames decoded once (and already resized to the load size)."""
+    """Video frames decoded once per run (:func:`decode_video`), resized to the load size and held
+    as uint8 [H, W, 3]: the decode cache; every epoch (and every loader worker) reads them here."""
 
     def __init__(self, frames: List[np.ndarray], description: str) -> None:
         self.frames = frames
@@ -256,9 +196,9 @@ def domain_source(path: Path, augment: Augment, frame_every: int, max_frames: Op
                     break
                 frames += decode_video(v, frame_every, left, augment.resized)
             return MemoryImages(frames, f"{path} ({len(videos)} videos, {len(frames)} frames)")
-        raise DataError(f"{path}: no images ({', '.join(sorted(IMAGE_EXTS))}) or videos in this folder")
+        raise DataError(f"{path}: no images ({', '.join(sorted(TRAIN_IMAGE_EXTENSIONS))}) or videos in this folder")
     if path.exists():
-        raise DataError(f"{path}: expected a folder of images or a video ({', '.join(sorted(VIDEO_EXTS))})")
+        raise DataError(f"{path}: expected a folder of images or a video ({', '.join(sorted(VIDEO_EXTENSIONS))})")
     raise DataError(f"{path}: no such file or folder")
 
 
@@ -486,7 +426,8 @@ class UnpairedDataset(TrainDataset):
 
 
 def _prepare_frame(img: np.ndarray, channels: int, size: Optional[int]) -> np.ndarray:
-    """RGB uint8 -> [H, W, channels] uint8, short side scaled to ``size`` (None: unchanged)."""
+    """RGB uint8 (or uint16) -> [H, W, channels] uint8, short side scaled to ``size`` (None: unchanged)."""
+    img = to_uint8(img)
     if channels == 1:
         img = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)[..., None]
     elif channels != 3:
