@@ -53,7 +53,8 @@ def _shown_default(spec: OptionSpec, cls: type) -> Optional[str]:
     length_name, length_value = cls.DEFAULT_LENGTH  # type: ignore[attr-defined]
     if spec.name == length_name:
         other = "--epochs" if length_name == "iters" else "--iters"
-        return f"{length_value:g} unless {other} is given"
+        shown = int(length_value) if float(length_value).is_integer() else length_value
+        return f"{shown} unless {other} is given"
     if spec.default_text is not None:
         return spec.default_text
     if spec.default is None:

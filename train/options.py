@@ -70,7 +70,8 @@ class TrainOptions(OptionsBase):
     precision: str = option("fp32", "fp32; bf16 autocast (CPU or CUDA); fp16 autocast + loss scaling (CUDA).",
                             choices=PRECISIONS)
     seed: int = option(0, "Seed of weights, data order and augmentation.", **AT_LEAST_0)
-    workers: int = option(0, "Data loader processes (0: load in the training process).", **AT_LEAST_0)
+    workers: int = option(0, "Data loader processes (0: load in the training process; the generated sources are "
+                          "made on the training device and need none).", **AT_LEAST_0)
     save_every: int = option(5000, "Steps between checkpoints (exported generator(s) + state.pt).", **POSITIVE)
     sample_every: int = option(1000, "Steps between sample grids in RUN_DIR/samples.", **POSITIVE)
     val_every: int = option(5000, "Steps between validations on held-out data (val.jsonl).", **POSITIVE)
