@@ -350,3 +350,24 @@ def bench_resume_cmd(model: str, size: str, seconds: float, segment_seconds: flo
                                       segment_seconds=segment_seconds, repeat=repeat, kill_at=kill_at,
                                       device=device, precision=precision, workdir=workdir))
     _emit(result, format_resume(result), json_out)
+
+
+@bench_group.command("backends")
+@_common
+@click.option("--size", default="256", show_default=True, help="Frame size: N or WIDTHxHEIGHT.")
+@click.option("--batch", "-b", type=int, default=1, show_default=True, callback=opt.positive("batch"))
+@click.option("--repeat", type=int, default=5, show_default=True, callback=opt.positive("repeat"))
+@click.option("--frames", "-n", type=int, default=8, show_default=True, callback=opt.positive("frames"),
+              help="Frames whose PSNR against torch fp32 is measured.")
+def bench_backends_cmd(model: str, config, seed: int, workdir, json_out, threads, size: str, batch: int,
+                       repeat: int, frames: int) -> None:
+    """ms/frame and PSNR vs torch fp32 of every backend and precision this machine has (torch fp32
+    and bf16, OpenVINO fp32 and bf16, ONNX Runtime fp32), and what --backend auto picks."""
+    _start(threads)
+    from frametrans.bench.backends import BackendsBench, bench_backends, format_backends
+
+    w, h = _parse_size(size)
+    result = bench_backends(BackendsBench(model=model, config=_parse_config(config), width=w, height=h,
+                                          batch=batch, repeat=repeat, frames=frames, seed=seed,
+                                          workdir=workdir))
+    _emit(result, format_backends(result), json_out)

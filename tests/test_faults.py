@@ -303,7 +303,8 @@ def test_oom_everywhere_is_reported_never_dropped(tmp_path, model_path, forward_
         if len(calls) > 1:  # the first call is the runner's 64x64 memory probe
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
     forward_hook(check)
-    res = run("apply", src, clip, "-o", tmp_path / "out", "-m", model_path, "--tile-overlap", "4")
+    res = run("apply", src, clip, "-o", tmp_path / "out", "-m", model_path, "--tile-overlap", "4",
+              "--precision", "fp32")  # auto would probe bf16 vs fp32 before the memory probe
     assert res.exit_code == 1
     failed = failure_lines(res.output)
     assert set(failed) == {"img00.png", "img01.png", "clip.mp4"}

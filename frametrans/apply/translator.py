@@ -153,6 +153,8 @@ def _tensor_bytes(t: torch.Tensor) -> bytes:
 def _munit_forward(style: torch.Tensor, direction: str) -> Callable:
     def forward(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         return model.translate(x, style=style.to(x.device), direction=direction)
+    # names this forward in the caches of compiled packages and backend graphs
+    forward.cache_token = f"munit:{direction}:" + hashlib.sha256(_tensor_bytes(style)).hexdigest()[:16]
     return forward
 
 
