@@ -80,7 +80,8 @@ except AttributeError:  # pragma: no cover - very old OpenCV
 
 #: Extensions (lower case, with the dot) that :func:`read_image` reads; folders are filtered by it.
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".tif", ".tiff", ".bmp", ".gif"}
+    {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".tif", ".tiff", ".bmp", ".gif",
+     ".ppm", ".pgm", ".pbm", ".pnm"}
 )
 
 # extension -> (Pillow format name, OpenCV extension for 16-bit, supports alpha)

@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 VIDEO_EXTENSIONS: frozenset[str] = frozenset(
     {
         ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".gif", ".mpg", ".mpeg", ".ts",
-        ".m2ts", ".mts", ".flv", ".wmv", ".ogv", ".3gp", ".mxf", ".vob",
+        ".m2ts", ".mts", ".flv", ".wmv", ".ogv", ".3gp", ".mxf", ".vob", ".y4m",
     }
 )
 
