@@ -98,3 +98,20 @@ def test_finite_outputs_run_once():
     r.forward = lambda m, x: calls.append(_precision(m)) or m(x)
     outs = r([f.image for f in _frames(3)])
     assert len(outs) == 3 and calls == [torch.bfloat16]
+
+
+class Huge(ResnetGenerator):
+    """Finite outputs so large that their sum overflows fp32 (the guard's one-reduction check)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(super().forward(x), 3e38)
+
+
+def test_finite_outputs_whose_sum_overflows_are_kept(caplog):
+    torch.manual_seed(0)
+    runner = Runner(Huge(ResnetConfig(ngf=4, n_blocks=1)),
+                    RunnerOptions(device="cpu", precision="fp32", backend="torch"))
+    with caplog.at_level(logging.WARNING, logger="frametrans"):
+        outs = [o for _, o in runner.run(_frames(2))]
+    assert len(outs) == 2 and all(o.max() == 255 for o in outs)  # clipped, not refused
+    assert "NaN or inf" not in caplog.text
