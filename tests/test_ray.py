@@ -213,3 +213,43 @@ def test_interrupted_local_job_resumes_on_a_ray_worker(tmp_path, ray_local, mode
     other = OutputOptions(crf=5, quiet=True, segment_seconds=0.4, skip_existing=True)
     report = ray_apply([str(src)], str(tmp_path / "again" / "clip.mp4"), model, FP32, other)
     assert not report.ok and "crf (0 -> 5)" in report.failed[0][1]
+
+
+@pytest.mark.ray
+def test_split_video_stopped_then_resumed_with_ray_and_locally(tmp_path, ray_local, model, inputs, monkeypatch):
+    """The driver stops after two segments came back: they stay in clip.partial/ (recorded in the
+    manifest, the same folder as a local job's); --resume with Ray runs only the others; a local
+    --resume goes on after the first parts in order."""
+    from frametrans.apply.manifest import Manifest
+    import frametrans.scale.ray_apply  # noqa: F401 - the package binds the function over the module
+    ra = sys.modules["frametrans.scale.ray_apply"]
+
+    src = inputs / "clip.mp4"
+    real, seen = ra._Scheduler._collect, []
+
+    def collect(self, unit, out):
+        real(self, unit, out)
+        seen.append(unit.kind)
+        if seen.count("segment") == 2:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(ra._Scheduler, "_collect", collect)
+    opts = OutputOptions(crf=0, quiet=True)
+    for name in ("ray", "local"):
+        seen.clear()
+        with pytest.raises(KeyboardInterrupt):
+            ra.ray_apply([str(src)], str(tmp_path / name / "clip.mp4"), model, FP32, opts, segment_seconds=0.5)
+        m = Manifest.load(tmp_path / name / "clip.partial")
+        assert len(m.parts) == 2 and m.ray_plan is not None and m.settings["crf"] == 0
+    monkeypatch.setattr(ra._Scheduler, "_collect", real)
+    done = Manifest.load(tmp_path / "ray" / "clip.partial").frames_done
+    resume = OutputOptions(crf=0, quiet=True, skip_existing=True)
+    report = ra.ray_apply([str(src)], str(tmp_path / "ray" / "clip.mp4"), model, FP32, resume,
+                          segment_seconds=0.5)
+    assert report.ok, report.failed
+    assert report.frames == 60 - done
+    report = local_run(src, tmp_path / "local" / "clip.mp4", model, resume)
+    assert report.ok, report.failed
+    local_run(src, tmp_path / "ref.mp4", model, OutputOptions(crf=0, quiet=True))
+    for name in ("ray", "local"):
+        check_video_like_local(tmp_path / name / "clip.mp4", tmp_path / "ref.mp4", src)
+        assert tree(tmp_path / name) == ["clip.mp4"]

@@ -77,6 +77,16 @@ class Manifest:
     parts: List[Part] = field(default_factory=list)
     complete: bool = False
     format: int = FORMAT
+    #: a video split by Ray at keyframes: each segment's [start, end) source pts (None: open); its
+    #: parts may close in any order. None for a local job (parts close in order).
+    ray_plan: Optional[List[List[Optional[int]]]] = None
+
+    def contiguous(self) -> "Manifest":
+        """This manifest as a local job's: the parts 0, 1, ... that follow each other (a Ray job's
+        parts may have gaps), no Ray plan. A local resume goes on after them."""
+        parts = sorted(self.parts, key=lambda p: p.index)
+        keep = [p for i, p in enumerate(parts) if all(q.index == j for j, q in enumerate(parts[:i + 1]))]
+        return Manifest(**{**asdict(self), "parts": keep, "ray_plan": None, "complete": False})
 
     @property
     def frames_done(self) -> int:
@@ -101,8 +111,9 @@ class Manifest:
             data = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
             if data.get("format") != FORMAT:
                 return None
-            data["parts"] = [Part(**p) for p in data.get("parts", [])]
-            return cls(**data)
+            manifest = cls(**data)
+            manifest.parts = [Part(**p) for p in data.get("parts", [])]
+            return manifest
         except (OSError, ValueError, TypeError):
             return None
 

@@ -131,12 +131,15 @@ def _start(folder: Path, job: Job, translator: Translator, opts: OutputOptions,
            info: video.VideoInfo) -> Manifest:
     """The manifest to go on from (resume), or a new one in a fresh folder."""
     manifest = Manifest.load(folder) if folder.is_dir() and not opts.overwrite else None
+    if manifest is not None and manifest.ray_plan is not None:  # left by Ray: go on after its
+        manifest = manifest.contiguous()                         # first parts, in order
     if manifest is not None and manifest.parts and opts.skip_existing:
         keep = [f for files in manifest.part_files(folder, _variant_dsts(job, translator),
                                                    part_suffix(job.dst)) for f in files]
         missing = [f for f in keep if not f.exists()]
         if not missing:
             clean_folder(folder, keep)  # what a killed run was writing goes
+            manifest.save(folder)
             log.info("%s: resuming after %s (%s)", job.src.name, _done(manifest), folder)
             return manifest
         log.warning("%s: %s is missing; starting over", folder, missing[0].name)

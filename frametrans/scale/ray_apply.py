@@ -49,7 +49,8 @@ from frametrans.apply import (
     plan_jobs,
     variant_path,
 )
-from frametrans.apply.resumable import resumable_folder
+from frametrans.apply.manifest import (Manifest, Part, clean_folder, differences, input_identity,
+                                      part_name, work_folder)
 from frametrans.atomic import remove_temporaries
 from frametrans.engine.runner import RunnerOptions
 from frametrans.io.errors import InputError, TruncatedInputError, first_line, is_fatal_write_error
@@ -101,6 +102,7 @@ class WorkUnit:
     frames: int = 1
     outputs: Tuple[str, ...] = ()  # files: the final paths it writes (all variants)
     resume: bool = False  # files: a video continued from its NAME.partial/ folder (--resume)
+    done: Optional[Tuple[int, int, int]] = None  # segment: (frames, first pts, last pts) of an earlier run
 
 
 @dataclass
@@ -113,16 +115,18 @@ class Outcome:
     parts: List[Optional[str]] = field(default_factory=list)  # segment: one per variant
     stopped: Optional[str] = None  # a write error that will repeat (full disk): stop the job
     not_done: List[str] = field(default_factory=list)
+    pts: Optional[Tuple[int, int]] = None  # segment: first and last pts encoded
+    settings: Optional[Dict[str, Any]] = None  # segment: what decided its pixels (the manifest's)
 
 
 def parts_folder(dst: Path) -> Path:
-    """The hidden folder next to ``dst`` holding its encoded segments while a job runs."""
-    return dst.with_name(f".{dst.name}.parts")
+    """The folder next to ``dst`` holding its encoded segments while a job runs: the same
+    ``NAME.partial/`` as a local job's, with the same manifest (see :mod:`frametrans.apply.manifest`)."""
+    return work_folder(dst)
 
 
 def _part_path(dst: Path, suffix: str, index: int) -> Path:
-    out = variant_path(dst, suffix)
-    return parts_folder(dst) / f"{out.stem}.{index:05d}{part_suffix(dst)}"
+    return parts_folder(dst) / part_name(variant_path(dst, suffix), index, part_suffix(dst))
 
 
 # -------------------------------------------------------------------------------------- worker
@@ -210,9 +214,11 @@ class FrameWorker:
         except OSError as exc:
             return _failure(exc, src)
         count = FrameCount(self._bar(unit), lambda done: self._maybe_crash() if done == 1 else None)
-        failed = []
+        failed: List[Tuple[str, str]] = []
+        seen: List[int] = []
         try:
-            translate_into(writers, iter_segment_frames(src, seg), self.translator, opts, count)
+            translate_into(writers, _noting_pts(iter_segment_frames(src, seg), seen), self.translator,
+                           opts, count)
         except TruncatedInputError as exc:  # keep what decoded, report the cut (as locally)
             failed.append((src, f"{src}: {exc.reason}; the frames before it were written"))
         except (InputError, OSError, ValueError, RuntimeError, av.FFmpegError) as exc:
@@ -223,7 +229,12 @@ class FrameWorker:
             raise
         finally:
             count.close()
-        return self._close_parts(writers, src, failed, count.done)
+        out = self._close_parts(writers, src, failed, count.done)
+        if seen and out.parts:
+            from frametrans.apply.resumable import settings_of
+
+            out.pts, out.settings = (seen[0], seen[-1]), settings_of(self.translator, opts)
+        return out
 
     def _close_parts(self, writers: list, src: str, failed: list, done: int) -> Outcome:
         from frametrans.apply.video import abort_all
@@ -265,6 +276,14 @@ class FrameWorker:
         seg = unit.segment
         name = Path(unit.srcs[0]).name + (f" part {seg.index}" if seg is not None else "")
         return tqdm(total=unit.frames, desc=name, unit="frame")
+
+
+def _noting_pts(frames, seen: List[int]):
+    """``frames`` unchanged, their pts appended to ``seen``."""
+    for f in frames:
+        if f.pts is not None:
+            seen.append(int(f.pts))
+        yield f
 
 
 def _segment_frames(info, seg: Segment) -> Optional[int]:
@@ -374,7 +393,7 @@ def ray_apply(inputs: Sequence[str], output: str, model: str,
         except ray.exceptions.RayError as exc:
             raise RuntimeError(f"the Ray workers could not load the model: {_ray_message(exc)}") from None
         log.info("Ray: %d model replicas: %s", len(where), "; ".join(where))
-        _Scheduler(ray, actors, report, progress, max_retries).run(units)
+        _Scheduler(ray, actors, report, progress, max_retries, suffixes).run(units)
     finally:
         for a in actors:
             ray.kill(a)
@@ -390,8 +409,6 @@ def plan_units(jobs: Sequence[Job], opts: OutputOptions, segment_seconds: Option
     """Cut planned jobs into work units, biggest first: segments of long videos, whole videos,
     then groups of images sharing an output folder. ``suffixes``: the output variants' (MUNIT
     styles)."""
-    from frametrans.io.video import probe_video
-
     def outputs(group: Sequence[Job]) -> Tuple[str, ...]:
         return tuple(str(variant_path(j.dst, s)) for j in group for s in suffixes)
 
@@ -404,26 +421,7 @@ def plan_units(jobs: Sequence[Job], opts: OutputOptions, segment_seconds: Option
             else:  # a single image given its own output name
                 units.append(WorkUnit("files", (str(j.src),), str(j.dst), outputs=outputs([j])))
             continue
-        segments, frames = [Segment(0, None, None)], 1
-        # without --overwrite a video's NAME.partial/ is continued: one the driver found (the user
-        # asked for --resume, else check_outputs refused), or one a killed try of the unit left
-        resume = not opts.overwrite and opts.segmented(j.dst)
-        try:
-            info = probe_video(j.src)
-            frames = info.frames or int((info.duration or 0) * float(info.fps or 25)) or 1
-            # a video with an interrupted job's segments goes on from them on one worker
-            if segment_seconds and can_split_output(j.dst, opts.codec) and \
-                    not (opts.skip_existing and resumable_folder(j.dst)):
-                segments = plan_segments(j.src, segment_seconds)
-        except (InputError, OSError) as exc:  # the worker reports it, as a local run would
-            log.debug("%s: not split (%s)", j.src, exc)
-        if len(segments) == 1:
-            units.append(WorkUnit("files", (str(j.src),), str(j.dst), frames=frames,
-                                  outputs=outputs([j]), resume=resume))
-            continue
-        for s in segments:
-            units.append(WorkUnit("segment", (str(j.src),), str(j.dst), segment=s,
-                                  frames=max(1, frames // len(segments))))
+        units.extend(_video_units(j, opts, segment_seconds, suffixes, outputs([j])))
     for folder, group in images.items():
         size = max(1, min(_IMAGES_PER_UNIT, math.ceil(len(group) / 4)))
         for i in range(0, len(group), size):
@@ -432,6 +430,66 @@ def plan_units(jobs: Sequence[Job], opts: OutputOptions, segment_seconds: Option
                                   str(folder) + os.sep, frames=len(chunk), outputs=outputs(chunk)))
     units.sort(key=lambda u: -u.frames)  # stable: a video's segments stay in order
     return units
+
+
+def _video_units(j: Job, opts: OutputOptions, segment_seconds: Optional[float], suffixes: Sequence[str],
+                 outputs: Tuple[str, ...]) -> List[WorkUnit]:
+    """One whole-video unit, or one unit per keyframe-aligned segment, with the segments an
+    interrupted Ray run finished (``--resume``: same plan, files there) marked done. A split video's
+    manifest is written here, before any worker starts."""
+    from frametrans.io.video import probe_video
+
+    # without --overwrite a video's NAME.partial/ is continued: one the driver found (the user
+    # asked for --resume, else check_outputs refused), or one a killed try of the unit left
+    resume = not opts.overwrite and opts.segmented(j.dst)
+
+    def whole(frames: int) -> List[WorkUnit]:
+        return [WorkUnit("files", (str(j.src),), str(j.dst), frames=frames, outputs=outputs, resume=resume)]
+    try:
+        info = probe_video(j.src)
+        frames = info.frames or int((info.duration or 0) * float(info.fps or 25)) or 1
+        if not (segment_seconds and can_split_output(j.dst, opts.codec)):
+            return whole(frames)
+        saved = Manifest.load(work_folder(j.dst)) if opts.skip_existing else None
+        if saved is not None and saved.parts and saved.ray_plan is None:
+            return whole(frames)  # a local job's segments: one worker goes on from them
+        segments = plan_segments(j.src, segment_seconds)
+    except (InputError, OSError) as exc:  # the worker reports it, as a local run would
+        log.debug("%s: not split (%s)", j.src, exc)
+        return whole(1)
+    plan = [[s.start, s.end] for s in segments]
+    if len(segments) == 1 or (saved is not None and saved.parts and saved.ray_plan != plan):
+        return whole(frames)  # another cut: a local resume goes on after its first parts
+    done = _done_parts(saved, j.dst, suffixes) if saved is not None else {}
+    if not done:
+        _new_split(j, info, segment_seconds, plan, suffixes)
+    each = max(1, frames // len(segments))
+    return [WorkUnit("segment", (str(j.src),), str(j.dst), segment=s, frames=each,
+                     done=(d.frames, d.first_pts, d.last_pts) if (d := done.get(s.index)) else None)
+            for s in segments]
+
+
+def _done_parts(saved: Manifest, dst: Path, suffixes: Sequence[str]) -> Dict[int, Part]:
+    """The parts of an interrupted Ray run whose files are all there; anything else in the folder
+    (a part a killed worker was writing) is deleted."""
+    done = {p.index: p for p in saved.parts
+            if all(_part_path(dst, s, p.index).exists() for s in suffixes)}
+    saved.parts = [done[i] for i in sorted(done)]
+    clean_folder(work_folder(dst), [_part_path(dst, s, i) for i in done for s in suffixes])
+    saved.save(work_folder(dst))
+    return done
+
+
+def _new_split(j: Job, info, segment_seconds: float, plan: List[List[Optional[int]]],
+               suffixes: Sequence[str]) -> None:
+    """A fresh NAME.partial/ with the manifest of a video split by Ray (settings filled in by the
+    first segment that comes back)."""
+    folder = work_folder(j.dst)
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    Manifest(output=j.dst.name, segment_seconds=segment_seconds, settings={},
+             input=input_identity(j.src, info), outputs=[variant_path(j.dst, s).name for s in suffixes],
+             source=str(j.src.resolve()), ray_plan=plan).save(folder)
 
 
 def _connect(ray, address: Optional[str], quiet: bool) -> bool:
@@ -477,6 +535,7 @@ class _Video:
     total: int
     done: int = 0
     frames: int = 0
+    reused: int = 0  # frames of segments an interrupted run finished (not counted as this run's)
     parts: Dict[int, List[Optional[str]]] = field(default_factory=dict)
     failed: List[Tuple[str, str]] = field(default_factory=list)
     broken: bool = False
@@ -486,8 +545,11 @@ class _Video:
 class _Scheduler:
     """Hand units to idle actors, collect outcomes, join videos once all their segments are in."""
 
-    def __init__(self, ray, actors: List[Any], report: Report, progress: bool, max_retries: int):
+    def __init__(self, ray, actors: List[Any], report: Report, progress: bool, max_retries: int,
+                 suffixes: Sequence[str] = ("",)):
         self.ray, self.report, self.max_retries = ray, report, max_retries
+        self.suffixes = list(suffixes)
+        self.manifests: Dict[str, Manifest] = {}  # split videos: the manifest, written by the driver only
         self.idle: List[Any] = list(actors)
         self.running: Dict[Any, Tuple[Any, WorkUnit]] = {}
         self.videos: Dict[str, _Video] = {}
@@ -496,10 +558,15 @@ class _Scheduler:
         self.show = progress
 
     def run(self, units: List[WorkUnit]) -> None:
-        self.pending.extend(units)
         for u in units:
             if u.kind == "segment":
                 self.videos.setdefault(u.dst, _Video(u, 0)).total += 1
+        self.pending.extend(u for u in units if u.done is None)
+        for u in units:  # segments an interrupted run finished: in, as if just done
+            if u.done is not None:
+                assert u.segment is not None
+                parts = [str(_part_path(Path(u.dst), s, u.segment.index)) for s in self.suffixes]
+                self._collect(u, Outcome(frames=u.done[0], parts=parts))
         if self.show:
             from ray.experimental.tqdm_ray import tqdm
 
@@ -530,7 +597,7 @@ class _Scheduler:
         self.pending.clear()
         for dst, v in self.videos.items():
             if not v.finished:
-                shutil.rmtree(parts_folder(Path(dst)), ignore_errors=True)
+                self._keep_or_remove(dst)
         if self.report.stopped:
             log.error("stopped: %s; %d input(s) not processed (rerun with --skip-existing to finish)",
                       self.report.stopped, len(not_done))
@@ -562,16 +629,50 @@ class _Scheduler:
             v.finished = True
             report.failed.extend(v.failed[:1])  # a cut-off source: joined, and still reported
             if not out.failed:
-                report.frames += v.frames
+                report.frames += v.frames - v.reused
         else:
             report.frames += out.frames
             self._advance(out.frames if not out.failed else unit.frames)
 
+    def _keep_or_remove(self, dst: str) -> None:
+        """An unfinished split video: its folder stays for --resume when a segment was recorded."""
+        m = self.manifests.get(dst) or Manifest.load(parts_folder(Path(dst)))
+        if m is not None and m.parts:
+            log.warning("%s: %d of its segments are kept in %s; rerun with --resume to continue",
+                        Path(dst).name, len(m.parts), parts_folder(Path(dst)))
+        else:
+            shutil.rmtree(parts_folder(Path(dst)), ignore_errors=True)
+
+    def _record(self, unit: WorkUnit, out: Outcome) -> Optional[str]:
+        """A segment a worker just finished -> the manifest (saved atomically). Returns why the
+        video cannot go on (settings other than those of its earlier segments), else None."""
+        assert unit.segment is not None
+        if unit.done is not None or out.pts is None:
+            return None
+        folder = parts_folder(Path(unit.dst))
+        m = self.manifests.get(unit.dst) or Manifest.load(folder)
+        if m is None:
+            return None
+        self.manifests[unit.dst] = m
+        if not m.settings:
+            m.settings = out.settings or {}
+        elif out.settings is not None and (changed := differences(m.settings, out.settings)):
+            return (f"{unit.srcs[0]}: {folder} was started with other settings: {', '.join(changed)}; "
+                    "rerun with those, or pass --overwrite to start over")
+        m.parts = sorted([*m.parts, Part(unit.segment.index, out.pts[0], out.pts[1], out.frames)],
+                         key=lambda q: q.index)
+        m.save(folder)
+        return None
+
     def _segment_done(self, unit: WorkUnit, out: Outcome) -> None:
         v = self.videos[unit.dst]
         assert unit.segment is not None
+        why = self._record(unit, out) if out.parts and not v.broken else None
+        if why is not None:
+            out = Outcome(failed=[(unit.srcs[0], why)], frames=out.frames)
         v.done += 1
         v.frames += out.frames
+        v.reused += out.frames if unit.done is not None else 0
         v.failed.extend(out.failed)
         self._advance(out.frames or unit.frames)
         if out.parts:
@@ -582,7 +683,7 @@ class _Scheduler:
             return
         if v.broken:
             v.finished = True
-            shutil.rmtree(parts_folder(Path(unit.dst)), ignore_errors=True)
+            self._keep_or_remove(unit.dst)
             self.report.failed.extend(v.failed[:1])
             return
         per_variant = list(zip(*(v.parts[i] for i in sorted(v.parts))))
