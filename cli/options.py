@@ -9,7 +9,8 @@ import click
 F = Callable[..., Any]
 
 DEVICE_HELP = "auto (CUDA if present, else MPS, else CPU), cpu, cuda, cuda:N or mps."
-PRECISION_HELP = "auto (bf16 on CPUs with bf16 units and on CUDA, else fp32), fp32, bf16 or fp16."
+PRECISION_HELP = ("auto (bf16 on CUDA and on CPUs with AMX, where it is faster; else fp32), fp32, bf16 "
+                  "or fp16.")
 
 
 def device_option(f: F) -> F:

@@ -107,7 +107,7 @@ def test_uint16_and_gray_inputs_keep_their_dtype():
 def test_auto_precision_runs_16_bit_inputs_in_fp32(monkeypatch):
     from frametrans.engine import device as devices
 
-    monkeypatch.setattr(devices, "cpu_has_bf16", lambda: True)  # auto -> bf16, as on such a CPU
+    monkeypatch.setattr(devices, "cpu_bf16_pays", lambda: True)  # auto -> bf16, as on such a CPU
     model = _model("resnet")
     r = _runner(model, precision="auto")
     assert r.dtype == torch.bfloat16

@@ -90,7 +90,7 @@ class LosesInBf16(ResnetGenerator):
 
 
 def test_auto_runs_fp32_for_a_model_that_loses_the_picture_in_bf16(monkeypatch, caplog):
-    monkeypatch.setattr(devices, "cpu_has_bf16", lambda: True)  # auto means bf16 on any CPU here
+    monkeypatch.setattr(devices, "cpu_bf16_pays", lambda: True)  # auto means bf16 on any CPU here
     torch.manual_seed(0)
     lossy = LosesInBf16(ResnetConfig(ngf=4, n_blocks=1))
     caplog.set_level(logging.WARNING, logger="frametrans")
