@@ -36,8 +36,9 @@ def from_model_range(y: torch.Tensor, value_range: Tuple[float, float], max_valu
                      ) -> torch.Tensor:
     """Float in ``value_range`` -> rounded, clamped pixel values [0, max_value] as float32."""
     lo, hi = value_range
-    scaled = (y.float() - lo) * (max_value / (hi - lo))
-    return scaled.round_().clamp_(0, max_value)
+    f = y.float()
+    scaled = f.sub_(lo) if f is not y else f.sub(lo)  # one new tensor, then in place (``y`` kept)
+    return scaled.mul_(max_value / (hi - lo)).round_().clamp_(0, max_value)
 
 
 def tensor_to_images(y: torch.Tensor, dtype: np.dtype) -> List[np.ndarray]:
