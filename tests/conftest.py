@@ -9,15 +9,25 @@ import logging
 import pytest
 
 
-@pytest.fixture(autouse=True)
-def _restore_frametrans_logger():
-    """CLI commands configure the "frametrans" logger (own handler, no propagation); undo it after
-    each test so caplog-based tests do not depend on the order tests run in."""
+def _logger_restored():
     logger = logging.getLogger("frametrans")
     handlers, propagate, level = list(logger.handlers), logger.propagate, logger.level
     yield
     logger.handlers[:] = handlers
     logger.propagate, logger.level = propagate, level
+
+
+@pytest.fixture(autouse=True)
+def _restore_frametrans_logger():
+    """CLI commands configure the "frametrans" logger (own handler, no propagation); undo it after
+    each test so caplog-based tests do not depend on the order tests run in."""
+    yield from _logger_restored()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _restore_frametrans_logger_per_module():
+    """The same after each module: a module-scoped fixture may run the CLI too."""
+    yield from _logger_restored()
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -32,3 +42,11 @@ def _private_compile_cache(tmp_path_factory):
         os.environ.pop("FRAMETRANS_CACHE_DIR", None)
     else:
         os.environ["FRAMETRANS_CACHE_DIR"] = old
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    """A tiny ResNet checkpoint file (modules may define their own)."""
+    from support import tiny_resnet_file
+
+    return tiny_resnet_file(tmp_path_factory.mktemp("model"))

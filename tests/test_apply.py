@@ -1,6 +1,5 @@
 """`frametrans apply` as a user runs it: images, folders, videos, pipes, MUNIT styles, resume."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path

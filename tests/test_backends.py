@@ -14,7 +14,7 @@ from frametrans.engine import backends
 from frametrans.engine.backends.serve import BackendServer
 from frametrans.engine.runner import Runner, RunnerOptions
 from frametrans.io.frame import Frame
-from tests_support import psnr, smooth_images, tiny_model
+from support import psnr, smooth_images, tiny_model
 
 CPU = torch.device("cpu")
 

@@ -21,14 +21,13 @@ from typing import Callable, Dict, Optional, Tuple, Union
 import av
 import numpy as np
 import pytest
-import skimage.data
 import torch
-from click.testing import CliRunner
 from PIL import Image
 
-from frametrans.cli.main import cli
 from frametrans.io.images import iter_image_frames, read_image
-from tests_support import tiny_resnet_file
+from support.cli import failure_lines, hidden_files, run
+from support.media import (_exif_jpeg, _gif, _mux_silence, _png16, _tiff, _webp, jpeg_bytes, make_clip, picture,
+                           png_bytes)
 
 ROOT = os.geteuid() == 0 if hasattr(os, "geteuid") else False
 
@@ -60,27 +59,6 @@ class Fails:
 Expect = Union[Ok, Fails]
 
 
-def picture(h: int, w: int, seed: int = 0) -> np.ndarray:
-    base = skimage.data.astronaut()
-    rows = (np.arange(h) * base.shape[0] // max(h, 1)) % base.shape[0]
-    cols = (np.arange(w) * base.shape[1] // max(w, 1)) % base.shape[1]
-    img = base[rows][:, cols].copy()
-    img[..., 1] = (img[..., 1].astype(int) + 17 * seed) % 256
-    return img
-
-
-def png_bytes(image: np.ndarray, mode: Optional[str] = None) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(image, mode).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def jpeg_bytes(image: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="JPEG", quality=90)
-    return buf.getvalue()
-
-
 def png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
@@ -90,33 +68,6 @@ def png_claiming(width: int, height: int) -> bytes:
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     idat = zlib.compress(b"\0" * 64)
     return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
-
-
-def make_clip(path: Path, n: int = 6, h: int = 48, w: int = 64, *, faststart: bool = False,
-              codec: str = "libx264", pix_fmt: str = "yuv420p", audio: bool = False) -> None:
-    """A small clip written with PyAV directly (independent of our writer)."""
-    options = {"movflags": "+faststart"} if faststart else {}
-    with av.open(str(path), "w", options=options) as c:
-        opts = {"preset": "ultrafast", "crf": "20"} if codec == "libx264" else {}
-        s = c.add_stream(codec, rate=25, options=opts)
-        s.width, s.height, s.pix_fmt = w, h, pix_fmt
-        a = c.add_stream("aac", rate=48000) if audio else None
-        for i in range(n):
-            frame = av.VideoFrame.from_ndarray(picture(h, w, i), format="rgb24")
-            frame.pts, frame.time_base = i, Fraction(1, 25)
-            c.mux(s.encode(frame.reformat(format=pix_fmt)))
-        c.mux(s.encode())
-        if a is not None:
-            _mux_silence(c, a, seconds=n / 25)
-
-
-def _mux_silence(c, a, seconds: float) -> None:
-    samples = int(48000 * seconds)
-    for start in range(0, samples, 1024):
-        af = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
-        af.sample_rate, af.pts, af.time_base = 48000, start, Fraction(1, 48000)
-        c.mux(a.encode(af))
-    c.mux(a.encode())
 
 
 def make_audio_only(path: Path) -> None:
@@ -237,20 +188,6 @@ def build_corpus(folder: Path, root_user: bool) -> Dict[str, Expect]:
     return cases
 
 
-def _tiff(array: np.ndarray, mode: str) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="TIFF")
-    return buf.getvalue()
-
-
-def _png16(rgb16: np.ndarray) -> bytes:
-    import cv2
-
-    ok, data = cv2.imencode(".png", rgb16[..., ::-1].copy())
-    assert ok
-    return data.tobytes()
-
-
 def _cmyk_jpeg(rgb: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(rgb).convert("CMYK").save(buf, format="JPEG", quality=95)
@@ -272,64 +209,8 @@ def _la_png(gray: np.ndarray) -> bytes:
     return png_bytes(np.dstack([gray, alpha]), "LA")
 
 
-def _exif_jpeg(rgb: np.ndarray, orientation: int) -> bytes:
-    im = Image.fromarray(rgb)
-    exif = im.getexif()
-    exif[0x0112] = orientation
-    buf = io.BytesIO()
-    im.save(buf, format="JPEG", quality=95, exif=exif.tobytes())
-    return buf.getvalue()
-
-
-def _gif(frames) -> bytes:
-    ims = [Image.fromarray(f).convert("P", palette=Image.Palette.ADAPTIVE) for f in frames]
-    buf = io.BytesIO()
-    if len(ims) == 1:
-        ims[0].save(buf, format="GIF")
-    else:
-        ims[0].save(buf, format="GIF", save_all=True, append_images=ims[1:], duration=80, loop=0)
-    return buf.getvalue()
-
-
-def _webp(frames) -> bytes:
-    ims = [Image.fromarray(f) for f in frames]
-    buf = io.BytesIO()
-    ims[0].save(buf, format="WEBP", save_all=True, append_images=ims[1:], duration=[50, 60, 70, 80][: len(ims)],
-                loop=0, lossless=True)
-    return buf.getvalue()
-
-
 # ---------------------------------------------------------------------------------------------
 # helpers
-
-
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
-    return tiny_resnet_file(tmp_path_factory.mktemp("model"))
-
-
-def run(*args, input=None):
-    return CliRunner().invoke(cli, [str(a) for a in args], input=input)
-
-
-def failure_lines(output: str) -> Dict[str, str]:
-    """The end-of-run summary: indented lines after 'N input(s) failed:', keyed by file name."""
-    lines = output.splitlines()
-    start = next((i for i, line in enumerate(lines) if "input(s) failed:" in line), None)
-    if start is None:
-        return {}
-    out = {}
-    for line in lines[start + 1:]:
-        if not line.startswith("  "):
-            break
-        path = line.strip().split(": ", 1)[0]
-        out[Path(path).name] = line.strip()
-    return out
-
-
-def hidden_files(folder: Path):
-    return [p for p in folder.rglob(".*")] + [p for p in folder.rglob("*.part")] + \
-        [p for p in folder.rglob("*.tmp")]
 
 
 def video_frames(path: Path) -> Tuple[int, Tuple[int, int]]:

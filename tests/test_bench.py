@@ -243,7 +243,7 @@ def test_bench_gpu_quick_smoke_run_on_the_cpu(tmp_path):
 
 
 def test_bench_resume_measures_the_writer_and_a_killed_job(tmp_path):
-    from tests_support import tiny_resnet_file
+    from support import tiny_resnet_file
 
     model = tiny_resnet_file(tmp_path)
     out = tmp_path / "resume.json"

@@ -119,7 +119,7 @@ def test_shape_mismatch_is_one_line(tmp_path, tiny_resnet):
 
 
 def test_every_architecture_round_trips_through_the_file(tmp_path):
-    from tests_support import tiny_config
+    from support import tiny_config
 
     for name in registry.names():
         arch = registry.get(name)

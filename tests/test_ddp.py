@@ -32,7 +32,7 @@ from frametrans.checkpoint import load_model
 from frametrans.train.datasets import DataError, StepBatches
 from frametrans.train.distributed import Shard, SyncBatchNorm, convert_batchnorm
 from frametrans.train.trainer import STATE_FILE, TrainingStopped, load_state, train
-from test_train import EXPORTS, _photos, _target, _write, losses_of, tiny
+from support.training import EXPORTS, _photos, _target, _write, losses_of, tiny
 
 TOL = 1e-4
 
@@ -319,7 +319,7 @@ def test_torchrun_cli_predictor_matches_single_process(data_root: Path, tmp_path
     from click.testing import CliRunner
 
     from frametrans.cli.main import cli
-    from test_train import _tiny_args
+    from support.training import _tiny_args
 
     _no_torchrun_env(monkeypatch)
     args = _tiny_args("predictor", data_root) + ["--iters", "3"]

@@ -12,7 +12,7 @@ from frametrans import zoo
 from frametrans.cli.main import cli
 from frametrans.export import (ExportError, check_onnx, exportable_names, export_onnx, photo_inputs,
                                read_metadata)
-from tests_support import tiny_model
+from support import tiny_model
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")

@@ -16,9 +16,9 @@ import torch
 from frametrans.engine import compile as compiling
 from frametrans.engine.runner import Runner, RunnerOptions
 from frametrans.io.frame import Frame
-from tests_support import psnr
-from tests_support import smooth_images as _images
-from tests_support import tiny_model as _model
+from support import psnr
+from support import smooth_images as _images
+from support import tiny_model as _model
 
 GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 # a conv inside the residual block of the tiny ResNet: bf16 in the session's copy (the first and

@@ -11,11 +11,9 @@ from __future__ import annotations
 import errno
 import json
 import os
-import pickle
 import shutil
 import struct
 import subprocess
-import sys
 from pathlib import Path
 
 import av
@@ -24,10 +22,10 @@ import pytest
 import torch
 from PIL import Image
 
-from frametrans.io import images as images_io
 from frametrans.io import video as video_io
 from frametrans.models.resnet import ResnetGenerator
-from test_bad_inputs import failure_lines, hidden_files, make_clip, model_path, picture, run  # noqa: F401
+from support.media import make_clip, picture
+from support.cli import failure_lines, hidden_files, run
 
 ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import io
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from hypothesis import HealthCheck, assume, example, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -28,7 +27,7 @@ from frametrans.io import raw
 from frametrans.io.errors import InputError, TruncatedInputError
 from frametrans.io.images import read_image
 from frametrans.models.resnet import ResnetConfig, ResnetGenerator
-from test_bad_inputs import _exif_jpeg, _gif, _png16, _tiff, _webp, jpeg_bytes, picture, png_bytes
+from support.media import _exif_jpeg, _gif, _png16, _tiff, _webp, jpeg_bytes, picture, png_bytes
 
 # FRAMETRANS_FUZZ_EXAMPLES=2000 explores further (random seeds); by default a fixed, quick sample.
 _EXPLORE = int(os.environ.get("FRAMETRANS_FUZZ_EXAMPLES", "0"))

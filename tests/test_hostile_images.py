@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image, ImageCms
 
-from tests_support import tiny_resnet_file
+from support import tiny_resnet_file
 from frametrans.cli.main import cli
 from frametrans.io.errors import InputError
 from frametrans.io.images import (

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from frametrans.cli.main import cli
-from tests_support import tiny_resnet_file
+from support import tiny_resnet_file
 
 
 @pytest.fixture(scope="module")

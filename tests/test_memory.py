@@ -14,9 +14,9 @@ from frametrans import registry
 from frametrans.engine.memory import MemoryBudgetError
 from frametrans.engine.runner import Runner, RunnerOptions
 from frametrans.io.frame import Frame
-from tests_support import psnr, tiny_config
-from tests_support import smooth_images as _images
-from tests_support import tiny_model as _model
+from support import psnr, tiny_config
+from support import smooth_images as _images
+from support import tiny_model as _model
 
 GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -11,7 +11,7 @@ import torch
 from frametrans.engine.runner import NonFiniteOutput, Runner, RunnerOptions
 from frametrans.io.frame import Frame
 from frametrans.models.resnet import ResnetConfig, ResnetGenerator
-from tests_support import smooth_images
+from support import smooth_images
 
 
 CALLS: list = []

@@ -16,7 +16,7 @@ from frametrans.engine import device as devices
 from frametrans.engine.runner import Runner, RunnerOptions
 from frametrans.engine.session import Session, full_precision_modules
 from frametrans.models.resnet import ResnetConfig, ResnetGenerator
-from tests_support import psnr, tiny_model
+from support import psnr, tiny_model
 
 
 def _photos(size: int = 128):

@@ -15,7 +15,7 @@ from frametrans.cli.main import cli
 from frametrans.engine.runner import RunnerOptions
 from frametrans.io.images import read_image
 from frametrans.models.resnet import ResnetConfig, ResnetGenerator
-from tests_support import decoded, segment_clip as make_clip
+from support import decoded, segment_clip as make_clip
 
 FP32 = RunnerOptions(device="cpu", precision="fp32")
 

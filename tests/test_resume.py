@@ -22,7 +22,7 @@ from click.testing import CliRunner
 
 from frametrans.apply.manifest import Manifest
 from frametrans.cli.main import cli
-from tests_support import decoded, segment_clip, tiny_resnet_file
+from support import decoded, segment_clip, tiny_resnet_file
 
 FAST = ["--precision", "fp32", "--compile", "off", "--backend", "torch", "--batch-size", "2", "--crf", "0"]
 SEG = ["--segment-seconds", "1"]  # 25 frames per segment at 25 fps
@@ -285,7 +285,7 @@ def test_settings_fingerprint_of_every_generator(name):
 
     from frametrans.apply import Translator
     from frametrans.engine.runner import RunnerOptions
-    from tests_support import tiny_model
+    from support import tiny_model
 
     opts = RunnerOptions(device="cpu", precision="fp32", backend="torch")
     a = Translator(tiny_model(name), opts).fingerprint()

@@ -1,14 +1,12 @@
 """Keyframe split and lossless join of videos (frametrans.io.segments): pure PyAV, no Ray."""
 
 from fractions import Fraction
-from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 
 from frametrans.io.video import VideoWriter, iter_video_frames, probe_video
-from tests_support import decoded, segment_clip as make_clip
+from support import decoded, segment_clip as make_clip
 from frametrans.io.segments import (
     Segment,
     iter_segment_frames,

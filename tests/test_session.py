@@ -13,7 +13,7 @@ import torch
 
 from frametrans import registry
 from frametrans.engine.session import Session
-from tests_support import tiny_config
+from support import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1] / "frametrans"
 # the inference wing: everything that runs models for inference

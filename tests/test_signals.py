@@ -26,7 +26,8 @@ from PIL import Image
 from frametrans.checkpoint import save_model
 from frametrans.cli.main import cli
 from frametrans.models.resnet import ResnetConfig, ResnetGenerator
-from test_bad_inputs import hidden_files, make_clip, picture
+from support.media import make_clip, picture
+from support.cli import hidden_files
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 

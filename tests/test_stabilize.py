@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from frametrans.cli.main import cli
 from frametrans.consistency import temporal_consistency
 from frametrans.stabilize import AUTO_STRENGTH, FlowStabilizer, resolve_strength
-from tests_support import tiny_resnet_file
+from support import tiny_resnet_file
 
 
 def _pan(n=8, dx=3, dy=2, size=(96, 128), seed=0):

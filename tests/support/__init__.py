@@ -22,7 +22,7 @@ TINY = {
 
 def tiny_config(name: str):
     if name not in TINY:
-        raise KeyError(f"add a tiny config for the new architecture {name!r} to tests/tests_support.py")
+        raise KeyError(f"add a tiny config for the new architecture {name!r} to tests/support/__init__.py")
     return registry.get(name).config_cls(**TINY[name])
 
 
