@@ -8,7 +8,7 @@ batch and tile sizes and the reactions to out-of-memory errors to its
 :class:`~frametrans.engine.memory.MemoryPolicy`. The options object is frozen: nothing here
 writes into it.
 
-Fast paths (each checked against fp32 in ``tests/test_fast_paths.py``):
+Fast paths (each checked against fp32 in ``tests/engine/test_fast_paths.py``):
 
 - precision: see :mod:`frametrans.engine.session` (bf16 weight copy + autocast below fp32).
 - channels_last: images arrive as [B, H, W, C] integers, which *is* the channels_last layout;

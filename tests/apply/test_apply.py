@@ -19,7 +19,7 @@ from frametrans.io.images import read_image
 from frametrans.models.munit import MUNIT, MUNITConfig
 from frametrans.models.resnet import ResnetConfig, ResnetGenerator
 
-CLIP = Path(__file__).resolve().parents[1] / "examples" / "data" / "clip.mp4"
+CLIP = Path(__file__).resolve().parents[2] / "examples" / "data" / "clip.mp4"
 
 
 @pytest.fixture(scope="module")

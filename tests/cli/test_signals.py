@@ -187,7 +187,7 @@ def _check_run_dir(run: Path) -> int:
 def test_training_killed_then_resumed(tmp_path, pairs, how):
     import json
 
-    trainer_py = Path(__file__).resolve().parents[1] / "train" / "trainer.py"
+    trainer_py = Path(__file__).resolve().parents[2] / "train" / "trainer.py"
     if not trainer_py.exists():
         pytest.skip("no trainer")
     run = tmp_path / "run"

@@ -15,7 +15,7 @@ from frametrans import registry
 from frametrans.engine.session import Session
 from support import tiny_config
 
-ROOT = Path(__file__).resolve().parents[1] / "frametrans"
+ROOT = Path(__file__).resolve().parents[2] / "frametrans"
 # the inference wing: everything that runs models for inference
 WING = ["apply", "engine", "scale", "bench", "predict_next.py"]
 FORBIDDEN = {

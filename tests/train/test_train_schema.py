@@ -19,7 +19,7 @@ from frametrans.train.options import (OPTIONS, CycleGANOptions, MUNITOptions, Pi
                                       option_names, resolve)
 from frametrans.train.schema import parse_layer, specs
 
-TRAIN = Path(__file__).resolve().parents[1] / "train"
+TRAIN = Path(__file__).resolve().parents[2] / "train"
 METHODS = list(OPTIONS)
 
 

@@ -320,6 +320,7 @@ def test_oversized_later_page_is_refused_before_decoding(tmp_path, monkeypatch):
     small, big = Image.new("RGB", (10, 10)), Image.new("L", (1000, 1000))
     small.save(tmp_path / "doc.tif", save_all=True, append_images=[big], compression="tiff_deflate")
     monkeypatch.setenv(PIXEL_LIMIT_ENV, "5e5")  # the first page passes Pillow's check at open
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # the read sets it: restore
     with pytest.raises(InputError, match=r"page 2 of 2 is 1000x1000") as info:
         list(iter_image_frames(tmp_path / "doc.tif"))
     assert str(tmp_path / "doc.tif") in str(info.value) and "\n" not in str(info.value)

@@ -9,7 +9,7 @@ import pytest
 
 from frametrans import zoo
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 needs_zoo = pytest.mark.skipif(
     not {"cyclegan", "pix2pix", "munit", "predictor"} <= set(zoo.names()), reason="bundled models missing")

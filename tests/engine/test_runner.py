@@ -1,0 +1,81 @@
+"""frametrans.engine.runner.Runner: order, batching, conversions and shapes (memory decisions are in
+test_memory.py, fast paths in test_fast_paths.py, the non-finite guard in test_nonfinite.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from frametrans.bench.models import NullModel
+from frametrans.engine.runner import Runner, RunnerOptions
+from frametrans.io.frame import Frame
+from support import smooth_images, tiny_model
+
+FP32 = RunnerOptions(device="cpu", precision="fp32", backend="torch", compile="off")
+
+
+def frames_of(images):
+    return [Frame(im, source="clip.mp4", index=i, pts=i) for i, im in enumerate(images)]
+
+
+def test_null_model_round_trip_is_exact_for_8_and_16_bit_and_gray():
+    """Integers -> model range -> back: an identity (RGB) model gives every frame back bit for bit."""
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (37, 53, 3), dtype=np.uint8),
+              rng.integers(0, 65536, (20, 31, 3), dtype=np.uint16),
+              rng.integers(0, 256, (16, 16, 1), dtype=np.uint8)]
+    runner = Runner(NullModel(), FP32)
+    for image, (_, out) in zip(images, runner.run(frames_of(images))):
+        assert out.dtype == image.dtype and out.shape == image.shape[:2] + (3,)
+        np.testing.assert_array_equal(out, np.broadcast_to(image, out.shape))  # gray: repeated to RGB
+
+
+def test_run_keeps_the_order_and_the_frame_objects_across_sizes():
+    """Frames of other sizes break a batch; whatever the batching, every frame comes out once, in
+    order, with its own object (its metadata) and its own size."""
+    sizes = [(40, 52), (40, 52), (33, 47), (40, 52), (40, 52), (40, 52), (64, 24)]
+    images = [smooth_images(1, h, w, seed=i)[0] for i, (h, w) in enumerate(sizes)]
+    frames = frames_of(images)
+    runner = Runner(tiny_model("unet"), RunnerOptions(**{**FP32.__dict__, "batch_size": 2}))
+    got = list(runner.run(iter(frames)))
+    assert [f for f, _ in got] == frames
+    assert [o.shape[:2] for _, o in got] == sizes
+
+
+def test_batches_give_the_pictures_of_frames_run_alone():
+    model = tiny_model("resnet")
+    images = smooth_images(5, 40, 52)
+    batched = [o for _, o in Runner(model, RunnerOptions(**{**FP32.__dict__, "batch_size": 4})).run(frames_of(images))]
+    alone = [Runner(model, RunnerOptions(**{**FP32.__dict__, "batch_size": 1}))([im])[0] for im in images]
+    for a, b in zip(batched, alone):
+        assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+
+
+def test_batch_size_option_is_the_largest_forward():
+    calls = []
+
+    class Counting(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+            self.config = inner.config
+
+        def forward(self, x):
+            calls.append(x.shape[0])
+            return self.inner(x)
+
+    model = Counting(tiny_model("resnet"))
+    runner = Runner(model, RunnerOptions(**{**FP32.__dict__, "batch_size": 3}))
+    calls.clear()
+    out = list(runner.run(frames_of(smooth_images(7, 24, 32))))
+    assert len(out) == 7
+    assert max(calls) <= 3 and sum(c for c in calls if c <= 3) >= 7
+
+
+def test_call_on_a_list_equals_run():
+    model = tiny_model("unet")
+    images = smooth_images(3, 40, 52)
+    runner = Runner(model, FP32)
+    listed = runner(images)
+    streamed = [o for _, o in runner.run(frames_of(images))]
+    assert all(np.array_equal(a, b) for a, b in zip(listed, streamed))
