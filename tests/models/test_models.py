@@ -1,7 +1,7 @@
 """Every registered generator / discriminator / predictor: tiny config builds, runs, round-trips.
 
 MUNIT generators (role "munit") are tested in their own file. A newly registered architecture
-with one of the roles below needs an entry in TINY.
+with one of the roles below needs an entry in tests/support TINY and VARIANTS here.
 """
 
 from __future__ import annotations
@@ -11,18 +11,21 @@ import torch
 
 from frametrans import registry
 from frametrans.models.layers import init_weights, make_norm
+from support import TINY as SUPPORT_TINY
 
 ROLES = ("generator", "discriminator", "predictor")
 
-# name -> (config values, spatial size of the test input)
-TINY = {
-    "unet": (dict(in_channels=3, out_channels=2, num_downs=5, ngf=4), 32),
-    "resnet": (dict(in_channels=3, out_channels=2, ngf=4, n_blocks=2), 16),
-    "patchgan": (dict(in_channels=6, ndf=4, n_layers=2), 16),
-    "pixelgan": (dict(in_channels=6, ndf=4), 8),
-    "predictor": (dict(channels=1, context=3, horizon=2, width=4, depth=2), 16),
-    "munit_discriminator": (dict(in_channels=3, dim=4, n_layer=2, num_scales=2), 16),
+# name -> (changes to the one tiny-config table, tests/support TINY, that exercise non-default
+# channel counts and depths here; spatial size of the test input)
+VARIANTS = {
+    "unet": (dict(in_channels=3, out_channels=2), 32),
+    "resnet": (dict(in_channels=3, out_channels=2, n_blocks=2), 16),
+    "patchgan": (dict(in_channels=6), 16),
+    "pixelgan": (dict(in_channels=6), 8),
+    "predictor": (dict(), 16),
+    "munit_discriminator": (dict(in_channels=3), 16),
 }
+TINY = {name: ({**SUPPORT_TINY[name], **changes}, size) for name, (changes, size) in VARIANTS.items()}
 
 NAMES = [n for n in registry.names() if registry.get(n).role in ROLES]
 
@@ -30,7 +33,7 @@ NAMES = [n for n in registry.names() if registry.get(n).role in ROLES]
 def build(name: str, **overrides: object) -> tuple[torch.nn.Module, torch.Tensor]:
     """A tiny model in eval mode with non-trivial weights and norm statistics, and an input."""
     if name not in TINY:
-        pytest.fail(f"architecture {name!r} has no tiny config in tests/test_models.py TINY")
+        pytest.fail(f"architecture {name!r} has no entry in tests/models/test_models.py VARIANTS")
     values, size = TINY[name]
     arch = registry.get(name)
     config = arch.config_from_dict({**values, **overrides})
