@@ -1,7 +1,8 @@
 """Every registered generator / discriminator / predictor: tiny config builds, runs, round-trips.
 
-MUNIT generators (role "munit") are tested in their own file. A newly registered architecture
-with one of the roles below needs an entry in tests/support TINY and VARIANTS here.
+MUNIT generators (role "munit") run here too (forward = a2b with styles from the global RNG,
+seeded per call); their own file tests styles, directions and the upstream format. A newly
+registered architecture with one of the roles below needs an entry in tests/support TINY and VARIANTS here.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from frametrans import registry
 from frametrans.models.layers import init_weights, make_norm
 from support import TINY as SUPPORT_TINY
 
-ROLES = ("generator", "discriminator", "predictor")
+ROLES = ("generator", "munit", "discriminator", "predictor")
 
 # name -> (changes to the one tiny-config table, tests/support TINY, that exercise non-default
 # channel counts and depths here; spatial size of the test input)
@@ -24,6 +25,7 @@ VARIANTS = {
     "pixelgan": (dict(in_channels=6), 8),
     "predictor": (dict(), 16),
     "munit_discriminator": (dict(in_channels=3), 16),
+    "munit": (dict(), 16),
 }
 TINY = {name: ({**SUPPORT_TINY[name], **changes}, size) for name, (changes, size) in VARIANTS.items()}
 
@@ -54,6 +56,7 @@ def build(name: str, **overrides: object) -> tuple[torch.nn.Module, torch.Tensor
 
 
 def outputs(model: torch.nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    torch.manual_seed(1)  # MUNIT's forward samples its styles from the global RNG
     with torch.no_grad():
         y = model(x)
     return list(y) if isinstance(y, (list, tuple)) else [y]
