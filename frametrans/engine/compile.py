@@ -246,14 +246,16 @@ def get_compiled(model: nn.Module, fn: Callable[[nn.Module, torch.Tensor], torch
 CACHE_MAX_BYTES = 4 * 2**30
 
 
-def prune(folder: Path, keep: Optional[Path] = None) -> None:
-    """Delete the least recently used packages in ``folder`` beyond the cache size limit."""
+def prune(folder: Path, keep: Optional[Path] = None, pattern: str = "*.pt2") -> None:
+    """Delete the least recently used files ``pattern`` in ``folder`` (compiled packages; the
+    backends' graphs use it too) beyond ``FRAMETRANS_CACHE_MAX_BYTES`` (default
+    :data:`CACHE_MAX_BYTES`), never ``keep``."""
     try:
         limit = int(os.environ.get("FRAMETRANS_CACHE_MAX_BYTES", CACHE_MAX_BYTES))
     except ValueError:
         limit = CACHE_MAX_BYTES
     try:
-        files = sorted((p for p in folder.glob("*.pt2") if not p.name.startswith(".")),
+        files = sorted((p for p in folder.glob(pattern) if not p.name.startswith(".")),
                        key=lambda p: p.stat().st_mtime, reverse=True)
         total = 0
         for p in files:

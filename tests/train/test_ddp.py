@@ -34,15 +34,9 @@ from frametrans.train.distributed import Shard, SyncBatchNorm, convert_batchnorm
 from frametrans.train.trainer import STATE_FILE, TrainingStopped, load_state, train
 from support.training import EXPORTS, _photos, _target, _write, losses_of, tiny
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/train/conftest.py
+
 TOL = 1e-4
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Any:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

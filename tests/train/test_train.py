@@ -24,17 +24,10 @@ from frametrans.train.pool import ImagePool
 from support.training import EXPORTS, _photos, _target, _tiny_args, _write, losses_of, tiny
 from frametrans.train.trainer import STATE_FILE, TrainingStopped, load_state, train
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/train/conftest.py
+
 # ---------------------------------------------------------------------------------------------
 # fixtures: tiny data in every layout
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Any:
-    """Tiny tensors: threads only add overhead, and oversubscribe a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

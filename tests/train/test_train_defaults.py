@@ -18,22 +18,15 @@ from typing import Any, List
 import cv2
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/train/conftest.py
 
 NARROW = {  # width only: the depths and layer counts, which decide what fits, stay the defaults
     "pix2pix": ["--ngf", "4", "--ndf", "4"],
     "cyclegan": ["--ngf", "4", "--ndf", "4", "--n-blocks", "1"],
     "munit": ["--dim", "4", "--mlp-dim", "8", "--dis-dim", "4", "--n-res", "1"],
 }
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Any:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _picture(side: int, k: int) -> np.ndarray:

@@ -19,18 +19,10 @@ from frametrans.train.options import (OPTIONS, CycleGANOptions, MUNITOptions, Pi
                                       option_names, resolve)
 from frametrans.train.schema import parse_layer, specs
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/train/conftest.py
+
 TRAIN = Path(__file__).resolve().parents[2] / "train"
 METHODS = list(OPTIONS)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Any:
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _cli(args: List[str]) -> Any:

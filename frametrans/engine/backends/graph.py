@@ -86,19 +86,5 @@ def onnx_graph(source: nn.Module, fn: Callable[[nn.Module, torch.Tensor], torch.
 
 
 def prune(folder: Path, keep: Optional[Path] = None) -> None:
-    """Remove the least recently used graphs beyond ``FRAMETRANS_CACHE_MAX_BYTES`` (default: the
-    compile cache's limit)."""
-    try:
-        limit = int(os.environ.get("FRAMETRANS_CACHE_MAX_BYTES", compiling.CACHE_MAX_BYTES))
-    except ValueError:
-        limit = compiling.CACHE_MAX_BYTES
-    try:
-        files = sorted((p for p in folder.glob("*.onnx") if not p.name.startswith(".")),
-                       key=lambda p: p.stat().st_mtime, reverse=True)
-        total = 0
-        for p in files:
-            total += p.stat().st_size
-            if total > limit and p != keep:
-                p.unlink(missing_ok=True)
-    except OSError as exc:  # a shared or read-only cache: not worth failing a job over
-        log.debug("could not prune %s: %s", folder, exc)
+    """Remove the least recently used graphs beyond the compile cache's size limit."""
+    compiling.prune(folder, keep, pattern="*.onnx")
