@@ -28,7 +28,8 @@ from frametrans.cli import options as opt
 @click.option("--resize", help="Resize frames to WIDTHxHEIGHT before the model (output has that size).")
 @click.option("--max-side", type=int, callback=opt.positive("max-side"),
               help="Downscale frames whose longer side exceeds this.")
-@click.option("--codec", help="Video codec (default: h264 for mp4/mkv/mov/avi, vp9 for webm, gif).")
+@click.option("--codec", help="Video codec (default: h264 for mp4/mkv/mov/avi, vp9 for webm, gif); auto: "
+              "NVIDIA's h264_nvenc where it opens, else the default (the log says which).")
 @click.option("--crf", type=click.IntRange(0, 63), help="Video quality (lower is better).")
 @click.option("--preset", help="Encoder preset, e.g. veryfast, medium, slow.")
 @click.option("--pix-fmt", help="Output pixel format, e.g. yuv420p or yuv444p.")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Tuple
 
@@ -59,7 +58,7 @@ class OutputOptions:
         codec allow a lossless join, and ``segment_seconds`` > 0."""
         from frametrans.io.segments import can_split_output
 
-        return self.segment_seconds > 0 and can_split_output(dst, self.codec)
+        return self.segment_seconds > 0 and can_split_output(dst, self.codec_for(dst))
 
     def stabilizer_strength(self) -> float:
         """The flow-blend strength for videos, animations and streams (0: per-frame output)."""
@@ -85,7 +84,7 @@ class OutputOptions:
             raise ValueError(f"--resize must be at least 1x1, got {self.resize[0]}x{self.resize[1]}")
         if self.max_side is not None and self.max_side < 1:
             raise ValueError(f"--max-side must be >= 1, got {self.max_side}")
-        if self.codec is not None:
+        if self.codec is not None and self.codec != "auto":
             try:
                 codec = av.codec.Codec(self.codec, "w")
             except Exception:  # noqa: BLE001 - PyAV raises its own "unknown codec" types
@@ -99,9 +98,18 @@ class OutputOptions:
             except Exception:  # noqa: BLE001
                 raise ValueError(f"--pix-fmt {self.pix_fmt!r}: unknown pixel format "
                                  "(try yuv420p, yuv444p, rgb24)") from None
-        if self.codec is not None:
+        if self.codec is not None and self.codec != "auto":
+            from frametrans.apply.encoders import probe_encoder
+
             probe_encoder(self.codec, self.pix_fmt, self.encoder_options(), named_codec=True,
                           given=self.encoder_flags())
+
+    def codec_for(self, dst: Path) -> Optional[str]:
+        """The encoder the video output ``dst`` gets (``--codec``; ``auto`` resolved, see
+        :func:`frametrans.apply.encoders.codec_for`); None: the container's default."""
+        from frametrans.apply.encoders import codec_for
+
+        return codec_for(self, dst)
 
     def encoder_flags(self) -> dict:
         """The encoder settings the user gave, as {flag: value} (None: not given)."""
@@ -116,102 +124,6 @@ class OutputOptions:
         if self.preset is not None:
             options["preset"] = str(self.preset)
         return options
-
-
-# encoders worth suggesting when one cannot be used (those present in this FFmpeg are named)
-_FALLBACK_ENCODERS = ("libx264", "libx265", "libvpx-vp9", "libaom-av1", "mpeg4")
-_PROBE_SIZE = (352, 288)  # CIF: within every encoder's size limits (h261/h263 take only a few)
-
-
-def probe_encoder(codec: str, pix_fmt: Optional[str], options: Optional[dict] = None, *,
-                  named_codec: bool, given: Optional[dict] = None) -> None:
-    """Open ``codec`` once on a tiny frame, as the video writer will: an encoder that cannot run
-    here (``h264_nvenc`` without an NVIDIA GPU, a pixel format the codec lacks, an option it
-    refuses) is an :class:`OptionError` naming it and what would work, before any model is loaded.
-
-    named_codec: the user gave ``--codec`` (else it is the container's default, and what the user
-    changed is to blame). given: the user's settings as {flag: value}, named in the message.
-    """
-    given = {k: v for k, v in (given or {}).items() if v is not None}
-    try:
-        info = av.codec.Codec(codec, "w")
-    except Exception:  # noqa: BLE001 - PyAV raises its own "unknown codec" types
-        raise OptionError(f"--codec {codec!r}: no such video encoder in this FFmpeg "
-                          f"(try {', '.join(_available_encoders(codec))})", "--codec") from None
-    formats = [f.name for f in (info.video_formats or [])]
-    if pix_fmt is not None and formats and pix_fmt not in formats:
-        shown = ", ".join(formats[:8]) + (", ..." if len(formats) > 8 else "")
-        raise OptionError(f"--pix-fmt {pix_fmt}: the {codec} encoder cannot write it; it takes "
-                          f"{shown}", "--pix-fmt")
-    # PyAV's default for a new stream is yuv420p; the writer sets the container's default format
-    pix_fmt = pix_fmt or ("yuv420p" if not formats or "yuv420p" in formats else formats[0])
-    options = {str(k): str(v) for k, v in (options or {}).items()}
-    if codec == "libx265":
-        options.setdefault("x265-params", "log-level=none")  # no banner on stderr for the probe
-    try:
-        ctx = av.codec.CodecContext.create(info)
-        ctx.width, ctx.height = _PROBE_SIZE
-        ctx.pix_fmt = pix_fmt
-        ctx.time_base = Fraction(1, 25)
-        ctx.framerate = Fraction(25)
-        ctx.options = options
-        ctx.open()
-        ctx.encode(av.VideoFrame(_PROBE_SIZE[0], _PROBE_SIZE[1], pix_fmt))
-        ctx.encode(None)
-    except Exception as exc:  # noqa: BLE001 - whatever FFmpeg says, it cannot run here
-        reason = getattr(exc, "strerror", None) or " ".join(str(exc).split()) or type(exc).__name__
-        settings = ", ".join(f"{k} {v}" for k, v in given.items() if k != "--codec")
-        tuning = {k: v for k, v in given.items() if k in ("--crf", "--preset")}
-        if named_codec and tuning:  # the codec itself may be fine: is it --crf/--preset?
-            probe_encoder(codec, pix_fmt, {}, named_codec=True,
-                          given={k: v for k, v in given.items() if k not in tuning})
-            named_codec, settings = False, ", ".join(f"{k} {v}" for k, v in tuning.items())
-            given = tuning
-        if named_codec:
-            raise OptionError(f"--codec {codec}: the encoder cannot be opened here ({reason}"
-                              f"{'; with ' + settings if settings else ''}); use another, e.g. "
-                              f"{', '.join(_available_encoders(codec))}", "--codec") from None
-        raise OptionError(f"{settings or 'the default settings'}: the {codec} encoder cannot be "
-                          f"opened with {'them' if ',' in settings else 'it'} ({reason})",
-                          next(iter(given), "--codec")) from None
-
-
-def _available_encoders(but: str) -> List[str]:
-    names = []
-    for name in _FALLBACK_ENCODERS:
-        if name == but:
-            continue
-        try:
-            av.codec.Codec(name, "w")
-        except Exception:  # noqa: BLE001
-            continue
-        names.append(name)
-    return names or ["mpeg4"]
-
-
-def _writer_defaults(dst: Path) -> Tuple[str, str, dict]:
-    """(codec, pix_fmt, options) that :class:`frametrans.io.video.VideoWriter` uses for ``dst``."""
-    return video._WRITE_DEFAULTS.get(dst.suffix.lower(), video._WRITE_DEFAULTS[".mp4"])
-
-
-def check_encoders(jobs: Sequence["Job"], opts: OutputOptions) -> None:
-    """Probe the encoder each video output will use, once per codec, when --codec, --pix-fmt,
-    --crf or --preset change what the defaults are known to do (:func:`probe_encoder`)."""
-    if opts.pix_fmt is None and opts.preset is None and opts.crf is None:
-        return
-    seen = set()
-    for j in jobs:
-        if j.kind != "video":
-            continue
-        default_codec, default_pix_fmt, default_options = _writer_defaults(j.dst)
-        codec = opts.codec or default_codec
-        pix_fmt = opts.pix_fmt or (default_pix_fmt if codec == default_codec else None)
-        options = opts.encoder_options(default_options if codec == default_codec else None)
-        key = (codec, pix_fmt, tuple(sorted(options.items())))
-        if key not in seen:
-            seen.add(key)
-            probe_encoder(codec, pix_fmt, options, named_codec=opts.codec is not None,
-                          given=opts.encoder_flags())
 
 
 @dataclass
@@ -254,7 +166,7 @@ def plan_jobs(inputs: Sequence[str], output: str, opts: OutputOptions,
         jobs = [Job(srcs[0], out, _kind(srcs[0]))]
         _check_collisions(jobs)
         _check_writable([jobs[0]], lambda j, r: _raise(f"{j.dst}: {r}"), named_by_user=True)
-        check_encoders(jobs, opts)
+        _check_encoders(jobs, opts)
         return jobs
     jobs: List[Job] = []
     for s in srcs:
@@ -272,8 +184,14 @@ def plan_jobs(inputs: Sequence[str], output: str, opts: OutputOptions,
     unwritable: set = set()
     _check_writable(jobs, lambda j, r: (unwritable.add(id(j)), problem(j.src, r)), named_by_user=False)
     jobs = [j for j in jobs if id(j) not in unwritable]
-    check_encoders(jobs, opts)
+    _check_encoders(jobs, opts)
     return jobs
+
+
+def _check_encoders(jobs: List[Job], opts: OutputOptions) -> None:
+    from frametrans.apply.encoders import check_encoders  # imports this module
+
+    check_encoders(jobs, opts)
 
 
 def _existing(inputs: Sequence[str], problem: Callable[[Path, str], None]) -> List[Path]:

@@ -87,7 +87,7 @@ def _translate(folder: Path, manifest: Manifest, job: Job, translator: Translato
     from frametrans.apply.video import FrameCount, translate_into
 
     book = SegmentBook(folder, manifest, len(dsts))
-    writers = [SegmentedWriter(book, i, d, part_suffix(job.dst), _part_opener(info, opts),
+    writers = [SegmentedWriter(book, i, d, part_suffix(job.dst), _part_opener(info, opts, opts.codec_for(job.dst)),
                                info.fps or 25) for i, d in enumerate(dsts)]
     start, write_after = _resume_point(manifest, opts)
     frames = (video.iter_video_frames(job.src) if start is None
@@ -170,12 +170,12 @@ def _resume_point(manifest: Manifest, opts: OutputOptions) -> Tuple[Optional[int
     return start, last.last_pts
 
 
-def _part_opener(info: video.VideoInfo, opts: OutputOptions):
+def _part_opener(info: video.VideoInfo, opts: OutputOptions, codec: Optional[str]):
     width, height = target_size(info.width, info.height, opts) or (info.width, info.height)
 
     def open_part(path: Path) -> video.VideoWriter:
         return video.VideoWriter(path, width=width, height=height, fps=info.fps,
-                                 time_base=info.time_base, codec=opts.codec, crf=opts.crf,
+                                 time_base=info.time_base, codec=codec, crf=opts.crf,
                                  preset=opts.preset, pix_fmt=opts.pix_fmt)
     return open_part
 

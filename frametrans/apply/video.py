@@ -202,7 +202,7 @@ def _open_writer(dst: Path, src: Path, info, opts: OutputOptions):
         width, height = target_size(info.width, info.height, opts) or (info.width, info.height)
         return video.VideoWriter(
             dst, width=width, height=height, fps=info.fps, time_base=info.time_base,
-            codec=opts.codec, crf=opts.crf, preset=opts.preset, pix_fmt=opts.pix_fmt,
+            codec=opts.codec_for(dst), crf=opts.crf, preset=opts.preset, pix_fmt=opts.pix_fmt,
             copy_streams_from=src if opts.audio else None,
         )
     except OSError as exc:

@@ -208,7 +208,7 @@ class FrameWorker:
         self.translator.expect(_segment_frames(info, seg))  # lets --compile auto decide
         try:
             writers = [VideoWriter(_part_path(dst, v.suffix, seg.index), fps=info.fps,
-                                   time_base=info.time_base, codec=opts.codec, crf=opts.crf,
+                                   time_base=info.time_base, codec=opts.codec_for(dst), crf=opts.crf,
                                    preset=opts.preset, pix_fmt=opts.pix_fmt)
                        for v in self.translator.variants]
         except OSError as exc:
@@ -448,7 +448,7 @@ def _video_units(j: Job, opts: OutputOptions, segment_seconds: Optional[float], 
     try:
         info = probe_video(j.src)
         frames = info.frames or int((info.duration or 0) * float(info.fps or 25)) or 1
-        if not (segment_seconds and can_split_output(j.dst, opts.codec)):
+        if not (segment_seconds and can_split_output(j.dst, opts.codec_for(j.dst))):
             return whole(frames)
         saved = Manifest.load(work_folder(j.dst)) if opts.skip_existing else None
         if saved is not None and saved.parts and saved.ray_plan is None:
