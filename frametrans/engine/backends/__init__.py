@@ -171,5 +171,8 @@ def to_numpy_input(x: torch.Tensor):
 
 
 def log_choice(choice: Optional[Choice]) -> None:
+    """Say which backend was asked for (info), or which one ``auto`` may use (debug: with auto the
+    backend takes over only the shapes whose job pays for it, and says so when it loads a graph)."""
     if choice is not None:
-        log.info("backend %s (%s): %s", choice.name, dtype_name(choice.dtype), choice.reason)
+        (log.info if choice.explicit else log.debug)(
+            "backend %s (%s): %s", choice.name, dtype_name(choice.dtype), choice.reason)
