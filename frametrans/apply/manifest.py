@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -29,6 +30,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from frametrans.atomic import atomic_write_text
+
+log = logging.getLogger("frametrans")
 
 FORMAT = 1
 MANIFEST = "manifest.json"
@@ -40,6 +43,11 @@ TAIL = 16
 def work_folder(dst: Path) -> Path:
     """The working folder of the job writing ``dst``: ``clip.mp4`` -> ``clip.partial/``."""
     return dst.with_name(dst.stem + ".partial")
+
+
+def partial_file(dst: Path) -> Path:
+    """The playable file of an interrupted job's part done: ``clip.mp4`` -> ``clip.partial.mp4``."""
+    return dst.with_name(dst.stem + ".partial" + dst.suffix)
 
 
 def part_name(variant_dst: Path, index: int, suffix: str) -> str:
@@ -95,6 +103,11 @@ class Manifest:
     @property
     def last_pts(self) -> Optional[int]:
         return self.parts[-1].last_pts if self.parts else None
+
+    def progress(self) -> str:
+        """``"120 of 300 frames"`` (or ``"120 frames"`` when the input's count is unknown)."""
+        total = self.input.get("frames")
+        return f"{self.frames_done} of {total} frames" if total else f"{self.frames_done} frames"
 
     def tb(self) -> Optional[Fraction]:
         return Fraction(self.time_base) if self.time_base else None
@@ -153,3 +166,12 @@ def clean_folder(folder: Path, keep: List[Path]) -> None:
         with contextlib.suppress(OSError):
             shutil.rmtree(p) if p.is_dir() else p.unlink()
 
+
+def keep_or_remove(folder: Path, manifest: Optional[Manifest]) -> None:
+    """After a job stopped before its end: ``folder`` stays for ``--resume`` when it holds closed
+    parts (a log line says so), else it goes."""
+    if manifest is not None and manifest.parts:
+        log.warning("%s done are kept in %s; rerun with --resume to continue from there",
+                    manifest.progress(), folder)
+    else:
+        shutil.rmtree(folder, ignore_errors=True)

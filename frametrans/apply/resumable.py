@@ -21,7 +21,7 @@ from frametrans.apply.images import target_size
 from frametrans.atomic import remove_temporaries
 from frametrans.apply.jobs import Job, OptionError, OutputOptions
 from frametrans.apply.manifest import (MANIFEST, Manifest, clean_folder, differences, input_identity,
-                                      work_folder)
+                                      keep_or_remove, partial_file, work_folder)
 from frametrans.apply.report import Report, progress_bar, signals_deferred
 from frametrans.apply.segmented import SegmentBook, SegmentedWriter
 from frametrans.apply.translator import Translator
@@ -51,7 +51,7 @@ def check_resumable(job: Job, translator: Optional[Translator], opts: OutputOpti
         return  # nothing finished there: the job starts over
     if not opts.skip_existing:
         raise OptionError(f"{folder} holds an interrupted run of {job.src.name} "
-                          f"({_done(manifest)} done); pass --resume to continue it or --overwrite to "
+                          f"({manifest.progress()} done); pass --resume to continue it or --overwrite to "
                           "start over", "--resume")
     changed = [] if translator is None else differences(manifest.settings, settings_of(translator, opts))
     if changed:
@@ -92,7 +92,7 @@ def _translate(folder: Path, manifest: Manifest, job: Job, translator: Translato
     start, write_after = _resume_point(manifest, opts)
     frames = (video.iter_video_frames(job.src) if start is None
               else iter_segment_frames(job.src, Segment(0, start, None)))
-    total = info.frames or _estimate(info)
+    total = info.frame_estimate
     translator.expect(None if total is None else max(1, total - manifest.frames_done))
     count = FrameCount(progress_bar(info.frames or None, job.src.name, opts.quiet,
                                     initial=manifest.frames_done))
@@ -140,7 +140,7 @@ def _start(folder: Path, job: Job, translator: Translator, opts: OutputOptions,
         if not missing:
             clean_folder(folder, keep)  # what a killed run was writing goes
             manifest.save(folder)
-            log.info("%s: resuming after %s (%s)", job.src.name, _done(manifest), folder)
+            log.info("%s: resuming after %s (%s)", job.src.name, manifest.progress(), folder)
             return manifest
         log.warning("%s: %s is missing; starting over", folder, missing[0].name)
     shutil.rmtree(folder, ignore_errors=True)
@@ -188,7 +188,7 @@ def _close_parts(writers: List[SegmentedWriter], manifest: Manifest, folder: Pat
         except BaseException as exc:
             for rest in writers[i:]:
                 rest.abort()
-            _keep_or_remove(manifest, folder)
+            keep_or_remove(folder, manifest)
             if isinstance(exc, OSError):
                 raise OutputError.wrap(w.path, exc) from None
             raise
@@ -209,22 +209,14 @@ def _interrupted(writers: List[SegmentedWriter], manifest: Manifest, folder: Pat
     total = f" of {info.frames}" if info.frames else ""
     log.warning("interrupted: %d%s frames done, kept in %s; rerun with --resume to continue, or run "
                 "`frametrans join %s` for a playable %s", manifest.frames_done, total, folder, folder,
-                _partial_name(dst).name)
+                partial_file(dst).name)
 
 
 def _failed(writers: List[SegmentedWriter], manifest: Manifest, folder: Path) -> None:
     """Any other error: the part being written is dropped; the closed ones are kept to resume."""
     for w in writers:
         w.abort()
-    _keep_or_remove(manifest, folder)
-
-
-def _keep_or_remove(manifest: Manifest, folder: Path) -> None:
-    if manifest.parts:
-        log.warning("%s frames done are kept in %s; rerun with --resume to continue from there",
-                    manifest.frames_done, folder)
-    else:
-        shutil.rmtree(folder, ignore_errors=True)
+    keep_or_remove(folder, manifest)
 
 
 def _join(folder: Path, manifest: Manifest, job: Job, dsts: List[Path], opts: OutputOptions,
@@ -240,23 +232,8 @@ def _join(folder: Path, manifest: Manifest, job: Job, dsts: List[Path], opts: Ou
             raise OutputError.wrap(dst, exc) from None
         report.written.append(dst)
         with contextlib.suppress(OSError):  # a playable part made earlier by `frametrans join`
-            _partial_name(dst).unlink()
+            partial_file(dst).unlink()
     shutil.rmtree(folder, ignore_errors=True)
-
-
-def _partial_name(path: Path) -> Path:
-    return path.with_name(path.stem + ".partial" + path.suffix)
-
-
-def _done(manifest: Manifest) -> str:
-    total = manifest.input.get("frames")
-    return f"{manifest.frames_done} of {total} frames" if total else f"{manifest.frames_done} frames"
-
-
-def _estimate(info: video.VideoInfo) -> Optional[int]:
-    if info.duration and info.fps:
-        return round(info.duration * float(info.fps))
-    return None
 
 
 def join_partial(folder: Path, out: Optional[Path] = None) -> List[Path]:
@@ -276,11 +253,14 @@ def join_partial(folder: Path, out: Optional[Path] = None) -> List[Path]:
     parts = manifest.part_files(folder, dsts, part_suffix(folder.parent / manifest.output))
     source = Path(manifest.source) if manifest.source and Path(manifest.source).is_file() else None
     written = []
+    base = Path(manifest.output).stem
     for i, (dst, files) in enumerate(zip(dsts, parts)):
-        target = Path(out) if (out is not None and i == 0) else _partial_name(dst)
-        if out is not None and i > 0:
-            target = Path(out).with_name(Path(out).stem + dst.stem[len(Path(manifest.output).stem):]
-                                         + Path(out).suffix)
+        if out is None:
+            target = partial_file(dst)
+        elif i == 0:
+            target = Path(out)
+        else:  # a further MUNIT style: its suffix (_style1...) on the name given
+            target = Path(out).with_name(Path(out).stem + dst.stem[len(base):] + Path(out).suffix)
         join_segments(files, target, copy_streams_from=source, partial=True,
                       expected_frames=manifest.frames_done)
         written.append(target)

@@ -54,6 +54,7 @@ class Translator:
         self.model = model
         self.options = options or RunnerOptions()
         self.styles: List[torch.Tensor] = []  # MUNIT: the style code of each variant
+        self.direction: Optional[str] = None  # MUNIT: a2b or b2a
         self._fingerprint: Optional[Dict[str, Any]] = None
         self.contract = model.config.contract()
         if self.contract.frames_in != 1:
@@ -109,7 +110,7 @@ class Translator:
             o = self.options
             self._fingerprint = {
                 "model": f"{type(self.model).arch_name}:{digest.hexdigest()[:32]}",
-                "variants": len(self.variants), "direction": getattr(self, "direction", None),
+                "variants": len(self.variants), "direction": self.direction,
                 "precision": str(getattr(self.variants[0].runner, "dtype", o.precision)).replace("torch.", ""),
                 "tile": o.tile, "tile_overlap": o.tile_overlap,
                 "tile_stats": o.tile_stats, "max_memory": o.max_memory,

@@ -13,6 +13,7 @@ import numpy as np
 from frametrans.apply.images import prepare_frame, skip_done, target_size, to_8bit
 from frametrans.apply.jobs import Job, OutputOptions, variant_path
 from frametrans.apply.report import Report, progress_bar, signals_deferred
+from frametrans.apply.manifest import partial_file
 from frametrans.apply.resumable import apply_resumable
 from frametrans.apply.temporal import stabilized
 from frametrans.apply.translator import Translator, run_variants
@@ -36,8 +37,7 @@ def apply_video(job: Job, translator: Translator, opts: OutputOptions, report: R
     if skip_done(job, translator, opts, report):
         return
     info = video.probe_video(job.src)
-    translator.expect(info.frames or (round(info.duration * float(info.fps))
-                                      if info.duration and info.fps else None))
+    translator.expect(info.frame_estimate)
     dsts = [variant_path(job.dst, v.suffix) for v in translator.variants]
     if opts.segmented(job.dst):
         apply_resumable(job, translator, opts, report, info, dsts)
@@ -154,7 +154,7 @@ def _close_writers(writers: list, report: Report) -> None:
                 raise OutputError.wrap(w.path, exc) from None
             raise
         with contextlib.suppress(OSError):  # a .partial file left by an interrupted earlier run
-            _partial_name(Path(w.path)).unlink()
+            partial_file(Path(w.path)).unlink()
 
 
 def _finish_partial(writers: list, dsts: List[Path], info) -> None:
@@ -162,7 +162,7 @@ def _finish_partial(writers: list, dsts: List[Path], info) -> None:
         if not w.frames_written:
             w.abort()
             continue
-        partial = _partial_name(d)
+        partial = partial_file(d)
         try:
             w.close_as(partial, partial=True)
         except Exception as exc:  # noqa: BLE001 - report, keep unwinding the interrupt
@@ -191,10 +191,6 @@ def _close_quietly(workers: List[BackgroundWorker]) -> None:
             w.close()
         except BaseException as exc:  # noqa: BLE001 - already unwinding another error
             log.debug("encoder stopped: %s", exc)
-
-
-def _partial_name(path: Path) -> Path:
-    return path.with_name(path.stem + ".partial" + path.suffix)
 
 
 def _open_writer(dst: Path, src: Path, info, opts: OutputOptions):

@@ -115,6 +115,13 @@ class VideoInfo:
     codec: str
     pix_fmt: str | None
 
+    @property
+    def frame_estimate(self) -> int | None:
+        """Frames in the video: the header's count, else duration x rate; None if unknown."""
+        if self.frames:
+            return self.frames
+        return round(self.duration * float(self.fps)) if self.duration and self.fps else None
+
 
 def probe_video(path: str | os.PathLike) -> VideoInfo:
     """Describe a video file (decodes at most its first frame, to read the display rotation)."""

@@ -50,7 +50,7 @@ from frametrans.apply import (
     variant_path,
 )
 from frametrans.apply.manifest import (Manifest, Part, clean_folder, differences, input_identity,
-                                      part_name, work_folder)
+                                      keep_or_remove, part_name, work_folder)
 from frametrans.atomic import remove_temporaries
 from frametrans.engine.runner import RunnerOptions
 from frametrans.io.errors import InputError, TruncatedInputError, first_line, is_fatal_write_error
@@ -636,12 +636,8 @@ class _Scheduler:
 
     def _keep_or_remove(self, dst: str) -> None:
         """An unfinished split video: its folder stays for --resume when a segment was recorded."""
-        m = self.manifests.get(dst) or Manifest.load(parts_folder(Path(dst)))
-        if m is not None and m.parts:
-            log.warning("%s: %d of its segments are kept in %s; rerun with --resume to continue",
-                        Path(dst).name, len(m.parts), parts_folder(Path(dst)))
-        else:
-            shutil.rmtree(parts_folder(Path(dst)), ignore_errors=True)
+        folder = parts_folder(Path(dst))
+        keep_or_remove(folder, self.manifests.get(dst) or Manifest.load(folder))
 
     def _record(self, unit: WorkUnit, out: Outcome) -> Optional[str]:
         """A segment a worker just finished -> the manifest (saved atomically). Returns why the
