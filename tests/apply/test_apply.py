@@ -18,6 +18,8 @@ from frametrans.cli.main import cli
 from frametrans.io.images import read_image
 from frametrans.models.munit import MUNIT, MUNITConfig
 from frametrans.models.resnet import ResnetConfig, ResnetGenerator
+from support.cli import main_in_process
+from support.media import make_clip
 
 CLIP = Path(__file__).resolve().parents[2] / "examples" / "data" / "clip.mp4"
 
@@ -150,11 +152,21 @@ def test_video_frames_timestamps_and_audio_copied(tmp_path, resnet_path):
         tb_in, tb_out = a.streams.video[0].time_base, b.streams.video[0].time_base
     assert [p * tb_in for p in pts_in] == [p * tb_out for p in pts_out]
     assert audio_out == audio_in, "audio packets must be copied byte for byte"
-    res = run("apply", CLIP, "-o", tmp_path / "silent.mkv", "-m", resnet_path, "--quiet", "--no-audio",
+
+
+def test_no_audio_into_mkv(tmp_path, resnet_path):
+    """--no-audio drops the audio track (a small clip with one: what is dropped does not depend on
+    the picture size), and .mkv gets H.264."""
+    clip = tmp_path / "with_audio.mp4"
+    make_clip(clip, n=6, audio=True)
+    with av.open(str(clip)) as c:
+        assert c.streams.audio
+    res = run("apply", clip, "-o", tmp_path / "silent.mkv", "-m", resnet_path, "--quiet", "--no-audio",
               "--precision", "fp32")
     assert res.exit_code == 0, res.output
     with av.open(str(tmp_path / "silent.mkv")) as c:
         assert not c.streams.audio and c.streams.video[0].codec_context.name == "h264"
+        assert sum(1 for _ in c.decode(c.streams.video[0])) == 6
 
 
 def _raw_frames(n, w, h):
@@ -182,14 +194,14 @@ def test_raw_pipe_round_trip_subprocess(tmp_path, resnet_path):
 
 
 def test_y4m_out(tmp_path, resnet_path):
+    """In-process (the pipe itself, in a real process, is test_raw_pipe_round_trip_subprocess's)."""
     w, h = 32, 16
     frames = _raw_frames(3, w, h)
-    cmd = [sys.executable, "-m", "frametrans.cli", "apply", "-", "--size", f"{w}x{h}", "-o", "-",
-           "--y4m", "-m", str(resnet_path), "--quiet"]
-    proc = subprocess.run(cmd, input=b"".join(f.tobytes() for f in frames), capture_output=True)
-    assert proc.returncode == 0, proc.stderr.decode()
-    assert proc.stdout.startswith(b"YUV4MPEG2 W32 H16")
-    assert proc.stdout.count(b"FRAME") == 3
+    res = run("apply", "-", "--size", f"{w}x{h}", "-o", "-", "--y4m", "-m", resnet_path, "--quiet",
+              input=b"".join(f.tobytes() for f in frames))
+    assert res.exit_code == 0, res.stderr
+    assert res.stdout_bytes.startswith(b"YUV4MPEG2 W32 H16")
+    assert res.stdout_bytes.count(b"FRAME") == 3
 
 
 def test_tiled_equals_untiled_through_cli(tmp_path, resnet_path):
@@ -227,14 +239,14 @@ def test_munit_styles_named_and_distinct(tmp_path, munit_path):
     (["--tile", "64", "--tile-overlap", "64"], "too large"),
     (["--num-styles", "2"], "need a MUNIT model"),
 ])
-def test_bad_options_rejected_before_work(tmp_path, resnet_path, args, message):
+def test_bad_options_rejected_before_work(tmp_path, resnet_path, args, message, capsys):
+    """Through the real entry point, in this process (a new interpreter per case costs seconds)."""
     if "cuda" in args and torch.cuda.is_available():
         pytest.skip("CUDA present")
     Image.fromarray(skimage.data.coffee()[:32, :32]).save(tmp_path / "a.png")
-    proc = subprocess.run([sys.executable, "-m", "frametrans.cli", "apply", str(tmp_path / "a.png"),
-                           "-o", str(tmp_path / "b.png"), "-m", str(resnet_path), *args],
-                          capture_output=True, text=True)
-    assert proc.returncode != 0
-    assert message in proc.stderr
-    assert "Traceback" not in proc.stderr
+    code, _, err = main_in_process(capsys, "apply", tmp_path / "a.png", "-o", tmp_path / "b.png",
+                                   "-m", resnet_path, *args)
+    assert code != 0
+    assert message in err
+    assert "Traceback" not in err
     assert not (tmp_path / "b.png").exists()

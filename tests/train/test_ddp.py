@@ -21,7 +21,7 @@ import sys
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Set
+from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 
 import numpy as np
 import pytest
@@ -214,28 +214,113 @@ def audited_train(run_dir: str, audit_dir: str, *args: Any, **kwargs: Any) -> An
     return result
 
 
+# The four in-process DDP runs (pix2pix with batch norm, MUNIT with WGAN-GP, CycleGAN stopped at
+# step 2, pix2pix with a NaN on one rank) share ONE start of 2 processes: a start costs each process
+# seconds of imports (torch, torch._dynamo), far more than these tiny runs. Each run still joins and
+# leaves its own process group (its own port); the CycleGAN run resumes in 2 fresh processes.
+
+
+def pix2pix_opts(data_root: Path) -> Dict[str, Any]:
+    return dict(tiny("pix2pix", data_root), num_downs=4, batch_size=4, iters=4, sample_every=2,
+                val_every=2, save_every=2)  # norm batch (the default): SyncBatchNorm in G and D
+
+
+def cyclegan_opts(data_root: Path) -> Dict[str, Any]:
+    return dict(tiny("cyclegan", data_root), batch_size=4, iters=4, pool_size=3, ema=0.9)
+
+
+def munit_opts(data_root: Path) -> Dict[str, Any]:
+    return dict(tiny("munit", data_root), batch_size=4, iters=3, gan_mode="wgan-gp")
+
+
+def nan_opts(data_root: Path) -> Dict[str, Any]:
+    return dict(tiny("pix2pix", data_root), num_downs=4, batch_size=4, save_every=1)
+
+
+Job = Tuple[str, Callable[..., Any], tuple, Dict[str, Any]]
+
+
+def run_jobs(ports: List[int], outdir: str, jobs: List[Job]) -> None:
+    """In each DDP process: the jobs one after another, each in the process group on its own port.
+    Every rank records what each job returned (or raised) in OUTDIR/NAME.rankR.json; the last
+    job's error is raised, so it reaches the parent through spawn_local as a single run's would."""
+    rank = os.environ["RANK"]
+    for i, (port, (name, target, args, kwargs)) in enumerate(zip(ports, jobs)):
+        os.environ["MASTER_PORT"] = str(port)
+        try:
+            result = target(*args, **kwargs)
+            outcome: Dict[str, Any] = {"rank": result.rank, "world_size": result.world_size, "step": result.step}
+        except Exception as exc:
+            if i == len(jobs) - 1:
+                raise
+            outcome = {"error": f"{type(exc).__name__}: {exc}"}
+        with open(os.path.join(outdir, f"{name}.rank{rank}.json"), "w") as f:
+            json.dump(outcome, f)
+
+
+class DDPRuns:
+    """The run folders and outcomes of the shared DDP start (see run_jobs)."""
+
+    def __init__(self, root: Path, error: Optional[BaseException]) -> None:
+        self.root, self.error = root, error
+
+    def run(self, name: str) -> Path:
+        return self.root / name
+
+    def outcome(self, name: str, rank: int = 0) -> Dict[str, Any]:
+        path = self.root / "outcomes" / f"{name}.rank{rank}.json"
+        assert path.is_file(), f"the DDP processes ended before {name} finished: {self.error!r}"
+        outcome = json.loads(path.read_text())
+        assert "error" not in outcome, outcome["error"]
+        return outcome
+
+
+@pytest.fixture(scope="module")
+def ddp_runs(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> DDPRuns:
+    from frametrans.train.distributed import free_port, spawn_local
+
+    root = tmp_path_factory.mktemp("ddp")
+    for sub in ("audit", "outcomes"):
+        (root / sub).mkdir()
+    jobs: List[Job] = [
+        ("pix2pix", audited_train, (str(root / "pix2pix"), str(root / "audit"), "pix2pix",
+                                    pix2pix_opts(data_root), root / "pix2pix"), dict(ddp=True)),
+        ("munit", train, ("munit", munit_opts(data_root), root / "munit"), dict(ddp=True)),
+        ("cyclegan", train, ("cyclegan", cyclegan_opts(data_root), root / "cyclegan"),
+         dict(until=2, ddp=True)),  # interrupted at step 2; resumed by its test
+        ("nan", poisoned_train, (1, "pix2pix", nan_opts(data_root), root / "nan"), dict(ddp=True)),
+    ]
+    ports: List[int] = []
+    while len(ports) < len(jobs):
+        port = free_port()
+        ports += [] if port in ports else [port]
+    error: Optional[BaseException] = None
+    with pytest.MonkeyPatch.context() as mp:
+        _no_torchrun_env(mp)
+        try:
+            with watchdog(400):
+                spawn_local(2, run_jobs, ports, str(root / "outcomes"), jobs)
+        except Exception as exc:
+            error = exc
+    return DDPRuns(root, error)
+
+
 @pytest.mark.slow
 def test_pix2pix_batchnorm_ddp_matches_single_process_and_only_rank0_writes(
-        data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from frametrans.train.distributed import spawn_local
-
-    _no_torchrun_env(monkeypatch)
-    opts = dict(tiny("pix2pix", data_root), num_downs=4, batch_size=4, iters=4, sample_every=2,
-                val_every=2, save_every=2)  # norm batch (the default): SyncBatchNorm in G and D
+        ddp_runs: DDPRuns, data_root: Path, tmp_path: Path) -> None:
+    opts = pix2pix_opts(data_root)
     assert opts.get("norm", "batch") == "batch"
     train("pix2pix", opts, tmp_path / "single")
-    audit = tmp_path / "audit"
-    audit.mkdir()
-    run = tmp_path / "ddp"
-    with watchdog(180):
-        result = spawn_local(2, audited_train, str(run), str(audit), "pix2pix", opts, run, ddp=True)
-    assert (result.rank, result.world_size, result.step) == (0, 2, 4)
+    run = ddp_runs.run("pix2pix")
+    for r in (0, 1):
+        assert ddp_runs.outcome("pix2pix", r) == {"rank": r, "world_size": 2, "step": 4}
     assert_same_losses(tmp_path / "single", run)
     assert_same_nets(tmp_path / "single", run, "pix2pix")
     single_files = sorted(str(p.relative_to(tmp_path / "single")) for p in (tmp_path / "single").rglob("*"))
     assert sorted(str(p.relative_to(run)) for p in run.rglob("*")) == single_files
     assert load_state(run / STATE_FILE)["world_size"] == 2
     assert "\nddp:" not in (run / "config.yaml").read_text() and "\nnproc:" not in (run / "config.yaml").read_text()
+    audit = ddp_runs.run("audit")
     writes = {r: json.loads((audit / f"rank{r}.json").read_text()) for r in (0, 1)}
     assert writes[1] == []
     assert any(w.endswith("state.pt") for w in writes[0]) and any("losses.jsonl" in w for w in writes[0])
@@ -243,15 +328,14 @@ def test_pix2pix_batchnorm_ddp_matches_single_process_and_only_rank0_writes(
 
 @pytest.mark.slow
 def test_cyclegan_ddp_with_pools_resumes_and_matches_single_process(
-        data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        ddp_runs: DDPRuns, data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _no_torchrun_env(monkeypatch)
-    opts = dict(tiny("cyclegan", data_root), batch_size=4, iters=4, pool_size=3, ema=0.9)
-    train("cyclegan", opts, tmp_path / "single")
-    run = tmp_path / "ddp"
+    train("cyclegan", cyclegan_opts(data_root), tmp_path / "single")
+    run = ddp_runs.run("cyclegan")
+    assert ddp_runs.outcome("cyclegan")["step"] == 2 and load_state(run / STATE_FILE)["step"] == 2
     with watchdog(240):
-        first = train("cyclegan", opts, run, until=2, ddp=True, nproc=2)  # interrupted at step 2
-        assert first.step == 2 and load_state(run / STATE_FILE)["step"] == 2
-        train("cyclegan", {}, run, resume=True, ddp=True, nproc=2)  # every rank loads state.pt
+        resumed = train("cyclegan", {}, run, resume=True, ddp=True, nproc=2)  # every rank loads state.pt
+    assert (resumed.rank, resumed.world_size, resumed.step) == (0, 2, 4)  # rank 0's result comes back
     assert_same_losses(tmp_path / "single", run)
     assert_same_nets(tmp_path / "single", run, "cyclegan")
     ema_a = load_state(tmp_path / "single" / STATE_FILE)["train"]["ema"]["modules"]["G_A"]
@@ -260,18 +344,15 @@ def test_cyclegan_ddp_with_pools_resumes_and_matches_single_process(
 
 
 @pytest.mark.slow
-def test_munit_wgan_gp_ddp_matches_single_process(data_root: Path, tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_munit_wgan_gp_ddp_matches_single_process(ddp_runs: DDPRuns, data_root: Path, tmp_path: Path) -> None:
     """Random styles and gradient-penalty weights drawn for the global batch and sliced; the
     encoders/decoders called directly (no forward()), gradients still averaged."""
-    _no_torchrun_env(monkeypatch)
-    opts = dict(tiny("munit", data_root), batch_size=4, iters=3, gan_mode="wgan-gp")
-    train("munit", opts, tmp_path / "single")
-    with watchdog(180):
-        train("munit", opts, tmp_path / "ddp", ddp=True, nproc=2)
-    assert all(r["D_GP"] > 0 for r in losses_of(tmp_path / "ddp"))
-    assert_same_losses(tmp_path / "single", tmp_path / "ddp")
-    assert_same_nets(tmp_path / "single", tmp_path / "ddp", "munit")
+    train("munit", munit_opts(data_root), tmp_path / "single")
+    run = ddp_runs.run("munit")
+    assert ddp_runs.outcome("munit")["step"] == 3
+    assert all(r["D_GP"] > 0 for r in losses_of(run))
+    assert_same_losses(tmp_path / "single", run)
+    assert_same_nets(tmp_path / "single", run, "munit")
 
 
 def poisoned_train(poison_rank: int, *args: Any, **kwargs: Any) -> Any:
@@ -279,8 +360,8 @@ def poisoned_train(poison_rank: int, *args: Any, **kwargs: Any) -> Any:
     other rank's losses too: only the all-reduced log makes every rank see it)."""
     from frametrans.train.pix2pix import Pix2Pix
 
+    real, calls = Pix2Pix.step, []
     if int(os.environ["RANK"]) == poison_rank:
-        real, calls = Pix2Pix.step, []
 
         def step(self: Pix2Pix, batch: Dict[str, torch.Tensor]) -> Dict[str, float]:
             losses = real(self, batch)
@@ -288,19 +369,19 @@ def poisoned_train(poison_rank: int, *args: Any, **kwargs: Any) -> Any:
             return dict(losses, G_L1=float("nan")) if len(calls) == 2 else losses
 
         Pix2Pix.step = step  # type: ignore[method-assign]
-    return train(*args, **kwargs)
+    try:
+        return train(*args, **kwargs)
+    finally:
+        Pix2Pix.step = real  # type: ignore[method-assign]
 
 
 @pytest.mark.slow
-def test_nan_on_one_rank_stops_every_rank(data_root: Path, tmp_path: Path,
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    from frametrans.train.distributed import spawn_local
-
-    _no_torchrun_env(monkeypatch)
-    run = tmp_path / "run"
-    opts = dict(tiny("pix2pix", data_root), num_downs=4, batch_size=4, save_every=1)
-    with watchdog(180), pytest.raises(TrainingStopped, match=r"became nan at step 2.*step 1\)"):
-        spawn_local(2, poisoned_train, 1, "pix2pix", opts, run, ddp=True)
+def test_nan_on_one_rank_stops_every_rank(ddp_runs: DDPRuns) -> None:
+    """The poisoned run is the shared start's last job: its error is what spawn_local raised."""
+    with pytest.raises(TrainingStopped, match=r"became nan at step 2.*step 1\)"):
+        if ddp_runs.error is not None:
+            raise ddp_runs.error
+    run = ddp_runs.run("nan")
     assert load_state(run / STATE_FILE)["step"] == 1
     assert [r["step"] for r in losses_of(run)] == [1]
 
