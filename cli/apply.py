@@ -47,10 +47,13 @@ from frametrans.cli import options as opt
               help="Frames per forward pass (default: from device and frame size).")
 @click.option("--io-threads", type=int, callback=opt.positive("io-threads"),
               help="Threads decoding and encoding still images, per pool [default: one per core].")
-@click.option("--temporal", type=click.Choice(["off", "flow", "auto"]), default="off", show_default=True,
-              help="Stabilize videos, animations and streams: blend each output with the previous one "
-              "warped along the input's optical flow (auto: the measured default strength, 0.5).")
-@click.option("--temporal-strength", type=float, help="Blend weight for --temporal flow, in [0, 1).")
+@click.option("--temporal", type=click.Choice(["off", "stats", "flow", "auto"]), default="off",
+              show_default=True, help="Less flicker in videos, animations and streams: stats normalizes "
+              "each frame with statistics smoothed across time (InstanceNorm, AdaIN); flow blends each "
+              "output with the previous one warped along the input's optical flow; auto: the measured "
+              "default.")
+@click.option("--temporal-strength", type=float,
+              help="In [0, 1): the EMA factor of --temporal stats [0.9], the blend weight of flow [0.5].")
 @opt.memory_options
 @opt.device_option
 @opt.backend_option
@@ -158,6 +161,7 @@ def apply_cmd(inputs: Tuple[str, ...], output: str, model: str, list_file, recur
         out_opts.validate()  # opens --codec once: an encoder that cannot run here is refused now
     except ValueError as exc:  # OptionError too: its message names the option
         raise click.UsageError(str(exc)) from None
+    _check_temporal(out_opts, runner_opts)
     if not stream_in:
         try:
             check_output_target(paths, output)
@@ -178,7 +182,7 @@ def apply_cmd(inputs: Tuple[str, ...], output: str, model: str, list_file, recur
         num_styles=num_styles, seed=seed)
     if stream_in:
         n = apply_stream(sys.stdin.buffer, sys.stdout.buffer, translator, raw_size, fps=fps,
-                         y4m_out=y4m, quiet=quiet, temporal_strength=out_opts.stabilizer_strength())
+                         y4m_out=y4m, quiet=quiet, temporal=out_opts.temporal_settings())
         click.echo(f"{n} frames", err=True) if not quiet else None
         return
     if ray_address is not None:  # the Ray workers load the model themselves
@@ -203,6 +207,19 @@ def apply_cmd(inputs: Tuple[str, ...], output: str, model: str, list_file, recur
             click.echo(f"frametrans: stopped early ({report.stopped}); {len(report.not_done)} input(s) "
                        "not processed; rerun with --skip-existing to finish", err=True)
         sys.exit(1)
+
+
+def _check_temporal(out_opts, runner_opts) -> None:
+    """Statistics smoothed across time change every frame: such a forward runs eagerly in torch."""
+    if out_opts.temporal_settings().stats <= 0:
+        return
+    if runner_opts.compile == "on":
+        raise click.BadParameter("--temporal stats runs the model eagerly (its statistics change every "
+                                 "frame); use --compile auto or off", param_hint="--compile")
+    if runner_opts.backend not in ("auto", "torch"):
+        raise click.BadParameter(f"--temporal stats runs the model in torch (its statistics change every "
+                                 f"frame), not {runner_opts.backend}; use --backend auto or torch",
+                                 param_hint="--backend")
 
 
 _RAY_ADDRESS = re.compile(r"^(auto|local|ray://\S+|[A-Za-z0-9_.\-\[\]:]+:\d+)$")

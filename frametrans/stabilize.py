@@ -1,4 +1,9 @@
-"""Temporal stabilization of translated video: flow-guided blending (``--temporal flow``).
+"""Temporal stabilization of translated video: what ``--temporal`` means, and flow-guided blending.
+
+``--temporal`` resolves to a :class:`Temporal`: the EMA factor of normalization statistics smoothed
+across time (``stats``, inside the model's forward: :mod:`frametrans.engine.smoothing`) and the
+strength of flow-guided blending (``flow``, after the model: :class:`FlowStabilizer`); ``auto`` is
+the measured default.
 
 A per-frame generator re-decides textures in every frame, so its output flickers (the bundled
 cyclegan: 5x the input's own warping error on the sample clip, see :mod:`frametrans.consistency`).
@@ -16,6 +21,7 @@ frames must come in order; batching does not matter (it runs after the model).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
@@ -28,18 +34,50 @@ from frametrans.consistency import flow, non_occluded, warp
 AUTO_STRENGTH = 0.5
 #: A new scene: fewer than this fraction of pixels follow the flow from the previous frame.
 CUT_TRACKED = 0.5
-TEMPORAL_MODES = ("off", "flow", "auto")
+#: The EMA factor ``--temporal stats`` uses (the weight of the past statistics), measured on the
+#: sample clip (see the README's table).
+STATS_FACTOR = 0.9
+#: What ``--temporal auto`` does besides the flow blend: the statistics' EMA factor (0: none).
+AUTO_STATS = 0.0
+TEMPORAL_MODES = ("off", "stats", "flow", "auto")
 
 
-def resolve_strength(mode: str, strength: Optional[float]) -> float:
-    """The blend strength for ``--temporal MODE`` (0: off). ValueError for unknown values."""
+@dataclass(frozen=True)
+class Temporal:
+    """What ``--temporal`` does: ``stats`` is the EMA factor of the normalization statistics (0:
+    each frame's own), ``flow`` the blend strength along the flow (0: no blending)."""
+
+    mode: str = "off"
+    stats: float = 0.0
+    flow: float = 0.0
+
+    @property
+    def active(self) -> bool:
+        """True when outputs depend on the frames before (a resume or a segment warms up)."""
+        return self.stats > 0 or self.flow > 0
+
+
+def resolve_temporal(mode: str, strength: Optional[float]) -> Temporal:
+    """``--temporal MODE`` with ``--temporal-strength`` (the EMA factor for ``stats``, the blend
+    weight for ``flow``; ``auto`` takes none). ValueError (one line) for values that cannot work."""
     if mode not in TEMPORAL_MODES:
         raise ValueError(f"--temporal must be one of {', '.join(TEMPORAL_MODES)}, got {mode!r}")
     if strength is not None and not 0.0 <= strength < 1.0:
         raise ValueError(f"--temporal-strength must be in [0, 1), got {strength}")
-    if mode == "off":
-        return 0.0
-    return AUTO_STRENGTH if strength is None else strength
+    if strength is not None and mode in ("off", "auto"):
+        raise ValueError(f"--temporal-strength is for --temporal stats or flow, not {mode}")
+    if mode == "stats":
+        return Temporal(mode, stats=STATS_FACTOR if strength is None else strength)
+    if mode == "flow":
+        return Temporal(mode, flow=AUTO_STRENGTH if strength is None else strength)
+    if mode == "auto":
+        return Temporal(mode, stats=AUTO_STATS, flow=AUTO_STRENGTH)
+    return Temporal()
+
+
+def resolve_strength(mode: str, strength: Optional[float]) -> float:
+    """The flow-blend strength for ``--temporal MODE`` (0: none). ValueError for unknown values."""
+    return resolve_temporal(mode, strength).flow
 
 
 class FlowStabilizer:

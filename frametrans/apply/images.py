@@ -12,7 +12,7 @@ import numpy as np
 
 from frametrans.apply.jobs import Job, OutputOptions, variant_path
 from frametrans.apply.report import Report, Stop, signals_deferred
-from frametrans.apply.temporal import stabilized
+from frametrans.apply.temporal import translate_stream
 from frametrans.apply.translator import Translator, run_variants
 from frametrans.engine.pipeline import Turn, WorkerPool, default_workers, ordered_map
 from frametrans.io import images
@@ -223,7 +223,7 @@ def apply_animation(job: Job, translator: Translator, opts: OutputOptions, repor
     held = 0
     count = 0
     frames = (prepare_frame(f, opts) for f in images.iter_image_frames(job.src, durations=durations))
-    for frame, results in stabilized(run_variants(frames, translator), opts.stabilizer_strength()):
+    for frame, results in translate_stream(frames, translator, opts.temporal_settings()):
         for k, (_, out) in enumerate(results):
             if info.is_multipage:
                 outs[k].append(finish_frame(frame, out, dsts[k]))

@@ -16,6 +16,7 @@ from frametrans.io import folders, images, video
 
 if TYPE_CHECKING:
     from frametrans.apply.translator import Translator
+    from frametrans.stabilize import Temporal
 
 
 class OptionError(ValueError):
@@ -48,8 +49,8 @@ class OutputOptions:
     pix_fmt: Optional[str] = None
     audio: bool = True
     quiet: bool = False
-    temporal: str = "off"  # off | flow | auto: stabilize videos, animations and streams
-    temporal_strength: Optional[float] = None
+    temporal: str = "off"  # off | stats | flow | auto: stabilize videos, animations and streams
+    temporal_strength: Optional[float] = None  # stats: the EMA factor; flow: the blend weight
     segment_seconds: float = 10.0  # videos in closed segments of this length (resumable); 0: one piece
     io_threads: Optional[int] = None  # image decode/encode workers per pool (None: one per core)
 
@@ -60,15 +61,19 @@ class OutputOptions:
 
         return self.segment_seconds > 0 and can_split_output(dst, self.codec_for(dst))
 
-    def stabilizer_strength(self) -> float:
-        """The flow-blend strength for videos, animations and streams (0: per-frame output)."""
-        from frametrans.stabilize import resolve_strength
+    def temporal_settings(self) -> "Temporal":
+        """What ``--temporal`` does to videos, animations and streams (:mod:`frametrans.stabilize`)."""
+        from frametrans.stabilize import resolve_temporal
 
-        return resolve_strength(self.temporal, self.temporal_strength)
+        return resolve_temporal(self.temporal, self.temporal_strength)
+
+    def stabilizer_strength(self) -> float:
+        """The flow-blend strength for videos, animations and streams (0: no blending)."""
+        return self.temporal_settings().flow
 
     def validate(self) -> None:
         """Reject impossible values before any work starts (one-line ValueError naming the option)."""
-        self.stabilizer_strength()
+        self.temporal_settings()
         if self.io_threads is not None and self.io_threads < 1:
             raise ValueError(f"--io-threads must be >= 1, got {self.io_threads}")
         if self.segment_seconds < 0:

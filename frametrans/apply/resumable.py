@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from frametrans.apply.images import target_size
 from frametrans.atomic import remove_temporaries
 from frametrans.apply.jobs import Job, OptionError, OutputOptions
-from frametrans.apply.manifest import (MANIFEST, Manifest, clean_folder, differences, input_identity,
+from frametrans.apply.manifest import (MANIFEST, TAIL, Manifest, clean_folder, differences, input_identity,
                                       keep_or_remove, partial_file, work_folder)
 from frametrans.apply.report import Report, progress_bar, signals_deferred
 from frametrans.apply.segmented import SegmentBook, SegmentedWriter
@@ -34,9 +34,12 @@ log = logging.getLogger("frametrans")
 
 def settings_of(translator: Translator, opts: OutputOptions) -> Dict[str, Any]:
     """Everything that changes the output's pixels or packets, as JSON values."""
+    temporal = opts.temporal_settings()
     settings = {**translator.fingerprint(), "resize": opts.resize, "max_side": opts.max_side,
                 "codec": opts.codec, "crf": opts.crf, "preset": opts.preset, "pix_fmt": opts.pix_fmt,
-                "audio": opts.audio, "temporal": opts.stabilizer_strength()}
+                "audio": opts.audio, "temporal": temporal.flow}
+    if temporal.active:  # absent when off: folders from before --temporal stats still resume
+        settings.update(temporal_mode=temporal.mode, temporal_stats=temporal.stats)
     return json.loads(json.dumps(settings))  # tuples -> lists, as they come back from the file
 
 
@@ -162,12 +165,21 @@ def _variant_dsts(job: Job, translator: Translator) -> List[Path]:
 def _resume_point(manifest: Manifest, opts: OutputOptions) -> Tuple[Optional[int], Optional[int]]:
     """(pts to start decoding at, pts up to which frames are not written): None, None from the
     start. With --temporal the last frames written go through the model again (not written), so
-    the stabilizer is warmed up as in an uninterrupted run."""
+    the temporal state is warmed up as in an uninterrupted run."""
     if not manifest.parts:
         return None, None
     last = manifest.parts[-1]
-    start = last.tail_pts[0] if opts.stabilizer_strength() > 0 and last.tail_pts else last.last_pts + 1
+    start = last.tail_pts[0] if opts.temporal_settings().active and last.tail_pts else last.last_pts + 1
     return start, last.last_pts
+
+
+def warm_up_from(info: video.VideoInfo, start: int, frames: int = TAIL) -> int:
+    """The pts about ``frames`` frames before ``start`` (from the average frame rate): a run that
+    begins at ``start`` with --temporal decodes from there and runs those frames through the model
+    without writing them (``translate_into(write_after=start - 1)``), so that its temporal state is
+    warm at ``start``, as a resumed job's is from the timestamps its manifest kept."""
+    fps = float(info.fps) if info.fps else 25.0
+    return start - max(1, round(frames / (fps * float(info.time_base))))
 
 
 def _part_opener(info: video.VideoInfo, opts: OutputOptions, codec: Optional[str]):

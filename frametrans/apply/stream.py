@@ -8,7 +8,7 @@ import os
 import stat
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import BinaryIO, Optional, Tuple
+from typing import BinaryIO, Optional, Tuple, Union
 
 import numpy as np
 
@@ -19,6 +19,7 @@ from frametrans.apply.translator import Translator, run_guarded
 from frametrans.engine.pipeline import prefetch
 from frametrans.io import raw
 from frametrans.io.errors import InputError
+from frametrans.stabilize import Temporal
 
 DEFAULT_FPS = 25  # the rate of a raw stream's y4m output when --fps is not given
 
@@ -86,10 +87,11 @@ def _tell(stream: BinaryIO) -> int:
 
 def apply_stream(stdin: BinaryIO, stdout: BinaryIO, translator: Translator,
                  size: Optional[Tuple[int, int]], fps: Optional[float] = None, y4m_out: bool = False,
-                 quiet: bool = False, temporal_strength: float = 0.0) -> int:
+                 quiet: bool = False, temporal: Union[Temporal, float, None] = None) -> int:
     """Raw rgb24 (``size`` given) or y4m (``size`` None) frames in, raw rgb24 or y4m out.
 
-    ``temporal_strength`` > 0 stabilizes the outputs (:mod:`frametrans.stabilize`).
+    ``temporal`` (:class:`~frametrans.stabilize.Temporal`, or a flow-blend strength) makes the
+    outputs consistent in time (``--temporal``); None: per frame.
     y4m output keeps a y4m input's frame rate, pixel aspect ratio and interlacing tag; ``fps``
     (None: from the input) overrides the rate, and is the rate of a raw input (default 25).
     Returns the number of frames written. A partial frame at the end raises InputError after the
@@ -106,13 +108,15 @@ def apply_stream(stdin: BinaryIO, stdout: BinaryIO, translator: Translator,
     else:
         frames = raw.iter_raw_frames(stdin, size[0], size[1])
     progress = progress_bar(None, "frames", quiet)
-    v = translator.variants[0]
-    v.runner.expect(None)  # open-ended: --compile auto compiles when the model is slow enough
+    if not isinstance(temporal, Temporal):
+        temporal = Temporal("flow" if temporal else "off", flow=float(temporal or 0.0))
+    translator.variants[0].runner.expect(None)  # open-ended: --compile auto compiles when the model is slow enough
     decoded = prefetch(frames, depth=8, name="decode", max_bytes=translator.queue_bytes(),
                        size=lambda f: f.image.nbytes)
     n = 0
     try:
-        results = stabilized_one(run_guarded(v.runner, decoded), temporal_strength)
+        v = translator.stream_variants(temporal.stats)[0]
+        results = stabilized_one(run_guarded(v.runner, decoded), temporal.flow)
         n = _write_stream(results, stdout, tags, y4m_out, progress)
     finally:
         progress.close()

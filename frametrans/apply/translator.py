@@ -3,7 +3,9 @@
 A :class:`Translator` holds one :class:`~frametrans.engine.runner.Runner` per output variant (one
 for plain models; one per style for MUNIT), all on one shared
 :class:`~frametrans.engine.session.Session` (one module, one weight copy), each with its own memory
-policy: an out-of-memory reaction in one style does not change the others.
+policy: an out-of-memory reaction in one style does not change the others. For ``--temporal stats``
+it also holds, made on first use, a second set of runners whose forward normalizes with statistics
+smoothed across time (:mod:`frametrans.engine.smoothing`), one state per variant and stream.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import deque
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Tuple
 
@@ -18,9 +21,11 @@ import numpy as np
 import torch
 
 from frametrans.engine.memory import MemoryBudgetError
+from frametrans.engine.normstats import has_frame_dependent_norm
 from frametrans.engine.padding import pad_to_multiple
 from frametrans.engine.runner import FrameOutOfMemory, Runner, RunnerOptions
 from frametrans.engine.session import Session
+from frametrans.engine.smoothing import NormSmoother, smoothed_forward
 from frametrans.io import images
 from frametrans.io.errors import first_line
 from frametrans.io.frame import Frame, frame_label
@@ -34,6 +39,7 @@ class Variant:
 
     suffix: str
     runner: Runner
+    smoother: Optional[NormSmoother] = None  # --temporal stats: the stream's statistics
 
 
 class FrameError(RuntimeError):
@@ -56,6 +62,7 @@ class Translator:
         self.styles: List[torch.Tensor] = []  # MUNIT: the style code of each variant
         self.direction: Optional[str] = None  # MUNIT: a2b or b2a
         self._fingerprint: Optional[Dict[str, Any]] = None
+        self._smoothed: Dict[float, List[Variant]] = {}  # --temporal stats, by EMA factor
         self.contract = model.config.contract()
         if self.contract.frames_in != 1:
             raise ValueError(
@@ -95,6 +102,42 @@ class Translator:
         decide whether compiling pays for itself."""
         for v in self.variants:
             v.runner.expect(frames)
+
+    def stream_variants(self, stats_factor: float = 0.0) -> List[Variant]:
+        """The variants to run one stream (a video, an animation, a raw stream) with, in frame order.
+
+        ``stats_factor`` 0 (or a model without per-frame normalization): :attr:`variants` itself.
+        Else variants whose forward normalizes each frame with statistics smoothed across time,
+        an EMA with that factor (:mod:`frametrans.engine.smoothing`), made once per factor on the
+        same session, their state reset: call this once per stream. They run eagerly in torch
+        (the statistics change every frame: nothing to compile or convert); ValueError when the
+        options ask for something else explicitly (``compile="on"``, an OpenVINO/ONNX backend).
+        """
+        if stats_factor <= 0 or not has_frame_dependent_norm(self.model):
+            return self.variants
+        if stats_factor not in self._smoothed:
+            self._smoothed[stats_factor] = self._smoothed_variants(stats_factor)
+        for v in self._smoothed[stats_factor]:
+            assert v.smoother is not None
+            v.smoother.reset()
+        return self._smoothed[stats_factor]
+
+    def _smoothed_variants(self, factor: float) -> List[Variant]:
+        o = self.options
+        if o.compile == "on" or o.backend not in ("torch", "auto"):
+            what = "--compile on" if o.compile == "on" else f"--backend {o.backend}"
+            raise ValueError(f"--temporal stats runs the model eagerly in torch (its statistics change "
+                             f"every frame), not with {what}; use --compile auto/off and --backend auto/torch")
+        options = dataclasses.replace(o, compile="off", backend="torch")
+        log.info("--temporal stats: normalization statistics smoothed across time (EMA factor %.2f); "
+                 "the model runs eagerly in torch (not compiled, not on OpenVINO/ONNX Runtime)", factor)
+        variants = []
+        for v in self.variants:
+            smoother = NormSmoother(factor, self.contract.value_range)
+            runner = Runner(self.model, options, forward=smoothed_forward(v.runner.forward, smoother),
+                            out_channels=v.runner.out_channels, session=v.runner.session)
+            variants.append(Variant(v.suffix, runner, smoother))
+        return variants
 
     def fingerprint(self) -> Dict[str, Any]:
         """What decides the pixels on the model side, as plain JSON values: a hash of the weights
@@ -257,17 +300,20 @@ def _remove(pending: Deque[Frame], frame: Frame) -> None:
 
 
 def run_variants(frames: Iterable[Frame], translator: Translator,
-                 on_error: Optional[Callable[[Frame, BaseException], None]] = None
+                 on_error: Optional[Callable[[Frame, BaseException], None]] = None,
+                 variants: Optional[List[Variant]] = None
                  ) -> Iterator[Tuple[Frame, List[Tuple[str, np.ndarray]]]]:
-    """Each frame through every variant (MUNIT styles); one variant is the plain case."""
-    if len(translator.variants) == 1:
-        v = translator.variants[0]
+    """Each frame through every variant (MUNIT styles); one variant is the plain case.
+    ``variants``: those to run (:meth:`Translator.stream_variants`), default the translator's."""
+    variants = translator.variants if variants is None else variants
+    if len(variants) == 1:
+        v = variants[0]
         for frame, out in run_guarded(v.runner, frames, on_error):
             yield frame, [(v.suffix, out)]
         return
     for frame in frames:
         outs = []
-        for v in translator.variants:
+        for v in variants:
             got = list(run_guarded(v.runner, [frame], on_error))
             if not got:  # failed and reported
                 break

@@ -15,8 +15,8 @@ from frametrans.apply.jobs import Job, OutputOptions, variant_path
 from frametrans.apply.report import Report, progress_bar, signals_deferred
 from frametrans.apply.manifest import partial_file
 from frametrans.apply.resumable import apply_resumable
-from frametrans.apply.temporal import stabilized
-from frametrans.apply.translator import Translator, run_variants
+from frametrans.apply.temporal import translate_stream
+from frametrans.apply.translator import Translator
 from frametrans.engine.pipeline import BackgroundWorker, prefetch
 from frametrans.io import video
 from frametrans.io.errors import InputError, OutputError, TruncatedInputError, first_line
@@ -103,15 +103,16 @@ def translate_into(writers: list, frames: Iterable[Frame], translator: Translato
     raises; the writers stay open (the caller closes or aborts them).
 
     write_after: frames with pts <= this go through the model (and ``--temporal``) but are not
-    written: a resumed job warms its stabilizer up on the frames before its cut."""
+    written: a resumed job, or a Ray segment, warms its temporal state up on the frames before
+    its first one."""
     queue = translator.queue_bytes()
     encoders = [BackgroundWorker(video_writer_fn(w), depth=8, name="encode", max_bytes=queue,
                                  size=lambda item: item[0].nbytes) for w in writers]
     try:
         decoded = prefetch(frames, depth=8, name="decode", max_bytes=queue,
                            size=lambda f: f.image.nbytes)
-        results = run_variants((prepare_frame(f, opts) for f in decoded), translator)
-        for frame, outs in stabilized(results, opts.stabilizer_strength()):
+        prepared = (prepare_frame(f, opts) for f in decoded)
+        for frame, outs in translate_stream(prepared, translator, opts.temporal_settings()):
             if write_after is not None and frame.pts is not None and frame.pts <= write_after:
                 continue
             for enc, (_, out) in zip(encoders, outs):

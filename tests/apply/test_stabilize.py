@@ -1,5 +1,6 @@
 """--temporal flow: outputs blended along the input's motion flicker less, stay close to the
-per-frame output, reset at scene cuts, and do not depend on batching."""
+per-frame output, reset at scene cuts, and do not depend on batching. --temporal stats (the
+statistics smoothed inside the model: tests/engine/test_smoothing.py) through the apply paths."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from click.testing import CliRunner
 
 from frametrans.cli.main import cli
 from frametrans.consistency import temporal_consistency
-from frametrans.stabilize import AUTO_STRENGTH, FlowStabilizer, resolve_strength
+from frametrans.stabilize import (AUTO_STATS, AUTO_STRENGTH, STATS_FACTOR, FlowStabilizer, Temporal,
+                                  resolve_strength, resolve_temporal)
 from support import tiny_resnet_file
 
 
@@ -56,6 +58,12 @@ def test_strength_options():
     assert resolve_strength("flow", 0.3) == 0.3
     with pytest.raises(ValueError, match=r"--temporal-strength must be in \[0, 1\)"):
         resolve_strength("flow", 1.5)
+    assert resolve_temporal("stats", None) == Temporal("stats", stats=STATS_FACTOR)
+    assert resolve_temporal("stats", 0.6) == Temporal("stats", stats=0.6)
+    assert resolve_temporal("auto", None) == Temporal("auto", stats=AUTO_STATS, flow=AUTO_STRENGTH)
+    assert not resolve_temporal("off", None).active and resolve_temporal("stats", None).active
+    with pytest.raises(ValueError, match="--temporal-strength is for --temporal stats or flow"):
+        resolve_temporal("auto", 0.5)
 
 
 @pytest.fixture(scope="module")
@@ -119,3 +127,51 @@ def test_cli_raw_stream_is_stabilized_and_still_images_warn(tmp_path, model_path
     bad = CliRunner().invoke(cli, ["apply", str(tmp_path / "imgs"), "-o", str(tmp_path / "o2"),
                                    "-m", str(model_path), "--temporal-strength", "2"])
     assert bad.exit_code == 2 and "--temporal-strength must be in [0, 1)" in bad.output
+
+
+def test_stats_mode_runners_smooth_and_off_stays_the_plain_path():
+    """``off`` (factor 0) runs the translator's own runners, untouched; ``stats`` gets runners whose
+    forward smooths, on the same session, reset for every stream; a model without per-frame
+    normalization (pix2pix's U-Net: batch norm with running statistics) has nothing to smooth."""
+    from frametrans.apply import Translator
+    from frametrans.engine.runner import RunnerOptions
+    from support import tiny_model
+
+    opts = RunnerOptions(device="cpu", precision="fp32", backend="torch", compile="off")
+    t = Translator(tiny_model("resnet"), opts)
+    assert t.stream_variants(0.0) is t.variants
+    smoothed = t.stream_variants(0.8)
+    assert smoothed[0].runner is not t.variants[0].runner and smoothed[0].smoother is not None
+    assert smoothed[0].runner.session is t.variants[0].runner.session
+    frames = _pan(4, size=(32, 48))
+    first = [smoothed[0].runner([f])[0] for f in frames]
+    again = t.stream_variants(0.8)  # a new stream: the same runners, the state reset
+    assert again[0].runner is smoothed[0].runner
+    assert all(np.array_equal(a, b) for a, b in zip(first, [again[0].runner([f])[0] for f in frames]))
+    plain = [t.variants[0].runner([f])[0] for f in frames]
+    assert np.array_equal(first[0], plain[0]) and not np.array_equal(first[3], plain[3])
+    unet = Translator(tiny_model("unet"), opts)
+    assert unet.stream_variants(0.8) is unet.variants
+    with pytest.raises(ValueError, match="--temporal stats runs the model eagerly in torch"):
+        Translator(tiny_model("resnet"), RunnerOptions(device="cpu", compile="on")).stream_variants(0.8)
+
+
+def test_cli_stats_mode_same_result_for_any_batch(tmp_path, model_path):
+    clip = _clip(tmp_path / "in.mp4", _pan(6))
+    common = ["-m", str(model_path), "--precision", "fp32", "--crf", "0", "--pix-fmt", "yuv444p", "-q"]
+    outs = {}
+    for name, extra in (("b1", ["--batch-size", "1"]), ("b4", ["--batch-size", "4"]), ("off", [])):
+        args = ["apply", str(clip), "-o", str(tmp_path / f"{name}.mp4"), *common, *extra]
+        if name != "off":
+            args += ["--temporal", "stats", "--temporal-strength", "0.8"]
+        res = CliRunner().invoke(cli, args)
+        assert res.exit_code == 0, res.output
+        outs[name] = _decoded(tmp_path / f"{name}.mp4")
+    assert len(outs["b1"]) == 6
+    # as for flow: batching moves the fp32 output by a grey level, the encoder's rounding by one more
+    assert max(np.abs(x.astype(int) - y.astype(int)).max() for x, y in zip(outs["b1"], outs["b4"])) <= 2
+    assert np.array_equal(outs["b1"][0], outs["off"][0])
+    assert np.abs(outs["b1"][5].astype(int) - outs["off"][5].astype(int)).max() > 2
+    bad = CliRunner().invoke(cli, ["apply", str(clip), "-o", str(tmp_path / "x.mp4"), "-m", str(model_path),
+                                   "--temporal", "stats", "--compile", "on"])
+    assert bad.exit_code == 2 and "--temporal stats runs the model eagerly" in bad.output

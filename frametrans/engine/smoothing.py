@@ -1,0 +1,226 @@
+"""Normalization statistics smoothed across time (``--temporal stats``).
+
+A model with per-frame normalization (``InstanceNorm2d`` in the CycleGAN ResNet, MUNIT's AdaIN and
+LayerNorm) normalizes every frame with that frame's own statistics: when the content shifts a
+little, each channel's mean and variance shift with it, and the whole frame pulses in brightness
+and colour. :class:`NormSmoother` makes those layers normalize each frame with an exponential
+moving average (EMA) of the statistics of the frames before it, per layer and per statistic
+(channel, or sample, as the layer computes them)::
+
+    s_t = m_t                               the first frame of a stream, or of a new scene
+    s_t = a * s_{t-1} + (1 - a) * m_t       otherwise (a: the factor, in [0, 1))
+
+for both the mean and the variance ``m_t`` the layer computes on frame ``t`` (the variance is
+averaged as it is, not through the second moment: it stays positive, and a pan barely moves the
+mean). Everything happens in the model's one forward pass: each patched layer computes its input's
+per-sample statistics ``[B, ...]``, scans them in batch order through the state (the frames of a
+batch are consecutive in time) with a ``[B, B + 1]`` weight matrix, and normalizes sample ``b``
+with ``s_b``. Deeper layers see the smoothed output of the layers before them, as they should.
+
+Scene cuts are found on the model input itself, cheaply: each frame is area-pooled to a
+``THUMB`` thumbnail, whose per-channel histogram (``BINS`` bins over the model's value range) is
+compared with the previous frame's (half the L1 distance, in [0, 1], the largest over the
+channels); above ``CUT_DISTANCE`` the state restarts from that frame. A histogram ignores motion (a
+fast pan is no cut) and changes with what the statistics change with. A change of frame size
+restarts the state too (a memory probe, a new video).
+
+State: one smoother per output stream (a MUNIT style, a video): call :meth:`NormSmoother.reset`
+when a new one starts. Updates are transactional: the state moves on only when the whole forward
+returned (an out-of-memory batch that is retried in halves is not counted twice). Frames whose
+norm layers someone else has patched already (the tiler freezing a tiled frame's whole-frame
+statistics, see :mod:`frametrans.engine.normstats`) run with those, unsmoothed, and leave the
+state alone; a warning says so once.
+
+The layer adapters (which layers, how their statistics are computed and applied) are
+:mod:`frametrans.engine.normstats`'s, so this handles what the tiler handles.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from frametrans.engine.normstats import _Adapter, _adapter_for, _patched_forwards
+
+__all__ = ["NormSmoother", "ema_weights", "smoothed_forward", "CUT_DISTANCE", "THUMB", "BINS"]
+
+log = logging.getLogger("frametrans")
+
+ForwardFn = Callable[[nn.Module, Tensor], Tensor]
+
+#: Thumbnail (height, width) whose histograms the scene-cut test compares.
+THUMB = (36, 64)
+#: Histogram bins per channel.
+BINS = 16
+#: Histogram distance (half the L1 distance, largest channel, in [0, 1]) above which a frame starts
+#: a new scene. Measured at 640x360: consecutive frames of the sample clip 0.015 on average, 0.026
+#: at most; its first and last frames (the same scene, panned across 3 s) 0.13; a frame of it and
+#: the bundled astronaut or coffee photos 0.45 and 0.43, those two photos 0.32.
+CUT_DISTANCE = 0.2
+
+
+def ema_weights(cuts: list[bool], factor: float) -> Tensor:
+    """The EMA scan as a matrix: row ``b`` holds the weights of (state before the batch, statistics
+    of samples 0..B-1) in the smoothed statistics of sample ``b``. ``cuts[b]``: sample ``b`` starts
+    over from its own statistics. Returns float64 ``[B, B + 1]``; each row sums to 1."""
+    weights = torch.zeros(len(cuts), len(cuts) + 1, dtype=torch.float64)
+    row = torch.zeros(len(cuts) + 1, dtype=torch.float64)
+    row[0] = 1.0
+    for b, cut in enumerate(cuts):
+        if cut:
+            row = torch.zeros_like(row)
+            row[b + 1] = 1.0
+        else:
+            row = row * factor
+            row[b + 1] += 1.0 - factor
+        weights[b] = row
+    return weights
+
+
+class _Scan:
+    """One forward's view of the state: whether it goes on from the frames before (``had_past``),
+    which samples start a new scene (``cuts``), and the weight matrices."""
+
+    def __init__(self, had_past: bool, cuts: list[bool], factor: float) -> None:
+        self.had_past = had_past
+        self.cuts = cuts
+        self.factor = factor
+        self._weights: dict[tuple, Tensor] = {}
+
+    def weights(self, has_past: bool, device: torch.device) -> Tensor:
+        """``[B, B + 1]`` float32 on ``device``; without a past, sample 0 starts over."""
+        key = (has_past, device)
+        if key not in self._weights:
+            cuts = self.cuts if has_past else [True] + self.cuts[1:]
+            self._weights[key] = ema_weights(cuts, self.factor).to(device, torch.float32)
+        return self._weights[key]
+
+
+class NormSmoother:
+    """The EMA state of one output stream's normalization statistics.
+
+    factor: the weight ``a`` of the past, in [0, 1) (0: each frame's own statistics).
+    value_range: the model input's (lo, hi), for the histograms of the scene-cut test.
+    cut_distance: the histogram distance that starts a new scene.
+
+    ``cuts`` counts the scene cuts seen (the first frame of a stream is not one).
+    """
+
+    def __init__(self, factor: float, value_range: tuple[float, float] = (-1.0, 1.0),
+                 cut_distance: float = CUT_DISTANCE) -> None:
+        if not 0.0 <= factor < 1.0:
+            raise ValueError(f"the statistics' EMA factor must be in [0, 1), got {factor}")
+        self.factor = float(factor)
+        self.value_range = value_range
+        self.cut_distance = cut_distance
+        self.cuts = 0
+        self._layers: dict[int, list[tuple[str, nn.Module, _Adapter]]] = {}
+        self._warned_tiled = False
+        self.reset()
+
+    def reset(self) -> None:
+        """A new stream: forget the statistics and the last frame."""
+        self._state: dict[str, Tensor] = {}  # layer key -> [1, 2, ...] (mean, var) float32
+        self._hist: Optional[Tensor] = None  # [1, C, BINS] float32: the last frame's histograms
+        self._shape: Optional[tuple[int, ...]] = None  # (C, H, W) of the last frame
+
+    def run(self, model: nn.Module, x: Tensor, call: Callable[[], Tensor]) -> Tensor:
+        """``call()`` (a forward of ``model`` on ``x [B, C, H, W]``, B consecutive frames) with the
+        frame-dependent norm layers of ``model`` smoothed; returns its output unchanged otherwise."""
+        layers = self._norm_layers(model)
+        if not layers:
+            return call()
+        if any("forward" in module.__dict__ for _, module, _ in layers):
+            self._warn_tiled()
+            return call()
+        hists = self._histograms(x)
+        scan = self._scan(hists, tuple(x.shape[1:]))
+        pending: dict[str, Tensor] = {}
+        calls: dict[str, int] = {}
+        patches = {module: self._layer_forward(name, adapter, scan, pending, calls)
+                   for name, module, adapter in layers}
+        with _patched_forwards(patches):
+            y = call()
+        # only now: a forward that raised (out of memory, retried in halves) changed nothing
+        self._state = {**self._state, **pending} if scan.had_past else pending
+        self._hist, self._shape = hists[-1:], tuple(x.shape[1:])
+        self.cuts += sum(scan.cuts[1:]) + int(scan.had_past and scan.cuts[0])
+        return y
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _norm_layers(self, model: nn.Module) -> list[tuple[str, nn.Module, _Adapter]]:
+        """(name, module, adapter) of each frame-dependent norm layer of ``model`` (cached)."""
+        key = id(model)
+        if key not in self._layers:
+            self._layers[key] = [(name, m, a) for name, m in model.named_modules()
+                                 if (a := _adapter_for(m)) is not None]
+        return self._layers[key]
+
+    def _warn_tiled(self) -> None:
+        if not self._warned_tiled:
+            self._warned_tiled = True
+            log.warning("--temporal stats: tiled frames (larger than the memory budget) are normalized "
+                        "with their own whole-frame statistics, not smoothed across time")
+
+    def _histograms(self, x: Tensor) -> Tensor:
+        """``x [B, C, H, W]`` -> per-channel histograms ``[B, C, BINS]`` float32 (each sums to 1) of
+        its area-pooled ``THUMB`` thumbnail, over the value range."""
+        lo, hi = self.value_range
+        t = (F.adaptive_avg_pool2d(x, THUMB).float() - lo) / (hi - lo)  # [B, C, *THUMB] in [0, 1]
+        bins = (t * BINS).long().clamp_(0, BINS - 1).flatten(2)  # [B, C, N]
+        return F.one_hot(bins, BINS).float().mean(2)
+
+    def _scan(self, hists: Tensor, shape: tuple[int, ...]) -> _Scan:
+        """Which samples start a new scene: histograms far from the frame before, or the first frame
+        (of the stream, or after a change of frame size)."""
+        had_past = self._hist is not None and shape == self._shape
+        first = self._hist.to(hists.device) if had_past else hists[:1]
+        previous = torch.cat([first, hists[:-1]])
+        distance = 0.5 * (hists - previous).abs().sum(-1).amax(-1)  # [B]
+        cuts = (distance > self.cut_distance).tolist()
+        cuts[0] = cuts[0] or not had_past
+        return _Scan(had_past, cuts, self.factor)
+
+    def _layer_forward(self, name: str, adapter: _Adapter, scan: _Scan, pending: dict[str, Tensor],
+                       calls: dict[str, int]) -> Callable[[Tensor], Tensor]:
+        def forward(x: Tensor) -> Tensor:
+            n = calls[name] = calls.get(name, -1) + 1
+            key = name if n == 0 else f"{name}#{n}"  # a layer run twice per forward: two states
+            stats = _sample_stats(adapter, x)  # [B, 2, ...] float32
+            past = self._state.get(key) if scan.had_past else None
+            weights = scan.weights(past is not None, x.device)  # [B, B + 1]
+            past = torch.zeros_like(stats[:1]) if past is None else past.to(stats.device)
+            series = torch.cat([past, stats])  # [B + 1, 2, ...]
+            smoothed = (weights @ series.flatten(1)).view(stats.shape)
+            pending[key] = smoothed[-1:]
+            return adapter.apply(x, smoothed[:, 0], smoothed[:, 1])
+
+        return forward
+
+
+def _sample_stats(adapter: _Adapter, x: Tensor) -> Tensor:
+    """The statistics the layer computes, per sample: ``[B, 2, ...]`` float32 (mean, var).
+    A batch-statistics layer (one set per batch) gets each sample's own."""
+    mean, var = adapter.stats(x)
+    if mean.shape[0] != x.shape[0]:
+        pairs = [adapter.stats(x[b:b + 1]) for b in range(x.shape[0])]
+        mean = torch.cat([m for m, _ in pairs])
+        var = torch.cat([v for _, v in pairs])
+    return torch.stack([mean.float(), var.float()], dim=1)
+
+
+def smoothed_forward(forward: ForwardFn, smoother: NormSmoother) -> ForwardFn:
+    """``forward(model, x)`` run with ``smoother``'s statistics. It has no ``cache_token``: the
+    runner does not compile it, nor hand it to an OpenVINO/ONNX backend (the state changes with
+    every frame), so it always runs eagerly in torch."""
+    def smoothed(model: nn.Module, x: Tensor) -> Tensor:
+        return smoother.run(model, x, lambda: forward(model, x))
+
+    smoothed.smoother = smoother  # type: ignore[attr-defined]
+    return smoothed
