@@ -1,12 +1,10 @@
 """The runner: batching and streaming frames through a model, within a memory policy.
 
-It takes batches of same-size integer images and returns the model's output images at the same
-size: convert on the device, pad to the model's size multiple, run (whole, or tiled when the
-memory policy says so), crop back, convert to integers. The device, dtype, ``eval()``,
-``inference_mode`` and the weight copies belong to its :class:`~frametrans.engine.session.Session`;
-batch and tile sizes and the reactions to out-of-memory errors to its
-:class:`~frametrans.engine.memory.MemoryPolicy`. The options object is frozen: nothing here
-writes into it.
+Batches of same-size integer images in, the model's output images out: convert on the device,
+pad to the model's size multiple, run (whole; over the budget in row bands or tiles), crop, convert
+back. Device, dtype, ``eval()``, ``inference_mode`` and weight copies belong to the
+:class:`~frametrans.engine.session.Session`; batch and tile sizes and out-of-memory reactions to the
+:class:`~frametrans.engine.memory.MemoryPolicy`. The frozen options are never written.
 
 Fast paths (each checked against fp32 in ``tests/engine/test_fast_paths.py``):
 
@@ -19,13 +17,11 @@ Fast paths (each checked against fp32 in ``tests/engine/test_fast_paths.py``):
   a repeated shape run an AOTInductor-compiled forward (weights frozen, in the runner's dtype and
   layout) cached on disk; ``auto`` compiles only when the job is long enough to pay for it.
   Tiled frames run eagerly (their normalization layers are patched per frame).
-- CUDA (not run in this project's CI, which has no GPU): cudnn autotuning, pinned staging buffers
-  with asynchronous copies, one batch in flight while the previous one is copied back and handed
-  on, optional CUDA graphs per static shape.
+- CUDA (not run in this project's CI, which has no GPU): cudnn autotuning, pinned staging buffers,
+  one batch in flight while the previous one is copied back, optional CUDA graphs per shape.
 
-Out of memory: a batch is retried in halves (and the policy keeps the smaller batch); a single
-frame is retried in tiles, then smaller tiles; when even the smallest tiles fail,
-:class:`FrameOutOfMemory` is raised for that frame and the next frame starts from the full budget.
+Out of memory: a batch is retried in halves (the policy keeps the smaller batch); one frame is
+retried over a smaller budget until the smallest tiles fail (:class:`FrameOutOfMemory`).
 """
 
 from __future__ import annotations
@@ -52,6 +48,7 @@ from frametrans.engine.normstats import frame_dependent_norms, has_frame_depende
 from frametrans.engine.pinned import PinnedBuffers
 from frametrans.engine.padding import Pads, crop, min_side, pad_to_multiple
 from frametrans.engine.session import Session
+from frametrans.engine.streaming import Streamers
 from frametrans.io.errors import first_line
 from frametrans.io.frame import Frame, frame_label
 
@@ -67,9 +64,11 @@ class RunnerOptions:
 
     max_memory: bytes that inference may add to the peak (see :mod:`frametrans.engine.memory`);
         None: 60% of the free GPU memory, or a quarter of the free RAM (at most 8 GiB).
-    tile_stats: for tiled frames of models with per-frame normalization (InstanceNorm, AdaIN):
-        ``exact`` (the whole frame's statistics, measured layer by layer in tiles) or ``fast``
-        (statistics of a downscaled copy: cheaper, ~30 dB from the untiled output on real photos).
+    row_bands: a frame over the budget runs whole, layer by layer in bands of rows (the untiled
+        output, :mod:`frametrans.engine.streaming`); False, or a forward that cannot: in tiles.
+    tile_stats: for tiles of models with per-frame normalization (InstanceNorm, AdaIN): ``exact``
+        (the whole frame's statistics, measured layer by layer) or ``fast`` (from a downscaled copy,
+        ~30 dB from the untiled output on real photos; frames over the budget run in tiles).
     compile: ``auto`` (compile a frame shape when a compiled package is cached, or when the job is
         long enough for compiling to pay; see :meth:`Runner.expect`), ``on`` (always; fails loudly
         if it cannot), ``off`` (eager only).
@@ -90,6 +89,7 @@ class RunnerOptions:
     tile_overlap: Optional[int] = None
     max_memory: Optional[int] = None
     tile_stats: str = "exact"
+    row_bands: bool = True
     channels_last: bool = True
     compile: str = "auto"
     cuda_graphs: bool = False
@@ -173,6 +173,7 @@ class Runner:
             tile_stats=self.options.tile_stats, cpu=self.device.type != "cuda")
         self._plans: Dict[tuple, Plan] = {}
         self._radius: Optional[int] = None
+        self.streams = Streamers(self.source, forward, self.device)  # row-band runners per frame shape
         self.tiled_frames = 0
         self.policy = compiling.CompilePolicy(mode=compiling.validate_mode(self.options.compile))
         self._compiled: Dict[Tuple[int, ...], Callable[[torch.Tensor], torch.Tensor]] = {}
@@ -538,19 +539,22 @@ class Runner:
             channels_last=self.session.channels_last, device=self._signature)
 
     def _infer_tiled(self, x: torch.Tensor, plan: Plan, fp32: Optional[nn.Module] = None) -> torch.Tensor:
-        """Padded frames [B,C,H,W] through the model in overlapping tiles.
-
-        Normalization statistics (InstanceNorm, AdaIN, LayerNorm, batch-stat BatchNorm) are taken
-        over each whole frame and frozen while its tiles run, so tiles agree with the full-frame
-        pass (``plan.stats``: from a full pass when the frame fits, else exactly from a
-        layer-by-layer tiled pass, or approximately from a downscaled copy with ``tile_stats=fast``).
-        Those layers are frozen inside the torch module, so such tiles run through torch; the tiles
-        of other models go through the backend when it is serving. ``fp32``: the fp32 module.
-        """
+        """Padded frames [B,C,H,W] over the budget: whole, in row bands, layer by layer (exact, see
+        :mod:`frametrans.engine.streaming`), else in overlapping tiles, each frame's normalization
+        statistics frozen (``plan.stats``: from a full pass when the frame fits, else measured layer
+        by layer in tiles, or from a downscaled copy with ``tile_stats=fast``); such tiles run through
+        torch, other tiles through the backend when it serves. Tiles run where the user chose them
+        (``--tile``, fast statistics, ``row_bands=False``). ``fp32``: the fp32 module."""
         from frametrans.engine.tiledstats import run_tiled_frozen
 
         self.tiled_frames += x.shape[0]
         model = self.model if fp32 is None else fp32
+        o, served = self.options, self._server is not None and fp32 is None and not self._frame_norms
+        if o.row_bands and o.tile is None and o.tile_stats == "exact" and not served:  # else tiles
+            fit = self.memory.pixels_that_fit(*x.shape[-2:], True)
+            streamer = self.streams.get(x, model, int(fit * self.memory.footprint.activation))
+            if streamer is not None:  # None: the forward cannot run in bands
+                return torch.cat([streamer(x[b : b + 1]) for b in range(x.shape[0])])
         return run_tiled_frozen(
             model, x, tile=plan.tile, overlap=plan.overlap, multiple=self.contract.size_multiple,
             fn=self._tile_forward(model, fp32 is None),

@@ -230,16 +230,21 @@ class AdaptiveInstanceNorm2d(nn.Module):
     @staticmethod
     def modulate(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         """``x * weight + bias`` per (sample, channel): x [B, C, H, W], weight and bias [B, C]."""
-        b, c = x.shape[:2]
-        if weight.shape != (b, c) or bias.shape != (b, c):
-            raise ValueError(
-                f"AdaIN over {c} channels of a batch of {b} needs weight and bias [{b}, {c}], "
-                f"got {tuple(weight.shape)} and {tuple(bias.shape)}"
-            )
+        if not torch.fx._symbolic_trace.is_fx_symbolic_tracing():  # traced for row-band streaming,
+            _check_modulation(x, weight, bias)  # x's shape is unknown: checked when it runs
         return x * weight[:, :, None, None] + bias[:, :, None, None]
 
     def extra_repr(self) -> str:
         return str(self.num_features)
+
+
+def _check_modulation(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> None:
+    b, c = x.shape[:2]
+    if weight.shape != (b, c) or bias.shape != (b, c):
+        raise ValueError(
+            f"AdaIN over {c} channels of a batch of {b} needs weight and bias [{b}, {c}], "
+            f"got {tuple(weight.shape)} and {tuple(bias.shape)}"
+        )
 
 
 # --------------------------------------------------------------------------------------------
