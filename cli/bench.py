@@ -185,13 +185,15 @@ def bench_tiling_cmd(model: str, config, seed: int, workdir, json_out, threads, 
 @click.option("--size", default="1024", show_default=True, help="Synthetic frame size: N or WIDTHxHEIGHT.")
 @click.option("--max-memory", default="128M", show_default=True, help="The budget to measure.")
 @click.option("--tile-stats", type=click.Choice(["exact", "fast"]), default="exact", show_default=True)
+@click.option("--tiles", is_flag=True,
+              help="Run the budgeted frame in overlapping tiles, not whole in row bands (to compare).")
 @click.option("--threads", type=int, callback=opt.positive("threads"),
               help="CPU threads for torch (default: one per core).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False),
               help="Also write the results as JSON to this file.")
 @opt.device_option
 @opt.precision_option
-def bench_memory_cmd(model: str, image, size: str, max_memory: str, tile_stats: str, threads,
+def bench_memory_cmd(model: str, image, size: str, max_memory: str, tile_stats: str, tiles: bool, threads,
                      json_out, device: str, precision: str) -> None:
     """What one frame adds to the process's peak, untiled and under --max-memory (fresh processes)."""
     _start(threads)
@@ -200,7 +202,7 @@ def bench_memory_cmd(model: str, image, size: str, max_memory: str, tile_stats: 
     w, h = _parse_size(size)
     result = bench_memory(MemoryBench(
         model=model, image=image, width=w, height=h, max_memory=opt.parse_memory_option(max_memory),
-        tile_stats=tile_stats, device=device, precision=precision, threads=threads))
+        tile_stats=tile_stats, row_bands=not tiles, device=device, precision=precision, threads=threads))
     _emit(result, format_memory(result), json_out)
 
 

@@ -37,6 +37,7 @@ class MemoryBench:
     height: int = 1024
     max_memory: int = 128 * 2**20
     tile_stats: str = "exact"
+    row_bands: bool = True
     device: str = "cpu"
     precision: str = "fp32"
     threads: Optional[int] = None
@@ -50,8 +51,7 @@ def bench_memory(opts: MemoryBench, log: Log = to_stderr) -> Dict[str, Any]:
         runs = {}
         for name, budget in (("untiled", None), ("budget", opts.max_memory)):
             runs[name] = measure_in_child(opts, frame, Path(tmp) / f"{name}.npy", budget)
-            log(f"{name}: +{mib(runs[name]['growth'])} in {runs[name]['seconds']:.2f} s "
-                f"(tile {runs[name]['tile']}, statistics {runs[name]['stats']})")
+            log(f"{name}: +{mib(runs[name]['growth'])} in {runs[name]['seconds']:.2f} s ({_how(runs[name])})")
         untiled = np.load(Path(tmp) / "untiled.npy")
         budgeted = np.load(Path(tmp) / "budget.npy")
     return {"setup": asdict(opts), "runs": runs, "psnr_db": psnr_uint8(budgeted, untiled),
@@ -114,9 +114,19 @@ def format_memory(result: Dict[str, Any]) -> str:
         f"{s['precision']}, --max-memory {mib(s['max_memory'])}, --tile-stats {s['tile_stats']}",
         f"  untiled: +{mib(runs['untiled']['growth'])}, {runs['untiled']['seconds']:.2f} s",
         f"  budget:  +{mib(b['growth'])} = {result['of_budget']:.2f}x the budget, {b['seconds']:.2f} s "
-        f"({b['tiles'] if b['tile'] else 'no'} tiles of {b['tile']} px, statistics {b['stats']})",
+        f"({_how(b)})",
         f"  budget / untiled: {result['ratio']:.2f}x time; PSNR {result['psnr_db']:.1f} dB",
     ])
+
+
+def _how(run: Dict[str, Any]) -> str:
+    """How the child ran its frame, in words."""
+    if not run["tile"]:
+        return "whole"
+    if run.get("bands"):
+        disk = f"{mib(run['spilled'])} kept on disk" if run["spilled"] else "nothing kept on disk"
+        return f"whole, in row bands layer by layer; {disk}"
+    return f"{run['tiles']} tiles of {run['tile']} px, statistics {run['stats']}"
 
 
 # -- the child process -------------------------------------------------------------------------
@@ -139,7 +149,7 @@ def _child(args: Dict[str, Any]) -> Dict[str, Any]:
     image = np.load(args["frame"])
     runner = Translator.load(args["model"], RunnerOptions(  # MUNIT: one style, fixed by the seed
         device=args["device"], precision=args["precision"], compile="off", max_memory=args["budget"],
-        tile_stats=args["tile_stats"])).variants[0].runner
+        tile_stats=args["tile_stats"], row_bands=args.get("row_bands", True))).variants[0].runner
     cuda = runner.device.type == "cuda"
     base = _reset_peak(runner.device) if cuda else _reset_peak(None)
     t0 = time.perf_counter()
@@ -152,7 +162,9 @@ def _child(args: Dict[str, Any]) -> Dict[str, Any]:
     if plan.tile:
         ph, pw = runner.memory.padded(*image.shape[:2])
         tiles = len(plan_tiles(ph, pw, plan.tile, plan.overlap, runner.contract.size_multiple))
-    return {"growth": growth, "seconds": seconds, "tile": plan.tile, "tiles": tiles, "stats": plan.stats}
+    bands = [s for s in runner.streams.cache.values() if s is not None]
+    return {"growth": growth, "seconds": seconds, "tile": plan.tile, "tiles": tiles, "stats": plan.stats,
+            "bands": bool(bands), "spilled": sum(s.spilled_bytes() for s in bands)}
 
 
 def _reset_peak(device) -> int:
