@@ -31,6 +31,25 @@ def _restore_frametrans_logger_per_module():
 
 
 @pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """One torch thread in this process and, through OMP_NUM_THREADS, in the processes tests start
+    (unless OMP_NUM_THREADS is set already). The tests' tensors are tiny, so a second thread gains
+    nothing; on a 2-core machine that is busy with anything else (the processes a test starts, the
+    writer threads, another job) the threads wait for each other: measured there, the model tests
+    took 36-77 s with torch's default of one thread per core and 6-8 s with one."""
+    import torch
+
+    before, env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
+    if env is None:
+        os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(max(1, int(os.environ["OMP_NUM_THREADS"])))
+    yield
+    torch.set_num_threads(before)
+    if env is None:
+        os.environ.pop("OMP_NUM_THREADS", None)
+
+
+@pytest.fixture(autouse=True, scope="session")
 def _private_compile_cache(tmp_path_factory):
     """Compiled forwards go to a folder of this test run, not the user's ~/.cache/frametrans: a
     package cached by one test (or an earlier run) would otherwise replace the patched forwards

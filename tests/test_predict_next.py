@@ -123,21 +123,25 @@ def test_baselines_through_evaluate():
 
 @pytest.mark.slow
 def test_tiny_training_beats_the_all_black_baseline(tmp_path):
-    """300 Adam steps (the frametrans trainer, cosine decay, as the old built-in loop did) on 32x32
-    moving digits must get well under the all-black MSE (the built-in loop measured 29.6 against
-    70.1 for all-black and 60.2 for copy-last)."""
+    """200 Adam steps (the frametrans trainer, cosine decay) on 32x32 moving digits must get well
+    under the all-black MSE. Measured: 30.4 after 200 steps (24.6 after 300, 39.8 after 150, 77.6
+    after 90) against 70.1 for all-black and 60.2 for copy-last."""
     from frametrans.checkpoint import read_info
 
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    rows = run_benchmark(data="moving-digits", train_steps=300, size=32, num_digits=2, context=4,
-                         horizon=4, width=8, depth=2, batch_size=16, lr=3e-3, lr_policy="cosine",
-                         val_size=50, val_every=100, test_size=200, eval_batch=200, device="cpu",
-                         out_dir=str(tmp_path), log=lambda line: None)
+    try:
+        rows = run_benchmark(data="moving-digits", train_steps=200, size=32, num_digits=2, context=4,
+                             horizon=4, width=8, depth=2, batch_size=16, lr=3e-3, lr_policy="cosine",
+                             val_size=50, val_every=100, test_size=200, eval_batch=200, device="cpu",
+                             out_dir=str(tmp_path), log=lambda line: None)
+    finally:
+        torch.set_num_threads(threads)
     trained, copy, black = rows
     assert [r["model"] for r in rows][1:] == ["copy-last-frame", "all-black"]
-    assert trained["steps"] == 300 and trained["samples_seen"] == 4800
+    assert trained["steps"] == 200 and trained["samples_seen"] == 3200
     history = read_info(trained["checkpoint"]).provenance["validation_history"]
-    assert [h["step"] for h in history] == [100, 200, 300]
+    assert [h["step"] for h in history] == [100, 200]
     print(f"trained {trained['mse']:.2f}, all-black {black['mse']:.2f}, copy-last {copy['mse']:.2f}")
     assert trained["mse"] < 0.8 * black["mse"], (trained["mse"], black["mse"])
     assert trained["mse"] < copy["mse"], (trained["mse"], copy["mse"])
