@@ -10,7 +10,6 @@ import io
 import os
 import re
 import struct
-import subprocess
 import sys
 import zlib
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ import torch
 from PIL import Image
 
 from frametrans.io.images import iter_image_frames, read_image
-from support.cli import failure_lines, hidden_files, run
+from support.cli import failure_lines, hidden_files, main_in_process, run
 from support.media import (_exif_jpeg, _gif, _mux_silence, _png16, _tiff, _webp, jpeg_bytes, make_clip, picture,
                            png_bytes)
 
@@ -515,16 +514,18 @@ def test_empty_raw_stream_is_an_error(model_path):
     assert res.stdout_bytes == b""
 
 
-def test_stream_size_checked_against_a_file_on_stdin_before_work(tmp_path, model_path):
+def test_stream_size_checked_against_a_file_on_stdin_before_work(tmp_path, model_path, monkeypatch, capsys):
+    """A file as stdin (``< frames.rgb``): its size is known before reading; the real entry point,
+    in this process."""
     data = tmp_path / "frames.rgb"
     data.write_bytes(b"\0" * (8 * 6 * 3 * 4 + 7))
-    with open(data, "rb") as stdin:
-        proc = subprocess.run([sys.executable, "-m", "frametrans.cli", "apply", "-", "--size", "8x6",
-                               "-o", "-", "-m", str(tmp_path / "nope.safetensors")],
-                              stdin=stdin, capture_output=True, text=True)
-    assert proc.returncode == 2, proc.stderr
-    assert "stdin holds 583 bytes, not a whole number of 144-byte rgb24 frames" in proc.stderr
-    assert proc.stdout == ""
+    with open(data) as stdin:  # sys.stdin: a text file whose .buffer is the file's bytes
+        monkeypatch.setattr(sys, "stdin", stdin)
+        code, out, err = main_in_process(capsys, "apply", "-", "--size", "8x6", "-o", "-", "-m",
+                                         tmp_path / "nope.safetensors")
+    assert code == 2, err
+    assert "stdin holds 583 bytes, not a whole number of 144-byte rgb24 frames" in err
+    assert out == ""
 
 
 def test_stream_kind_mismatch_detected_from_the_first_bytes():
