@@ -92,7 +92,7 @@ def _translate(folder: Path, manifest: Manifest, job: Job, translator: Translato
     book = SegmentBook(folder, manifest, len(dsts))
     writers = [SegmentedWriter(book, i, d, part_suffix(job.dst), _part_opener(info, opts, opts.codec_for(job.dst)),
                                info.fps or 25) for i, d in enumerate(dsts)]
-    start, write_after = _resume_point(manifest, opts)
+    start, write_after = _resume_point(manifest, opts, info)
     frames = (video.iter_video_frames(job.src) if start is None
               else iter_segment_frames(job.src, Segment(0, start, None)))
     total = info.frame_estimate
@@ -162,24 +162,32 @@ def _variant_dsts(job: Job, translator: Translator) -> List[Path]:
     return [variant_path(job.dst, v.suffix) for v in translator.variants]
 
 
-def _resume_point(manifest: Manifest, opts: OutputOptions) -> Tuple[Optional[int], Optional[int]]:
+def _resume_point(manifest: Manifest, opts: OutputOptions, info: video.VideoInfo
+                  ) -> Tuple[Optional[int], Optional[int]]:
     """(pts to start decoding at, pts up to which frames are not written): None, None from the
     start. With --temporal the last frames written go through the model again (not written), so
-    the temporal state is warmed up as in an uninterrupted run."""
+    the temporal state is warmed up as in an uninterrupted run: from the timestamps the manifest
+    kept (16 frames), from the frame rate when the mode needs more (:meth:`Temporal.warm_frames`)."""
     if not manifest.parts:
         return None, None
     last = manifest.parts[-1]
-    start = last.tail_pts[0] if opts.temporal_settings().active and last.tail_pts else last.last_pts + 1
+    warm = opts.temporal_settings().warm_frames()
+    if not warm or not last.tail_pts:
+        return last.last_pts + 1, last.last_pts
+    start = last.tail_pts[-min(warm, len(last.tail_pts))]
+    if warm > len(last.tail_pts):
+        start = min(start, warm_up_from(info, last.last_pts + 1, warm))
     return start, last.last_pts
 
 
 def warm_up_from(info: video.VideoInfo, start: int, frames: int = TAIL) -> int:
-    """The pts about ``frames`` frames before ``start`` (from the average frame rate): a run that
-    begins at ``start`` with --temporal decodes from there and runs those frames through the model
-    without writing them (``translate_into(write_after=start - 1)``), so that its temporal state is
-    warm at ``start``, as a resumed job's is from the timestamps its manifest kept."""
+    """The pts about ``frames`` frames before ``start`` (from the average frame rate; see
+    :meth:`frametrans.stabilize.Temporal.warm_frames`): a run that begins at ``start`` with
+    --temporal decodes from there and runs those frames through the model without writing them (``translate_into(write_after=start - 1)``), so that its temporal state is
+    warm at ``start``, as a resumed job's is from the timestamps its manifest kept. Not before pts 0
+    (where videos usually start: seeking before the first frame would decode from the start)."""
     fps = float(info.fps) if info.fps else 25.0
-    return start - max(1, round(frames / (fps * float(info.time_base))))
+    return max(start - max(1, round(frames / (fps * float(info.time_base)))), min(0, start))
 
 
 def _part_opener(info: video.VideoInfo, opts: OutputOptions, codec: Optional[str]):

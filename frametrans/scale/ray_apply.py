@@ -216,9 +216,10 @@ class FrameWorker:
         count = FrameCount(self._bar(unit), lambda done: self._maybe_crash() if done == 1 else None)
         failed: List[Tuple[str, str]] = []
         seen: List[int] = []
+        frames, write_after = _segment_source(src, seg, info, opts)
         try:
-            translate_into(writers, _noting_pts(iter_segment_frames(src, seg), seen), self.translator,
-                           opts, count)
+            translate_into(writers, _noting_pts(frames, seen, write_after), self.translator, opts, count,
+                           write_after=write_after)
         except TruncatedInputError as exc:  # keep what decoded, report the cut (as locally)
             failed.append((src, f"{src}: {exc.reason}; the frames before it were written"))
         except (InputError, OSError, ValueError, RuntimeError, av.FFmpegError) as exc:
@@ -278,10 +279,25 @@ class FrameWorker:
         return tqdm(total=unit.frames, desc=name, unit="frame")
 
 
-def _noting_pts(frames, seen: List[int]):
-    """``frames`` unchanged, their pts appended to ``seen``."""
+def _segment_source(src: str, seg: Segment, info, opts: OutputOptions):
+    """(frames to decode, pts up to which they are not written) for a segment. With --temporal a
+    segment after the first starts early (the previous segment's last 16 or more frames, run through
+    the model and the temporal state, not written: ``Temporal.warm_frames``): its state is warm at
+    its first frame, as in an unsplit run, and the join shows no seam. The resume path does the same."""
+    warm = opts.temporal_settings().warm_frames()
+    if seg.start is None or not warm:
+        return iter_segment_frames(src, seg), None
+    from frametrans.apply.resumable import warm_up_from
+
+    early = Segment(seg.index, warm_up_from(info, seg.start, warm), seg.end)
+    return iter_segment_frames(src, early), seg.start - 1
+
+
+def _noting_pts(frames, seen: List[int], write_after: Optional[int] = None):
+    """``frames`` unchanged, the pts of those that are written (after ``write_after``) appended to
+    ``seen``."""
     for f in frames:
-        if f.pts is not None:
+        if f.pts is not None and (write_after is None or f.pts > write_after):
             seen.append(int(f.pts))
         yield f
 

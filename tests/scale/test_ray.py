@@ -1,5 +1,6 @@
 """`frametrans apply --ray`: a local Ray with 2 CPUs gives the same outputs as a local run."""
 
+import logging
 import sys
 from pathlib import Path
 
@@ -253,3 +254,125 @@ def test_split_video_stopped_then_resumed_with_ray_and_locally(tmp_path, ray_loc
     for name in ("ray", "local"):
         check_video_like_local(tmp_path / name / "clip.mp4", tmp_path / "ref.mp4", src)
         assert tree(tmp_path / name) == ["clip.mp4"]
+
+
+# -- --temporal: a segment after the first starts warm ---------------------------------------------
+
+
+def _pan_clip(path, frames=60, gop=10, size=(64, 48)):
+    """A smooth texture panning right (lossless x264, a keyframe every ``gop`` frames, 25 fps)."""
+    import av
+    import cv2
+
+    g = np.random.default_rng(3)
+    w, h = size
+    tex = cv2.resize(g.random((6, 16, 3)).astype(np.float32), (w + 2 * frames, h), interpolation=cv2.INTER_CUBIC)
+    tex = np.clip(tex * 255, 0, 255).astype(np.uint8)
+    with av.open(str(path), "w") as c:
+        v = c.add_stream("libx264", rate=25, options={"g": str(gop), "keyint_min": str(gop),
+                                                        "sc_threshold": "0", "bf": "0", "crf": "0"})
+        v.width, v.height, v.pix_fmt = w, h, "yuv444p"
+        for t in range(frames):
+            f = av.VideoFrame.from_ndarray(np.ascontiguousarray(tex[:, 2 * t:2 * t + w]), format="rgb24")
+            f.pts = t
+            for p in v.encode(f):
+                c.mux(p)
+        for p in v.encode(None):
+            c.mux(p)
+    return path
+
+
+def _pair_errors(inputs, outputs):
+    """The warping error of each consecutive pair (index t: the pair t-1 -> t; 0 for t = 0)."""
+    from frametrans.consistency import flow, non_occluded, pair_error
+
+    errors = [0.0]
+    for t in range(1, len(inputs)):
+        fwd = flow(inputs[t], inputs[t - 1])
+        mask = non_occluded(fwd, flow(inputs[t - 1], inputs[t]))
+        errors.append(pair_error(outputs[t - 1], outputs[t], fwd, mask))
+    return errors
+
+
+def _seams(errors, joins):
+    """Per join: the pair across it over the largest of the 3 pairs on either side."""
+    return [errors[j] / max(errors[j - 3:j] + errors[j + 1:j + 4]) for j in joins]
+
+
+def _segment_run(src, dst, model, opts, seconds):
+    """The segments of ``src`` run in this process by a FrameWorker, joined (the Ray units, no Ray)."""
+    from frametrans.io.segments import plan_segments
+    from frametrans.scale.ray_apply import FrameWorker, WorkUnit, _new_split, _part_path
+    from frametrans.apply.jobs import Job
+    from frametrans.io.video import iter_video_frames, probe_video
+
+    segments = plan_segments(src, seconds)
+    _new_split(Job(src, dst, "video"), probe_video(src), seconds, [[s.start, s.end] for s in segments], [""])
+    threads, logger = torch.get_num_threads(), logging.getLogger("frametrans")
+    level = logger.level
+    try:
+        worker = FrameWorker(model, FP32, {}, opts)  # sets 1 thread and the log level: restored below
+        for s in segments:
+            assert worker.run(WorkUnit("segment", (str(src),), str(dst), segment=s)).parts
+        parts = ((*(str(_part_path(dst, "", s.index)) for s in segments),),)
+        assert not worker.run(WorkUnit("join", (str(src),), str(dst), parts=parts, expected_frames=60)).failed
+    finally:
+        torch.set_num_threads(threads)
+        logger.setLevel(level)
+    pts = [f.pts for f in iter_video_frames(src)]
+    return [pts.index(s.start) for s in segments[1:]]  # the joins, as frame indices
+
+
+@pytest.mark.ray
+def test_temporal_segments_start_warm_no_seam_at_the_joins(tmp_path, ray_local, model, monkeypatch):
+    """--temporal flow: each segment after the first runs the ~16 frames before it through the model
+    and the stabilizer first (not written). The split output is within a grey level of the unsplit
+    one, and the warping error across a join is in line with its neighbours; a segment started
+    cold (the control, run in this process) shows the seam the metric is meant to catch."""
+    from frametrans.io.video import iter_video_frames
+    from frametrans.scale import ray_apply
+    import frametrans.scale.ray_apply  # noqa: F401
+    ra = sys.modules["frametrans.scale.ray_apply"]
+
+    src = _pan_clip(tmp_path / "pan.mp4")
+    opts = OutputOptions(crf=0, quiet=True, temporal="flow", segment_seconds=0)
+    local_run(src, tmp_path / "whole.mp4", model, opts)
+    report = ray_apply([str(src)], str(tmp_path / "split.mp4"), model, FP32, opts, segment_seconds=0.5)
+    assert report.ok and report.frames == 60, report.failed
+    inputs = [f.image for f in iter_video_frames(src)]
+    _, whole, _ = decoded(tmp_path / "whole.mp4")
+    _, split, _ = decoded(tmp_path / "split.mp4")
+    assert len(split) == 60
+    assert max(np.abs(a.astype(int) - b.astype(int)).max() for a, b in zip(whole, split)) <= 1
+    monkeypatch.setattr(ra, "_segment_source", lambda src, seg, info, opts: (ra.iter_segment_frames(src, seg), None))
+    joins = _segment_run(src, tmp_path / "cold.mp4", model, opts, 0.5)
+    assert len(joins) >= 2
+    _, cold, _ = decoded(tmp_path / "cold.mp4")
+    warm_seams = _seams(_pair_errors(inputs, split), joins)
+    cold_seams = _seams(_pair_errors(inputs, cold), joins)
+    assert max(warm_seams) < 1.2, warm_seams
+    assert min(cold_seams) > 1.5, cold_seams  # the metric does see a cold start
+
+
+@pytest.mark.ray
+def test_temporal_stats_segments_start_warm(tmp_path, ray_local, model):
+    """--temporal stats: the statistics' EMA is warmed up on the frames before each segment too."""
+    from frametrans.scale import ray_apply
+
+    src = _pan_clip(tmp_path / "pan.mp4")
+    opts = OutputOptions(crf=0, pix_fmt="yuv444p", quiet=True, temporal="stats", segment_seconds=0)
+    local_run(src, tmp_path / "whole.mp4", model, opts)
+    report = ray_apply([str(src)], str(tmp_path / "split.mp4"), model, FP32, opts, segment_seconds=0.5)
+    assert report.ok and report.frames == 60, report.failed
+    _, whole, _ = decoded(tmp_path / "whole.mp4")
+    _, split, _ = decoded(tmp_path / "split.mp4")
+    local_run(src, tmp_path / "off.mp4", model, OutputOptions(crf=0, pix_fmt="yuv444p", quiet=True,
+                                                              segment_seconds=0))
+    _, off, _ = decoded(tmp_path / "off.mp4")
+    # the tiny random model's statistics swing widely across this fast pan (a cold start is 20 grey
+    # levels off at the join); after the warm-up (Temporal.warm_frames) the outputs differ by at most
+    # a grey level where they round differently, which the encoder's RGB -> YUV -> RGB (+-2 each)
+    # can turn into 4 at a few pixels
+    diff = np.stack([np.abs(a.astype(int) - b.astype(int)) for a, b in zip(whole, split)])
+    assert diff.max() <= 4 and diff.mean() < 0.25, (diff.max(), diff.mean())
+    assert max(np.abs(a.astype(int) - b.astype(int)).max() for a, b in zip(whole, off)) > 10  # it does smooth
