@@ -119,6 +119,10 @@ def test_cli_raw_stream_is_stabilized_and_still_images_warn(tmp_path, model_path
     assert len(stable.stdout_bytes) == len(plain.stdout_bytes) == len(data)
     assert stable.stdout_bytes[:32 * 48 * 3] == plain.stdout_bytes[:32 * 48 * 3]
     assert stable.stdout_bytes != plain.stdout_bytes
+    smooth = CliRunner().invoke(cli, args + ["--temporal", "stats"], input=data)
+    assert smooth.exit_code == 0 and len(smooth.stdout_bytes) == len(data)
+    assert smooth.stdout_bytes[:32 * 48 * 3] == plain.stdout_bytes[:32 * 48 * 3]
+    assert smooth.stdout_bytes != plain.stdout_bytes
     (tmp_path / "imgs").mkdir()
     Image.fromarray(frames[0]).save(tmp_path / "imgs" / "a.png")
     res = CliRunner().invoke(cli, ["apply", str(tmp_path / "imgs"), "-o", str(tmp_path / "o"),
