@@ -53,7 +53,7 @@ from frametrans.cli import options as opt
               "output with the previous one warped along the input's optical flow; auto: the measured "
               "default (flow 0.5).")
 @click.option("--temporal-strength", type=float,
-              help="In [0, 1): the EMA factor of --temporal stats [0.8], the blend weight of flow [0.5].")
+              help="In [0, 1): the EMA factor of --temporal stats [0.9], the blend weight of flow [0.5].")
 @opt.memory_options
 @opt.device_option
 @opt.backend_option

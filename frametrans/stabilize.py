@@ -35,16 +35,17 @@ from frametrans.consistency import flow, non_occluded, warp
 AUTO_STRENGTH = 0.5
 #: A new scene: fewer than this fraction of pixels follow the flow from the previous frame.
 CUT_TRACKED = 0.5
-#: The EMA factor ``--temporal stats`` uses (the weight of the past statistics). Measured with the
-#: bundled cyclegan on the sample clip with a light blinking in a corner (per-frame statistics pulse
-#: with it): 0.8 -> 57% less warping error at 38.9 dB from the per-frame output, 0.9 -> 58% at
-#: 37.7 dB, 0.95 -> 59% at 36.6 dB. 0.8: the same gain, closest to per-frame, half the lag and half
-#: the warm-up of 0.9. (On the plain sample clip, whose statistics hardly move, it changes < 2%.)
-STATS_FACTOR = 0.8
+#: The EMA factor ``--temporal stats`` uses (the weight of the past statistics). Measured on the
+#: sample clip with a light blinking in a corner (per-frame statistics pulse with it), warping error
+#: against per-frame output and PSNR to it: cyclegan 0.8 -> -57% at 38.9 dB, 0.9 -> -58% at 37.7 dB,
+#: 0.95 -> -59% at 36.6 dB; munit 0.8 -> -59% at 42.7 dB, 0.9 -> -65% at 41.0 dB. (On the plain
+#: sample clip, whose statistics hardly move, it changes the warping error by < 2%.)
+STATS_FACTOR = 0.9
 #: What ``--temporal auto`` does besides the flow blend: the statistics' EMA factor (0: none).
 #: Measured: on the sample clip stats adds < 2% to flow's 65%; on the blinking clip flow 0.5 alone
-#: gives -80%, with stats 0.9 -87%, but stats runs the model eagerly in torch (no OpenVINO, no
-#: compiled forward): 2.1x the per-frame time on a 2-core CPU, over the 1.3x budget.
+#: gives -80% (cyclegan) and -82% (munit), with stats 0.9 -87% and -89%; but stats runs the model
+#: eagerly in torch (no OpenVINO, no compiled forward): 1.6-2.1x the per-frame time on a 2-core
+#: CPU, over the 1.3x budget. So auto is flow alone.
 AUTO_STATS = 0.0
 TEMPORAL_MODES = ("off", "stats", "flow", "auto")
 #: A run that starts mid-video (a resume, a Ray segment) first runs frames before its start, unwritten,
@@ -74,7 +75,7 @@ class Temporal:
     def warm_frames(self) -> int:
         """Frames to run (not written) before a run that starts mid-video, so that its state matches
         an uninterrupted run's: both states forget the past by the factor (or the flow strength) per
-        frame. 0 when off; 16 for flow 0.5; 24 for stats 0.8, 51 for 0.9."""
+        frame. 0 when off; 16 for flow 0.5; 51 for stats 0.9 (24 for 0.8)."""
         if not self.active:
             return 0
         memory = max(self.stats, self.flow)

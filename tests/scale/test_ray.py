@@ -360,7 +360,9 @@ def test_temporal_stats_segments_start_warm(tmp_path, ray_local, model):
     from frametrans.scale import ray_apply
 
     src = _pan_clip(tmp_path / "pan.mp4")
-    opts = OutputOptions(crf=0, pix_fmt="yuv444p", quiet=True, temporal="stats", segment_seconds=0)
+    # factor 0.8: 24 frames of warm-up (0.9 would warm every segment of this 60-frame clip from frame 0)
+    opts = OutputOptions(crf=0, pix_fmt="yuv444p", quiet=True, temporal="stats", temporal_strength=0.8,
+                         segment_seconds=0)
     local_run(src, tmp_path / "whole.mp4", model, opts)
     report = ray_apply([str(src)], str(tmp_path / "split.mp4"), model, FP32, opts, segment_seconds=0.5)
     assert report.ok and report.frames == 60, report.failed
