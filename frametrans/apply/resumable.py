@@ -183,9 +183,10 @@ def _resume_point(manifest: Manifest, opts: OutputOptions, info: video.VideoInfo
 def warm_up_from(info: video.VideoInfo, start: int, frames: int = TAIL) -> int:
     """The pts about ``frames`` frames before ``start`` (from the average frame rate; see
     :meth:`frametrans.stabilize.Temporal.warm_frames`): a run that begins at ``start`` with
-    --temporal decodes from there and runs those frames through the model without writing them (``translate_into(write_after=start - 1)``), so that its temporal state is
-    warm at ``start``, as a resumed job's is from the timestamps its manifest kept. Not before pts 0
-    (where videos usually start: seeking before the first frame would decode from the start)."""
+    --temporal decodes from there and runs those frames through the model without writing them
+    (``translate_into(write_after=start - 1)``), so that its temporal state is warm at ``start``, as
+    a resumed job's is from the timestamps its manifest kept. Not before pts 0 (where videos usually
+    start: seeking before the first frame would decode from the start)."""
     fps = float(info.fps) if info.fps else 25.0
     return max(start - max(1, round(frames / (fps * float(info.time_base)))), min(0, start))
 

@@ -10,10 +10,10 @@ smoothed across time (:mod:`frametrans.engine.smoothing`), one state per variant
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from collections import deque
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Tuple
 
