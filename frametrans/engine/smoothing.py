@@ -26,7 +26,10 @@ restarts the state too (a memory probe, a new video).
 
 State: one smoother per output stream (a MUNIT style, a video): call :meth:`NormSmoother.reset`
 when a new one starts. Updates are transactional: the state moves on only when the whole forward
-returned (an out-of-memory batch that is retried in halves is not counted twice). Frames whose
+returned (an out-of-memory batch that is retried in halves is not counted twice). A batch the runner
+runs again in fp32 after a half-precision overflow (rare) does enter the state twice: those frames
+weigh a little more, nothing else changes. The runner's memory probe (a zero frame of 32 px) is
+forgotten at the first frame of another size. Frames whose
 norm layers someone else has patched already (the tiler freezing a tiled frame's whole-frame
 statistics, see :mod:`frametrans.engine.normstats`) run with those, unsmoothed, and leave the
 state alone; a warning says so once.
