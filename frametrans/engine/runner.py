@@ -272,10 +272,11 @@ class Runner:
             if len(self._plans) > 64:
                 self._plans.clear()
             plan = self._plans[key] = self.memory.plan(height, width)
-            if plan.tile is not None and self.options.tile is None:
-                log.info("frame %dx%d exceeds the memory budget (%s): tiling with %d px tiles, "
-                         "statistics %s", width, height, format_size(self.memory.budget),
-                         plan.tile, plan.stats)
+            if plan.tile is not None and self.options.tile is None:  # (row bands log themselves)
+                tiles = "" if self.options.row_bands and self.options.tile_stats == "exact" else \
+                    f": tiling with {plan.tile} px tiles, statistics {plan.stats}"
+                log.info("frame %dx%d exceeds the memory budget (%s)%s", width, height,
+                         format_size(self.memory.budget), tiles)
         return self._plans[key]
 
     def batch_size_for(self, shape: Tuple[int, ...]) -> int:

@@ -226,4 +226,5 @@ def smoothed_forward(forward: ForwardFn, smoother: NormSmoother) -> ForwardFn:
         return smoother.run(model, x, lambda: forward(model, x))
 
     smoothed.smoother = smoother  # type: ignore[attr-defined]
+    smoothed.__wrapped__ = forward  # type: ignore[attr-defined]  # frames over the budget run it
     return smoothed

@@ -465,7 +465,9 @@ class Streamers:
 
     def __init__(self, source: nn.Module, forward: Callable[[nn.Module, Tensor], Tensor],
                  device: torch.device) -> None:
-        self.source, self.forward, self.device = source, forward, device
+        # a forward that wraps another (``--temporal stats``' smoothing: frames over the budget
+        # keep their own statistics) streams the one it wraps
+        self.source, self.forward, self.device = source, getattr(forward, "__wrapped__", forward), device
         self.cache: Dict[tuple, Optional[Streamer]] = {}
 
     def get(self, x: Tensor, model: nn.Module, budget: int) -> Optional[Streamer]:
@@ -483,11 +485,13 @@ class Streamers:
             graph = trace_bands(self.source, self.forward, (1, *x.shape[1:]))
             streamer = Streamer(graph, model, self.forward, budget, self.device)
         except Unstreamable as exc:
-            log.info("frame %dx%d runs in tiles: %s", w, h, exc)
+            log.info("frame %dx%d runs in overlapping tiles, not in row bands: %s", w, h, exc)
             return None
-        spilled = streamer.spilled_bytes() / 2**20
-        log.info("frame %dx%d runs whole, in row bands layer by layer (exact; %.0f MiB of it kept out of "
-                 "%s memory)", w, h, spilled, self.device.type.upper())
+        spilled = streamer.spilled_bytes()
+        where = f"{spilled / 2**20:.0f} MiB of activations kept on disk" if self.device.type == "cpu" \
+            else f"{spilled / 2**20:.0f} MiB of activations kept in host memory"
+        log.info("frame %dx%d runs whole, in row bands layer by layer (exact; %s)", w, h,
+                 where if spilled else "all in memory")
         return streamer
 
 
