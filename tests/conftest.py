@@ -33,20 +33,16 @@ def _restore_frametrans_logger_per_module():
 @pytest.fixture(autouse=True, scope="session")
 def _one_torch_thread():
     """One torch thread in this process and, through OMP_NUM_THREADS, in the processes tests start
-    (unless OMP_NUM_THREADS is set already). The tests' tensors are tiny, so a second thread gains
-    nothing; on a 2-core machine that is busy with anything else (the processes a test starts, the
-    writer threads, another job) the threads wait for each other: measured there, the model tests
-    took 36-77 s with torch's default of one thread per core and 6-8 s with one."""
-    import torch
+    (unless OMP_NUM_THREADS is set already; the examples run with the user's setting, see
+    support.threads.user_env). The tests' tensors are tiny, so a second thread gains nothing; on a
+    2-core machine that is busy with anything else (the processes a test starts, writer threads,
+    another job) the threads wait for each other: measured there, the model, fast-path and apply
+    tests took 137-144 s with torch's default of one thread per core and 30 s with one."""
+    from support import threads
 
-    before, env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
-    if env is None:
-        os.environ["OMP_NUM_THREADS"] = "1"
-    torch.set_num_threads(max(1, int(os.environ["OMP_NUM_THREADS"])))
+    before = threads.use_one_thread()
     yield
-    torch.set_num_threads(before)
-    if env is None:
-        os.environ.pop("OMP_NUM_THREADS", None)
+    threads.restore(before)
 
 
 @pytest.fixture(autouse=True, scope="session")

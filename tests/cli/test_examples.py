@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from frametrans import zoo
+from support.threads import user_env
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -28,7 +29,7 @@ def test_training_configs_resolve(config):
 @pytest.mark.slow
 def test_python_api_example(tmp_path):
     proc = subprocess.run([sys.executable, str(EXAMPLES / "python_api.py"), str(tmp_path)],
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=600, env=user_env())
     assert proc.returncode == 0, proc.stderr[-2000:]
     names = {p.name for p in tmp_path.iterdir()}
     assert {"astronaut_painted.png", "coffee_colourised.png", "astronaut_munit_style0.png",
@@ -38,7 +39,7 @@ def test_python_api_example(tmp_path):
 @needs_zoo
 @pytest.mark.slow
 def test_shell_pipelines_example(tmp_path):
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    env = user_env(PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     proc = subprocess.run(["bash", str(EXAMPLES / "pipelines.sh"), str(tmp_path)], capture_output=True,
                           text=True, timeout=900, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -51,7 +52,7 @@ def test_shell_pipelines_example(tmp_path):
 @pytest.mark.slow
 def test_readme_images_script(tmp_path):
     proc = subprocess.run([sys.executable, str(EXAMPLES / "zoo" / "readme_images.py"), str(tmp_path)],
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=600, env=user_env())
     assert proc.returncode == 0, proc.stderr[-2000:]
     import cv2
 

@@ -1,0 +1,43 @@
+"""Torch threads in the test session: one in the test process and, through OMP_NUM_THREADS, in the
+processes tests start, unless the user set OMP_NUM_THREADS (tests/conftest.py applies it)."""
+
+from __future__ import annotations
+
+import os
+from typing import Dict
+
+_SET_BY_US = False
+
+
+def use_one_thread() -> int:
+    """Set OMP_NUM_THREADS=1 when unset and this process's torch threads to its value; returns
+    the thread count before, for :func:`restore`."""
+    import torch
+
+    global _SET_BY_US
+    before = torch.get_num_threads()
+    if "OMP_NUM_THREADS" not in os.environ:
+        os.environ["OMP_NUM_THREADS"] = "1"
+        _SET_BY_US = True
+    torch.set_num_threads(max(1, int(os.environ["OMP_NUM_THREADS"])))
+    return before
+
+
+def restore(threads: int) -> None:
+    import torch
+
+    global _SET_BY_US
+    torch.set_num_threads(threads)
+    if _SET_BY_US:
+        os.environ.pop("OMP_NUM_THREADS", None)
+        _SET_BY_US = False
+
+
+def user_env(**extra: str) -> Dict[str, str]:
+    """The environment as the user started the tests (without the OMP_NUM_THREADS set here), plus
+    ``extra``: for the examples, which run real-size models on real frames as a user runs them."""
+    env = dict(os.environ)
+    if _SET_BY_US:
+        env.pop("OMP_NUM_THREADS", None)
+    env.update(extra)
+    return env
