@@ -20,7 +20,7 @@ layers: 4.5-10x the untiled time. Streaming computes each layer once:
 
 The result equals the untiled forward up to float reassociation (the tests ask >= 80 dB). Memory:
 at most ``budget`` bytes for the kept tensors in device memory plus the band being computed (a
-quarter of the budget, at least the rows one output row needs), besides the input and output
+half the budget, at least the rows one output row needs), besides the input and output
 frames, which the runner holds anyway. Time: about the untiled compute, plus the halos, plus the
 spill traffic (a sequential write and read per spilled tensor).
 """
@@ -48,7 +48,7 @@ log = logging.getLogger("frametrans")
 #: convolution's workspace, the float32 copy for the moments).
 BAND_FACTOR = 1.5
 #: The share of the budget kept for the band being computed (the rest holds kept tensors).
-BAND_SHARE = 0.25
+BAND_SHARE = 0.5
 ROW_ELEMENT = 4  # bytes per element assumed when planning (float32; bf16 tensors take half)
 
 

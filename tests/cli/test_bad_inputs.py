@@ -324,17 +324,23 @@ def test_sixteen_bit_to_jpeg_is_reduced_with_a_warning(tmp_path, model_path):
     assert np.asarray(Image.open(tmp_path / "out" / "deep.jpg")).dtype == np.uint8
 
 
-def test_large_frame_is_tiled_to_fit_the_memory_budget(tmp_path, model_path):
+def test_large_frame_runs_within_the_memory_budget(tmp_path, model_path):
     Image.fromarray(picture(300, 420)).save(tmp_path / "big.png")
     common = ["-m", model_path, "--precision", "fp32", "--tile-overlap", "16"]
     assert run("apply", tmp_path / "big.png", "-o", tmp_path / "full.png", *common).exit_code == 0
     # 12M holds the frame's buffers and ~120 px tiles of this model, not the whole frame (~15M)
-    res = run("apply", tmp_path / "big.png", "-o", tmp_path / "tiled.png", "--max-memory", "12M", *common)
+    res = run("apply", tmp_path / "big.png", "-o", tmp_path / "bands.png", "--max-memory", "12M", *common)
     assert res.exit_code == 0, res.output
-    assert "tiling" in res.output
+    assert "exceeds the memory budget" in res.output and "row bands" in res.output
+    # tiles (chosen with --tile), their statistics measured exactly layer by layer within the budget
+    tiles = run("apply", tmp_path / "big.png", "-o", tmp_path / "tiled.png", "--max-memory", "12M",
+                "--tile", "120", *common)
+    assert tiles.exit_code == 0, tiles.output
     full = np.asarray(Image.open(tmp_path / "full.png")).astype(int)
+    bands = np.asarray(Image.open(tmp_path / "bands.png")).astype(int)
     tiled = np.asarray(Image.open(tmp_path / "tiled.png")).astype(int)
-    assert full.shape == tiled.shape == (300, 420, 3)
+    assert full.shape == bands.shape == tiled.shape == (300, 420, 3)
+    assert np.abs(full - bands).max() <= 1  # the whole frame's picture
     assert np.abs(full - tiled).mean() < 2
 
 
