@@ -137,3 +137,23 @@ def test_a_forward_that_cannot_stream_still_runs_in_tiles():
     out = runner([image])[0]
     assert runner.tiled_frames == 1 and list(runner.streams.cache.values()) == [None]
     assert psnr(out, _runner(model)([image])[0]) >= 30
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_row_bands_on_cuda_match_the_whole_frame_within_the_budget():
+    model = tiny_model("resnet", ngf=8).eval().cuda()
+    x = torch.rand(1, 3, 512, 768, device="cuda") * 2 - 1
+    budget = 4 * 2**20
+    with torch.inference_mode():
+        ref = model(x)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        streamer = Streamer(trace_bands(model, lambda m, t: m(t), tuple(x.shape)), model,
+                            lambda m, t: m(t), budget, x.device)
+        y = streamer(x)
+        torch.cuda.synchronize()
+    assert _db(y, ref) >= 80
+    assert "host" in streamer.schedule.place.values()  # kept tensors left the GPU
+    out_bytes = y.numel() * y.element_size() * 2  # the output and its NCHW copy
+    assert torch.cuda.max_memory_allocated() - base <= 1.25 * budget + out_bytes
