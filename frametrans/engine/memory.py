@@ -117,6 +117,8 @@ class MemoryPolicy:
     frame_dependent_norm: the model normalizes with per-frame statistics (InstanceNorm, AdaIN).
     batch_size / tile: the user's fixed choices (None: decide). tile_stats: ``exact`` or ``fast``.
     cpu: batches stop at :data:`CPU_BATCH_PIXELS`; queues count against the budget.
+    bands_fit: (padded height, width, bytes) -> whether such a frame runs whole in row bands within
+    those bytes (:mod:`frametrans.engine.streaming`); then a budget below one tile is no error.
 
     State that out-of-memory errors change (the policy's own, never the options'): ``batch_cap``
     (frames per forward) and ``pixel_cap`` (input pixels per forward, tiles included).
@@ -131,6 +133,7 @@ class MemoryPolicy:
     tile: Optional[int] = None
     tile_stats: str = "exact"
     cpu: bool = True
+    bands_fit: Optional[Callable[[int, int, float], bool]] = None
     batch_cap: Optional[int] = None
     pixel_cap: Optional[int] = None
     _footprint: Optional[Footprint] = field(default=None, repr=False)
@@ -226,6 +229,8 @@ class MemoryPolicy:
         side = int(fit ** 0.5) // m * m
         minimum = self.minimum_tile()
         if side < minimum:
+            if self.bands_fit is not None and self.bands_fit(*self.padded(h, w), fit * self.footprint.activation):
+                return minimum  # not used: the frame runs whole in row bands, which need less
             raise MemoryBudgetError(self._too_small(h, w, minimum))
         return self._cheapest_tile(h, w, minimum, fit)
 

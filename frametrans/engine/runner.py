@@ -170,7 +170,7 @@ class Runner:
             measure=self._measure_footprint, multiple=self.contract.size_multiple,
             overlap=self.overlap, frame_dependent_norm=self._frame_norms,
             batch_size=self.options.batch_size, tile=self.options.tile,
-            tile_stats=self.options.tile_stats, cpu=self.device.type != "cuda")
+            tile_stats=self.options.tile_stats, cpu=self.device.type != "cuda", bands_fit=self._bands_fit)
         self._plans: Dict[tuple, Plan] = {}
         self._radius: Optional[int] = None
         self.streams = Streamers(self.source, forward, self.device)  # row-band runners per frame shape
@@ -216,11 +216,8 @@ class Runner:
             self._wide.expect(frames)
 
     def run(self, frames: Iterable[Frame]) -> Iterator[Tuple[Frame, np.ndarray]]:
-        """Yield ``(frame, output image)`` in input order; consecutive same-size frames are batched.
-
-        On CUDA one batch is in flight on the device while the previous one's outputs are copied
-        back and yielded; elsewhere each batch is finished before the next is read.
-        """
+        """Yield ``(frame, output image)`` in input order; consecutive same-size frames are batched
+        (CUDA: one batch in flight while the previous one's outputs are copied back and yielded)."""
         pending: List[Frame] = []
         inflight: Optional[_Launched] = None
         for frame in frames:
@@ -238,10 +235,9 @@ class Runner:
             yield from self._hand_out(inflight)
 
     def __call__(self, images: Sequence[np.ndarray], label: str = "image") -> List[np.ndarray]:
-        """Same-size images [H,W,C] uint8/uint16 -> output images [H,W,C_out] of the same dtype.
-
-        One image that runs out of memory is retried in tiles (``label`` names it in the log);
-        a batch that does is not (the caller splits it)."""
+        """Same-size images [H,W,C] uint8/uint16 -> output images [H,W,C_out] of the same dtype. One
+        image that runs out of memory is retried over a smaller budget (``label`` names it in the
+        log); a batch that does is not (the caller splits it)."""
         if not images:
             return []
         if self.for_depth(images[0].dtype) is not self:
@@ -550,25 +546,28 @@ class Runner:
 
         self.tiled_frames += x.shape[0]
         model = self.model if fp32 is None else fp32
-        o, served = self.options, self._server is not None and fp32 is None and not self._frame_norms
-        if o.row_bands and o.tile is None and o.tile_stats == "exact" and not served:  # else tiles
+        if self._bands_allowed(fp32 is None):  # else tiles
             fit = self.memory.pixels_that_fit(*x.shape[-2:], True)
-            streamer = self.streams.get(x, model, int(fit * self.memory.footprint.activation))
+            streamer = self.streams.get(tuple(x.shape), model, int(fit * self.memory.footprint.activation))
             if streamer is not None:  # None: the forward cannot run in bands
                 return torch.cat([streamer(x[b : b + 1]) for b in range(x.shape[0])])
         return run_tiled_frozen(
             model, x, tile=plan.tile, overlap=plan.overlap, multiple=self.contract.size_multiple,
-            fn=self._tile_forward(model, fp32 is None),
+            fn=(lambda t: self.forward(model, t)) if self._server is None or fp32 is not None else
+            self._server.tile_forward(lambda t: self.forward(model, t), self._frame_norms, self.policy.remaining),
             stats="full" if plan.stats == "none" else plan.stats, stats_scale=plan.stats_scale,
             out_channels=self.out_channels, batch_tiles=plan.batch_tiles,
         )
 
-    def _tile_forward(self, model: nn.Module, serve: bool) -> Callable[[torch.Tensor], torch.Tensor]:
-        """How tiles run: the backend for models without per-frame normalization, else torch."""
-        if self._server is None or not serve:
-            return lambda t: self.forward(model, t)
-        return self._server.tile_forward(lambda t: self.forward(model, t), self._frame_norms,
-                                         self.policy.remaining)
+    def _bands_allowed(self, serve: bool) -> bool:
+        """Row bands, unless the user chose tiles or a backend serves this model's tiles."""
+        o = self.options
+        return o.row_bands and o.tile is None and o.tile_stats == "exact" and not (
+            self._server is not None and serve and not self._frame_norms)
+
+    def _bands_fit(self, h: int, w: int, room: float) -> bool:
+        return self._bands_allowed(True) and self.streams.get((1, self.in_channels, h, w), self.model,
+                                                              int(room)) is not None
 
     def _measure_footprint(self) -> Footprint:
         """The per-pixel memory costs of this model in this session (one small probe forward)."""

@@ -470,19 +470,19 @@ class Streamers:
         self.source, self.forward, self.device = source, getattr(forward, "__wrapped__", forward), device
         self.cache: Dict[tuple, Optional[Streamer]] = {}
 
-    def get(self, x: Tensor, model: nn.Module, budget: int) -> Optional[Streamer]:
-        """The streamer for frames like ``x`` [B, C, H, W] within ``budget`` bytes, or None."""
-        key = (tuple(x.shape[1:]), id(model), budget)
+    def get(self, shape: Tuple[int, ...], model: nn.Module, budget: int) -> Optional[Streamer]:
+        """The streamer for frames of ``shape`` [B, C, H, W] within ``budget`` bytes, or None."""
+        key = (tuple(shape[1:]), id(model), budget)
         if key not in self.cache:
             if len(self.cache) > 8:
                 self.cache.clear()
-            self.cache[key] = self._new(x, model, budget)
+            self.cache[key] = self._new(tuple(shape), model, budget)
         return self.cache[key]
 
-    def _new(self, x: Tensor, model: nn.Module, budget: int) -> Optional[Streamer]:
-        h, w = x.shape[-2:]
+    def _new(self, shape: Tuple[int, ...], model: nn.Module, budget: int) -> Optional[Streamer]:
+        h, w = shape[-2:]
         try:
-            graph = trace_bands(self.source, self.forward, (1, *x.shape[1:]))
+            graph = trace_bands(self.source, self.forward, (1, *shape[1:]))
             streamer = Streamer(graph, model, self.forward, budget, self.device)
         except Unstreamable as exc:
             log.info("frame %dx%d runs in overlapping tiles, not in row bands: %s", w, h, exc)

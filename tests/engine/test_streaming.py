@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from frametrans.engine.bandgraph import Unstreamable, trace_bands
+from frametrans.engine.memory import MemoryBudgetError
 from frametrans.engine.runner import Runner, RunnerOptions
 from frametrans.engine.streaming import Streamer
 from support import psnr, smooth_images, tiny_model
@@ -126,6 +127,18 @@ def test_the_runner_streams_a_frame_over_the_budget_and_leaves_its_options_alone
     assert runner.options == before
     tiles = _runner(model, max_memory=20 * 2**20, row_bands=False)
     assert psnr(tiles([image])[0], whole) >= 40 and not tiles.streams.cache
+
+
+def test_a_budget_below_one_tile_runs_in_row_bands_and_tiles_still_refuse_it():
+    model = tiny_model("resnet", ngf=8).eval()
+    image = smooth_images(1, h=320, w=448)[0]
+    with pytest.raises(MemoryBudgetError, match="too small for a 448x320 frame"):
+        _runner(model, max_memory=12 * 2**20, row_bands=False).plan(320, 448)
+    runner = _runner(model, max_memory=12 * 2**20)
+    out = runner([image])[0]
+    assert psnr(out, _runner(model)([image])[0]) >= 60
+    with pytest.raises(MemoryBudgetError):  # below the frame's own buffers: nothing runs
+        _runner(model, max_memory=2 * 2**20).plan(320, 448)
 
 
 def test_a_forward_that_cannot_stream_still_runs_in_tiles():
