@@ -550,7 +550,7 @@ class Runner:
             fit = self.memory.pixels_that_fit(*x.shape[-2:], True)
             streamer = self.streams.get(tuple(x.shape), model, int(fit * self.memory.footprint.activation))
             if streamer is not None:  # None: the forward cannot run in bands
-                return torch.cat([streamer(x[b : b + 1]) for b in range(x.shape[0])])
+                return self.streams.run(streamer, x)
         return run_tiled_frozen(
             model, x, tile=plan.tile, overlap=plan.overlap, multiple=self.contract.size_multiple,
             fn=(lambda t: self.forward(model, t)) if self._server is None or fp32 is not None else

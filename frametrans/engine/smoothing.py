@@ -29,10 +29,12 @@ when a new one starts. Updates are transactional: the state moves on only when t
 returned (an out-of-memory batch that is retried in halves is not counted twice). A batch the runner
 runs again in fp32 after a half-precision overflow (rare) does enter the state twice: those frames
 weigh a little more, nothing else changes. The runner's memory probe (a zero frame of 32 px) is
-forgotten at the first frame of another size. Frames whose
-norm layers someone else has patched already (the tiler freezing a tiled frame's whole-frame
-statistics, see :mod:`frametrans.engine.normstats`) run with those, unsmoothed, and leave the
-state alone; a warning says so once.
+forgotten at the first frame of another size. A frame over the memory budget that runs in row
+bands (:mod:`frametrans.engine.streaming`) is smoothed too: the bands compute each layer's exact
+statistics and pass them through :meth:`NormSmoother.frame_stats`. Frames whose norm layers someone
+else has patched already (the tiler freezing a tiled frame's whole-frame statistics, see
+:mod:`frametrans.engine.normstats`) run with those, unsmoothed, and leave the state alone; a
+warning says so once.
 
 The layer adapters (which layers, how their statistics are computed and applied) are
 :mod:`frametrans.engine.normstats`'s, so this handles what the tiler handles.
@@ -149,11 +151,34 @@ class NormSmoother:
                    for name, module, adapter in layers}
         with _patched_forwards(patches):
             y = call()
-        # only now: a forward that raised (out of memory, retried in halves) changed nothing
-        self._state = {**self._state, **pending} if scan.had_past else pending
-        self._hist, self._shape = hists[-1:], tuple(x.shape[1:])
-        self.cuts += sum(scan.cuts[1:]) + int(scan.had_past and scan.cuts[0])
+        self._commit(scan, pending, hists, tuple(x.shape[1:]))
         return y
+
+    def frame_stats(self, model: nn.Module, x: Tensor
+                    ) -> tuple[Callable[[nn.Module, Tensor, Tensor], tuple[Tensor, Tensor]], Callable[[], None]]:
+        """For one frame ``x [1, C, H, W]`` whose layers' whole-frame statistics are computed
+        elsewhere (row bands, :mod:`frametrans.engine.streaming`): ``smooth(module, mean, var)`` ->
+        the smoothed (mean, var), called in forward order, and ``commit()``, called once the frame
+        is done (until then the state is unchanged)."""
+        names = {id(m): name for name, m, _ in self._norm_layers(model)}
+        hists = self._histograms(x)
+        scan = self._scan(hists, tuple(x.shape[1:]))
+        pending: dict[str, Tensor] = {}
+        calls: dict[str, int] = {}
+
+        def smooth(module: nn.Module, mean: Tensor, var: Tensor) -> tuple[Tensor, Tensor]:
+            smoothed = self._smooth(names[id(module)], torch.stack([mean.float(), var.float()], 1),
+                                    scan, pending, calls)
+            return smoothed[:, 0], smoothed[:, 1]
+
+        return smooth, lambda: self._commit(scan, pending, hists, tuple(x.shape[1:]))
+
+    def _commit(self, scan: _Scan, pending: dict[str, Tensor], hists: Tensor, shape: tuple[int, ...]) -> None:
+        """The forward returned: the state moves on (a forward that raised, out of memory and
+        retried in halves, changed nothing)."""
+        self._state = {**self._state, **pending} if scan.had_past else pending
+        self._hist, self._shape = hists[-1:], shape
+        self.cuts += sum(scan.cuts[1:]) + int(scan.had_past and scan.cuts[0])
 
     # -- internals -------------------------------------------------------------------------------
 
@@ -193,18 +218,24 @@ class NormSmoother:
     def _layer_forward(self, name: str, adapter: _Adapter, scan: _Scan, pending: dict[str, Tensor],
                        calls: dict[str, int]) -> Callable[[Tensor], Tensor]:
         def forward(x: Tensor) -> Tensor:
-            n = calls[name] = calls.get(name, -1) + 1
-            key = name if n == 0 else f"{name}#{n}"  # a layer run twice per forward: two states
-            stats = _sample_stats(adapter, x)  # [B, 2, ...] float32
-            past = self._state.get(key) if scan.had_past else None
-            weights = scan.weights(past is not None, x.device)  # [B, B + 1]
-            past = torch.zeros_like(stats[:1]) if past is None else past.to(stats.device)
-            series = torch.cat([past, stats])  # [B + 1, 2, ...]
-            smoothed = (weights @ series.flatten(1)).view(stats.shape)
-            pending[key] = smoothed[-1:]
+            smoothed = self._smooth(name, _sample_stats(adapter, x), scan, pending, calls)
             return adapter.apply(x, smoothed[:, 0], smoothed[:, 1])
 
         return forward
+
+    def _smooth(self, name: str, stats: Tensor, scan: _Scan, pending: dict[str, Tensor],
+                calls: dict[str, int]) -> Tensor:
+        """Layer ``name``'s statistics ``[B, 2, ...]`` float32 (mean, var per sample) -> smoothed,
+        same shape; the layer's new state goes to ``pending``."""
+        n = calls[name] = calls.get(name, -1) + 1
+        key = name if n == 0 else f"{name}#{n}"  # a layer run twice per forward: two states
+        past = self._state.get(key) if scan.had_past else None
+        weights = scan.weights(past is not None, stats.device)  # [B, B + 1]
+        past = torch.zeros_like(stats[:1]) if past is None else past.to(stats.device)
+        series = torch.cat([past, stats])  # [B + 1, 2, ...]
+        smoothed = (weights @ series.flatten(1)).view(stats.shape)
+        pending[key] = smoothed[-1:]
+        return smoothed
 
 
 def _sample_stats(adapter: _Adapter, x: Tensor) -> Tensor:
@@ -226,5 +257,5 @@ def smoothed_forward(forward: ForwardFn, smoother: NormSmoother) -> ForwardFn:
         return smoother.run(model, x, lambda: forward(model, x))
 
     smoothed.smoother = smoother  # type: ignore[attr-defined]
-    smoothed.__wrapped__ = forward  # type: ignore[attr-defined]  # frames over the budget run it
+    smoothed.__wrapped__ = forward  # type: ignore[attr-defined]  # row bands run it, with frame_stats
     return smoothed

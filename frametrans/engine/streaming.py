@@ -51,6 +51,8 @@ BAND_FACTOR = 1.5
 BAND_SHARE = 0.5
 ROW_ELEMENT = 4  # bytes per element assumed when planning (float32; bf16 tensors take half)
 
+StatsFilter = Callable[[nn.Module, Tensor, Tensor], Tuple[Tensor, Tensor]]
+
 
 class _Store:
     """The rows of one kept tensor ``[1, C, H, W]``, stored as ``[H, W, C]`` so that a band of rows
@@ -296,9 +298,11 @@ class Streamer:
 
     # -- running -------------------------------------------------------------------------------
 
-    def __call__(self, x: Tensor) -> Tensor:
-        """``x`` [1, C, H, W] (the traced size) -> the forward's output [1, C', H', W']."""
-        run = _Run(self, x)
+    def __call__(self, x: Tensor, stats_filter: Optional[StatsFilter] = None) -> Tensor:
+        """``x`` [1, C, H, W] (the traced size) -> the forward's output [1, C', H', W'].
+        ``stats_filter(module, mean, var)``: what each norm layer normalizes with instead of its
+        input's exact statistics (``--temporal stats``)."""
+        run = _Run(self, x, stats_filter)
         try:
             return run.execute()
         finally:
@@ -308,9 +312,10 @@ class Streamer:
 class _Run:
     """One frame through a :class:`Streamer`: the stores, the statistics, the constants."""
 
-    def __init__(self, streamer: Streamer, x: Tensor) -> None:
+    def __init__(self, streamer: Streamer, x: Tensor, stats_filter: Optional[StatsFilter]) -> None:
         self.s = streamer
         self.x = x
+        self.stats_filter = stats_filter
         self.stores: Dict[str, _Store] = {}
         self.stats: Dict[str, Tuple[Tensor, Tensor]] = {}
         self.values: Dict[str, object] = {}
@@ -392,7 +397,10 @@ class _Run:
             store.write(a, band)
             del band
         for moments in readers:
-            self.stats[moments.name] = moments.result()
+            stats = moments.result()
+            if self.stats_filter is not None:
+                stats = self.stats_filter(self.s.root.get_submodule(self.norms[moments.name].node.target), *stats)
+            self.stats[moments.name] = stats
 
     def _rows(self, step: Step, a: int, b: int) -> Tensor:
         """Rows ``[a, b)`` of ``step``'s output, [1, C, b - a, W]."""
@@ -465,10 +473,23 @@ class Streamers:
 
     def __init__(self, source: nn.Module, forward: Callable[[nn.Module, Tensor], Tensor],
                  device: torch.device) -> None:
-        # a forward that wraps another (``--temporal stats``' smoothing: frames over the budget
-        # keep their own statistics) streams the one it wraps
+        # ``--temporal stats``' forward wraps another: stream that one, smoothing the exact statistics
         self.source, self.forward, self.device = source, getattr(forward, "__wrapped__", forward), device
+        self.smoother = getattr(forward, "smoother", None)
         self.cache: Dict[tuple, Optional[Streamer]] = {}
+
+    def run(self, streamer: Streamer, x: Tensor) -> Tensor:
+        """Frames ``x`` [B, C, H, W] one by one through ``streamer``, in order (with ``--temporal
+        stats``, each layer's exact statistics go through the stream's moving average)."""
+        outs = []
+        for b in range(x.shape[0]):
+            if self.smoother is None:
+                outs.append(streamer(x[b : b + 1]))
+                continue
+            smooth, commit = self.smoother.frame_stats(streamer.root.m, x[b : b + 1])
+            outs.append(streamer(x[b : b + 1], smooth))
+            commit()
+        return torch.cat(outs)
 
     def get(self, shape: Tuple[int, ...], model: nn.Module, budget: int) -> Optional[Streamer]:
         """The streamer for frames of ``shape`` [B, C, H, W] within ``budget`` bytes, or None."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -170,3 +171,24 @@ def test_row_bands_on_cuda_match_the_whole_frame_within_the_budget():
     assert "host" in streamer.schedule.place.values()  # kept tensors left the GPU
     out_bytes = y.numel() * y.element_size() * 2  # the output and its NCHW copy
     assert torch.cuda.max_memory_allocated() - base <= 1.25 * budget + out_bytes
+
+
+def test_temporal_stats_over_the_budget_smooths_the_exact_statistics():
+    from frametrans.engine.runner import default_forward
+    from frametrans.engine.smoothing import NormSmoother, smoothed_forward
+
+    model = tiny_model("resnet", ngf=8).eval()
+    base = smooth_images(1, h=320, w=448)[0].astype(np.float32)
+    frames = [np.clip(base * (1.0 + 0.04 * (-1) ** i), 0, 255).astype(np.uint8) for i in range(4)]  # flicker
+
+    def outputs(**kw):
+        runner = Runner(model, RunnerOptions(device="cpu", precision="fp32", compile="off", **kw),
+                        forward=smoothed_forward(default_forward, NormSmoother(0.8)))
+        return [runner([f])[0] for f in frames], runner
+
+    whole, _ = outputs()
+    bands, runner = outputs(max_memory=20 * 2**20)
+    plain = _runner(model, max_memory=20 * 2**20)
+    assert [s for s in runner.streams.cache.values() if s is not None], "the frames did not run in bands"
+    assert all(psnr(a, b) >= 60 for a, b in zip(whole, bands))  # the same smoothing, in bands
+    assert psnr(bands[1], plain([frames[1]])[0]) < 45  # and it did smooth: not the frame's own statistics
