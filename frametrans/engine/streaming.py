@@ -481,6 +481,7 @@ class Streamers:
     def run(self, streamer: Streamer, x: Tensor) -> Tensor:
         """Frames ``x`` [B, C, H, W] one by one through ``streamer``, in order (with ``--temporal
         stats``, each layer's exact statistics go through the stream's moving average)."""
+        self._announce(streamer, tuple(x.shape))
         outs = []
         for b in range(x.shape[0]):
             if self.smoother is None:
@@ -508,12 +509,18 @@ class Streamers:
         except Unstreamable as exc:
             log.info("frame %dx%d runs in overlapping tiles, not in row bands: %s", w, h, exc)
             return None
+        return streamer
+
+    def _announce(self, streamer: Streamer, shape: Tuple[int, ...]) -> None:
+        """One log line per streamer, when it first runs (the memory policy may build it earlier)."""
+        if getattr(streamer, "announced", False):
+            return
+        streamer.announced = True  # type: ignore[attr-defined]
         spilled = streamer.spilled_bytes()
         where = f"{spilled / 2**20:.0f} MiB of activations kept on disk" if self.device.type == "cpu" \
             else f"{spilled / 2**20:.0f} MiB of activations kept in host memory"
-        log.info("frame %dx%d runs whole, in row bands layer by layer (exact; %s)", w, h,
+        log.info("frame %dx%d runs whole, in row bands layer by layer (exact; %s)", shape[-1], shape[-2],
                  where if spilled else "all in memory")
-        return streamer
 
 
 def stream_frame(model: nn.Module, fn: Callable[[nn.Module, Tensor], Tensor], x: Tensor, budget: int,
