@@ -117,8 +117,9 @@ class MemoryPolicy:
     frame_dependent_norm: the model normalizes with per-frame statistics (InstanceNorm, AdaIN).
     batch_size / tile: the user's fixed choices (None: decide). tile_stats: ``exact`` or ``fast``.
     cpu: batches stop at :data:`CPU_BATCH_PIXELS`; queues count against the budget.
-    bands_fit: (padded height, width, bytes) -> whether such a frame runs whole in row bands within
-    those bytes (:mod:`frametrans.engine.streaming`); then a budget below one tile is no error.
+    bands_need: (padded height, width) -> the fewest bytes of activations in which such a frame runs
+    whole in row bands (:mod:`frametrans.engine.streaming`), None where it cannot; a frame that
+    fits them needs no tile, and the smallest budget named is the smaller of the two.
 
     State that out-of-memory errors change (the policy's own, never the options'): ``batch_cap``
     (frames per forward) and ``pixel_cap`` (input pixels per forward, tiles included).
@@ -133,7 +134,7 @@ class MemoryPolicy:
     tile: Optional[int] = None
     tile_stats: str = "exact"
     cpu: bool = True
-    bands_fit: Optional[Callable[[int, int, float], bool]] = None
+    bands_need: Optional[Callable[[int, int], Optional[float]]] = None
     batch_cap: Optional[int] = None
     pixel_cap: Optional[int] = None
     _footprint: Optional[Footprint] = field(default=None, repr=False)
@@ -229,7 +230,8 @@ class MemoryPolicy:
         side = int(fit ** 0.5) // m * m
         minimum = self.minimum_tile()
         if side < minimum:
-            if self.bands_fit is not None and self.bands_fit(*self.padded(h, w), fit * self.footprint.activation):
+            bands = self._bands_need(h, w)
+            if bands is not None and fit * self.footprint.activation >= bands:
                 return minimum  # not used: the frame runs whole in row bands, which need less
             raise MemoryBudgetError(self._too_small(h, w, minimum))
         return self._cheapest_tile(h, w, minimum, fit)
@@ -243,18 +245,30 @@ class MemoryPolicy:
         return side
 
     def minimum_budget(self, h: int, w: int) -> int:
-        """The smallest budget that runs an ``h`` x ``w`` frame in the smallest tiles."""
+        """The smallest budget that runs an ``h`` x ``w`` frame: in the smallest tiles, or in row
+        bands where the frame can run in them and they need less."""
+        return min(self._minimum_budgets(h, w).values())
+
+    def _minimum_budgets(self, h: int, w: int) -> dict:
         ph, pw = self.padded(h, w)
         fp, side = self.footprint, self.minimum_tile()
-        tiles = min(side, ph) * min(side, pw) * (fp.activation + fp.stats)
-        return int(ph * pw * (fp.frame + fp.tiled) + tiles + self.queue_bytes(h, w)) + 1
+        held = ph * pw * (fp.frame + fp.tiled) + self.queue_bytes(h, w)
+        needs = {f"one {side} px tile": int(held + min(side, ph) * min(side, pw) * (fp.activation + fp.stats)) + 1}
+        bands = self._bands_need(h, w)
+        if bands is not None:  # the runner gives bands pixels_that_fit x activation bytes
+            needs["one band of rows"] = int(held + bands * (fp.activation + fp.stats) / fp.activation) + 1
+        return needs
+
+    def _bands_need(self, h: int, w: int) -> Optional[float]:
+        return None if self.bands_need is None else self.bands_need(*self.padded(h, w))
 
     def _too_small(self, h: int, w: int, minimum: int) -> str:
-        need = self.minimum_budget(h, w)
+        needs = self._minimum_budgets(h, w)
+        what, need = min(needs.items(), key=lambda kv: kv[1])
         if need <= self.budget:  # the budget is fine; out-of-memory retries capped the tiles
             return f"tiles of {minimum} px are the smallest this model can take"
         return (f"{format_size(self.budget)} is too small for a {w}x{h} frame: it needs at least "
-                f"{format_size(need)} (the frame's buffers and one {minimum} px tile); "
+                f"{format_size(need)} (the frame's buffers and {what}); "
                 f"use --max-memory {math.ceil(need / 2**20)}M or more")
 
     def _cheapest_tile(self, h: int, w: int, minimum: int, fit: float) -> int:

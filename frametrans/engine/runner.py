@@ -170,7 +170,7 @@ class Runner:
             measure=self._measure_footprint, multiple=self.contract.size_multiple,
             overlap=self.overlap, frame_dependent_norm=self._frame_norms,
             batch_size=self.options.batch_size, tile=self.options.tile,
-            tile_stats=self.options.tile_stats, cpu=self.device.type != "cuda", bands_fit=self._bands_fit)
+            tile_stats=self.options.tile_stats, cpu=self.device.type != "cuda", bands_need=self._bands_need)
         self._plans: Dict[tuple, Plan] = {}
         self._radius: Optional[int] = None
         self.streams = Streamers(self.source, forward, self.device)  # row-band runners per frame shape
@@ -565,9 +565,9 @@ class Runner:
         return o.row_bands and o.tile is None and o.tile_stats == "exact" and not (
             self._server is not None and serve and not self._frame_norms)
 
-    def _bands_fit(self, h: int, w: int, room: float) -> bool:
-        return self._bands_allowed(True) and self.streams.get((1, self.in_channels, h, w), self.model,
-                                                              int(room)) is not None
+    def _bands_need(self, h: int, w: int) -> Optional[float]:
+        streamer = self._bands_allowed(True) and self.streams.get((1, self.in_channels, h, w), self.model, 2**62)
+        return streamer.minimum() if streamer else None
 
     def _measure_footprint(self) -> Footprint:
         """The per-pixel memory costs of this model in this session (one small probe forward)."""

@@ -269,7 +269,7 @@ class Streamer:
                 last_use[read] = max(last_use.get(read, i), i)
         room = max(budget * BAND_SHARE, 1.0)
         band = {n: self._band_rows(self.steps[n], room) for n in order}
-        need = max(self._band_bytes(self.steps[n], 0, 1) * BAND_FACTOR for n in order)
+        need = self.minimum()
         if need > budget:
             raise Unstreamable(f"one row needs {need / 2**20:.1f} MiB, more than the budget")
         band_peak = max(self._band_bytes(self.steps[n], 0, band[n]) * BAND_FACTOR for n in order)
@@ -284,6 +284,12 @@ class Streamer:
             live[name] = size
             peak = max(peak, resident + (size if fits else 0) + int(band_peak))
         return _Schedule(kept=order, band=band, last_use=last_use, place=place, peak=peak)
+
+    def minimum(self) -> float:
+        """The smallest budget this forward runs in: one row of output at a time, everything kept
+        out of memory."""
+        return max(self._band_bytes(self.steps[n], 0, 1) * BAND_FACTOR for n in self.kept
+                   if self.steps[n].kind != "input")
 
     def _size(self, name: str) -> int:
         _, c, h, w = self.steps[name].shape

@@ -138,8 +138,12 @@ def test_a_budget_below_one_tile_runs_in_row_bands_and_tiles_still_refuse_it():
     runner = _runner(model, max_memory=12 * 2**20)
     out = runner([image])[0]
     assert psnr(out, _runner(model)([image])[0]) >= 60
-    with pytest.raises(MemoryBudgetError):  # below the frame's own buffers: nothing runs
+    with pytest.raises(MemoryBudgetError, match="one band of rows") as err:  # below the frame's buffers
         _runner(model, max_memory=2 * 2**20).plan(320, 448)
+    need = int(err.value.args[0].rsplit("--max-memory ", 1)[1].split("M")[0])
+    assert need < 12  # less than the 16 MiB one tile needs here
+    smallest = _runner(model, max_memory=need * 2**20)
+    assert psnr(smallest([image])[0], out) >= 60  # the named budget works
 
 
 def test_a_forward_that_cannot_stream_still_runs_in_tiles():
