@@ -189,6 +189,11 @@ class MemoryPolicy:
         fit = max(self.available(h, w, tiled), 0.0) / per_pixel
         return min(fit, self.pixel_cap) if self.pixel_cap else fit
 
+    def band_room(self, h: int, w: int) -> float:
+        """Bytes a frame over the budget may use for row bands: the activations of the pixels a
+        tiled forward could take (:meth:`pixels_that_fit`)."""
+        return self.pixels_that_fit(h, w, True) * self.footprint.activation
+
     # -- decisions -------------------------------------------------------------------------------
 
     def plan(self, h: int, w: int) -> Plan:
@@ -231,7 +236,7 @@ class MemoryPolicy:
         minimum = self.minimum_tile()
         if side < minimum:
             bands = self._bands_need(h, w)
-            if bands is not None and fit * self.footprint.activation >= bands:
+            if bands is not None and self.band_room(h, w) >= bands:
                 return minimum  # not used: the frame runs whole in row bands, which need less
             raise MemoryBudgetError(self._too_small(h, w, minimum))
         return self._cheapest_tile(h, w, minimum, fit)
@@ -255,7 +260,7 @@ class MemoryPolicy:
         held = ph * pw * (fp.frame + fp.tiled) + self.queue_bytes(h, w)
         needs = {f"one {side} px tile": int(held + min(side, ph) * min(side, pw) * (fp.activation + fp.stats)) + 1}
         bands = self._bands_need(h, w)
-        if bands is not None:  # the runner gives bands pixels_that_fit x activation bytes
+        if bands is not None:  # the inverse of band_room
             needs["one band of rows"] = int(held + bands * (fp.activation + fp.stats) / fp.activation) + 1
         return needs
 

@@ -269,7 +269,7 @@ class Runner:
                 self._plans.clear()
             plan = self._plans[key] = self.memory.plan(height, width)
             if plan.tile is not None and self.options.tile is None:  # (row bands log themselves)
-                tiles = "" if self.options.row_bands and self.options.tile_stats == "exact" else \
+                tiles = "" if self._bands_allowed(True) else \
                     f": tiling with {plan.tile} px tiles, statistics {plan.stats}"
                 log.info("frame %dx%d exceeds the memory budget (%s)%s", width, height,
                          format_size(self.memory.budget), tiles)
@@ -547,8 +547,7 @@ class Runner:
         self.tiled_frames += x.shape[0]
         model = self.model if fp32 is None else fp32
         if self._bands_allowed(fp32 is None):  # else tiles
-            fit = self.memory.pixels_that_fit(*x.shape[-2:], True)
-            streamer = self.streams.get(tuple(x.shape), model, int(fit * self.memory.footprint.activation))
+            streamer = self.streams.get(tuple(x.shape), model, int(self.memory.band_room(*x.shape[-2:])))
             if streamer is not None:  # None: the forward cannot run in bands
                 return self.streams.run(streamer, x)
         return run_tiled_frozen(

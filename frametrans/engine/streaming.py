@@ -31,7 +31,7 @@ import contextlib
 import logging
 import tempfile
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, List, Optional, Set, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Set, Tuple, Union
 
 import torch
 from torch import Tensor, fx, nn
@@ -322,7 +322,7 @@ class _Run:
         self.s = streamer
         self.x = x
         self.stats_filter = stats_filter
-        self.stores: Dict[str, _Store] = {}
+        self.stores: Dict[str, Union[_Store, _InputStore]] = {}
         self.stats: Dict[str, Tuple[Tensor, Tensor]] = {}
         self.values: Dict[str, object] = {}
         self.norms = {n: s for n, s in streamer.steps.items() if s.kind == "norm"}
@@ -435,12 +435,11 @@ class _Run:
         return _evaluate(self.s.root, step.node.op, step.node.target, args, kwargs)
 
 
-class _InputStore(_Store):
-    """The frame itself, already in memory ``[1, C, H, W]``."""
+class _InputStore:
+    """The frame itself, already in memory ``[1, C, H, W]``: read like a :class:`_Store`."""
 
-    def __init__(self, x: Tensor) -> None:  # noqa: D107 - no file, no copy
+    def __init__(self, x: Tensor) -> None:
         self.x = x
-        self.file = None
 
     def read(self, a: int, b: int) -> Tensor:
         return self.x[:, :, a:b]
