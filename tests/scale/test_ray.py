@@ -10,6 +10,9 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
+# one local Ray for the module: the group keeps its tests on one pytest-xdist worker
+pytestmark = pytest.mark.xdist_group("ray")
+
 from frametrans.apply import OutputOptions, Translator, apply_paths
 from frametrans.checkpoint import save_model
 from frametrans.cli.main import cli

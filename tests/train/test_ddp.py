@@ -34,7 +34,9 @@ from frametrans.train.distributed import Shard, SyncBatchNorm, convert_batchnorm
 from frametrans.train.trainer import STATE_FILE, TrainingStopped, load_state, train
 from support.training import EXPORTS, _photos, _target, _write, losses_of, tiny
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # tests/train/conftest.py
+# one_thread: tests/train/conftest.py; the group keeps these tests on one pytest-xdist worker, so the
+# shared process-group start (a session fixture) is paid once
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.xdist_group("ddp")]
 
 TOL = 1e-4
 
