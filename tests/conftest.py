@@ -65,3 +65,9 @@ def model_path(tmp_path_factory):
     from support import tiny_resnet_file
 
     return tiny_resnet_file(tmp_path_factory.mktemp("model"))
+
+
+def pytest_collection_modifyitems(config, items):
+    """The long tests (marked ``slow``) first, the rest in their order: with pytest-xdist's workers
+    (the README's test command) a long test that starts last leaves the other workers idle at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
