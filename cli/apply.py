@@ -69,6 +69,13 @@ from frametrans.cli import options as opt
 @click.option("--segment-seconds", type=click.FloatRange(min=0), default=10.0, show_default=True,
               help="Write videos as closed segments of this length, so --resume redoes at most one "
               "(MP4/MOV/MKV/WebM); 0: in one piece.")
+@click.option("--yuv", "yuv_mode", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+              help="Video frames travel to the model as the decoder's YUV 4:2:0 planes and back as the "
+              "encoder's, converted on the model's device (within one grey level of converting on "
+              "the host): auto on CUDA, on (also on the CPU), off.")
+@click.option("--hwdec", type=click.Choice(["off", "cuda", "auto"]), default="off", show_default=True,
+              help="Decode videos on the GPU (NVDEC, where the machine and FFmpeg have it; the same "
+              "frames as software decoding): cuda, auto (when the model runs on CUDA), off.")
 @opt.overwrite_option
 @opt.quiet_option
 @click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
@@ -83,7 +90,7 @@ def apply_cmd(inputs: Tuple[str, ...], output: str, model: str, list_file, recur
               device: str, precision: str, skip_existing: bool, overwrite: bool,
               quiet: bool, ray_address: Optional[str] = None, compile_mode: str = "auto",
               resume: bool = False, segment_seconds: float = 10.0, backend: str = "auto",
-              io_threads: Optional[int] = None) -> None:
+              io_threads: Optional[int] = None, yuv_mode: str = "auto", hwdec: str = "off") -> None:
     """Run INPUTS (images, folders, videos, or '-' for a raw/y4m stream) through a generator.
 
     \b
@@ -137,7 +144,7 @@ def apply_cmd(inputs: Tuple[str, ...], output: str, model: str, list_file, recur
     memory = opt.parse_memory_option(max_memory)
     runner_opts = RunnerOptions(device=device, precision=precision, batch_size=batch_size, tile=tile,
                                 tile_overlap=tile_overlap, tile_stats=tile_stats, max_memory=memory,
-                                compile=compile_mode, backend=backend)
+                                compile=compile_mode, backend=backend, yuv=yuv_mode)
     try:
         runner_opts.validate()
     except ValueError as exc:
@@ -156,7 +163,7 @@ def apply_cmd(inputs: Tuple[str, ...], output: str, model: str, list_file, recur
                              ext=ext, resize=resize_wh, max_side=max_side, codec=codec, crf=crf,
                              preset=preset, pix_fmt=pix_fmt, audio=not no_audio, quiet=quiet,
                              temporal=temporal, temporal_strength=temporal_strength,
-                             segment_seconds=segment_seconds, io_threads=io_threads)
+                             segment_seconds=segment_seconds, io_threads=io_threads, hwdec=hwdec)
     try:
         out_opts.validate()  # opens --codec once: an encoder that cannot run here is refused now
     except ValueError as exc:  # OptionError too: its message names the option

@@ -263,9 +263,11 @@ def _parse_inputs(ctx: click.Context, param: click.Parameter, value: str) -> Tup
               help="Keep inputs and outputs here (default: a temporary folder).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False),
               help="Also write the results as JSON to this file.")
+@click.option("--yuv", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+              help="Video frames as YUV planes converted on the device (as apply --yuv).")
 @opt.device_option
 def bench_pipeline_cmd(size: str, frames: int, inputs: Tuple[str, ...], threads: Tuple[int, ...],
-                       torch_threads: int, repeat: int, workdir, json_out, device: str) -> None:
+                       torch_threads: int, repeat: int, workdir, json_out, device: str, yuv: str = "auto") -> None:
     """The host side's ceiling: apply with a null model vs the raw codec rate, in one run."""
     _start(None)
     from frametrans.bench.pipeline import PipelineBench, bench_pipeline, format_pipeline
@@ -273,7 +275,7 @@ def bench_pipeline_cmd(size: str, frames: int, inputs: Tuple[str, ...], threads:
     w, h = _parse_size(size)
     result = bench_pipeline(PipelineBench(width=w, height=h, frames=frames, inputs=inputs, threads=threads,
                                           torch_threads=torch_threads, device=device, repeat=repeat,
-                                          workdir=workdir))
+                                          workdir=workdir, yuv=yuv))
     _emit(result, format_pipeline(result), json_out)
 
 

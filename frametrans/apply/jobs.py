@@ -53,6 +53,7 @@ class OutputOptions:
     temporal_strength: Optional[float] = None  # stats: the EMA factor; flow: the blend weight
     segment_seconds: float = 10.0  # videos in closed segments of this length (resumable); 0: one piece
     io_threads: Optional[int] = None  # image decode/encode workers per pool (None: one per core)
+    hwdec: str = "off"  # off | cuda | auto (cuda when the model runs on CUDA): decode videos on NVDEC
 
     def segmented(self, dst: Path) -> bool:
         """True when the video output ``dst`` is written in resumable segments: the container and
@@ -78,6 +79,8 @@ class OutputOptions:
             raise ValueError(f"--io-threads must be >= 1, got {self.io_threads}")
         if self.segment_seconds < 0:
             raise ValueError(f"--segment-seconds must be >= 0, got {self.segment_seconds}")
+        if self.hwdec not in ("off", "cuda", "auto"):
+            raise ValueError(f"--hwdec must be off, cuda or auto, got {self.hwdec!r}")
         if self.overwrite and self.skip_existing:
             raise ValueError("--overwrite and --skip-existing exclude each other")
         if self.ext is not None:

@@ -142,7 +142,8 @@ class Translator:
     def fingerprint(self) -> Dict[str, Any]:
         """What decides the pixels on the model side, as plain JSON values: a hash of the weights
         (and MUNIT style codes and direction) and the runner options that change outputs. Device,
-        batch size and compiling are left out: they change nothing beyond float rounding."""
+        batch size, compiling and ``yuv`` are left out: they change nothing beyond float rounding
+        (``yuv``: a grey level of the model's input)."""
         if self._fingerprint is None:
             digest = hashlib.sha256()
             for name, t in sorted(self.model.state_dict().items()):

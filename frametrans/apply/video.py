@@ -45,7 +45,8 @@ def apply_video(job: Job, translator: Translator, opts: OutputOptions, report: R
     writers = _open_writers(dsts, job.src, info, opts)
     count = FrameCount(progress_bar(info.frames or None, job.src.name, opts.quiet))
     try:
-        translate_into(writers, video.iter_video_frames(job.src), translator, opts, count)
+        frames = video.iter_video_frames(job.src, planes_wanted(translator, opts), hwdec_wanted(translator, opts))
+        translate_into(writers, frames, translator, opts, count)
     except KeyboardInterrupt:
         with signals_deferred():
             _finish_partial(writers, dsts, info)
@@ -73,6 +74,23 @@ def _keep_decodable(writers: list, dsts: List[Path], job: Job, exc: TruncatedInp
     report.frames += done
     raise InputError(job.src, f"{exc.reason}; the {done} decodable frames were written "
                               f"to {dsts[0]}") from None
+
+
+def planes_wanted(translator: Translator, opts: OutputOptions) -> bool:
+    """Whether decoded frames may stay YUV planes, for the runners to convert on their device: every
+    runner wants them (``RunnerOptions.yuv``: on CUDA by default) and nothing between the decoder
+    and the encoder needs RGB pixels (--resize/--max-side, flow-based --temporal)."""
+    if opts.resize is not None or opts.max_side is not None or opts.temporal_settings().flow > 0:
+        return False
+    return all(getattr(v.runner, "wants_planes", False) for v in translator.variants)
+
+
+def hwdec_wanted(translator: Translator, opts: OutputOptions) -> bool:
+    """Whether to decode on NVDEC: ``--hwdec cuda``, or ``auto`` with every runner on CUDA."""
+    if opts.hwdec == "auto":
+        return all(getattr(v.runner, "device", None) is not None and v.runner.device.type == "cuda"
+                   for v in translator.variants)
+    return opts.hwdec == "cuda"
 
 
 @dataclass
@@ -207,7 +225,8 @@ def _open_writer(dst: Path, src: Path, info, opts: OutputOptions):
 
 
 def video_writer_fn(writer) -> Callable[[Tuple[np.ndarray, Frame]], None]:
-    """The encoder-thread function: (output image, its frame) -> ``writer`` (8-bit RGB, frame pts)."""
+    """The encoder-thread function: (output image, its frame) -> ``writer`` (8-bit RGB or YUV
+    planes, frame pts)."""
     def write(item: Tuple[np.ndarray, Frame]) -> None:
         out, frame = item
         out = to_8bit(out)

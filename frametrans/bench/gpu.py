@@ -6,7 +6,8 @@ Each row is one of the existing benchmarks, run with fixed settings (:func:`plan
   and U-Net-256 at 256x256 (batch 16) and 1920x1080 (batch 4): model only, apply video, apply
   folder, the fraction of the device's measured matmul peak;
 - the host ceiling (:func:`frametrans.bench.pipeline.bench_pipeline`, the null model) at the same
-  sizes, so each end-to-end rate is shown against min(model only, ceiling);
+  sizes, so each end-to-end rate is shown against min(model only, ceiling); at 1080p also the
+  video ceiling with ``--yuv off`` (frames converted to RGB on the host), against the default's planes;
 - 3840x2160 within ``--max-memory 4G`` (:func:`frametrans.bench.memory.bench_memory`, the bundled
   cyclegan, fresh processes): the peak CUDA memory the frame adds, untiled and within the budget;
 - training steps/s of cyclegan (256 crop, batch 1) and the predictor (64, batch 16)
@@ -91,9 +92,10 @@ def _apply_pieces(opts: GpuBench, z: Dict[str, Any], which: int) -> List[Piece]:
     rows = [Piece("apply", f"{name} {w}x{h}, b{common['batch']}", "apply",
                   dict(common, model=arch, config=z[arch], compile="off", reference=False))
             for arch, name in (("resnet", "ResNet-9"), ("unet", "U-Net-256"))]
-    rows.append(Piece("ceiling", f"{w}x{h}", "pipeline",
-                      dict(width=w, height=h, frames=z["frames"][which], repeat=z["repeat"][which],
-                           inputs=("video", "png"), device=opts.device)))
+    ceiling = dict(width=w, height=h, frames=z["frames"][which], repeat=z["repeat"][which], device=opts.device)
+    rows.append(Piece("ceiling", f"{w}x{h}", "pipeline", dict(ceiling, inputs=("video", "png"))))
+    if which == 1:  # what converting video frames on the device (--yuv auto on CUDA) gains over the host
+        rows.append(Piece("ceiling", f"{w}x{h}, --yuv off", "pipeline", dict(ceiling, inputs=("video",), yuv="off")))
     return rows
 
 
@@ -214,7 +216,7 @@ def _ceilings(rows: List[Dict[str, Any]]) -> Dict[Tuple[int, int, str], float]:
     """(width, height, input) -> the null model's apply frames/s."""
     out = {}
     for r in rows:
-        if r["table"] == "ceiling" and r["status"] == "ok":
+        if r["table"] == "ceiling" and r["status"] == "ok" and r["settings"].get("yuv", "auto") != "off":
             s = r["settings"]
             for x in r["result"]["rows"]:
                 out[(s["width"], s["height"], "folder" if x["input"] == "png" else x["input"])] = x["apply_fps"]

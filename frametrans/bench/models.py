@@ -104,15 +104,16 @@ class NullModel(torch.nn.Module):
         return x
 
 
-def null_translator(device: str = "auto", batch_size: Optional[int] = None) -> Any:
+def null_translator(device: str = "auto", batch_size: Optional[int] = None, yuv: str = "auto") -> Any:
     """A :class:`~frametrans.apply.Translator` of :class:`NullModel` on ``device`` (fp32, eager),
-    as ``frametrans apply`` would build one for a real model."""
+    as ``frametrans apply`` would build one for a real model (``yuv``: ``RunnerOptions.yuv``)."""
     import dataclasses
 
     from frametrans.apply import Translator
     from frametrans.engine.runner import RunnerOptions
 
-    fixed: Dict[str, Any] = {"device": device, "precision": "fp32", "compile": "off", "batch_size": batch_size}
+    fixed: Dict[str, Any] = {"device": device, "precision": "fp32", "compile": "off", "batch_size": batch_size,
+                             "yuv": yuv}
     if "backend" in {f.name for f in dataclasses.fields(RunnerOptions)}:
         fixed["backend"] = "torch"  # the identity needs no graph runtime: torch runs it as it is
     return Translator(NullModel(), RunnerOptions(**fixed))

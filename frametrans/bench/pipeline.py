@@ -51,6 +51,7 @@ class PipelineBench:
 
     threads: decode/encode pool sizes to measure; empty: one per core.
     torch_threads: torch's intra-op threads for the null model's runner (None: torch's default).
+    yuv: ``RunnerOptions.yuv`` of the null model's runner (video frames as planes, converted on the device).
     """
 
     width: int = 1280
@@ -62,6 +63,7 @@ class PipelineBench:
     repeat: int = 3
     torch_threads: Optional[int] = 1
     workdir: Optional[str] = None
+    yuv: str = "auto"
 
 
 # ------------------------------------------------------------------------------------ raw codecs
@@ -254,7 +256,7 @@ def bench_pipeline(opts: PipelineBench, log: Log = to_stderr) -> Dict[str, Any]:
     counts = tuple(opts.threads) or (default_workers(),)
     torch_threads = torch.get_num_threads()
     with workdir(opts.workdir) as work:
-        translator = null_translator(opts.device)
+        translator = null_translator(opts.device, yuv=opts.yuv)
         dev = translator.variants[0].runner.device
         sources = _make_sources(opts, work)
         log(f"null model on {dev} ({device_name(dev)}); {opts.frames} frames {opts.width}x{opts.height}; "
@@ -276,7 +278,7 @@ def format_pipeline(result: Dict[str, Any]) -> str:
     """A markdown table of :func:`bench_pipeline`'s rows, the setup above, the scaling below."""
     s = result["setup"]
     lines = [f"host pipeline ceiling: null model on {s['device']} ({s['device_name']}; torch threads "
-             f"{s['torch_threads']}), {s['width']}x{s['height']}, {s['frames']} frames, median of "
+             f"{s['torch_threads']}; --yuv {s.get('yuv', 'auto')}), {s['width']}x{s['height']}, {s['frames']} frames, median of "
              f"{s['repeat']}; codec = PyAV (video) / OpenCV on the same threads (folders)", ""]
     head = ("| input | threads | codec frames/s | codec + RGB frames/s | apply frames/s | apply / codec "
             "| apply CPU s/frame | null runner alone frames/s (CPU s/frame) |")

@@ -40,85 +40,23 @@ from torch import nn
 from frametrans.engine import backends
 from frametrans.engine import compile as compiling
 from frametrans.engine import device as devices
-from frametrans.engine import transforms
+from frametrans.engine import transforms, yuv
 from frametrans.engine.backends.serve import BackendServer
 from frametrans.engine.memory import (Footprint, MemoryPolicy, Plan, format_size, frame_bytes_per_pixel,
                                       probe_footprint)
 from frametrans.engine.normstats import frame_dependent_norms, has_frame_dependent_norm
+from frametrans.engine.options import TILE_STATS, RunnerOptions  # noqa: F401 - RunnerOptions is used from here
 from frametrans.engine.pinned import PinnedBuffers
 from frametrans.engine.padding import Pads, crop, min_side, pad_to_multiple
 from frametrans.engine.session import Session
 from frametrans.engine.streaming import Streamers
 from frametrans.io.errors import first_line
 from frametrans.io.frame import Frame, frame_label
+from frametrans.io.planes import YUV420
 
 log = logging.getLogger("frametrans")
 
 ForwardFn = Callable[[nn.Module, torch.Tensor], torch.Tensor]
-TILE_STATS = ("exact", "fast")
-
-
-@dataclass(frozen=True)
-class RunnerOptions:
-    """How to run a model. None means: choose from the device, the model and the frame size.
-
-    max_memory: bytes that inference may add to the peak (see :mod:`frametrans.engine.memory`);
-        None: 60% of the free GPU memory, or a quarter of the free RAM (at most 8 GiB).
-    row_bands: a frame over the budget runs whole, layer by layer in bands of rows (the untiled
-        output, :mod:`frametrans.engine.streaming`); False, or a forward that cannot: in tiles.
-    tile_stats: for tiles of models with per-frame normalization (InstanceNorm, AdaIN): ``exact``
-        (the whole frame's statistics, measured layer by layer) or ``fast`` (from a downscaled copy,
-        ~30 dB from the untiled output on real photos; frames over the budget run in tiles).
-    compile: ``auto`` (compile a frame shape when a compiled package is cached, or when the job is
-        long enough for compiling to pay; see :meth:`Runner.expect`), ``on`` (always; fails loudly
-        if it cannot), ``off`` (eager only).
-    cuda_graphs: replay CUDA graphs of the forward per static shape (CUDA only).
-    cache_dir: where compiled packages and backend graphs go (default
-        :func:`frametrans.engine.compile.cache_dir`).
-    backend: what runs whole frames (:mod:`frametrans.engine.backends`): ``torch`` (the default
-        here: exactly the module given runs), ``openvino``, ``onnxruntime`` (CPU only; not installed:
-        a one-line error naming the pip command), or ``auto`` (the CLI's default; per shape, from
-        measurements: the compiled torch forward when ``compile`` compiles it, else an installed
-        backend when its graph is cached or the job pays for converting, else torch eager).
-    """
-
-    device: str = "auto"
-    precision: str = "auto"
-    batch_size: Optional[int] = None
-    tile: Optional[int] = None
-    tile_overlap: Optional[int] = None
-    max_memory: Optional[int] = None
-    tile_stats: str = "exact"
-    row_bands: bool = True
-    channels_last: bool = True
-    compile: str = "auto"
-    cuda_graphs: bool = False
-    cache_dir: Optional[str] = None
-    backend: str = "torch"
-
-    def validate(self) -> None:
-        """Reject impossible values before any work starts (one-line ValueError)."""
-        if self.batch_size is not None and self.batch_size < 1:
-            raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if self.tile is not None and self.tile < 8:
-            raise ValueError(f"--tile must be >= 8 pixels, got {self.tile}")
-        if self.tile_overlap is not None and self.tile_overlap < 0:
-            raise ValueError(f"--tile-overlap must be >= 0, got {self.tile_overlap}")
-        if self.tile and self.tile_overlap is not None and self.tile_overlap >= self.tile:
-            raise ValueError(
-                f"--tile-overlap {self.tile_overlap} is too large for --tile {self.tile}: "
-                "the overlap must be smaller than the tile"
-            )
-        if self.tile_stats not in TILE_STATS:
-            raise ValueError(f"--tile-stats must be exact or fast, got {self.tile_stats!r}")
-        compiling.validate_mode(self.compile)
-        backend = backends.validate_backend(self.backend)
-        backends.require_installed(backend)
-        if backend in backends.PACKAGES and self.cuda_graphs:
-            raise backends.BackendUnavailable(f"--backend {backend} runs on the CPU: CUDA graphs need "
-                                              "--backend torch")
-
-
 class FrameOutOfMemory(RuntimeError):
     """One frame does not fit even in the smallest tiles."""
 
@@ -136,9 +74,10 @@ class _Launched:
     """A batch whose outputs are computed (CPU) or queued (CUDA) but not yet handed out."""
 
     frames: Optional[List[Frame]]
-    out: torch.Tensor  # [B, H, W, C] integers, on the CPU (pinned on CUDA)
+    out: torch.Tensor  # [B, H, W, C] integers (planes: [B, H*3/2, W] uint8), on the CPU (pinned on CUDA)
     dtype: np.dtype
     event: Optional["torch.cuda.Event"] = None
+    planes: bool = False  # the outputs are YUV 4:2:0 planes (inputs came as planes)
 
 
 class Runner:
@@ -202,6 +141,12 @@ class Runner:
     source = property(lambda self: self.session.source)
 
     # -- public ---------------------------------------------------------------------------------
+
+    @property
+    def wants_planes(self) -> bool:
+        """Whether video frames should reach this runner as YUV planes (``RunnerOptions.yuv``:
+        ``on``, or ``auto`` on CUDA), converted on the device."""
+        return self.options.yuv == "on" or (self.options.yuv == "auto" and self.device.type == "cuda")
 
     def expect(self, frames: Optional[int]) -> None:
         """Tell the ``compile=auto`` policy that the next ``frames`` frames are one job
@@ -374,14 +319,16 @@ class Runner:
             labels = [frame_label(f) for f in frames] if frames else [label] * len(images)
             y = self._finite(y, images, max_value, plan, labels)
             y = transforms.from_model_range(y, self.contract.value_range, max_value)
-            y = y.to(torch.int32 if dtype == np.uint16 else torch.uint8).permute(0, 2, 3, 1)
+            planes = yuv.output_planes(images, y)
+            y = planes if planes is not None else \
+                y.to(torch.int32 if dtype == np.uint16 else torch.uint8).permute(0, 2, 3, 1)
             self.policy.done_frames += len(images)
             if self.device.type != "cuda":
-                return _Launched(frames, y.to("cpu"), np.dtype(dtype))
+                return _Launched(frames, y.to("cpu"), np.dtype(dtype), planes=planes is not None)
             out, event = self._pinned.get(tuple(y.shape), y.dtype)
             out.copy_(y, non_blocking=True)
             event.record()
-            return _Launched(frames, out, np.dtype(dtype), event)
+            return _Launched(frames, out, np.dtype(dtype), event, planes is not None)
 
     def _model_tensor(self, images: Sequence[np.ndarray], max_value: float, fp32: bool = False
                       ) -> Tuple[torch.Tensor, Pads]:
@@ -424,10 +371,15 @@ class Runner:
             arr = launched.out.numpy().copy()  # the pinned buffer is reused two batches later
         else:
             arr = np.ascontiguousarray(launched.out.numpy())
+        if launched.planes:
+            return [yuv.output_frame(a) for a in arr]
         return [a.astype(launched.dtype, copy=False) for a in arr]
 
     def _upload(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        """Integer images onto the device as [B, C, H, W] (a view of [B, H, W, C]: channels_last)."""
+        """Integer images onto the device as [B, C, H, W] (a view of [B, H, W, C]: channels_last);
+        frames as YUV planes are converted there (:func:`frametrans.engine.yuv.upload`)."""
+        if isinstance(images[0], YUV420):
+            return yuv.upload(images, self.device, self._pinned)
         if self.device.type == "cuda" and images[0].dtype == np.uint8 and images[0].ndim == 3:
             shape = (len(images), *images[0].shape)
             buf, event = self._pinned.get(("in", *shape), torch.uint8)
@@ -583,7 +535,7 @@ class Runner:
 
 
 def _same_kind(a: np.ndarray, b: np.ndarray) -> bool:
-    return a.shape == b.shape and a.dtype == b.dtype
+    return a.shape == b.shape and a.dtype == b.dtype and type(a) is type(b)
 
 
 def _to_model_range(x: torch.Tensor, value_range: Tuple[float, float], max_value: float) -> torch.Tensor:

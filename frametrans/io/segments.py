@@ -39,6 +39,7 @@ from frametrans.io.errors import InputError, TruncatedInputError
 from frametrans.io.frame import Frame
 from frametrans.atomic import fsync_dir, temporary_path_for
 
+from frametrans.io import hwdec as hardware
 # private helpers of the video module, shared so segments decode exactly like whole files
 from frametrans.io.video import (  # noqa: F401
     StreamCopier,
@@ -182,7 +183,8 @@ def _seek_keyframes(container: av.container.InputContainer, stream: av.VideoStre
 # ------------------------------------------------------------------------------------------ read
 
 
-def iter_segment_frames(path: PathLike, segment: Segment) -> Iterator[Frame]:
+def iter_segment_frames(path: PathLike, segment: Segment, planes: bool = False, hwdec: bool = False
+                        ) -> Iterator[Frame]:
     """Decode the frames of ``segment``: upright RGB :class:`Frame` objects with the stream's own
     pts/time_base, exactly the ones :func:`frametrans.io.video.iter_video_frames` yields with
     ``start <= pts < end``. ``Frame.index`` counts within the segment.
@@ -191,15 +193,17 @@ def iter_segment_frames(path: PathLike, segment: Segment) -> Iterator[Frame]:
     keyframe's: a resumed job starts just after its last written frame); if the container lands
     after it, decodes from the beginning instead (slower, same frames). Raises :class:`InputError` when frames have no
     timestamps (such a video cannot be split), :class:`TruncatedInputError` when the last
-    segment's file is cut short (after yielding what decodes).
+    segment's file is cut short (after yielding what decodes). ``planes``, ``hwdec``: as for
+    :func:`~frametrans.io.video.iter_video_frames`.
     """
     path = Path(path)
     count = 0
     for attempt in ("seek", "scan"):
-        container = _open_input(path)
+        container, hw = hardware.open_decoding(path, hwdec, _open_input)
         try:
             stream = _video_stream(container, path)
-            stream.thread_type = "AUTO"
+            if not hw:
+                stream.thread_type = "AUTO"
             rotation = _metadata_rotation(stream)
             if segment.start is not None and attempt == "seek":
                 container.seek(segment.start, stream=stream, backward=True, any_frame=False)
@@ -221,7 +225,7 @@ def iter_segment_frames(path: PathLike, segment: Segment) -> Iterator[Frame]:
                 if segment.end is not None and pts >= segment.end:
                     reached_end = True
                     break
-                yield _to_frame(av_frame, count, path, stream, rotation)
+                yield _to_frame(av_frame, count, path, stream, rotation, planes)
                 count += 1
             else:
                 reached_end = True

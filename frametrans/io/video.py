@@ -36,7 +36,9 @@ import av
 import numpy as np
 
 from .errors import InputError, TruncatedInputError
+from . import hwdec as hardware
 from .frame import Frame
+from .planes import YUV420
 from frametrans.atomic import fsync_dir, temporary_path_for
 
 __all__ = [
@@ -154,8 +156,13 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
 # ------------------------------------------------------------------------------------------ read
 
 
-def iter_video_frames(path: str | os.PathLike) -> Iterator[Frame]:
+def iter_video_frames(path: str | os.PathLike, planes: bool = False, hwdec: bool = False) -> Iterator[Frame]:
     """Decode the first video stream as upright (H, W, 3) uint8 RGB :class:`Frame` objects.
+
+    planes: frames of a yuv420p/yuvj420p stream with even sides and no rotation carry their
+    decoder's planes (:class:`~frametrans.io.planes.YUV420`) as ``image`` instead of RGB: the runner
+    converts them on its device (``RunnerOptions.yuv``). Other frames are RGB as usual.
+    hwdec: decode on NVDEC where available (:mod:`frametrans.io.hwdec`; the same frames).
 
     Each frame keeps the stream's ``pts`` and ``time_base``; ``alpha`` is set for sources with an
     alpha channel (GIF, VP9/ProRes with alpha). Memory: one decoded frame at a time (plus the
@@ -165,21 +172,24 @@ def iter_video_frames(path: str | os.PathLike) -> Iterator[Frame]:
     early closes the file.
     """
     path = Path(path)
-    container = _open_input(path)
+    container, hw = hardware.open_decoding(path, hwdec, _open_input)
     try:
         stream = _video_stream(container, path)
-        stream.thread_type = "AUTO"  # frame threads: decoding keeps up with big frames
+        if not hw:
+            stream.thread_type = "AUTO"  # frame threads: decoding keeps up with big frames
         fallback_rotation = _metadata_rotation(stream)
         decoder = _Decoder(container, stream, path)
         count = 0
         last: av.VideoFrame | None = None
         for av_frame in decoder:
             try:
-                frame = _to_frame(av_frame, count, path, stream, fallback_rotation)
+                frame = _to_frame(av_frame, count, path, stream, fallback_rotation, planes)
             except (ValueError, TypeError, av.FFmpegError) as exc:
                 raise InputError(
                     path, f"frame {count}: cannot convert pixel format "
                     f"{av_frame.format.name} to RGB ({_ffmpeg_message(exc)})") from None
+            if hw and count == 0:
+                hardware.note_decoder(stream, path)
             yield frame
             last = av_frame
             count += 1
@@ -245,15 +255,22 @@ class _Decoder:
 
 
 def _to_frame(
-    av_frame: av.VideoFrame, index: int, path: Path, stream: av.VideoStream, fallback_rotation: int
+    av_frame: av.VideoFrame, index: int, path: Path, stream: av.VideoStream, fallback_rotation: int,
+    planes: bool = False,
 ) -> Frame:
+    rotation = _normalize_rotation(av_frame.rotation) or fallback_rotation
+    pts, time_base = av_frame.pts, av_frame.time_base or stream.time_base
+    if av_frame.format.name == "nv12":  # NVDEC's output: the software decoder's yuv420p, exactly
+        av_frame = av_frame.reformat(format="yuv420p")
+    yuv = YUV420.from_av(av_frame) if planes and not rotation else None
+    if yuv is not None:
+        return Frame(image=yuv, index=index, source=str(path), pts=pts, time_base=time_base)  # type: ignore[arg-type]
     alpha = None
     if any(c.is_alpha for c in av_frame.format.components):
         rgba = av_frame.to_ndarray(format="rgba")
         image, alpha = rgba[:, :, :3], rgba[:, :, 3]
     else:
         image = av_frame.to_ndarray(format="rgb24")
-    rotation = _normalize_rotation(av_frame.rotation) or fallback_rotation
     if rotation:
         image = np.rot90(image, rotation // 90)
         if alpha is not None:
@@ -262,8 +279,8 @@ def _to_frame(
         image=np.ascontiguousarray(image),
         index=index,
         source=str(path),
-        pts=av_frame.pts,
-        time_base=av_frame.time_base or stream.time_base,
+        pts=pts,
+        time_base=time_base,
         alpha=None if alpha is None else np.ascontiguousarray(alpha),
     )
 
@@ -391,8 +408,10 @@ class VideoWriter:
 
     # -- writing --------------------------------------------------------------------------------
 
-    def write(self, image: np.ndarray, pts: int | None = None, time_base: Fraction | None = None) -> None:
-        """Encode one (H, W, 3) RGB or (H, W, 1)/(H, W) gray uint8 frame.
+    def write(self, image: np.ndarray | YUV420, pts: int | None = None, time_base: Fraction | None = None) -> None:
+        """Encode one (H, W, 3) RGB or (H, W, 1)/(H, W) gray uint8 frame, or its YUV 4:2:0 planes
+        (:class:`~frametrans.io.planes.YUV420`: handed to the encoder as they are when the stream
+        is in their pixel format, else converted to RGB first).
 
         ``pts`` in ``time_base`` units (seconds = pts * time_base) places the frame in time;
         without it frames follow each other at ``fps``. Timestamps must increase; one that
@@ -400,7 +419,10 @@ class VideoWriter:
         """
         if self._closed:
             raise ValueError(f"{self.path}: writer is closed")
-        image = self._check_image(image)
+        if not isinstance(image, YUV420):
+            image = self._check_image(image)
+        elif self._size is not None and image.shape[:2] != self._size:
+            image = self._check_image(image.rgb())  # the size error
         if self._container is None:
             self._open(image.shape[0], image.shape[1], time_base)
         assert self._stream is not None and self._codec_tb is not None
@@ -411,10 +433,7 @@ class VideoWriter:
         out_pts = int(round(Fraction(pts) * Fraction(time_base) / self._codec_tb))
         if self._last_pts is not None and out_pts <= self._last_pts:
             out_pts = self._last_pts + 1
-        if self.padded:
-            h, w = image.shape[:2]
-            image = np.pad(image, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-        frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+        frame = self._av_frame(image)
         frame.pts = out_pts
         frame.time_base = self._codec_tb
         self._mux_video(self._stream.encode(frame))
@@ -480,6 +499,17 @@ class VideoWriter:
             pass
 
     # -- internals ------------------------------------------------------------------------------
+
+    def _av_frame(self, image: np.ndarray | YUV420) -> av.VideoFrame:
+        assert self._stream is not None
+        if isinstance(image, YUV420):
+            if image.pix_fmt == self._stream.pix_fmt and not self.padded:
+                return image.to_av()
+            image = image.rgb()
+        if self.padded:
+            h, w = image.shape[:2]
+            image = np.pad(image, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+        return av.VideoFrame.from_ndarray(image, format="rgb24")
 
     def _check_image(self, image: np.ndarray) -> np.ndarray:
         image = np.asarray(image)
@@ -644,7 +674,7 @@ class StreamCopier:
 # --------------------------------------------------------------------------------------- helpers
 
 
-def _open_input(path: Path) -> av.container.InputContainer:
+def _open_input(path: Path, hwaccel: object = None) -> av.container.InputContainer:
     if not path.exists():
         raise InputError(path, "no such file")
     if path.is_dir():
@@ -652,7 +682,7 @@ def _open_input(path: Path) -> av.container.InputContainer:
     if path.stat().st_size == 0:
         raise InputError(path, "empty file (0 bytes)")
     try:
-        return av.open(str(path), "r")
+        return av.open(str(path), "r") if hwaccel is None else av.open(str(path), "r", hwaccel=hwaccel)
     except av.EOFError:
         raise InputError(path, "no video data: the file ends before the first frame "
                                "(zero frames, or cut short)") from None

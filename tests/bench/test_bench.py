@@ -108,6 +108,20 @@ def test_bench_pipeline_cli_tiny(tmp_path):
                                       read_image(w / "in_png" / name).image)
 
 
+def test_bench_pipeline_video_as_planes(tmp_path, monkeypatch):
+    """--yuv on: the video phase's frames go to the null model as YUV planes (counted here)."""
+    from frametrans.engine import yuv
+
+    uploaded: list = []
+    real = yuv.upload
+    monkeypatch.setattr(yuv, "upload", lambda images, *a: (uploaded.append(len(images)), real(images, *a))[1])
+    out = tmp_path / "p.json"
+    res = _invoke(["pipeline", "--size", "40x24", "--frames", "3", "--repeat", "1", "--inputs", "video",
+                   "--device", "cpu", "--yuv", "on", "--json", str(out)])
+    assert "--yuv on" in res.output
+    assert json.loads(out.read_text())["setup"]["yuv"] == "on" and sum(uploaded) == 3
+
+
 def test_bench_pipeline_refuses_bad_threads_and_inputs():
     for args in (["--threads", "0"], ["--threads", "2,x"], ["--inputs", "png,gif"]):
         res = CliRunner().invoke(cli, ["bench", "pipeline", *args])
@@ -204,6 +218,8 @@ def test_bench_gpu_plan_covers_the_table_with_compiles_last():
                for p in pieces if p.kind == "apply")
     assert {(p.settings["width"], p.settings["height"]) for p in pieces if p.kind == "pipeline"} == {
         (256, 256), (1920, 1080)}
+    assert [(p.settings["width"], p.settings["inputs"]) for p in pieces
+            if p.kind == "pipeline" and p.settings.get("yuv") == "off"] == [(1920, ("video",))]
     (mem,) = [p for p in pieces if p.kind == "memory"]
     assert (mem.settings["width"], mem.settings["height"], mem.settings["max_memory"]) == (3840, 2160, 4 * 2**30)
     assert {p.settings["method"] for p in pieces if p.kind == "training"} == {"cyclegan", "predictor"}

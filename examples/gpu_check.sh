@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Every check that needs a CUDA GPU, in one call, from the repository root:
+#
+#   bash examples/gpu_check.sh OUT [WHEELS]
+#
+# OUT gets gpu.txt (the card), tests.txt (the CUDA-marked tests and the YUV/encoder tests),
+# apply.txt (the README's first command, --yuv on against off and with --hwdec cuda, timed, and
+# the PSNR between --yuv on and off),
+# predictor.txt (Moving MNIST predictor training at batch 64: data and step time, when MNIST_DIR,
+# default .mnist, holds t10k-images-idx3-ubyte.gz), and bench-gpu.json / bench-gpu.md (`frametrans bench gpu`: the whole table of issue 15, under
+# 6 minutes). Written for a machine that has torch with CUDA but not this package: frametrans is
+# installed with --target next to it, and WHEELS (a folder of wheels, e.g. PyAV's, default .whl)
+# first, without dependencies. To carry PyAV to a machine without it (Python 3.12, x86-64):
+#
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#       --platform manylinux_2_28_x86_64 -d .whl av==18.1.0
+#
+# Each step's failure is recorded and the next step still runs; the exit status is the first failure's.
+set -uo pipefail
+out=${1:?usage: bash examples/gpu_check.sh OUT [WHEELS]}
+wheels=${2:-.whl}
+site=${FRAMETRANS_SITE:-/tmp/frametrans-site}
+mkdir -p "$out"
+status=0
+step() { "$@" || { rc=$?; echo "FAILED ($rc): $*" >&2; [ $status -ne 0 ] || status=$rc; }; }
+
+if [ -d "$wheels" ]; then
+    step python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$site" "$wheels"/*.whl
+fi
+step python3 -m pip install -q --no-deps --no-build-isolation --no-compile --target "$site" .
+export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}" PATH="$site/bin:$PATH" PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/gpu.txt" 2>&1
+python3 -c "import torch, av; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'av', av.__version__)" \
+    >> "$out/gpu.txt" 2>&1
+
+step python3 -m pytest -q -p no:cacheprovider -rs \
+    tests/engine/test_yuv.py tests/io/test_hwdec.py tests/apply/test_encoders.py tests/engine/test_nonfinite.py \
+    "tests/engine/test_memory.py::test_max_memory_bounds_the_cuda_peak" \
+    "tests/engine/test_streaming.py::test_row_bands_on_cuda_match_the_whole_frame_within_the_budget" \
+    "tests/engine/test_fast_paths.py::test_cuda_paths_match_cpu_fp32" \
+    "tests/engine/test_fast_paths.py::test_cuda_graphs_match_eager" > "$out/tests.txt" 2>&1
+tail -n 15 "$out/tests.txt"
+
+apply_once() {  # $1: --yuv mode, $2: --hwdec mode; the README's first command on the GPU, timed
+    echo "--yuv $1 --hwdec $2:"
+    local TIMEFORMAT="%R s wall, %U s user, %S s sys"
+    time frametrans apply examples/data/clip.mp4 -o "$out/clip_$1.mp4" --model cyclegan --device cuda \
+        --yuv "$1" --hwdec "$2" --crf 0 --overwrite -q
+}
+compare() {
+    python3 - "$out" <<'EOF2'
+import sys, av, numpy as np
+def frames(p):
+    with av.open(p) as c:
+        return [(f.pts, f.to_ndarray(format="rgb24").astype(float)) for f in c.decode(video=0)]
+on, off = frames(f"{sys.argv[1]}/clip_on.mp4"), frames(f"{sys.argv[1]}/clip_off.mp4")
+mse = np.mean([((a - b) ** 2).mean() for (_, a), (_, b) in zip(on, off)])
+print(f"frames {len(on)} vs {len(off)}, same pts: {[p for p, _ in on] == [p for p, _ in off]}, "
+      f"PSNR --yuv on vs off {10 * np.log10(255 ** 2 / max(mse, 1e-12)):.1f} dB")
+EOF2
+}
+for mode in off on off on; do step apply_once "$mode" off >> "$out/apply.txt" 2>&1; done
+step apply_once on cuda >> "$out/apply.txt" 2>&1  # NVDEC too: the same frames, so the PSNR below is unchanged
+step compare >> "$out/apply.txt" 2>&1
+cat "$out/apply.txt"
+rm -f "$out"/clip_*.mp4
+
+mnist=${MNIST_DIR:-.mnist}  # t10k-images-idx3-ubyte.gz (../shared/data/mnist), carried like the wheels
+if [ -f "$mnist/t10k-images-idx3-ubyte.gz" ]; then  # issue 18: the predictor at batch 64 is not data-bound
+    step python3 -m frametrans.train.data_bench --data moving-mnist --mnist-dir "$mnist" --device cuda \
+        --batch-size 64 --steps 50 --warmup 5 > "$out/predictor.txt" 2>&1
+    cat "$out/predictor.txt"
+fi
+
+step timeout 480 frametrans bench gpu --out "$out/bench-gpu" > "$out/bench.log" 2>&1
+tail -n 40 "$out/bench.log"
+exit $status
