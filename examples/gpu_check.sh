@@ -28,7 +28,9 @@ if [ -d "$wheels" ]; then
     step python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$site" "$wheels"/*.whl
 fi
 step python3 -m pip install -q --no-deps --no-build-isolation --no-compile --target "$site" .
-export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}" PATH="$site/bin:$PATH" PYTHONUNBUFFERED=1
+# PYTHONSAFEPATH: `python -m` must not put the repository root first on sys.path, where the source
+# frametrans/ (without its cli/ and train/ subpackages, which setup.cfg maps in) would hide the install
+export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}" PATH="$site/bin:$PATH" PYTHONUNBUFFERED=1 PYTHONSAFEPATH=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/gpu.txt" 2>&1
 python3 -c "import torch, av; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'av', av.__version__)" \
     >> "$out/gpu.txt" 2>&1
@@ -55,8 +57,10 @@ def frames(p):
         return [(f.pts, f.to_ndarray(format="rgb24").astype(float)) for f in c.decode(video=0)]
 on, off = frames(f"{sys.argv[1]}/clip_on.mp4"), frames(f"{sys.argv[1]}/clip_off.mp4")
 mse = np.mean([((a - b) ** 2).mean() for (_, a), (_, b) in zip(on, off)])
-print(f"frames {len(on)} vs {len(off)}, same pts: {[p for p, _ in on] == [p for p, _ in off]}, "
-      f"PSNR --yuv on vs off {10 * np.log10(255 ** 2 / max(mse, 1e-12)):.1f} dB")
+psnr = 10 * np.log10(255 ** 2 / max(mse, 1e-12))
+same = len(on) == len(off) and [p for p, _ in on] == [p for p, _ in off]
+print(f"frames {len(on)} vs {len(off)}, same pts: {same}, PSNR --yuv on vs off {psnr:.1f} dB")
+sys.exit(0 if same and psnr >= 40 else 1)  # 49.5 dB on the CPU; below 40, something is off
 EOF2
 }
 for mode in off on off on; do step apply_once "$mode" off >> "$out/apply.txt" 2>&1; done

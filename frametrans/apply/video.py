@@ -45,7 +45,7 @@ def apply_video(job: Job, translator: Translator, opts: OutputOptions, report: R
     writers = _open_writers(dsts, job.src, info, opts)
     count = FrameCount(progress_bar(info.frames or None, job.src.name, opts.quiet))
     try:
-        frames = video.iter_video_frames(job.src, planes_wanted(translator, opts), hwdec_wanted(translator, opts))
+        frames = video.iter_video_frames(job.src, planes_wanted(translator, opts, dsts), hwdec_device(translator, opts))
         translate_into(writers, frames, translator, opts, count)
     except KeyboardInterrupt:
         with signals_deferred():
@@ -76,21 +76,27 @@ def _keep_decodable(writers: list, dsts: List[Path], job: Job, exc: TruncatedInp
                               f"to {dsts[0]}") from None
 
 
-def planes_wanted(translator: Translator, opts: OutputOptions) -> bool:
+def planes_wanted(translator: Translator, opts: OutputOptions, dsts: List[Path]) -> bool:
     """Whether decoded frames may stay YUV planes, for the runners to convert on their device: every
-    runner wants them (``RunnerOptions.yuv``: on CUDA by default) and nothing between the decoder
-    and the encoder needs RGB pixels (--resize/--max-side, flow-based --temporal)."""
+    runner wants them (``RunnerOptions.yuv``: on CUDA by default), nothing between the decoder and
+    the encoder needs RGB pixels (--resize/--max-side, flow-based --temporal), and every output
+    ``dsts`` encodes 8-bit 4:2:0 (the runners hand planes back: a GIF or a yuv444p output would
+    lose chroma)."""
     if opts.resize is not None or opts.max_side is not None or opts.temporal_settings().flow > 0:
+        return False
+    if not all(video.writes_planes(d, opts.codec_for(d), opts.pix_fmt) for d in dsts):
         return False
     return all(getattr(v.runner, "wants_planes", False) for v in translator.variants)
 
 
-def hwdec_wanted(translator: Translator, opts: OutputOptions) -> bool:
-    """Whether to decode on NVDEC: ``--hwdec cuda``, or ``auto`` with every runner on CUDA."""
-    if opts.hwdec == "auto":
-        return all(getattr(v.runner, "device", None) is not None and v.runner.device.type == "cuda"
-                   for v in translator.variants)
-    return opts.hwdec == "cuda"
+def hwdec_device(translator: Translator, opts: OutputOptions) -> Optional[int]:
+    """The CUDA device whose NVDEC decodes (the model's, else 0), or None (software): ``--hwdec
+    cuda``, or ``auto`` with the model on CUDA."""
+    device = getattr(translator.variants[0].runner, "device", None)
+    on_cuda = device is not None and device.type == "cuda"
+    if opts.hwdec == "cuda" or (opts.hwdec == "auto" and on_cuda):
+        return (device.index or 0) if on_cuda else 0
+    return None
 
 
 @dataclass

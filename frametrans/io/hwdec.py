@@ -19,6 +19,8 @@ import av
 log = logging.getLogger(__name__)
 
 DEVICE = "cuda"
+#: FFmpeg decoders NVDEC has; a stream in another codec decodes in software, with frame threads.
+NVDEC_CODECS = frozenset({"h264", "hevc", "av1", "vp8", "vp9", "mpeg1video", "mpeg2video", "mpeg4", "vc1", "mjpeg"})
 _said: set = set()
 
 
@@ -44,20 +46,27 @@ def _say_once(key: str, message: str, *args: object) -> None:
         log.info(message, *args)
 
 
-def open_decoding(path: Path, hwdec: bool, open_input: Callable[..., av.container.InputContainer]
+def open_decoding(path: Path, device: Optional[int], open_input: Callable[..., av.container.InputContainer]
                   ) -> Tuple[av.container.InputContainer, bool]:
-    """``(container, True)`` with its decoders on NVDEC when ``hwdec`` and NVDEC is available (they
-    fall back to software for a codec it lacks), else ``(open_input(path), False)``.
-    ``open_input(path, hwaccel=None)`` opens and checks the file (its errors are the reader's)."""
-    if not hwdec:
-        return open_input(path), False
+    """``(container, True)`` with its video decoder on the NVDEC of CUDA device ``device`` when NVDEC
+    is available and has the stream's codec (FFmpeg still falls back to software where it must),
+    else ``(container, False)``, decoded in software. ``open_input(path, hwaccel=None)`` opens and
+    checks the file (its errors are the reader's)."""
+    container = open_input(path)
+    if device is None:
+        return container, False
     why = unavailable()
     if why is not None:
         _say_once("unavailable", "--hwdec: NVDEC unavailable (%s); decoding in software", why)
-        return open_input(path), False
+        return container, False
+    codec = next((s.codec_context.name for s in container.streams.video), None)
+    if codec not in NVDEC_CODECS:
+        _say_once(f"off:{codec}", "%s: NVDEC does not decode %s; decoding in software", path.name, codec)
+        return container, False
+    container.close()
     from av.codec.hwaccel import HWAccel
 
-    return open_input(path, hwaccel=HWAccel(DEVICE, allow_software_fallback=True)), True
+    return open_input(path, hwaccel=HWAccel(DEVICE, device=device, allow_software_fallback=True)), True
 
 
 def note_decoder(stream: av.VideoStream, path: Path) -> None:

@@ -69,6 +69,11 @@ class YUV420:
     def nbytes(self) -> int:
         return int(self.data.nbytes)
 
+    def bt601_limited(self) -> bool:
+        """Tagged (or untagged, which FFmpeg converts the same) BT.601 limited range: what the video
+        writer tags its streams, so such planes can be encoded as they are."""
+        return self.colorspace in (2, 5, 6) and self.color_range in (0, 1)
+
     def key(self) -> Tuple[int, int, str]:
         """What the conversion depends on besides the size: the tags and the pixel format."""
         return self.colorspace, self.color_range, self.pix_fmt

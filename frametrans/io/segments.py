@@ -183,7 +183,7 @@ def _seek_keyframes(container: av.container.InputContainer, stream: av.VideoStre
 # ------------------------------------------------------------------------------------------ read
 
 
-def iter_segment_frames(path: PathLike, segment: Segment, planes: bool = False, hwdec: bool = False
+def iter_segment_frames(path: PathLike, segment: Segment, planes: bool = False, hwdec: Optional[int] = None
                         ) -> Iterator[Frame]:
     """Decode the frames of ``segment``: upright RGB :class:`Frame` objects with the stream's own
     pts/time_base, exactly the ones :func:`frametrans.io.video.iter_video_frames` yields with
@@ -225,7 +225,7 @@ def iter_segment_frames(path: PathLike, segment: Segment, planes: bool = False, 
                 if segment.end is not None and pts >= segment.end:
                     reached_end = True
                     break
-                yield _to_frame(av_frame, count, path, stream, rotation, planes)
+                yield _to_frame(av_frame, count, path, stream, rotation, planes, hw)
                 count += 1
             else:
                 reached_end = True

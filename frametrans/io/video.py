@@ -156,13 +156,25 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
 # ------------------------------------------------------------------------------------------ read
 
 
-def iter_video_frames(path: str | os.PathLike, planes: bool = False, hwdec: bool = False) -> Iterator[Frame]:
+def writes_planes(path: str | os.PathLike, codec: str | None = None, pix_fmt: str | None = None) -> bool:
+    """Whether a :class:`VideoWriter` for ``path`` with these settings encodes 8-bit yuv420p, so that
+    YUV 4:2:0 planes lose nothing on the way to it (GIF, yuv444p, RGB or 10-bit outputs: False)."""
+    ext = Path(path).suffix.lower()
+    if ext not in _WRITE_DEFAULTS:
+        return False
+    default_codec, default_pix_fmt, _ = _WRITE_DEFAULTS[ext]
+    codec = codec or default_codec
+    return (pix_fmt or (default_pix_fmt if codec == default_codec else "yuv420p")) == "yuv420p"
+
+
+def iter_video_frames(path: str | os.PathLike, planes: bool = False, hwdec: int | None = None) -> Iterator[Frame]:
     """Decode the first video stream as upright (H, W, 3) uint8 RGB :class:`Frame` objects.
 
     planes: frames of a yuv420p/yuvj420p stream with even sides and no rotation carry their
     decoder's planes (:class:`~frametrans.io.planes.YUV420`) as ``image`` instead of RGB: the runner
     converts them on its device (``RunnerOptions.yuv``). Other frames are RGB as usual.
-    hwdec: decode on NVDEC where available (:mod:`frametrans.io.hwdec`; the same frames).
+    hwdec: decode on NVDEC of this CUDA device where available (:mod:`frametrans.io.hwdec`; the
+    same frames); None: in software.
 
     Each frame keeps the stream's ``pts`` and ``time_base``; ``alpha`` is set for sources with an
     alpha channel (GIF, VP9/ProRes with alpha). Memory: one decoded frame at a time (plus the
@@ -183,7 +195,7 @@ def iter_video_frames(path: str | os.PathLike, planes: bool = False, hwdec: bool
         last: av.VideoFrame | None = None
         for av_frame in decoder:
             try:
-                frame = _to_frame(av_frame, count, path, stream, fallback_rotation, planes)
+                frame = _to_frame(av_frame, count, path, stream, fallback_rotation, planes, hw)
             except (ValueError, TypeError, av.FFmpegError) as exc:
                 raise InputError(
                     path, f"frame {count}: cannot convert pixel format "
@@ -256,11 +268,11 @@ class _Decoder:
 
 def _to_frame(
     av_frame: av.VideoFrame, index: int, path: Path, stream: av.VideoStream, fallback_rotation: int,
-    planes: bool = False,
+    planes: bool = False, hw: bool = False,
 ) -> Frame:
     rotation = _normalize_rotation(av_frame.rotation) or fallback_rotation
     pts, time_base = av_frame.pts, av_frame.time_base or stream.time_base
-    if av_frame.format.name == "nv12":  # NVDEC's output: the software decoder's yuv420p, exactly
+    if hw and av_frame.format.name == "nv12":  # NVDEC's output: the software decoder's yuv420p, exactly
         av_frame = av_frame.reformat(format="yuv420p")
     yuv = YUV420.from_av(av_frame) if planes and not rotation else None
     if yuv is not None:
@@ -503,7 +515,7 @@ class VideoWriter:
     def _av_frame(self, image: np.ndarray | YUV420) -> av.VideoFrame:
         assert self._stream is not None
         if isinstance(image, YUV420):
-            if image.pix_fmt == self._stream.pix_fmt and not self.padded:
+            if image.pix_fmt == self._stream.pix_fmt and image.bt601_limited() and not self.padded:
                 return image.to_av()
             image = image.rgb()
         if self.padded:

@@ -195,7 +195,7 @@ class FrameWorker:
     def _segment(self, unit: WorkUnit) -> Outcome:
         """One keyframe-aligned segment of a video into part files: the local video path's
         :func:`frametrans.apply.video.translate_into`, with the frames' own timestamps."""
-        from frametrans.apply.video import FrameCount, abort_all, hwdec_wanted, planes_wanted, translate_into
+        from frametrans.apply.video import FrameCount, abort_all, hwdec_device, planes_wanted, translate_into
         from frametrans.io.video import VideoWriter, probe_video
 
         src, dst, seg = unit.srcs[0], Path(unit.dst), unit.segment
@@ -216,8 +216,8 @@ class FrameWorker:
         count = FrameCount(self._bar(unit), lambda done: self._maybe_crash() if done == 1 else None)
         failed: List[Tuple[str, str]] = []
         seen: List[int] = []
-        frames, write_after = _segment_source(src, seg, info, opts, planes_wanted(self.translator, opts),
-                                              hwdec_wanted(self.translator, opts))
+        frames, write_after = _segment_source(src, seg, info, opts, planes_wanted(self.translator, opts, [Path(dst)]),
+                                              hwdec_device(self.translator, opts))
         try:
             translate_into(writers, _noting_pts(frames, seen, write_after), self.translator, opts, count,
                            write_after=write_after)
@@ -281,7 +281,7 @@ class FrameWorker:
 
 
 def _segment_source(src: str, seg: Segment, info, opts: OutputOptions, planes: bool = False,
-                    hwdec: bool = False):
+                    hwdec: Optional[int] = None):
     """(frames to decode, pts up to which they are not written) for a segment. With --temporal a
     segment after the first starts early (the previous segment's last 16 or more frames, run through
     the model and the temporal state, not written: ``Temporal.warm_frames``): its state is warm at

@@ -196,8 +196,16 @@ def test_apply_video_with_planes_equals_the_rgb_path(tmp_path, segmented, monkey
     from frametrans.bench.models import null_translator
 
     uploaded: list = []
-    real_upload = yuv.upload
+    handed_back: list = []
+    real_upload, real_output = yuv.upload, yuv.output_planes
     monkeypatch.setattr(yuv, "upload", lambda images, *a: (uploaded.append(len(images)), real_upload(images, *a))[1])
+
+    def output_planes(images, y):
+        planes = real_output(images, y)
+        handed_back.append(0 if planes is None else len(planes))
+        return planes
+
+    monkeypatch.setattr(yuv, "output_planes", output_planes)
     outs = {}
     for mode in ("on", "off"):
         opts = OutputOptions(crf=0, quiet=True, segment_seconds=1.0 if segmented else 0.0, audio=False)
@@ -205,7 +213,7 @@ def test_apply_video_with_planes_equals_the_rgb_path(tmp_path, segmented, monkey
         apply_paths([str(CLIP)], str(dst), null_translator("cpu", batch_size=4, yuv=mode), opts)
         outs[mode] = _frames_and_planes(dst)
     on, off = outs["on"], outs["off"]
-    assert sum(uploaded) == 75  # every frame went as planes with "on", none with "off"
+    assert sum(uploaded) == 75 and sum(handed_back) == 75  # as planes both ways with "on", not with "off"
     assert len(on) == len(off) == 75
     assert [p for p, _ in on] == [p for p, _ in off]
     assert max(_max_diff(a, b) for (_, a), (_, b) in zip(on, off)) <= 2
@@ -217,12 +225,17 @@ def test_planes_only_where_nothing_needs_rgb():
     from frametrans.apply.video import planes_wanted
     from frametrans.bench.models import null_translator
 
-    on = null_translator("cpu", yuv="on")
-    assert planes_wanted(on, OutputOptions())
-    assert planes_wanted(on, OutputOptions(temporal="stats"))  # inside the forward: planes are fine
-    assert not planes_wanted(on, OutputOptions(temporal="flow"))  # blends RGB on the host
-    assert not planes_wanted(on, OutputOptions(max_side=320))
-    assert not planes_wanted(null_translator("cpu", yuv="off"), OutputOptions())
+    on, mp4 = null_translator("cpu", yuv="on"), [Path("out.mp4")]
+    assert planes_wanted(on, OutputOptions(), mp4)
+    assert planes_wanted(on, OutputOptions(temporal="stats"), mp4)  # inside the forward: planes are fine
+    assert not planes_wanted(on, OutputOptions(temporal="flow"), mp4)  # blends RGB on the host
+    assert not planes_wanted(on, OutputOptions(max_side=320), mp4)
+    assert not planes_wanted(null_translator("cpu", yuv="off"), OutputOptions(), mp4)
+    # outputs that are not 8-bit 4:2:0 would lose chroma through planes
+    assert not planes_wanted(on, OutputOptions(), [Path("out.gif")])
+    assert not planes_wanted(on, OutputOptions(pix_fmt="yuv444p"), mp4)
+    assert not planes_wanted(on, OutputOptions(), [Path("out.mp4"), Path("out_b.gif")])
+    assert planes_wanted(on, OutputOptions(codec="libx264", pix_fmt="yuv420p"), [Path("out.mkv")])
 
 
 def test_writer_takes_planes_or_converts_them(tmp_path):
@@ -240,6 +253,11 @@ def test_writer_takes_planes_or_converts_them(tmp_path):
     assert all(np.array_equal(a, p.data) for a, p in zip(write("a.mkv", planes, "yuv420p"), planes))
     converted = write("b.mkv", planes, "yuv444p")
     assert all(np.array_equal(a, b) for a, b in zip(converted, write("c.mkv", [p.rgb() for p in planes], "yuv444p")))
+    # planes tagged otherwise than the stream (BT.709 here) are converted, not relabelled
+    bt709 = [YUV420(p.data, 1, 1) for p in planes]
+    got = write("d.mkv", bt709, "yuv420p")
+    assert not np.array_equal(got[0], planes[0].data)
+    assert all(np.array_equal(a, b) for a, b in zip(got, write("e.mkv", [p.rgb() for p in bt709], "yuv420p")))
 
 
 @GPU
@@ -255,7 +273,11 @@ def test_cuda_planes_match_the_host_path():
         want = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p").to_ndarray()
         x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float().cuda()
         assert _max_diff(yuv.rgb_to_planes(x, c)[0].cpu().numpy(), want) <= 1
-    r = Runner(tiny_model("resnet"), RunnerOptions(device="cuda", precision="fp32", compile="off"))
+    r = Runner(tiny_model("resnet"), RunnerOptions(device="cuda", precision="fp32", compile="off", batch_size=2))
     assert r.wants_planes  # auto: on CUDA
-    outs = r(planes[:2])
-    assert all(isinstance(o, YUV420) for o in outs)
+    one_by_one = [r([p])[0] for p in planes]
+    assert all(isinstance(o, YUV420) for o in one_by_one)
+    # batches in flight through the shared pinned buffers: the same outputs, in order
+    streamed = [o for _, o in r.run(video._to_frame(f, i, CLIP, None, 0, planes=True) for i, f in enumerate(frames))]
+    assert len(streamed) == len(planes)
+    assert all(_max_diff(a.data, b.data) <= 1 for a, b in zip(streamed, one_by_one))

@@ -31,7 +31,7 @@ def test_without_cuda_hwdec_decodes_in_software_with_the_same_frames(caplog):
     caplog.set_level("INFO", logger="frametrans")
     hwdec._said.clear()
     assert hwdec.unavailable() is not None
-    assert _same(_frames(hwdec=True), _frames())
+    assert _same(_frames(hwdec=0), _frames())
     assert "NVDEC unavailable" in caplog.text and "decoding in software" in caplog.text
 
 
@@ -43,24 +43,27 @@ def test_nv12_frames_are_the_software_decoders_yuv420p():
     nv12 = frame.reformat(format="nv12")
     nv12.pts, nv12.time_base = frame.pts, frame.time_base
     soft = video._to_frame(frame, 0, CLIP, None, 0)
-    hard = video._to_frame(nv12, 0, CLIP, None, 0)
+    hard = video._to_frame(nv12, 0, CLIP, None, 0, hw=True)
     assert np.array_equal(hard.image, soft.image) and hard.pts == soft.pts
-    assert not np.array_equal(nv12.to_ndarray(format="rgb24"), soft.image)  # why the rearranging matters
-    planes = video._to_frame(nv12, 0, CLIP, None, 0, planes=True).image
+    direct = nv12.to_ndarray(format="rgb24")
+    assert not np.array_equal(direct, soft.image)  # why the rearranging matters
+    # an nv12 stream decoded in software keeps swscale's own conversion, as before --hwdec
+    assert np.array_equal(video._to_frame(nv12, 0, CLIP, None, 0).image, direct)
+    planes = video._to_frame(nv12, 0, CLIP, None, 0, planes=True, hw=True).image
     assert isinstance(planes, YUV420) and np.array_equal(planes.data, frame.to_ndarray())
 
 
 def test_hwdec_option_is_checked_and_follows_the_device():
     from frametrans.apply import OutputOptions
-    from frametrans.apply.video import hwdec_wanted
+    from frametrans.apply.video import hwdec_device
     from frametrans.bench.models import null_translator
 
     with pytest.raises(ValueError, match="--hwdec must be off, cuda or auto"):
         OutputOptions(hwdec="nvdec").validate()
     cpu = null_translator("cpu")
-    assert not hwdec_wanted(cpu, OutputOptions())  # off by default
-    assert not hwdec_wanted(cpu, OutputOptions(hwdec="auto"))  # auto: only with the model on CUDA
-    assert hwdec_wanted(cpu, OutputOptions(hwdec="cuda"))
+    assert hwdec_device(cpu, OutputOptions()) is None  # off by default
+    assert hwdec_device(cpu, OutputOptions(hwdec="auto")) is None  # auto: only with the model on CUDA
+    assert hwdec_device(cpu, OutputOptions(hwdec="cuda")) == 0
 
 
 def test_cli_hwdec_runs_anywhere(tmp_path):
@@ -79,8 +82,8 @@ def test_nvdec_gives_the_software_decoders_frames(caplog):
     caplog.set_level("INFO", logger="frametrans")
     hwdec._said.clear()
     assert hwdec.unavailable() is None
-    hard = _frames(hwdec=True)
+    hard = _frames(hwdec=0)
     assert "decoding h264 with NVDEC" in caplog.text
     assert _same(hard, _frames())
-    planes_hw, planes_sw = _frames(hwdec=True, planes=True), _frames(planes=True)
+    planes_hw, planes_sw = _frames(hwdec=0, planes=True), _frames(planes=True)
     assert all(np.array_equal(a.image.data, b.image.data) for a, b in zip(planes_hw, planes_sw))

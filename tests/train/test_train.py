@@ -335,8 +335,9 @@ def test_loader_workers_do_not_change_the_data(data_root: Path, tmp_path: Path) 
 
     train("cyclegan", dict(tiny("cyclegan", data_root), iters=3), tmp_path / "w0")
     args = _tiny_args("cyclegan", data_root) + ["--iters", "3", "--workers", "2", "-o", str(tmp_path / "w2")]
-    subprocess.run([sys.executable, "-m", "frametrans.cli.main", "train", "cyclegan", *args],
-                   check=True, capture_output=True)
+    proc = subprocess.run([sys.executable, "-m", "frametrans.cli.main", "train", "cyclegan", *args],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
     assert losses_of(tmp_path / "w0") == losses_of(tmp_path / "w2")
 
 
