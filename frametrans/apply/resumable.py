@@ -87,15 +87,15 @@ def _translate(folder: Path, manifest: Manifest, job: Job, translator: Translato
                ) -> Optional[TruncatedInputError]:
     """The frames not done yet -> closed parts, the manifest marked complete. Returns the cut of a
     truncated input (its decodable frames are in the parts), None when the input ended well."""
-    from frametrans.apply.video import FrameCount, hwdec_device, planes_wanted, translate_into
+    from frametrans.apply.video import FrameCount, decoding, translate_into
 
     book = SegmentBook(folder, manifest, len(dsts))
     writers = [SegmentedWriter(book, i, d, part_suffix(job.dst), _part_opener(info, opts, opts.codec_for(job.dst)),
                                info.fps or 25) for i, d in enumerate(dsts)]
     start, write_after = _resume_point(manifest, opts, info)
-    planes, hw = planes_wanted(translator, opts, dsts), hwdec_device(translator, opts)
-    frames = (video.iter_video_frames(job.src, planes, hw) if start is None
-              else iter_segment_frames(job.src, Segment(0, start, None), planes, hw))
+    how = decoding(translator, opts, dsts)
+    frames = (video.iter_video_frames(job.src, *how) if start is None
+              else iter_segment_frames(job.src, Segment(0, start, None), *how))
     total = info.frame_estimate
     translator.expect(None if total is None else max(1, total - manifest.frames_done))
     count = FrameCount(progress_bar(info.frames or None, job.src.name, opts.quiet,

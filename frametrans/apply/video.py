@@ -45,7 +45,7 @@ def apply_video(job: Job, translator: Translator, opts: OutputOptions, report: R
     writers = _open_writers(dsts, job.src, info, opts)
     count = FrameCount(progress_bar(info.frames or None, job.src.name, opts.quiet))
     try:
-        frames = video.iter_video_frames(job.src, planes_wanted(translator, opts, dsts), hwdec_device(translator, opts))
+        frames = video.iter_video_frames(job.src, *decoding(translator, opts, dsts))
         translate_into(writers, frames, translator, opts, count)
     except KeyboardInterrupt:
         with signals_deferred():
@@ -74,6 +74,12 @@ def _keep_decodable(writers: list, dsts: List[Path], job: Job, exc: TruncatedInp
     report.frames += done
     raise InputError(job.src, f"{exc.reason}; the {done} decodable frames were written "
                               f"to {dsts[0]}") from None
+
+
+def decoding(translator: Translator, opts: OutputOptions, dsts: List[Path]) -> Tuple[bool, Optional[int]]:
+    """How the video readers decode for this job: ``(planes, hwdec)``, the arguments of
+    :func:`frametrans.io.video.iter_video_frames` and :func:`frametrans.io.segments.iter_segment_frames`."""
+    return planes_wanted(translator, opts, dsts), hwdec_device(translator, opts)
 
 
 def planes_wanted(translator: Translator, opts: OutputOptions, dsts: List[Path]) -> bool:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import Dict, List, Sequence, Tuple
 
+import numpy as np
 import torch
 
 
@@ -35,3 +36,12 @@ class PinnedBuffers:
         buf, event = ring[turn % 2]
         event.synchronize()
         return buf, event
+
+    def upload(self, tag: str, arrays: Sequence[np.ndarray], device: torch.device) -> torch.Tensor:
+        """Same-shape uint8 ``arrays`` stacked into a pinned buffer (keyed by ``tag`` and the shape)
+        and copied to the CUDA ``device`` without waiting: ``[len(arrays), *shape]`` uint8 there."""
+        buf, event = self.get((tag, len(arrays), *arrays[0].shape), torch.uint8)
+        np.stack(arrays, out=buf.numpy())
+        t = buf.to(device, non_blocking=True)
+        event.record()  # the buffer may be refilled once this copy is done
+        return t

@@ -45,7 +45,7 @@ from frametrans.engine.backends.serve import BackendServer
 from frametrans.engine.memory import (Footprint, MemoryPolicy, Plan, format_size, frame_bytes_per_pixel,
                                       probe_footprint)
 from frametrans.engine.normstats import frame_dependent_norms, has_frame_dependent_norm
-from frametrans.engine.options import TILE_STATS, RunnerOptions  # noqa: F401 - RunnerOptions is used from here
+from frametrans.engine.options import RunnerOptions
 from frametrans.engine.pinned import PinnedBuffers
 from frametrans.engine.padding import Pads, crop, min_side, pad_to_multiple
 from frametrans.engine.session import Session
@@ -381,12 +381,7 @@ class Runner:
         if isinstance(images[0], YUV420):
             return yuv.upload(images, self.device, self._pinned)
         if self.device.type == "cuda" and images[0].dtype == np.uint8 and images[0].ndim == 3:
-            shape = (len(images), *images[0].shape)
-            buf, event = self._pinned.get(("in", *shape), torch.uint8)
-            np.stack(images, out=buf.numpy())
-            t = buf.to(self.device, non_blocking=True)
-            event.record()  # the buffer may be refilled once this copy is done
-            return t.permute(0, 3, 1, 2)
+            return self._pinned.upload("in", images, self.device).permute(0, 3, 1, 2)
         return transforms.images_to_tensor(images, self.device)
 
     # -- inference ------------------------------------------------------------------------------

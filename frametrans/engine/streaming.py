@@ -209,6 +209,7 @@ class Streamer:
         self.kept = self._kept()
         self.reads = {name: self._stores_read(self.steps[name]) for name in self.kept}
         self.schedule = self._plan(budget)
+        self.announced = False  # whether its log line was written (Streamers.run, on first use)
 
     # -- planning ------------------------------------------------------------------------------
 
@@ -518,9 +519,9 @@ class Streamers:
 
     def _announce(self, streamer: Streamer, shape: Tuple[int, ...]) -> None:
         """One log line per streamer, when it first runs (the memory policy may build it earlier)."""
-        if getattr(streamer, "announced", False):
+        if streamer.announced:
             return
-        streamer.announced = True  # type: ignore[attr-defined]
+        streamer.announced = True
         spilled = streamer.spilled_bytes()
         where = f"{spilled / 2**20:.0f} MiB of activations kept on disk" if self.device.type == "cpu" \
             else f"{spilled / 2**20:.0f} MiB of activations kept in host memory"

@@ -153,14 +153,10 @@ def _candidates(colorspace: int, color_range: int, pix_fmt: str) -> list:
     return [Conversion(m[0], m[1], f) for m, f in order]
 
 
-def _fit_offsets(exact: torch.Tensor, host: torch.Tensor, valid: torch.Tensor) -> Tuple[float, ...]:
-    """Mean of ``host - exact`` per last-axis channel over ``valid`` entries, in 1/64 grey levels."""
-    diff = (host.float() - exact)
-    out = []
-    for k in range(diff.shape[-1]):
-        d = diff[..., k][valid[..., k]]
-        out.append(round(float(d.mean()) * 64) / 64 if d.numel() else 0.0)
-    return tuple(out)
+def _offset(host: torch.Tensor, exact: torch.Tensor) -> float:
+    """Mean of ``host - exact`` (swscale's values less the unrounded conversion), in 1/64 grey
+    levels; 0 when there is nothing to average."""
+    return round(float((host.float() - exact).mean()) * 64) / 64 if exact.numel() else 0.0
 
 
 @functools.lru_cache(maxsize=32)
@@ -172,7 +168,9 @@ def decode_conversion(colorspace: int, color_range: int, pix_fmt: str) -> Option
     data = torch.from_numpy(planes.data)[None]
     for c in _candidates(colorspace, color_range, pix_fmt):
         exact = _rgb_float(data, c)[0]
-        c = replace(c, offsets=_fit_offsets(exact, host, (exact > 1) & (exact < 254)))
+        valid = (exact > 1) & (exact < 254)  # not clipped by the rounding to 0-255
+        c = replace(c, offsets=tuple(_offset(host[..., k][valid[..., k]], exact[..., k][valid[..., k]])
+                                     for k in range(3)))
         err = int((planes_to_rgb(data, c)[0].int() - host.int()).abs().max())
         if err <= 1:
             return c
@@ -197,8 +195,7 @@ def encode_conversion() -> Optional[Conversion]:
     c = Conversion(*BT601, full_range=False)
     exact = _split(_planes_float(x, c))
     wanted = _split(host)
-    offsets = [round(float((w.float() - e).mean()) * 64) / 64 for w, e in zip(wanted, exact)]
-    c = replace(c, offsets=tuple(offsets))
+    c = replace(c, offsets=tuple(_offset(w, e) for w, e in zip(wanted, exact)))
     err = int((rgb_to_planes(x, c).int() - host.int()).abs().max())
     if err <= 1:
         return c
@@ -223,10 +220,7 @@ def upload(images: Sequence[YUV420], device: torch.device, pinned: PinnedBuffers
     if c is None or any(im.key() != first.key() for im in images):
         return images_to_tensor([im.rgb() for im in images], device)
     if device.type == "cuda":
-        buf, event = pinned.get(("yuv", len(images), *first.data.shape), torch.uint8)
-        np.stack([im.data for im in images], out=buf.numpy())
-        data = buf.to(device, non_blocking=True)
-        event.record()  # the buffer may be refilled once this copy is done
+        data = pinned.upload("yuv", [im.data for im in images], device)
     else:
         data = torch.from_numpy(np.stack([im.data for im in images])).to(device)
     return planes_to_rgb(data, c).permute(0, 3, 1, 2)

@@ -39,7 +39,6 @@ from frametrans.io.errors import InputError, TruncatedInputError
 from frametrans.io.frame import Frame
 from frametrans.atomic import fsync_dir, temporary_path_for
 
-from frametrans.io import hwdec as hardware
 # private helpers of the video module, shared so segments decode exactly like whole files
 from frametrans.io.video import (  # noqa: F401
     StreamCopier,
@@ -47,6 +46,7 @@ from frametrans.io.video import (  # noqa: F401
     _fsync_file,
     _metadata_rotation,
     _open_input,
+    _open_stream,
     _to_frame,
     _video_stream,
 )
@@ -199,11 +199,8 @@ def iter_segment_frames(path: PathLike, segment: Segment, planes: bool = False, 
     path = Path(path)
     count = 0
     for attempt in ("seek", "scan"):
-        container, hw = hardware.open_decoding(path, hwdec, _open_input)
+        container, stream, hw = _open_stream(path, hwdec)
         try:
-            stream = _video_stream(container, path)
-            if not hw:
-                stream.thread_type = "AUTO"
             rotation = _metadata_rotation(stream)
             if segment.start is not None and attempt == "seek":
                 container.seek(segment.start, stream=stream, backward=True, any_frame=False)

@@ -184,11 +184,8 @@ def iter_video_frames(path: str | os.PathLike, planes: bool = False, hwdec: int 
     early closes the file.
     """
     path = Path(path)
-    container, hw = hardware.open_decoding(path, hwdec, _open_input)
+    container, stream, hw = _open_stream(path, hwdec)
     try:
-        stream = _video_stream(container, path)
-        if not hw:
-            stream.thread_type = "AUTO"  # frame threads: decoding keeps up with big frames
         fallback_rotation = _metadata_rotation(stream)
         decoder = _Decoder(container, stream, path)
         count = 0
@@ -212,6 +209,19 @@ def iter_video_frames(path: str | os.PathLike, planes: bool = False, hwdec: int 
             raise InputError(path, "the video stream has no decodable frames")
     finally:
         container.close()
+
+
+def _open_stream(path: Path, hwdec: int | None) -> tuple[av.container.InputContainer, av.VideoStream, bool]:
+    """(container, its first video stream, decoded on NVDEC) for reading ``path`` (both readers)."""
+    container, hw = hardware.open_decoding(path, hwdec, _open_input)
+    try:
+        stream = _video_stream(container, path)
+    except BaseException:
+        container.close()
+        raise
+    if not hw:
+        stream.thread_type = "AUTO"  # frame threads: decoding keeps up with big frames
+    return container, stream, hw
 
 
 class _Decoder:

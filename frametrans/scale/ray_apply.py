@@ -195,7 +195,7 @@ class FrameWorker:
     def _segment(self, unit: WorkUnit) -> Outcome:
         """One keyframe-aligned segment of a video into part files: the local video path's
         :func:`frametrans.apply.video.translate_into`, with the frames' own timestamps."""
-        from frametrans.apply.video import FrameCount, abort_all, hwdec_device, planes_wanted, translate_into
+        from frametrans.apply.video import FrameCount, abort_all, decoding, translate_into
         from frametrans.io.video import VideoWriter, probe_video
 
         src, dst, seg = unit.srcs[0], Path(unit.dst), unit.segment
@@ -216,8 +216,7 @@ class FrameWorker:
         count = FrameCount(self._bar(unit), lambda done: self._maybe_crash() if done == 1 else None)
         failed: List[Tuple[str, str]] = []
         seen: List[int] = []
-        frames, write_after = _segment_source(src, seg, info, opts, planes_wanted(self.translator, opts, [Path(dst)]),
-                                              hwdec_device(self.translator, opts))
+        frames, write_after = _segment_source(src, seg, info, opts, decoding(self.translator, opts, [dst]))
         try:
             translate_into(writers, _noting_pts(frames, seen, write_after), self.translator, opts, count,
                            write_after=write_after)
@@ -280,20 +279,20 @@ class FrameWorker:
         return tqdm(total=unit.frames, desc=name, unit="frame")
 
 
-def _segment_source(src: str, seg: Segment, info, opts: OutputOptions, planes: bool = False,
-                    hwdec: Optional[int] = None):
+def _segment_source(src: str, seg: Segment, info, opts: OutputOptions,
+                    how: Tuple[bool, Optional[int]] = (False, None)):
     """(frames to decode, pts up to which they are not written) for a segment. With --temporal a
     segment after the first starts early (the previous segment's last 16 or more frames, run through
     the model and the temporal state, not written: ``Temporal.warm_frames``): its state is warm at
     its first frame, as in an unsplit run, and the join shows no seam. The resume path does the same.
-    ``planes``, ``hwdec``: frames as YUV planes, decoded on NVDEC (:mod:`frametrans.apply.video`)."""
+    ``how``: ``(planes, hwdec)``, from :func:`frametrans.apply.video.decoding`."""
     warm = opts.temporal_settings().warm_frames()
     if seg.start is None or not warm:
-        return iter_segment_frames(src, seg, planes, hwdec), None
+        return iter_segment_frames(src, seg, *how), None
     from frametrans.apply.resumable import warm_up_from
 
     early = Segment(seg.index, warm_up_from(info, seg.start, warm), seg.end)
-    return iter_segment_frames(src, early, planes, hwdec), seg.start - 1
+    return iter_segment_frames(src, early, *how), seg.start - 1
 
 
 def _noting_pts(frames, seen: List[int], write_after: Optional[int] = None):

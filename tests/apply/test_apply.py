@@ -2,7 +2,6 @@
 
 import subprocess
 import sys
-from pathlib import Path
 
 import av
 import numpy as np
@@ -18,10 +17,11 @@ from frametrans.cli.main import cli
 from frametrans.io.images import read_image
 from frametrans.models.munit import MUNIT, MUNITConfig
 from frametrans.models.resnet import ResnetConfig, ResnetGenerator
+from support import SAMPLE_CLIP
 from support.cli import main_in_process
 from support.media import make_clip
 
-CLIP = Path(__file__).resolve().parents[2] / "examples" / "data" / "clip.mp4"
+CLIP = SAMPLE_CLIP
 
 
 @pytest.fixture(scope="module")

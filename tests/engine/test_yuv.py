@@ -17,9 +17,8 @@ from frametrans.engine.pinned import PinnedBuffers
 from frametrans.engine.runner import Runner, RunnerOptions
 from frametrans.io import video
 from frametrans.io.planes import YUV420
-from support import tiny_model
+from support import SAMPLE_CLIP as CLIP, tiny_model
 
-CLIP = Path(__file__).resolve().parents[2] / "examples" / "data" / "clip.mp4"
 CPU = torch.device("cpu")
 GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -3,8 +3,6 @@ NVDEC hands back) becomes the software decoder's yuv420p exactly."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import av
 import numpy as np
 import pytest
@@ -12,8 +10,8 @@ import torch
 
 from frametrans.io import hwdec, video
 from frametrans.io.planes import YUV420
+from support import SAMPLE_CLIP as CLIP
 
-CLIP = Path(__file__).resolve().parents[2] / "examples" / "data" / "clip.mp4"
 GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 

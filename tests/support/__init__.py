@@ -9,6 +9,9 @@ import numpy as np
 
 from frametrans import registry
 
+#: The README's sample: 75 frames of Big Buck Bunny, 640x360 H.264 yuv420p, with audio.
+SAMPLE_CLIP = Path(__file__).resolve().parents[2] / "examples" / "data" / "clip.mp4"
+
 TINY = {
     "unet": dict(num_downs=5, ngf=4),
     "resnet": dict(ngf=4, n_blocks=1),
