@@ -217,16 +217,10 @@ def apply_cmd(inputs: Tuple[str, ...], output: str, model: str, list_file, recur
 
 
 def _check_temporal(out_opts, runner_opts) -> None:
-    """Statistics smoothed across time change every frame: such a forward runs eagerly in torch."""
-    if out_opts.temporal_settings().stats <= 0:
-        return
-    if runner_opts.compile == "on":
-        raise click.BadParameter("--temporal stats runs the model eagerly (its statistics change every "
+    """Statistics smoothed across time change every frame: such a forward is never compiled."""
+    if out_opts.temporal_settings().stats > 0 and runner_opts.compile == "on":
+        raise click.BadParameter("--temporal stats runs the model uncompiled (its statistics change every "
                                  "frame); use --compile auto or off", param_hint="--compile")
-    if runner_opts.backend not in ("auto", "torch"):
-        raise click.BadParameter(f"--temporal stats runs the model in torch (its statistics change every "
-                                 f"frame), not {runner_opts.backend}; use --backend auto or torch",
-                                 param_hint="--backend")
 
 
 _RAY_ADDRESS = re.compile(r"^(auto|local|ray://\S+|[A-Za-z0-9_.\-\[\]:]+:\d+)$")

@@ -19,6 +19,7 @@ lighting, blur, flow errors), the floor for any output. Values are in [0, 3].
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Optional, Tuple
@@ -48,24 +49,46 @@ def flow(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
 def warp(image: np.ndarray, flow_to: np.ndarray) -> np.ndarray:
     """``image`` sampled at ``p + flow_to[p]`` for every pixel ``p`` (bilinear, edges replicated):
     with ``flow_to`` = flow(t -> t-1), frame t-1 brought to frame t. float32 in, float32 out."""
-    h, w = flow_to.shape[:2]
-    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
-    return cv2.remap(image, gx + flow_to[..., 0], gy + flow_to[..., 1], cv2.INTER_LINEAR,
-                     borderMode=cv2.BORDER_REPLICATE)
+    x, y = _sample_points(flow_to)
+    return cv2.remap(image, x, y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
 def non_occluded(fwd: np.ndarray, bwd: np.ndarray) -> np.ndarray:
     """[H, W] bool: pixels of frame t whose flow ``fwd`` (t -> t-1) is confirmed by ``bwd``
     (t-1 -> t) and lands inside frame t-1 (forward-backward consistency, Sundaram et al. 2010)."""
     h, w = fwd.shape[:2]
-    back = warp(bwd, fwd)  # bwd at x + fwd(x)
-    total = fwd + back
-    lhs = (total ** 2).sum(-1)
-    rhs = 0.01 * ((fwd ** 2).sum(-1) + (back ** 2).sum(-1)) + 0.5
+    x, y = _sample_points(fwd)
+    back = cv2.remap(bwd, x, y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)  # bwd at x + fwd(x)
+    fx, fy, bx, by = (np.ascontiguousarray(c) for c in (fwd[..., 0], fwd[..., 1], back[..., 0], back[..., 1]))
+    lhs = _square_sum(fx + bx, fy + by)  # |F + B|^2
+    rhs = _square_sum(fx, fy)
+    rhs += _square_sum(bx, by)
+    rhs *= np.float32(0.01)
+    rhs += np.float32(0.5)
+    keep = lhs < rhs
+    keep &= (x >= 0) & (x <= w - 1) & (y >= 0) & (y <= h - 1)  # lands inside frame t-1
+    return keep
+
+
+def _square_sum(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a * a + b * b`` (float32 [H, W]), in place in ``a`` when it is a temporary of the caller's."""
+    out = a * a
+    out += b * b
+    return out
+
+
+def _sample_points(flow_to: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """(x + flow_x, y + flow_y): where each pixel samples, float32 [H, W] each."""
+    gx, gy = _grid(*flow_to.shape[:2])
+    return gx + flow_to[..., 0], gy + flow_to[..., 1]
+
+
+@functools.lru_cache(maxsize=8)
+def _grid(h: int, w: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Pixel coordinates x, y (float32 [H, W], read-only; cached per size)."""
     gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
-    x, y = gx + fwd[..., 0], gy + fwd[..., 1]
-    inside = (x >= 0) & (x <= w - 1) & (y >= 0) & (y <= h - 1)
-    return (lhs < rhs) & inside
+    gx.flags.writeable = gy.flags.writeable = False
+    return gx, gy
 
 
 def _unit(image: np.ndarray) -> np.ndarray:

@@ -103,21 +103,25 @@ def example_inputs(model: nn.Module, batch: int = 2) -> Tuple[torch.Tensor, ...]
 
 
 def onnx_bytes(module: nn.Module, inputs: Tuple[torch.Tensor, ...], names: Sequence[str],
-               opset: int = DEFAULT_OPSET) -> bytes:
+               opset: int = DEFAULT_OPSET, output_names: Sequence[str] = ("output",),
+               dynamic_axes: Optional[Dict[str, Dict[int, str]]] = None) -> bytes:
     """Trace ``module`` (fp32, eval mode) on ``inputs`` into an ONNX model with dynamic batch,
     height and width (style codes: dynamic batch); output ``output``. Returns the serialized model.
+    ``output_names`` / ``dynamic_axes``: other outputs, other dynamic axes (default: as above).
 
     Uses the TorchScript tracer (``dynamo=False``): it needs no extra package and keeps the
     spatial axes symbolic through the generators' shape checks and resizes.
     """
-    dynamic = {name: ({0: "batch", 2: "height", 3: "width"} if t.dim() == 4 and t.shape[-1] > 1
-                      else {0: "batch"}) for name, t in zip(names, inputs)}
-    dynamic["output"] = {0: "batch", 2: "height", 3: "width"}
+    dynamic = dynamic_axes
+    if dynamic is None:
+        dynamic = {name: ({0: "batch", 2: "height", 3: "width"} if t.dim() == 4 and t.shape[-1] > 1
+                          else {0: "batch"}) for name, t in zip(names, inputs)}
+        dynamic["output"] = {0: "batch", 2: "height", 3: "width"}
     buf = io.BytesIO()
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad(), _autocast_off():
         warnings.simplefilter("ignore")  # tracer chatter: shape checks turned constants, legacy notice
         torch.onnx.export(module, inputs, buf, dynamo=False, input_names=list(names),
-                          output_names=["output"], dynamic_axes=dynamic, opset_version=opset,
+                          output_names=list(output_names), dynamic_axes=dynamic, opset_version=opset,
                           do_constant_folding=True)
     return buf.getvalue()
 

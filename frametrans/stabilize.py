@@ -125,9 +125,19 @@ class FlowStabilizer:
             if mask.mean() < CUT_TRACKED:
                 self.cuts += 1  # a new scene: start over from the model's output
             else:
-                w = (self.strength * mask.astype(np.float32))[..., None]
-                previous = warp(self.prev_output, fwd).reshape(out.shape)
-                out = (1.0 - w) * out + w * previous
+                _blend(out, warp(self.prev_output, fwd).reshape(out.shape), mask, self.strength)
         self.prev_input, self.prev_output = model_input, out
         top = 65535 if output.dtype == np.uint16 else 255
-        return np.clip(out + 0.5, 0, top).astype(output.dtype)
+        rounded = out + np.float32(0.5)
+        return np.clip(rounded, 0, top, out=rounded).astype(output.dtype)
+
+
+def _blend(out: np.ndarray, previous: np.ndarray, mask: np.ndarray, strength: float) -> None:
+    """``out = (1 - w) * out + w * previous`` in place, ``w = strength * mask`` (float32 [H, W, C]
+    arrays, bool [H, W] mask); ``previous`` is overwritten."""
+    w = mask.astype(np.float32)
+    w *= np.float32(strength)
+    w = w[..., None]
+    out *= np.float32(1.0) - w
+    previous *= w
+    out += previous

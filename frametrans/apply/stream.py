@@ -110,7 +110,7 @@ def apply_stream(stdin: BinaryIO, stdout: BinaryIO, translator: Translator,
     progress = progress_bar(None, "frames", quiet)
     if not isinstance(temporal, Temporal):
         temporal = Temporal("flow" if temporal else "off", flow=float(temporal or 0.0))
-    translator.variants[0].runner.expect(None)  # open-ended: --compile auto compiles when the model is slow enough
+    translator.expect(None)  # open-ended: --compile auto compiles when the model is slow enough
     decoded = prefetch(frames, depth=8, name="decode", max_bytes=translator.queue_bytes(),
                        size=lambda f: f.image.nbytes)
     n = 0

@@ -63,6 +63,7 @@ class Translator:
         self.direction: Optional[str] = None  # MUNIT: a2b or b2a
         self._fingerprint: Optional[Dict[str, Any]] = None
         self._smoothed: Dict[float, List[Variant]] = {}  # --temporal stats, by EMA factor
+        self._expected: Optional[tuple] = None  # (frames,) of the last expect(), for variants made later
         self.contract = model.config.contract()
         if self.contract.frames_in != 1:
             raise ValueError(
@@ -100,7 +101,8 @@ class Translator:
     def expect(self, frames: Optional[int]) -> None:
         """The next job has ``frames`` frames (None: an open-ended stream); lets ``--compile auto``
         decide whether compiling pays for itself."""
-        for v in self.variants:
+        self._expected = (frames,)
+        for v in self.variants + [v for vs in self._smoothed.values() for v in vs]:
             v.runner.expect(frames)
 
     def stream_variants(self, stats_factor: float = 0.0) -> List[Variant]:
@@ -109,9 +111,10 @@ class Translator:
         ``stats_factor`` 0 (or a model without per-frame normalization): :attr:`variants` itself.
         Else variants whose forward normalizes each frame with statistics smoothed across time,
         an EMA with that factor (:mod:`frametrans.engine.smoothing`), made once per factor on the
-        same session, their state reset: call this once per stream. They run eagerly in torch
-        (the statistics change every frame: nothing to compile or convert); ValueError when the
-        options ask for something else explicitly (``compile="on"``, an OpenVINO/ONNX backend).
+        same session, their state reset: call this once per stream. They run uncompiled (the
+        statistics change every frame), in torch or on the options' backend, which gets the state
+        as graph inputs and outputs (:mod:`frametrans.engine.backends.stateful`); ValueError for
+        ``compile="on"``.
         """
         if stats_factor <= 0 or not has_frame_dependent_norm(self.model):
             return self.variants
@@ -124,18 +127,19 @@ class Translator:
 
     def _smoothed_variants(self, factor: float) -> List[Variant]:
         o = self.options
-        if o.compile == "on" or o.backend not in ("torch", "auto"):
-            what = "--compile on" if o.compile == "on" else f"--backend {o.backend}"
-            raise ValueError(f"--temporal stats runs the model eagerly in torch (its statistics change "
-                             f"every frame), not with {what}; use --compile auto/off and --backend auto/torch")
-        options = dataclasses.replace(o, compile="off", backend="torch")
-        log.info("--temporal stats: normalization statistics smoothed across time (EMA factor %.2f); "
-                 "the model runs eagerly in torch (not compiled, not on OpenVINO/ONNX Runtime)", factor)
+        if o.compile == "on":
+            raise ValueError("--temporal stats runs the model uncompiled (its statistics change every frame), "
+                             "not with --compile on; use --compile auto or off")
+        options = dataclasses.replace(o, compile="off")
+        log.info("--temporal stats: normalization statistics smoothed across time (EMA factor %.2f); the "
+                 "model runs uncompiled (OpenVINO and ONNX Runtime get the statistics as graph inputs)", factor)
         variants = []
         for v in self.variants:
             smoother = NormSmoother(factor, self.contract.value_range)
             runner = Runner(self.model, options, forward=smoothed_forward(v.runner.forward, smoother),
                             out_channels=v.runner.out_channels, session=v.runner.session)
+            if self._expected is not None:
+                runner.expect(self._expected[0])
             variants.append(Variant(v.suffix, runner, smoother))
         return variants
 

@@ -41,6 +41,7 @@ from frametrans.engine import backends
 from frametrans.engine import compile as compiling
 from frametrans.engine import device as devices
 from frametrans.engine import transforms, yuv
+from frametrans.engine.backends import stateful
 from frametrans.engine.backends.serve import BackendServer
 from frametrans.engine.memory import (Footprint, MemoryPolicy, Plan, format_size, frame_bytes_per_pixel,
                                       probe_footprint)
@@ -67,6 +68,16 @@ class NonFiniteOutput(RuntimeError):
 
 def default_forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return model(x)
+
+
+def forward_token(forward: ForwardFn) -> Optional[str]:
+    """How the graph cache names ``forward``: ``""`` for :func:`default_forward`, its ``cache_token``,
+    or None (not cacheable). A smoothed forward (``--temporal stats``) is named by the forward it
+    wraps, plus :data:`~frametrans.engine.backends.stateful.TOKEN` (its graph carries the state)."""
+    smoothed = getattr(forward, "smoother", None) is not None
+    inner = forward.__wrapped__ if smoothed else forward  # type: ignore[attr-defined]
+    token = "" if inner is default_forward else getattr(inner, "cache_token", None)
+    return f"{token}|{stateful.TOKEN}" if smoothed and token is not None else token
 
 
 @dataclass
@@ -125,7 +136,7 @@ class Runner:
         self._wide: Optional[Runner] = None  # fp32 twin for 16-bit inputs under precision auto
         self.backend = backends.choose(self.options.backend, self.device, self.dtype,
                                        self.options.precision, self.options.compile)
-        token = "" if forward is default_forward else getattr(forward, "cache_token", None)
+        token = forward_token(forward)
         self._server = BackendServer.serving(self.backend, self.source, forward, token, self._cache_root())
         if self.backend.explicit and self._server is not None:
             self.policy = compiling.CompilePolicy(mode="off")  # the backend asked for runs every frame

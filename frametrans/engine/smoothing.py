@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -52,7 +53,7 @@ from torch import Tensor, nn
 
 from frametrans.engine.normstats import _Adapter, _adapter_for, _patched_forwards
 
-__all__ = ["NormSmoother", "ema_weights", "smoothed_forward", "CUT_DISTANCE", "THUMB", "BINS"]
+__all__ = ["NormSmoother", "Step", "ema", "ema_weights", "slot_key", "smoothed_forward", "CUT_DISTANCE", "THUMB", "BINS"]
 
 log = logging.getLogger("frametrans")
 
@@ -106,6 +107,16 @@ class _Scan:
         return self._weights[key]
 
 
+@dataclass(frozen=True)
+class Step:
+    """One forward of a batch against the state: its scene-cut scan, each frame's histograms
+    ``[B, C, BINS]`` and the frame shape ``(C, H, W)``."""
+
+    scan: _Scan
+    hists: Tensor
+    shape: tuple[int, ...]
+
+
 class NormSmoother:
     """The EMA state of one output stream's normalization statistics.
 
@@ -137,21 +148,20 @@ class NormSmoother:
     def run(self, model: nn.Module, x: Tensor, call: Callable[[], Tensor]) -> Tensor:
         """``call()`` (a forward of ``model`` on ``x [B, C, H, W]``, B consecutive frames) with the
         frame-dependent norm layers of ``model`` smoothed; returns its output unchanged otherwise."""
-        layers = self._norm_layers(model)
+        layers = self.layers(model)
         if not layers:
             return call()
         if any("forward" in module.__dict__ for _, module, _ in layers):
             self._warn_tiled()
             return call()
-        hists = self._histograms(x)
-        scan = self._scan(hists, tuple(x.shape[1:]))
+        step = self.begin(x)
         pending: dict[str, Tensor] = {}
         calls: dict[str, int] = {}
-        patches = {module: self._layer_forward(name, adapter, scan, pending, calls)
+        patches = {module: self._layer_forward(name, adapter, step.scan, pending, calls)
                    for name, module, adapter in layers}
         with _patched_forwards(patches):
             y = call()
-        self._commit(scan, pending, hists, tuple(x.shape[1:]))
+        self.commit(step, pending)
         return y
 
     def frame_stats(self, model: nn.Module, x: Tensor
@@ -160,29 +170,42 @@ class NormSmoother:
         elsewhere (row bands, :mod:`frametrans.engine.streaming`): ``smooth(module, mean, var)`` ->
         the smoothed (mean, var), called in forward order, and ``commit()``, called once the frame
         is done (until then the state is unchanged)."""
-        names = {id(m): name for name, m, _ in self._norm_layers(model)}
-        hists = self._histograms(x)
-        scan = self._scan(hists, tuple(x.shape[1:]))
+        names = {id(m): name for name, m, _ in self.layers(model)}
+        step = self.begin(x)
         pending: dict[str, Tensor] = {}
         calls: dict[str, int] = {}
 
         def smooth(module: nn.Module, mean: Tensor, var: Tensor) -> tuple[Tensor, Tensor]:
             smoothed = self._smooth(names[id(module)], torch.stack([mean.float(), var.float()], 1),
-                                    scan, pending, calls)
+                                    step.scan, pending, calls)
             return smoothed[:, 0], smoothed[:, 1]
 
-        return smooth, lambda: self._commit(scan, pending, hists, tuple(x.shape[1:]))
+        return smooth, lambda: self.commit(step, pending)
 
-    def _commit(self, scan: _Scan, pending: dict[str, Tensor], hists: Tensor, shape: tuple[int, ...]) -> None:
-        """The forward returned: the state moves on (a forward that raised, out of memory and
-        retried in halves, changed nothing)."""
+    def begin(self, x: Tensor) -> "Step":
+        """The scene-cut test of a batch ``x [B, C, H, W]`` of consecutive frames against the state:
+        what a forward needs to smooth it (the state is not changed until :meth:`commit`)."""
+        hists = self._histograms(x)
+        shape = tuple(x.shape[1:])
+        return Step(self._scan(hists, shape), hists, shape)
+
+    def past(self, key: str, step: "Step") -> Optional[Tensor]:
+        """The state of statistics slot ``key`` (``[1, 2, ...]`` float32) that ``step`` goes on
+        from, or None (a new stream, a new frame size, a slot not seen yet)."""
+        return self._state.get(key) if step.scan.had_past else None
+
+    def commit(self, step: "Step", pending: dict[str, Tensor]) -> None:
+        """The forward of ``step`` returned with the new states ``pending`` (slot key -> the last
+        sample's smoothed statistics): the state moves on. A forward that raised (out of memory and
+        retried in halves) never commits, so it changed nothing."""
+        scan = step.scan
         self._state = {**self._state, **pending} if scan.had_past else pending
-        self._hist, self._shape = hists[-1:], shape
+        self._hist, self._shape = step.hists[-1:], step.shape
         self.cuts += sum(scan.cuts[1:]) + int(scan.had_past and scan.cuts[0])
 
     # -- internals -------------------------------------------------------------------------------
 
-    def _norm_layers(self, model: nn.Module) -> list[tuple[str, nn.Module, _Adapter]]:
+    def layers(self, model: nn.Module) -> list[tuple[str, nn.Module, _Adapter]]:
         """(name, module, adapter) of each frame-dependent norm layer of ``model`` (cached)."""
         key = id(model)
         if key not in self._layers:
@@ -227,15 +250,28 @@ class NormSmoother:
                 calls: dict[str, int]) -> Tensor:
         """Layer ``name``'s statistics ``[B, 2, ...]`` float32 (mean, var per sample) -> smoothed,
         same shape; the layer's new state goes to ``pending``."""
-        n = calls[name] = calls.get(name, -1) + 1
-        key = name if n == 0 else f"{name}#{n}"  # a layer run twice per forward: two states
+        key = slot_key(name, calls)
         past = self._state.get(key) if scan.had_past else None
         weights = scan.weights(past is not None, stats.device)  # [B, B + 1]
         past = torch.zeros_like(stats[:1]) if past is None else past.to(stats.device)
-        series = torch.cat([past, stats])  # [B + 1, 2, ...]
-        smoothed = (weights @ series.flatten(1)).view(stats.shape)
+        smoothed = ema(weights, past, stats)
         pending[key] = smoothed[-1:]
         return smoothed
+
+
+def slot_key(name: str, calls: dict[str, int]) -> str:
+    """The state slot of layer ``name``'s next call in a forward (``calls`` counts them): a layer
+    run twice per forward has two slots, ``name`` and ``name#1``."""
+    n = calls[name] = calls.get(name, -1) + 1
+    return name if n == 0 else f"{name}#{n}"
+
+
+def ema(weights: Tensor, past: Tensor, stats: Tensor) -> Tensor:
+    """One batch of the EMA scan: ``weights [B, B + 1]`` (:func:`ema_weights`), ``past [1, 2, ...]``
+    (the state before the batch), ``stats [B, 2, ...]`` (each sample's own mean and variance) ->
+    the smoothed statistics ``[B, 2, ...]`` float32. Traceable (the ONNX graph of a backend)."""
+    series = torch.cat([past, stats])  # [B + 1, 2, ...]
+    return (weights @ series.flatten(1)).view(stats.shape)
 
 
 def _sample_stats(adapter: _Adapter, x: Tensor) -> Tensor:
@@ -251,8 +287,9 @@ def _sample_stats(adapter: _Adapter, x: Tensor) -> Tensor:
 
 def smoothed_forward(forward: ForwardFn, smoother: NormSmoother) -> ForwardFn:
     """``forward(model, x)`` run with ``smoother``'s statistics. It has no ``cache_token``: the
-    runner does not compile it, nor hand it to an OpenVINO/ONNX backend (the state changes with
-    every frame), so it always runs eagerly in torch."""
+    runner does not compile it (the state changes with every frame). An OpenVINO / ONNX Runtime
+    backend runs it with the state as graph inputs and outputs
+    (:mod:`frametrans.engine.backends.stateful`), named in the graph cache by the forward it wraps."""
     def smoothed(model: nn.Module, x: Tensor) -> Tensor:
         return smoother.run(model, x, lambda: forward(model, x))
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from frametrans.engine import backends
+from frametrans.engine.backends import stateful
 from frametrans.engine.backends.serve import BackendServer
 from frametrans.engine.runner import Runner, RunnerOptions
 from frametrans.io.frame import Frame
@@ -198,3 +199,87 @@ def test_auto_in_the_runner_converts_once_the_job_pays(tmp_path, monkeypatch):
     assert long._server.fn is not None  # the first batch ran eagerly (timed), the rest converted
     ref = _fp32(model, images)
     assert all(np.abs(a.astype(int) - b.astype(int)).max() <= 1 for a, b in zip(outs, ref))
+
+
+# -- --temporal stats through the backends: the statistics' state as graph inputs and outputs ----
+
+
+def _stream(n=7, size=(36, 44), cut_at=4):
+    """uint8 frames of a texture panning right, then (from ``cut_at``) another scene."""
+    rng = np.random.default_rng(0)
+    wide = torch.nn.functional.interpolate(torch.rand(1, 3, 5, 14, generator=torch.Generator().manual_seed(0)),
+                                           size=(size[0], size[1] + 3 * n), mode="bicubic")[0]
+    frames = [wide[:, :, 3 * t:3 * t + size[1]].permute(1, 2, 0).clamp(0, 1).numpy() for t in range(n)]
+    other = rng.random((1, 1, 3)) * 0.3 + 0.6
+    out = [f if t < cut_at else f * 0.3 + other for t, f in enumerate(frames)]
+    return [np.ascontiguousarray(np.clip(f * 255, 0, 255).astype(np.uint8)) for f in out]
+
+
+def _stats_outputs(name, batch, **runner):
+    """The stream through a Translator's --temporal stats variant (EMA 0.8): (outputs, variant)."""
+    from frametrans.apply import Translator
+
+    model = tiny_model(name)
+    opts = RunnerOptions(device="cpu", precision="fp32", compile="off", batch_size=batch, **runner)
+    t = Translator(model, opts, num_styles=1, seed=1) if name == "munit" else Translator(model, opts)
+    v = t.stream_variants(0.8)[0]
+    frames = _stream()
+    outs = [o for _, o in v.runner.run(Frame(f, index=i) for i, f in enumerate(frames))]
+    return outs, v
+
+
+@pytest.mark.parametrize("backend", ["openvino", "onnxruntime"])
+@pytest.mark.parametrize("name", ["resnet", "munit"])
+def test_temporal_stats_through_a_backend_match_torch(backend, name, tmp_path):
+    pytest.importorskip(backend)
+    ref, tv = _stats_outputs(name, 1, backend="torch")
+    outs, v = _stats_outputs(name, 3, backend=backend, cache_dir=str(tmp_path / "cache"))
+    assert isinstance(v.runner._server.fn, stateful.StatefulForward)  # the graph served every batch
+    assert v.smoother.cuts == tv.smoother.cuts == 1  # the scene cut, found and reset on both paths
+    assert all(np.abs(a.astype(int) - b.astype(int)).max() <= 1 for a, b in zip(outs, ref))
+    if name == "resnet":  # smoothed: later frames differ from each frame's own statistics
+        own = _fp32(tiny_model(name), _stream())
+        assert np.array_equal(own[0], ref[0]) and np.abs(own[3].astype(int) - outs[3].astype(int)).max() > 2
+    graphs = list((tmp_path / "cache" / "onnx").glob("*.onnx"))
+    assert len(graphs) == 1  # cached; a later process loads it and finds its state slots again
+    again, v2 = _stats_outputs(name, 2, backend=backend, cache_dir=str(tmp_path / "cache"))
+    assert v2.runner._server.cached() and v2.runner._server.fn.graph.keys == v.runner._server.fn.graph.keys
+    assert all(np.abs(a.astype(int) - b.astype(int)).max() <= 1 for a, b in zip(again, ref))
+
+
+def test_temporal_stats_state_carries_over_from_torch_to_the_backend(tmp_path, monkeypatch):
+    """Under --backend auto the first batch of a shape runs in torch (timed), the rest on the backend:
+    one state across both."""
+    if not (backends.installed("openvino") or backends.installed("onnxruntime")):
+        pytest.skip("neither openvino nor onnxruntime installed")
+    monkeypatch.setenv("FRAMETRANS_CONVERT_SECONDS", "0")
+    from frametrans.apply import Translator
+
+    ref, _ = _stats_outputs("resnet", 1, backend="torch")
+    t = Translator(tiny_model("resnet"), RunnerOptions(device="cpu", precision="fp32", compile="off", batch_size=2,
+                                                       backend="auto", cache_dir=str(tmp_path / "c")))
+    t.expect(7)
+    v = t.stream_variants(0.8)[0]
+    outs = [o for _, o in v.runner.run(Frame(f, index=i) for i, f in enumerate(_stream()))]
+    server = v.runner._server
+    assert isinstance(server.fn, stateful.StatefulForward) and sum(server._runs.values()) == 3
+    assert all(np.abs(a.astype(int) - b.astype(int)).max() <= 1 for a, b in zip(outs, ref))
+
+
+def test_temporal_stats_with_batch_statistics_stay_in_torch(caplog):
+    if not backends.installed("onnxruntime"):
+        pytest.skip("onnxruntime not installed")
+    from torch import nn
+
+    from frametrans.engine.smoothing import NormSmoother, smoothed_forward
+
+    model = tiny_model("resnet")
+    model.extra = nn.BatchNorm2d(3, track_running_stats=False)  # batch statistics: a per-sample loop
+    forward = smoothed_forward(lambda m, x: m.extra(m(x)), NormSmoother(0.8))
+    opts = RunnerOptions(device="cpu", precision="fp32", compile="off", backend="onnxruntime")
+    with pytest.raises(backends.BackendUnavailable, match="cannot run --temporal stats for this model"):
+        Runner(model, opts, forward=forward)
+    caplog.set_level("INFO", logger="frametrans")
+    r = Runner(model, RunnerOptions(device="cpu", precision="fp32", compile="off", backend="auto"),
+               forward=forward)
+    assert r._server is None and "torch runs this model" in caplog.text

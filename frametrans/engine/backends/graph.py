@@ -45,30 +45,38 @@ def graph_path(source: nn.Module, token: str, root: Path, opset: int = OPSET) ->
     return root / "onnx" / f"{graph_key(compiling.model_identity(source, source, token), opset)}.onnx"
 
 
-def _trace(source: nn.Module, fn: Callable[[nn.Module, torch.Tensor], torch.Tensor], example: torch.Tensor,
-           opset: int) -> bytes:
-    from frametrans.export import onnx_bytes
+#: Traces a graph: (example input batch, opset) -> serialized ONNX model.
+Exporter = Callable[[torch.Tensor, int], bytes]
 
-    x = example.detach().float().contiguous()
-    return onnx_bytes(compiling._Wrapped(source, fn), (x,), ["image"], opset)
+
+def plain_exporter(source: nn.Module, fn: Callable[[nn.Module, torch.Tensor], torch.Tensor]) -> Exporter:
+    """The graph of ``fn(source, x)``: input ``image``, output ``output``."""
+    def export(example: torch.Tensor, opset: int) -> bytes:
+        from frametrans.export import onnx_bytes
+
+        x = example.detach().float().contiguous()
+        return onnx_bytes(compiling._Wrapped(source, fn), (x,), ["image"], opset)
+
+    return export
 
 
 @contextlib.contextmanager
-def onnx_graph(source: nn.Module, fn: Callable[[nn.Module, torch.Tensor], torch.Tensor],
-               example: torch.Tensor, root: Path, token: Optional[str], opset: int = OPSET
-               ) -> Iterator[Tuple[Path, bool, float]]:
-    """Yield ``(path of the ONNX graph, was cached, seconds spent)`` for ``fn(source, x)``.
+def onnx_graph(source: nn.Module, export: Exporter, example: torch.Tensor, root: Path, token: Optional[str],
+               opset: int = OPSET) -> Iterator[Tuple[Path, bool, float]]:
+    """Yield ``(path of the ONNX graph, was cached, seconds spent)`` for the graph ``export`` traces
+    (e.g. :func:`plain_exporter`).
 
-    source: the fp32 module in eval mode; example: one input batch [B, C, H, W] (its shape only
-    seeds the trace). token: ``""`` for the default forward, the forward's ``cache_token``, or
-    None: not cacheable, the graph lives in a temporary file for the duration of the block.
+    source: the fp32 module in eval mode (its identity keys the cache); example: one input batch
+    [B, C, H, W] (its shape only seeds the trace). token: ``""`` for the default forward, the
+    forward's ``cache_token``, or None: not cacheable, the graph lives in a temporary file for the
+    duration of the block.
     """
     t0 = time.perf_counter()
     if token is None:
         fd, name = tempfile.mkstemp(suffix=".onnx", prefix="frametrans-")
         os.close(fd)
         try:
-            Path(name).write_bytes(_trace(source, fn, example, opset))
+            Path(name).write_bytes(export(example, opset))
             yield Path(name), False, time.perf_counter() - t0
         finally:
             Path(name).unlink(missing_ok=True)
@@ -80,7 +88,7 @@ def onnx_graph(source: nn.Module, fn: Callable[[nn.Module, torch.Tensor], torch.
             os.utime(path)  # recently used: pruned last
     else:
         log.info("converting the model to ONNX (once; cached in %s)", path.parent)
-        atomic_write_bytes(path, _trace(source, fn, example, opset))
+        atomic_write_bytes(path, export(example, opset))
         prune(path.parent, keep=path)
     yield path, cached, time.perf_counter() - t0
 

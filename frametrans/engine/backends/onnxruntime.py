@@ -7,6 +7,8 @@ CPU provider has no bf16 convolutions.
 
 from __future__ import annotations
 
+from typing import List, Sequence
+
 import numpy as np
 import torch
 
@@ -27,8 +29,12 @@ class OnnxRuntimeForward:
         options.intra_op_num_threads = torch.get_num_threads()
         options.log_severity_level = 3
         self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-        self.input = self.session.get_inputs()[0].name
+        self.inputs = [i.name for i in self.session.get_inputs()]
+
+    def run(self, arrays: Sequence[np.ndarray]) -> List[np.ndarray]:
+        """float32 arrays in the graph's input order -> its outputs."""
+        out = self.session.run(None, dict(zip(self.inputs, arrays)))
+        return [np.ascontiguousarray(o, dtype=np.float32) for o in out]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.session.run(None, {self.input: to_numpy_input(x)})[0]
-        return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
+        return torch.from_numpy(self.run([to_numpy_input(x)])[0])

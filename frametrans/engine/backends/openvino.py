@@ -1,6 +1,6 @@
 """The OpenVINO backend: the model's ONNX graph compiled by OpenVINO's CPU plugin.
 
-Each input shape gets a graph reshaped to that static shape and compiled once per process (a few
+Each set of input shapes gets a graph reshaped to those static shapes and compiled once per process (a few
 shapes are kept, least recently used first out); OpenVINO keeps the compiled blobs in
 ``<cache>/openvino`` so a later process loads them instead of compiling again. The precision is the
 session's: ``INFERENCE_PRECISION_HINT`` bf16 for bf16, f32 for fp32 (set explicitly: on CPUs with
@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -54,20 +54,26 @@ class OpenVINOForward:
         }
         self._requests: "OrderedDict[Tuple[int, ...], Any]" = OrderedDict()
 
-    def _request(self, shape: Tuple[int, ...]) -> Any:
-        req = self._requests.get(shape)
+    def _request(self, shapes: Tuple[Tuple[int, ...], ...]) -> Any:
+        """The infer request compiled for these input shapes (one per graph input, in order)."""
+        req = self._requests.get(shapes)
         if req is not None:
-            self._requests.move_to_end(shape)
+            self._requests.move_to_end(shapes)
             return req
         static = self.graph.clone()
-        static.reshape({static.inputs[0].get_any_name(): list(shape)})
+        static.reshape({port.get_any_name(): list(shape) for port, shape in zip(static.inputs, shapes)})
         req = self.core.compile_model(static, "CPU", self.config).create_infer_request()
-        self._requests[shape] = req
+        self._requests[shapes] = req
         if len(self._requests) > MAX_SHAPES:
             self._requests.popitem(last=False)
         return req
 
+    def run(self, arrays: Sequence[np.ndarray]) -> List[np.ndarray]:
+        """float32 arrays in the graph's input order -> its outputs (copies: the request reuses its
+        buffers)."""
+        req = self._request(tuple(tuple(a.shape) for a in arrays))
+        result = req.infer(dict(enumerate(arrays)))
+        return [np.array(result[i], dtype=np.float32, copy=True) for i in range(len(result))]
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        req = self._request(tuple(x.shape))
-        out = req.infer({0: to_numpy_input(x)})[0]
-        return torch.from_numpy(np.array(out, dtype=np.float32, copy=True))  # the request reuses its buffer
+        return torch.from_numpy(self.run([to_numpy_input(x)])[0])

@@ -23,13 +23,14 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Callable, Dict, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Optional, Set, Tuple
 
 import torch
 from torch import nn
 
 from frametrans.engine import backends
-from frametrans.engine.backends.graph import graph_path, onnx_graph
+from frametrans.engine.backends.graph import Exporter, graph_path, onnx_graph, plain_exporter
+from frametrans.engine.backends.stateful import SmoothedGraph, StatefulForward, servable
 
 log = logging.getLogger("frametrans")
 
@@ -83,7 +84,9 @@ class BackendServer:
         """The server for ``choice`` (logged), or None for torch. ``token`` names the forward in the
         cache ("" for the plain ``model(x)``, else its ``cache_token``); None: not cached."""
         backends.log_choice(choice)
-        return None if choice.name == "torch" else cls(choice, source, forward, token, root)
+        if choice.name == "torch" or not _stateful_servable(choice, source, forward):
+            return None
+        return cls(choice, source, forward, token, root)
 
     def tile_forward(self, torch_fn: backends.Forward, frame_norms: bool,
                      remaining: Callable[[], int]) -> backends.Forward:
@@ -148,9 +151,10 @@ class BackendServer:
     def _build(self, x: torch.Tensor) -> bool:
         t0 = time.perf_counter()
         try:
-            with onnx_graph(self.source, self.forward, x, self.root, self.token) as got:
+            export, wrap = self._graph()
+            with onnx_graph(self.source, export, x, self.root, self.token) as got:
                 path, was_cached, _ = got
-                self.fn = backends.build(self.choice, str(path), self.root)
+                self.fn = wrap(backends.build(self.choice, str(path), self.root), x)
         except Exception as exc:  # noqa: BLE001 - an unexportable model: torch still runs it
             self.failed = f"{type(exc).__name__}: {_first_line(exc)}"
             if self.choice.explicit:
@@ -163,6 +167,38 @@ class BackendServer:
         log.info("backend %s (%s): %s graph in %.1f s", self.name, backends.dtype_name(self.choice.dtype),
                  "loaded the cached" if was_cached else "converted the", self.convert_seconds)
         return True
+
+
+    def _graph(self) -> Tuple[Exporter, Callable[[Any, torch.Tensor], backends.Forward]]:
+        """How to trace the forward's graph, and how to run the built backend as the forward. A
+        smoothed forward (``--temporal stats``, :mod:`frametrans.engine.backends.stateful`) passes
+        its statistics' state through the graph."""
+        smoother = getattr(self.forward, "smoother", None)
+        if smoother is None:
+            return plain_exporter(self.source, self.forward), lambda fn, _x: fn
+        graph = SmoothedGraph(self.source, self.forward.__wrapped__, smoother.layers(self.source))
+
+        def wrap(fn: Any, x: torch.Tensor) -> backends.Forward:
+            if not graph.keys:  # the graph came from the cache: find its state slots
+                graph.discover(x)
+            return StatefulForward(graph, smoother, fn.run, self.name)
+
+        return graph.export, wrap
+
+
+def _stateful_servable(choice: backends.Choice, source: nn.Module,
+                       forward: Callable[[nn.Module, torch.Tensor], torch.Tensor]) -> bool:
+    """False (torch runs it; logged) when ``forward`` is smoothed and the backend cannot carry its
+    state; an explicit backend is then refused (:class:`~frametrans.engine.backends.BackendUnavailable`)."""
+    smoother = getattr(forward, "smoother", None)
+    why = None if smoother is None else servable(smoother, source)
+    if why is None:
+        return True
+    if choice.explicit:
+        raise backends.BackendUnavailable(f"--backend {choice.name} cannot run --temporal stats for this "
+                                          f"model ({why}); use --backend torch or auto")
+    log.info("--temporal stats: torch runs this model, not %s (%s)", choice.name, why)
+    return False
 
 
 def _first_line(exc: BaseException) -> str:
