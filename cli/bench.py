@@ -95,6 +95,7 @@ def bench_group() -> None:
     frametrans bench memory --model cyclegan --image photo.png --max-memory 128M
     frametrans bench compile --model unet --size 256 --precision bf16
     frametrans bench pipeline --size 1280x720 --threads 1,2
+    frametrans bench temporal --models cyclegan --modes off,stats,auto
     frametrans bench gpu
     """
 
@@ -375,3 +376,41 @@ def bench_backends_cmd(model: str, config, seed: int, workdir, json_out, threads
                                           batch=batch, repeat=repeat, frames=frames, seed=seed,
                                           workdir=workdir))
     _emit(result, format_backends(result), json_out)
+
+
+def _parse_list(ctx: click.Context, param: click.Parameter, value: str) -> Tuple[str, ...]:
+    items = tuple(v.strip() for v in value.split(",") if v.strip())
+    if not items:
+        raise click.BadParameter("give at least one value", param=param)
+    return items
+
+
+@bench_group.command("temporal")
+@click.option("--clip", type=click.Path(exists=True, dir_okay=False), default="examples/data/clip.mp4",
+              show_default=True, help="The video to run.")
+@click.option("--frames", "-n", type=int, callback=opt.positive("frames"), help="Its first N frames (default: all).")
+@click.option("--models", default="cyclegan,munit", show_default=True, callback=_parse_list,
+              help="Comma-separated bundled names or checkpoint paths.")
+@click.option("--modes", default="off,stats,auto", show_default=True, callback=_parse_list,
+              help="Comma-separated --temporal modes (off is the reference for ratios and PSNR).")
+@click.option("--repeat", type=int, default=3, show_default=True, callback=opt.positive("repeat"))
+@click.option("--backend", type=click.Choice(["auto", "torch", "openvino", "onnxruntime"]), default="auto",
+              show_default=True, help="As apply --backend.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
+              help="As apply --precision.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False),
+              help="Also write the results as JSON to this file.")
+@click.option("--threads", type=int, callback=opt.positive("threads"),
+              help="CPU threads for torch (default: one per core).")
+def bench_temporal_cmd(clip: str, frames: Optional[int], models: Tuple[str, ...], modes: Tuple[str, ...],
+                       repeat: int, backend: str, precision: str, json_out, threads) -> None:
+    """What each --temporal mode costs (ms/frame, ratio to off) and buys (warping error, PSNR to off)."""
+    _start(threads)
+    from frametrans.bench.temporal import MODES, TemporalBench, bench_temporal, format_table
+
+    bad = [m for m in modes if m not in MODES]
+    if "off" not in modes or bad:
+        raise click.BadParameter(f"use modes among {', '.join(MODES)}, off included", param_hint="--modes")
+    result = bench_temporal(TemporalBench(clip=clip, frames=frames, models=models, modes=modes, repeat=repeat,
+                                          backend=backend, precision=precision))
+    _emit(result, format_table(result), json_out)

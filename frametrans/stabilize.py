@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional, Tuple
 
 import numpy as np
 
@@ -106,6 +106,18 @@ def resolve_strength(mode: str, strength: Optional[float]) -> float:
     return resolve_temporal(mode, strength).flow
 
 
+#: The input's motion from frame t to frame t-1: (flow [H, W, 2] float32, non-occluded [H, W] bool).
+Motion = Tuple[np.ndarray, np.ndarray]
+
+
+def input_motion(image: np.ndarray, previous: np.ndarray) -> Motion:
+    """The flow from ``image`` to ``previous`` (input frames [H, W, C]) and the pixels it tracks
+    (forward-backward consistent, inside the frame); it depends on the input alone, so it can be
+    computed before the model's output exists, and once for every variant."""
+    fwd = flow(image, previous)
+    return fwd, non_occluded(fwd, flow(previous, image))
+
+
 class FlowStabilizer:
     """Stabilizes one stream of output frames; ``step`` in frame order."""
 
@@ -115,13 +127,15 @@ class FlowStabilizer:
         self.prev_output: Optional[np.ndarray] = None  # float32, stabilized
         self.cuts = 0
 
-    def step(self, model_input: np.ndarray, output: np.ndarray) -> np.ndarray:
+    def step(self, model_input: np.ndarray, output: np.ndarray,
+             motion: Optional[Callable[[np.ndarray, np.ndarray], Optional[Motion]]] = None) -> np.ndarray:
         """``model_input`` [H, W, C] (what the model saw) and its ``output`` [H, W, C'] (same H, W,
-        uint8 or uint16) -> the stabilized output, same shape and dtype."""
+        uint8 or uint16) -> the stabilized output, same shape and dtype. ``motion(input, previous
+        input)``: the :func:`input_motion` computed ahead, or None (then it is computed here)."""
         out = output.astype(np.float32)
         if self.prev_output is not None and self.prev_output.shape == out.shape:
-            fwd = flow(model_input, self.prev_input)
-            mask = non_occluded(fwd, flow(self.prev_input, model_input))
+            got = motion(model_input, self.prev_input) if motion is not None else None
+            fwd, mask = got if got is not None else input_motion(model_input, self.prev_input)
             if mask.mean() < CUT_TRACKED:
                 self.cuts += 1  # a new scene: start over from the model's output
             else:

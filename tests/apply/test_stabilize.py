@@ -179,3 +179,54 @@ def test_cli_stats_mode_same_result_for_any_batch(tmp_path, model_path):
     bad = CliRunner().invoke(cli, ["apply", str(clip), "-o", str(tmp_path / "x.mp4"), "-m", str(model_path),
                                    "--temporal", "stats", "--compile", "on"])
     assert bad.exit_code == 2 and "--temporal stats runs the model uncompiled" in bad.output
+
+
+def test_motion_computed_ahead_gives_the_same_frames_and_survives_failed_frames():
+    """The input's motion computed on a worker thread while the model runs: the same output as
+    computed inline; a frame that never reaches the stabilizer (failed) makes the next one compute
+    its own (its flow would be against the wrong previous frame); the wait is bounded."""
+    from frametrans.apply.temporal import MotionAhead, stabilized
+    from frametrans.io.frame import Frame
+
+    frames = _pan(8)
+    outputs = _flickering(frames)
+    inline = [o for _, [(_, o)] in stabilized(((Frame(f), [("", o)]) for f, o in zip(frames, outputs)), 0.5)]
+    with MotionAhead() as ahead:
+        fed = list(ahead.feed(Frame(f, index=i) for i, f in enumerate(frames)))
+        assert len(ahead._pending) == 7  # every frame after the first, waiting
+        ahead_out = [o for _, [(_, o)] in stabilized(((f, [("", o)]) for f, o in zip(fed, outputs)), 0.5,
+                                                     ahead.motion)]
+        assert not ahead._pending
+    assert all(np.array_equal(a, b) for a, b in zip(inline, ahead_out))
+    keep = [i for i in range(8) if i != 3]  # frame 3 failed in the model: 4 follows 2
+    calls = []
+    with MotionAhead() as ahead:
+        fed = list(ahead.feed(Frame(f, index=i) for i, f in enumerate(frames)))
+
+        def spy(image, previous):
+            got = ahead.motion(image, previous)
+            calls.append(got is not None)
+            return got
+
+        gapped = [o for _, [(_, o)] in stabilized(((fed[i], [("", outputs[i])]) for i in keep), 0.5, spy)]
+    s = FlowStabilizer(0.5)
+    assert all(np.array_equal(a, s.step(frames[i], outputs[i])) for a, i in zip(gapped, keep))
+    assert calls == [True, True, False, True, True, True]  # frame 4's flow was against frame 3
+    with MotionAhead(budget=1) as tight:  # room for 2 waiting results only
+        list(tight.feed(Frame(f) for f in frames))
+        assert len(tight._pending) == 2
+
+
+def test_variants_share_one_motion_per_frame(monkeypatch):
+    """MUNIT with several styles: the input's flow is computed once per frame, not once per style."""
+    from frametrans import stabilize
+    from frametrans.apply.temporal import stabilized
+    from frametrans.io.frame import Frame
+
+    frames = _pan(4)
+    calls = []
+    real = stabilize.input_motion
+    monkeypatch.setattr("frametrans.apply.temporal.input_motion", lambda a, b: calls.append(1) or real(a, b))
+    results = ((Frame(f), [("_s0", o), ("_s1", 255 - o)]) for f, o in zip(frames, _flickering(frames)))
+    out = list(stabilized(results, 0.5))
+    assert len(out) == 4 and len(calls) == 3

@@ -276,3 +276,24 @@ def test_bench_resume_measures_the_writer_and_a_killed_job(tmp_path):
     assert r["equal_to_uninterrupted"] is True
     assert r["resumed_frames"] == 75 - r["killed_with_frames_done"]
     assert 0 < r["killed_with_frames_done"] < 75
+
+
+def test_bench_temporal_cli_tiny(tmp_path):
+    """Every mode of a tiny instance-norm model on a short clip: times, ratios to off, the warping
+    error and the PSNR to off; stats and flow change the output, off is the reference."""
+    from support import tiny_resnet_file
+    from frametrans.bench.common import make_video
+
+    model = tiny_resnet_file(tmp_path)
+    clip = make_video(tmp_path / "clip.mp4", 64, 48, 6)
+    out = tmp_path / "t.json"
+    res = CliRunner().invoke(cli, ["bench", "temporal", "--clip", str(clip), "--models", str(model), "--repeat", "1",
+                                   "--modes", "off,stats,flow", "--backend", "torch", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    rows = {r["mode"]: r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"off", "stats", "flow"} and rows["off"]["psnr_to_off"] is None
+    assert all(rows[m]["vs_off_time"] > 0 and rows[m]["psnr_to_off"] < 99 for m in ("stats", "flow"))
+    assert rows["flow"]["warping_error"] < rows["off"]["warping_error"]
+    assert "| input (the floor) |" in res.output and "vs off" in res.output
+    bad = CliRunner().invoke(cli, ["bench", "temporal", "--clip", str(clip), "--modes", "stats,auto"])
+    assert bad.exit_code == 2 and "off included" in bad.output
