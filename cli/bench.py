@@ -398,12 +398,15 @@ def _parse_list(ctx: click.Context, param: click.Parameter, value: str) -> Tuple
               show_default=True, help="As apply --backend.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
               help="As apply --precision.")
+@click.option("--blink", is_flag=True, help="Paint a 64 px light blinking in a corner (4 frames on, 4 off).")
+@click.option("--device", default="cpu", show_default=True, help=opt.DEVICE_HELP)
 @click.option("--json", "json_out", type=click.Path(dir_okay=False),
               help="Also write the results as JSON to this file.")
 @click.option("--threads", type=int, callback=opt.positive("threads"),
               help="CPU threads for torch (default: one per core).")
 def bench_temporal_cmd(clip: str, frames: Optional[int], models: Tuple[str, ...], modes: Tuple[str, ...],
-                       repeat: int, backend: str, precision: str, json_out, threads) -> None:
+                       repeat: int, backend: str, precision: str, blink: bool, device: str, json_out,
+                       threads) -> None:
     """What each --temporal mode costs (ms/frame, ratio to off) and buys (warping error, PSNR to off)."""
     _start(threads)
     from frametrans.bench.temporal import MODES, TemporalBench, bench_temporal, format_table
@@ -412,5 +415,5 @@ def bench_temporal_cmd(clip: str, frames: Optional[int], models: Tuple[str, ...]
     if "off" not in modes or bad:
         raise click.BadParameter(f"use modes among {', '.join(MODES)}, off included", param_hint="--modes")
     result = bench_temporal(TemporalBench(clip=clip, frames=frames, models=models, modes=modes, repeat=repeat,
-                                          backend=backend, precision=precision))
+                                          backend=backend, precision=precision, blink=blink, device=device))
     _emit(result, format_table(result), json_out)

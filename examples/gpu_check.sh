@@ -7,7 +7,8 @@
 # apply.txt (the README's first command, --yuv on against off and with --hwdec cuda, timed, and
 # the PSNR between --yuv on and off),
 # predictor.txt (Moving MNIST predictor training at batch 64: data and step time, when MNIST_DIR,
-# default .mnist, holds t10k-images-idx3-ubyte.gz), and bench-gpu.json / bench-gpu.md (`frametrans bench gpu`: the whole table of issue 15, under
+# default .mnist, holds t10k-images-idx3-ubyte.gz), temporal.txt (`frametrans bench temporal` on CUDA:
+# what --temporal stats / auto cost beside the model), and bench-gpu.json / bench-gpu.md (`frametrans bench gpu`: the whole table of issue 15, under
 # 6 minutes). Written for a machine that has torch with CUDA but not this package: frametrans is
 # installed with --target next to it, and WHEELS (a folder of wheels, e.g. PyAV's, default .whl)
 # first, without dependencies. To carry PyAV to a machine without it (Python 3.12, x86-64):
@@ -75,6 +76,11 @@ if [ -f "$mnist/t10k-images-idx3-ubyte.gz" ]; then  # issue 18: the predictor at
         --batch-size 64 --steps 50 --warmup 5 > "$out/predictor.txt" 2>&1
     cat "$out/predictor.txt"
 fi
+
+# issue 16: what --temporal costs next to a GPU model (the flow runs on host threads, ahead of the model)
+step timeout 120 frametrans bench temporal --device cuda --models cyclegan --modes off,stats,auto --repeat 2 \
+    --json "$out/bench-temporal.json" > "$out/temporal.txt" 2>&1
+tail -n 8 "$out/temporal.txt"
 
 step timeout 480 frametrans bench gpu --out "$out/bench-gpu" > "$out/bench.log" 2>&1
 tail -n 40 "$out/bench.log"

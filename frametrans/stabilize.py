@@ -42,11 +42,13 @@ CUT_TRACKED = 0.5
 #: sample clip, whose statistics hardly move, it changes the warping error by < 2%.)
 STATS_FACTOR = 0.9
 #: What ``--temporal auto`` does besides the flow blend: the statistics' EMA factor (0: none).
-#: Measured: on the sample clip stats adds < 2% to flow's 65%; on the blinking clip flow 0.5 alone
-#: gives -80% (cyclegan) and -82% (munit), with stats 0.9 -87% and -89%; but stats runs the model
-#: eagerly in torch (no OpenVINO, no compiled forward): 1.6-2.1x the per-frame time on a 2-core
-#: CPU, over the 1.3x budget. So auto is flow alone.
-AUTO_STATS = 0.0
+#: Measured with ``frametrans bench temporal`` (640x360 sample clip, OpenVINO fp32, 2-core Xeon,
+#: 2026-11-30): with a light blinking in a corner, flow 0.5 alone -68% warping error (cyclegan) and
+#: -66% (munit), flow + stats 0.9 -73% and -75%, at 35.3 / 38.7 dB from the per-frame output; on
+#: the plain clip stats changes the error by 0-1%. Stats costs 0.92-1.06x the per-frame time now
+#: that OpenVINO / ONNX Runtime run it (it was 1.6-2.1x in torch eager, when auto left it out). Its
+#: cost elsewhere: a resumed job or a Ray segment warms up 51 frames instead of 16.
+AUTO_STATS = 0.9
 TEMPORAL_MODES = ("off", "stats", "flow", "auto")
 #: A run that starts mid-video (a resume, a Ray segment) first runs frames before its start, unwritten,
 #: until what its state would still remember of the frames before those weighs at most this (per

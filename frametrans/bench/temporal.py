@@ -3,11 +3,14 @@
 The clip is decoded once; then, for each model, every mode runs the whole stream path of
 ``frametrans apply`` except the codecs (:func:`frametrans.apply.temporal.translate_stream`: the
 model through the runner with the CLI's backend and precision choices, then the flow blend), in
-interleaved rounds after one untimed warm-up round (graph conversion, caches). Reported per mode:
+interleaved rounds after one untimed warm-up round (graph conversion, caches); each pass is one job
+of the clip's length, as ``apply`` sees it (``--compile auto`` and ``--backend auto`` decide from
+that). Reported per mode:
 ms/frame (median of the rounds), the ratio to ``off`` measured in the same rounds, the warping
 error of the output (:mod:`frametrans.consistency`), its change against ``off``, and the PSNR
 between the output and ``off``'s (uint8 frames, no codec in between). The input's own warping
-error is the floor.
+error is the floor. ``blink`` paints a light blinking in a corner on the clip: whole-frame pulsing
+that per-frame normalization statistics cause, which ``stats`` targets.
 """
 
 from __future__ import annotations
@@ -39,7 +42,12 @@ class TemporalBench:
     device: str = "cpu"
     batch: Optional[int] = None
     seed: int = 0
+    blink: bool = False
     extra: Dict[str, Any] = field(default_factory=dict)
+
+#: ``blink``: a BLINK x BLINK light in the top-left corner, on for BLINK_FRAMES frames, off for as many.
+BLINK = 64
+BLINK_FRAMES = 4
 
 
 def _decode(opts: TemporalBench) -> List[np.ndarray]:
@@ -52,7 +60,17 @@ def _decode(opts: TemporalBench) -> List[np.ndarray]:
             break
     if len(frames) < 2:
         raise ValueError(f"{opts.clip}: needs at least 2 frames, has {len(frames)}")
-    return frames
+    return [_blinked(f, t) for t, f in enumerate(frames)] if opts.blink else frames
+
+
+def _blinked(frame: np.ndarray, t: int) -> np.ndarray:
+    """``frame`` with the corner light on when ``t`` is in an on-phase: something in the picture that
+    moves every frame's statistics (per-frame normalization pulses with it)."""
+    if (t // BLINK_FRAMES) % 2 == 0:
+        return frame
+    out = frame.copy()
+    out[:BLINK, :BLINK] = 255
+    return out
 
 
 def _translator(name: str, opts: TemporalBench) -> Any:
@@ -72,6 +90,7 @@ def _run_mode(translator: Any, frames: List[np.ndarray], mode: str) -> Tuple[flo
     from frametrans.stabilize import resolve_temporal
 
     temporal = resolve_temporal(mode, None)
+    translator.expect(len(frames))  # one clip, as `frametrans apply` tells the runners
     t0 = time.perf_counter()
     outs = [o[0][1] for _, o in translate_stream((Frame(f, index=i) for i, f in enumerate(frames)),
                                                   translator, temporal)]
@@ -84,7 +103,6 @@ def bench_model(name: str, frames: List[np.ndarray], opts: TemporalBench, log: L
     from frametrans.consistency import temporal_consistency
 
     translator = _translator(name, opts)
-    translator.expect(len(frames) * len(opts.modes) * (opts.repeat + 1))  # one job: backends pay
     for mode in opts.modes:  # warm-up: conversions, caches, allocator
         _run_mode(translator, frames, mode)
     seconds: Dict[str, List[float]] = {m: [] for m in opts.modes}
@@ -129,7 +147,8 @@ def bench_temporal(opts: TemporalBench, log: Log = to_stderr) -> Dict[str, Any]:
 
 def format_table(result: Dict[str, Any]) -> str:
     """The rows as a Markdown table, the input's floor first."""
-    lines = [f"{result['frames']} frames of {result['size']} ({result['machine']}); "
+    blink = ", a light blinking in a corner" if result["settings"].get("blink") else ""
+    lines = [f"{result['frames']} frames of {result['size']}{blink} ({result['machine']}); "
              "time: median of the rounds, ratio to off measured in the same rounds", "",
              "| model | --temporal | ms/frame | vs off | warping error | vs off | PSNR to off |",
              "|---|---|---|---|---|---|---|"]
