@@ -51,7 +51,7 @@ from frametrans.cli import options as opt
               show_default=True, help="Less flicker in videos, animations and streams: stats normalizes "
               "each frame with statistics smoothed across time (InstanceNorm, AdaIN); flow blends each "
               "output with the previous one warped along the input's optical flow; auto: the measured "
-              "default (flow 0.5).")
+              "default (flow 0.5 + stats 0.9).")
 @click.option("--temporal-strength", type=float,
               help="In [0, 1): the EMA factor of --temporal stats [0.9], the blend weight of flow [0.5].")
 @opt.memory_options
