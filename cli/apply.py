@@ -218,7 +218,7 @@ def apply_cmd(inputs: Tuple[str, ...], output: str, model: str, list_file, recur
 
 def _check_temporal(out_opts, runner_opts) -> None:
     """Statistics smoothed across time change every frame: such a forward is never compiled."""
-    if out_opts.temporal_settings().stats > 0 and runner_opts.compile == "on":
+    if out_opts.temporal_settings().mode == "stats" and runner_opts.compile == "on":  # auto drops stats
         raise click.BadParameter("--temporal stats runs the model uncompiled (its statistics change every "
                                  "frame); use --compile auto or off", param_hint="--compile")
 

@@ -45,9 +45,11 @@ STATS_FACTOR = 0.9
 #: Measured with ``frametrans bench temporal`` (640x360 sample clip, OpenVINO fp32, 2-core Xeon,
 #: 2026-11-30): with a light blinking in a corner, flow 0.5 alone -68% warping error (cyclegan) and
 #: -66% (munit), flow + stats 0.9 -73% and -75%, at 35.3 / 38.7 dB from the per-frame output; on
-#: the plain clip stats changes the error by 0-1%. Stats costs 0.92-1.06x the per-frame time now
-#: that OpenVINO / ONNX Runtime run it (it was 1.6-2.1x in torch eager, when auto left it out). Its
-#: cost elsewhere: a resumed job or a Ray segment warms up 51 frames instead of 16.
+#: the plain clip stats changes the error by 0-1%. Stats costs 0.92-1.06x the per-frame time of off
+#: now that OpenVINO / ONNX Runtime run it, 1.07x in torch eager against torch eager (auto left it
+#: out when stats forced torch eager and off ran on OpenVINO: 1.6-2.1x). Its cost elsewhere: a
+#: resumed job or a Ray segment warms up 51 frames instead of 16 (models with per-frame
+#: normalization only: :meth:`frametrans.apply.translator.Translator.temporal`).
 AUTO_STATS = 0.9
 TEMPORAL_MODES = ("off", "stats", "flow", "auto")
 #: A run that starts mid-video (a resume, a Ray segment) first runs frames before its start, unwritten,

@@ -34,7 +34,7 @@ log = logging.getLogger("frametrans")
 
 def settings_of(translator: Translator, opts: OutputOptions) -> Dict[str, Any]:
     """Everything that changes the output's pixels or packets, as JSON values."""
-    temporal = opts.temporal_settings()
+    temporal = translator.temporal(opts.temporal_settings())
     settings = {**translator.fingerprint(), "resize": opts.resize, "max_side": opts.max_side,
                 "codec": opts.codec, "crf": opts.crf, "preset": opts.preset, "pix_fmt": opts.pix_fmt,
                 "audio": opts.audio, "temporal": temporal.flow}
@@ -92,7 +92,7 @@ def _translate(folder: Path, manifest: Manifest, job: Job, translator: Translato
     book = SegmentBook(folder, manifest, len(dsts))
     writers = [SegmentedWriter(book, i, d, part_suffix(job.dst), _part_opener(info, opts, opts.codec_for(job.dst)),
                                info.fps or 25) for i, d in enumerate(dsts)]
-    start, write_after = _resume_point(manifest, opts, info)
+    start, write_after = _resume_point(manifest, translator.temporal(opts.temporal_settings()).warm_frames(), info)
     how = decoding(translator, opts, dsts)
     frames = (video.iter_video_frames(job.src, *how) if start is None
               else iter_segment_frames(job.src, Segment(0, start, None), *how))
@@ -163,16 +163,16 @@ def _variant_dsts(job: Job, translator: Translator) -> List[Path]:
     return [variant_path(job.dst, v.suffix) for v in translator.variants]
 
 
-def _resume_point(manifest: Manifest, opts: OutputOptions, info: video.VideoInfo
+def _resume_point(manifest: Manifest, warm: int, info: video.VideoInfo
                   ) -> Tuple[Optional[int], Optional[int]]:
     """(pts to start decoding at, pts up to which frames are not written): None, None from the
     start. With --temporal the last frames written go through the model again (not written), so
     the temporal state is warmed up as in an uninterrupted run: from the timestamps the manifest
-    kept (16 frames), from the frame rate when the mode needs more (:meth:`Temporal.warm_frames`)."""
+    kept (16 frames), from the frame rate when the mode needs more (``warm``: frames,
+    :meth:`Temporal.warm_frames` of the mode as it applies to the model)."""
     if not manifest.parts:
         return None, None
     last = manifest.parts[-1]
-    warm = opts.temporal_settings().warm_frames()
     if not warm or not last.tail_pts:
         return last.last_pts + 1, last.last_pts
     start = last.tail_pts[-min(warm, len(last.tail_pts))]

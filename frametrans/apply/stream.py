@@ -115,6 +115,7 @@ def apply_stream(stdin: BinaryIO, stdout: BinaryIO, translator: Translator,
                        size=lambda f: f.image.nbytes)
     n = 0
     try:
+        temporal = translator.temporal(temporal)
         v = translator.stream_variants(temporal.stats)[0]
         with MotionAhead() as ahead:
             fed = ahead.feed(decoded) if temporal.flow > 0 else decoded

@@ -25,6 +25,7 @@ def translate_stream(frames: Iterable[Frame], translator: Translator, temporal: 
                      ) -> Iterator[Tuple[Frame, List[Tuple[str, np.ndarray]]]]:
     """One stream's frames, in order -> ``(frame, [(suffix, output)...])`` for every variant, with
     ``temporal`` applied (nothing changes when it is off). A new stream starts from no past."""
+    temporal = translator.temporal(temporal)
     variants = translator.stream_variants(temporal.stats)
     if temporal.flow <= 0:
         yield from run_variants(frames, translator, on_error, variants)
@@ -100,7 +101,7 @@ class MotionAhead:
         previous: Optional[np.ndarray] = None
         for frame in frames:
             image = frame.image if isinstance(frame.image, np.ndarray) else None
-            if image is not None and previous is None:
+            if image is not None and (previous is None or previous.shape != image.shape):
                 self.limit = max(2, self.budget // (9 * image.shape[0] * image.shape[1]))
             if (image is not None and previous is not None and previous.shape == image.shape
                     and len(self._pending) < self.limit):

@@ -15,7 +15,7 @@ import hashlib
 import logging
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -29,6 +29,9 @@ from frametrans.engine.smoothing import NormSmoother, smoothed_forward
 from frametrans.io import images
 from frametrans.io.errors import first_line
 from frametrans.io.frame import Frame, frame_label
+
+if TYPE_CHECKING:
+    from frametrans.stabilize import Temporal
 
 log = logging.getLogger("frametrans")
 
@@ -64,6 +67,7 @@ class Translator:
         self._fingerprint: Optional[Dict[str, Any]] = None
         self._smoothed: Dict[float, List[Variant]] = {}  # --temporal stats, by EMA factor
         self._expected: Optional[tuple] = None  # (frames,) of the last expect(), for variants made later
+        self._told_auto_compiled = False
         self.contract = model.config.contract()
         if self.contract.frames_in != 1:
             raise ValueError(
@@ -105,6 +109,23 @@ class Translator:
         for v in self.variants + [v for vs in self._smoothed.values() for v in vs]:
             v.runner.expect(frames)
 
+    def temporal(self, requested: "Temporal") -> "Temporal":
+        """``requested`` (:mod:`frametrans.stabilize`) as it applies to this model and these options:
+        no statistics to smooth for a model without per-frame normalization, and none for ``auto``
+        under ``--compile on`` (a compiled forward cannot smooth them; said once). An explicit
+        ``stats`` with ``--compile on`` stays, and :meth:`stream_variants` refuses it."""
+        if requested.stats <= 0:
+            return requested
+        if not has_frame_dependent_norm(self.model):
+            return dataclasses.replace(requested, stats=0.0)
+        if requested.mode == "auto" and self.options.compile == "on":
+            if not self._told_auto_compiled:
+                self._told_auto_compiled = True
+                log.info("--temporal auto with --compile on: flow only (the compiled forward cannot smooth "
+                         "the normalization statistics)")
+            return dataclasses.replace(requested, stats=0.0)
+        return requested
+
     def stream_variants(self, stats_factor: float = 0.0) -> List[Variant]:
         """The variants to run one stream (a video, an animation, a raw stream) with, in frame order.
 
@@ -130,7 +151,7 @@ class Translator:
         if o.compile == "on":
             raise ValueError("--temporal stats runs the model uncompiled (its statistics change every frame), "
                              "not with --compile on; use --compile auto or off")
-        options = dataclasses.replace(o, compile="off")
+        options = dataclasses.replace(o, compile="off", cuda_graphs=False)  # a graph would replay one state
         log.info("--temporal stats: normalization statistics smoothed across time (EMA factor %.2f); the "
                  "model runs uncompiled (OpenVINO and ONNX Runtime get the statistics as graph inputs)", factor)
         variants = []

@@ -114,14 +114,12 @@ def bench_model(name: str, frames: List[np.ndarray], opts: TemporalBench, log: L
         log(f"bench temporal: {name} round {r + 1}/{opts.repeat}: " +
             ", ".join(f"{m} {seconds[m][-1] / len(frames) * 1e3:.0f} ms/frame" for m in opts.modes))
     rows = []
-    base = outputs.get("off")
-    off_error = None
+    base = outputs["off"]
+    off_error = temporal_consistency(frames, base).output
     for mode in opts.modes:
-        report = temporal_consistency(frames, outputs[mode], base if mode != "off" and base is not None else None)
+        report = temporal_consistency(frames, outputs[mode], base if mode != "off" else None)
         per_frame = median(seconds[mode]) / len(frames)
-        ratios = [s / o for s, o in zip(seconds[mode], seconds["off"])] if "off" in seconds else []
-        if mode == "off":
-            off_error = report.output
+        ratios = [s / o for s, o in zip(seconds[mode], seconds["off"])]
         rows.append({"model": name, "mode": mode, "ms_per_frame": per_frame * 1e3,
                      "vs_off_time": median(ratios) if ratios else None,
                      "warping_error": report.output, "input_warping_error": report.input,
@@ -137,6 +135,8 @@ def bench_temporal(opts: TemporalBench, log: Log = to_stderr) -> Dict[str, Any]:
     for mode in opts.modes:
         if mode not in MODES:
             raise ValueError(f"unknown --temporal mode {mode!r}; use {', '.join(MODES)}")
+    if "off" not in opts.modes:
+        raise ValueError("the modes must include off (the reference of the ratios and the PSNR)")
     frames = _decode(opts)
     h, w = frames[0].shape[:2]
     log(f"bench temporal: {opts.clip}, {len(frames)} frames of {w}x{h}; {torch.get_num_threads()} threads")

@@ -216,7 +216,8 @@ class FrameWorker:
         count = FrameCount(self._bar(unit), lambda done: self._maybe_crash() if done == 1 else None)
         failed: List[Tuple[str, str]] = []
         seen: List[int] = []
-        frames, write_after = _segment_source(src, seg, info, opts, decoding(self.translator, opts, [dst]))
+        warm = self.translator.temporal(opts.temporal_settings()).warm_frames()
+        frames, write_after = _segment_source(src, seg, info, warm, decoding(self.translator, opts, [dst]))
         try:
             translate_into(writers, _noting_pts(frames, seen, write_after), self.translator, opts, count,
                            write_after=write_after)
@@ -279,14 +280,14 @@ class FrameWorker:
         return tqdm(total=unit.frames, desc=name, unit="frame")
 
 
-def _segment_source(src: str, seg: Segment, info, opts: OutputOptions,
+def _segment_source(src: str, seg: Segment, info, warm: int,
                     how: Tuple[bool, Optional[int]] = (False, None)):
     """(frames to decode, pts up to which they are not written) for a segment. With --temporal a
     segment after the first starts early (the previous segment's last 16 or more frames, run through
     the model and the temporal state, not written: ``Temporal.warm_frames``): its state is warm at
     its first frame, as in an unsplit run, and the join shows no seam. The resume path does the same.
-    ``how``: ``(planes, hwdec)``, from :func:`frametrans.apply.video.decoding`."""
-    warm = opts.temporal_settings().warm_frames()
+    ``warm``: the frames to run first (:meth:`Temporal.warm_frames` of the mode as it applies to the
+    model). ``how``: ``(planes, hwdec)``, from :func:`frametrans.apply.video.decoding`."""
     if seg.start is None or not warm:
         return iter_segment_frames(src, seg, *how), None
     from frametrans.apply.resumable import warm_up_from

@@ -230,3 +230,30 @@ def test_variants_share_one_motion_per_frame(monkeypatch):
     results = ((Frame(f), [("_s0", o), ("_s1", 255 - o)]) for f, o in zip(frames, _flickering(frames)))
     out = list(stabilized(results, 0.5))
     assert len(out) == 4 and len(calls) == 3
+
+
+def test_auto_resolves_against_the_model_and_the_options(caplog):
+    """auto's statistics apply only to models with per-frame normalization (so a U-Net's resume or
+    Ray segment warms up 16 frames, not 51), and --compile on makes auto flow only (said once)
+    while an explicit stats with --compile on is still refused."""
+    from frametrans.apply import Translator
+    from frametrans.apply.jobs import OutputOptions
+    from frametrans.cli.apply import _check_temporal
+    from frametrans.engine.runner import RunnerOptions
+    from support import tiny_model
+
+    auto = resolve_temporal("auto", None)
+    opts = RunnerOptions(device="cpu", precision="fp32", backend="torch", compile="off")
+    resnet, unet = Translator(tiny_model("resnet"), opts), Translator(tiny_model("unet"), opts)
+    assert resnet.temporal(auto) == auto and resnet.temporal(auto).warm_frames() == 51
+    assert unet.temporal(auto) == Temporal("auto", stats=0.0, flow=AUTO_STRENGTH)
+    assert unet.temporal(auto).warm_frames() == 16
+    compiled = Translator(tiny_model("resnet"), RunnerOptions(device="cpu", compile="on"))
+    caplog.set_level("INFO", logger="frametrans")
+    assert compiled.temporal(auto).stats == 0.0 and compiled.temporal(auto).flow == AUTO_STRENGTH
+    assert caplog.text.count("--temporal auto with --compile on: flow only") == 1
+    stats = resolve_temporal("stats", None)
+    assert compiled.temporal(stats) == stats  # kept, and refused where the variants are made
+    _check_temporal(OutputOptions(temporal="auto"), RunnerOptions(compile="on"))  # no error
+    with pytest.raises(Exception, match="--temporal stats runs the model uncompiled"):
+        _check_temporal(OutputOptions(temporal="stats"), RunnerOptions(compile="on"))

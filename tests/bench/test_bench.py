@@ -288,11 +288,12 @@ def test_bench_temporal_cli_tiny(tmp_path):
     clip = make_video(tmp_path / "clip.mp4", 64, 48, 6)
     out = tmp_path / "t.json"
     res = CliRunner().invoke(cli, ["bench", "temporal", "--clip", str(clip), "--models", str(model), "--repeat", "1",
-                                   "--modes", "off,stats,flow", "--backend", "torch", "--json", str(out)])
+                                   "--modes", "stats,off,flow", "--backend", "torch", "--json", str(out)])
     assert res.exit_code == 0, res.output
     rows = {r["mode"]: r for r in json.loads(out.read_text())["rows"]}
     assert set(rows) == {"off", "stats", "flow"} and rows["off"]["psnr_to_off"] is None
     assert all(rows[m]["vs_off_time"] > 0 and rows[m]["psnr_to_off"] < 99 for m in ("stats", "flow"))
+    assert all(rows[m]["vs_off_error"] is not None for m in ("stats", "flow"))  # off listed after stats
     assert rows["flow"]["warping_error"] < rows["off"]["warping_error"]
     assert "| input (the floor) |" in res.output and "vs off" in res.output
     bad = CliRunner().invoke(cli, ["bench", "temporal", "--clip", str(clip), "--modes", "stats,auto"])

@@ -348,7 +348,7 @@ def test_temporal_segments_start_warm_no_seam_at_the_joins(tmp_path, ray_local, 
     assert len(split) == 60
     assert max(np.abs(a.astype(int) - b.astype(int)).max() for a, b in zip(whole, split)) <= 1
     monkeypatch.setattr(ra, "_segment_source",
-                        lambda src, seg, info, opts, how=(False, None): (ra.iter_segment_frames(src, seg, *how), None))
+                        lambda src, seg, info, warm, how=(False, None): (ra.iter_segment_frames(src, seg, *how), None))
     joins = _segment_run(src, tmp_path / "cold.mp4", model, opts, 0.5)
     assert len(joins) >= 2
     _, cold, _ = decoded(tmp_path / "cold.mp4")

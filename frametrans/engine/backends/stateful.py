@@ -144,8 +144,6 @@ class StatefulForward:
         states = [p.float().cpu() if has_past else torch.zeros(s) for p, s in zip(past, self.graph.slots)]
         arrays = [x.detach().float().contiguous().cpu().numpy(), weights.numpy(),
                   *[s.contiguous().numpy() for s in states]]
-        out = self.run(arrays)
-        pending = {k: torch.from_numpy(np.array(o, dtype=np.float32, copy=True))
-                   for k, o in zip(self.graph.keys, out[1:])}
-        self.smoother.commit(step, pending)
-        return torch.from_numpy(np.array(out[0], dtype=np.float32, copy=True))
+        out = self.run(arrays)  # float32 arrays of their own (the backends copy out of their buffers)
+        self.smoother.commit(step, {k: torch.from_numpy(o) for k, o in zip(self.graph.keys, out[1:])})
+        return torch.from_numpy(out[0])
