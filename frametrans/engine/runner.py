@@ -41,8 +41,8 @@ from frametrans.engine import backends
 from frametrans.engine import compile as compiling
 from frametrans.engine import device as devices
 from frametrans.engine import transforms, yuv
-from frametrans.engine.backends import stateful
 from frametrans.engine.backends.serve import BackendServer
+from frametrans.engine.forwards import ForwardFn, default_forward, forward_token
 from frametrans.engine.memory import (Footprint, MemoryPolicy, Plan, format_size, frame_bytes_per_pixel,
                                       probe_footprint)
 from frametrans.engine.normstats import frame_dependent_norms, has_frame_dependent_norm
@@ -57,27 +57,12 @@ from frametrans.io.planes import YUV420
 
 log = logging.getLogger("frametrans")
 
-ForwardFn = Callable[[nn.Module, torch.Tensor], torch.Tensor]
 class FrameOutOfMemory(RuntimeError):
     """One frame does not fit even in the smallest tiles."""
 
 
 class NonFiniteOutput(RuntimeError):
     """The model's output has NaN or inf even in fp32 (names the frames); nothing is written."""
-
-
-def default_forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return model(x)
-
-
-def forward_token(forward: ForwardFn) -> Optional[str]:
-    """How the graph cache names ``forward``: ``""`` for :func:`default_forward`, its ``cache_token``,
-    or None (not cacheable). A smoothed forward (``--temporal stats``) is named by the forward it
-    wraps, plus :data:`~frametrans.engine.backends.stateful.TOKEN` (its graph carries the state)."""
-    smoothed = getattr(forward, "smoother", None) is not None
-    inner = forward.__wrapped__ if smoothed else forward  # type: ignore[attr-defined]
-    token = "" if inner is default_forward else getattr(inner, "cache_token", None)
-    return f"{token}|{stateful.TOKEN}" if smoothed and token is not None else token
 
 
 @dataclass
@@ -89,6 +74,19 @@ class _Launched:
     dtype: np.dtype
     event: Optional["torch.cuda.Event"] = None
     planes: bool = False  # the outputs are YUV 4:2:0 planes (inputs came as planes)
+    recheck: Optional["_Recheck"] = None  # the finite test, read when the batch is handed out
+
+
+@dataclass
+class _Recheck:
+    """What a batch whose finite test was deferred needs: the per-frame result (``finite`` [B] bool,
+    on the CPU, pinned on CUDA) and what a run in fp32 takes."""
+
+    finite: torch.Tensor
+    images: Sequence[np.ndarray]
+    max_value: float
+    plan: Plan
+    labels: List[str]
 
 
 class Runner:
@@ -328,18 +326,41 @@ class Runner:
             y = crop(self._infer(x, plan), pads)
             del x  # the input's memory is free for the conversion back
             labels = [frame_label(f) for f in frames] if frames else [label] * len(images)
-            y = self._finite(y, images, max_value, plan, labels)
-            y = transforms.from_model_range(y, self.contract.value_range, max_value)
-            planes = yuv.output_planes(images, y)
-            y = planes if planes is not None else \
-                y.to(torch.int32 if dtype == np.uint16 else torch.uint8).permute(0, 2, 3, 1)
+            finite = torch.isfinite(y).flatten(1).all(1) if self._defers_finite_test() else None
+            if finite is None:
+                y = self._finite(y, images, max_value, plan, labels)
+            y, planes = self._to_output(y, images, max_value)
             self.policy.done_frames += len(images)
             if self.device.type != "cuda":
-                return _Launched(frames, y.to("cpu"), np.dtype(dtype), planes=planes is not None)
+                recheck = None if finite is None else _Recheck(finite.cpu(), images, max_value, plan, labels)
+                return _Launched(frames, y.to("cpu"), np.dtype(dtype), planes=planes, recheck=recheck)
             out, event = self._pinned.get(tuple(y.shape), y.dtype)
             out.copy_(y, non_blocking=True)
+            recheck = None
+            if finite is not None:  # copied back with the outputs: no wait here
+                flags, flags_event = self._pinned.get(("finite", len(images)), torch.bool)
+                flags.copy_(finite, non_blocking=True)
+                flags_event.record()
+                recheck = _Recheck(flags, images, max_value, plan, labels)
             event.record()
-            return _Launched(frames, out, np.dtype(dtype), event, planes is not None)
+            return _Launched(frames, out, np.dtype(dtype), event, planes, recheck)
+
+    def _defers_finite_test(self) -> bool:
+        """On CUDA the finite test of a batch is read when the batch is handed out, not when it is
+        launched: reading it at once would wait for the forward and leave the GPU idle while the host
+        hands out the batch before. Not for a forward that carries state (``--temporal stats``): its
+        fp32 run must come before the next batch's."""
+        return self.device.type == "cuda" and getattr(self.forward, "smoother", None) is None
+
+    def _to_output(self, y: torch.Tensor, images: Sequence[np.ndarray], max_value: float
+                   ) -> Tuple[torch.Tensor, bool]:
+        """The model's output ``y`` [B, C, H, W] -> (integers [B, H, W, C] of the images' depth, or
+        YUV 4:2:0 planes [B, H*3/2, W] uint8 for planes input; whether they are planes)."""
+        y = transforms.from_model_range(y, self.contract.value_range, max_value)
+        planes = yuv.output_planes(images, y)
+        if planes is not None:
+            return planes, True
+        return y.to(torch.int32 if images[0].dtype == np.uint16 else torch.uint8).permute(0, 2, 3, 1), False
 
     def _model_tensor(self, images: Sequence[np.ndarray], max_value: float, fp32: bool = False
                       ) -> Tuple[torch.Tensor, Pads]:
@@ -362,6 +383,12 @@ class Runner:
         bad = ~torch.isfinite(y).flatten(1).all(1)
         if not bool(bad.any()):  # finite values whose sum overflowed
             return y
+        return self._rerun_fp32(images, max_value, plan, labels, bad)
+
+    def _rerun_fp32(self, images: Sequence[np.ndarray], max_value: float, plan: Plan, labels: List[str],
+                    bad: torch.Tensor) -> torch.Tensor:
+        """The batch again in fp32 (``bad`` [B] bool: the frames with NaN or inf), warned; raises
+        NonFiniteOutput when it ran in fp32 already, or still has NaN or inf."""
         names = ", ".join(labels[i] for i in bad.nonzero().flatten().tolist())
         served = self._server is not None and self._server.fn is not None  # may have run on the backend
         ran = self._server.choice.dtype if served else self.dtype
@@ -379,12 +406,25 @@ class Runner:
     def _finish(self, launched: _Launched) -> List[np.ndarray]:
         if launched.event is not None:
             launched.event.synchronize()
+        if launched.recheck is not None and not bool(launched.recheck.finite.all()):
+            return self._finish(self._redo_in_fp32(launched))
+        if launched.event is not None:
             arr = launched.out.numpy().copy()  # the pinned buffer is reused two batches later
         else:
             arr = np.ascontiguousarray(launched.out.numpy())
         if launched.planes:
             return [yuv.output_frame(a) for a in arr]
         return [a.astype(launched.dtype, copy=False) for a in arr]
+
+    def _redo_in_fp32(self, launched: _Launched) -> _Launched:
+        """A batch whose deferred finite test failed, run again in fp32 now (CPU outputs)."""
+        r = launched.recheck
+        assert r is not None
+        bad = ~r.finite.clone()  # the pinned flags are reused two batches later
+        with self.session.inference():
+            y, planes = self._to_output(self._rerun_fp32(r.images, r.max_value, r.plan, r.labels, bad),
+                                        r.images, r.max_value)
+            return _Launched(launched.frames, y.to("cpu"), launched.dtype, planes=planes)
 
     def _upload(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """Integer images onto the device as [B, C, H, W] (a view of [B, H, W, C]: channels_last);

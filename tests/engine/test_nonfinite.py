@@ -115,3 +115,50 @@ def test_finite_outputs_whose_sum_overflows_are_kept(caplog):
         outs = [o for _, o in runner.run(_frames(2))]
     assert len(outs) == 2 and all(o.max() == 255 for o in outs)  # clipped, not refused
     assert "NaN or inf" not in caplog.text
+
+
+def test_the_test_read_when_the_batch_is_handed_out(caplog, monkeypatch):
+    """On CUDA the finite test is read when a batch is handed out, after the next one is launched
+    (the same code runs here with the deferral forced): the fp32 run and the warning come then, the
+    frames are the same, and fp32 NaN is still an error naming the frame. A stateful forward
+    (--temporal stats) is never deferred."""
+    monkeypatch.setattr(Runner, "_defers_finite_test", lambda self: True)
+    model = _model()
+    frames = _frames(4)
+    ref = Runner(model, _opts(precision="fp32"))([f.image for f in frames])
+    caplog.set_level(logging.WARNING, logger="frametrans")
+    r = Runner(model, _opts(precision="bf16", batch_size=2))
+    r.plan(*frames[0].image.shape[:2])
+    CALLS.clear()
+    outs = [o for _, o in r.run(frames)]
+    assert CALLS == [torch.bfloat16, torch.float32] * 2
+    assert all(np.abs(a.astype(int) - b.astype(int)).max() <= 1 for a, b in zip(outs, ref))
+    assert sum("NaN or inf" in rec.getMessage() for rec in caplog.records) == 2
+    assert all(np.array_equal(a, b) for a, b in zip(r([f.image for f in frames[:2]]), outs[:2]))
+    with pytest.raises(NonFiniteOutput, match="frame 0"):
+        list(Runner(_model(always=True), _opts(precision="fp32", batch_size=2)).run(_frames(2)))
+    monkeypatch.undo()
+    from types import SimpleNamespace
+
+    from frametrans.engine.smoothing import NormSmoother, smoothed_forward
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    plain, smoothed = (lambda m, x: m(x)), smoothed_forward(lambda m, x: m(x), NormSmoother(0.5))
+    assert Runner._defers_finite_test(SimpleNamespace(device=cuda, forward=plain))
+    assert not Runner._defers_finite_test(SimpleNamespace(device=cuda, forward=smoothed))
+    assert not Runner._defers_finite_test(SimpleNamespace(device=cpu, forward=plain))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_bf16_nan_batches_run_again_in_fp32_when_handed_out(caplog):
+    """The deferred finite test on a real GPU: pinned flags copied back with the outputs, read when
+    the batch is handed out; the frames match the fp32 ones and every batch is warned about once."""
+    model = _model()
+    frames = _frames(6)
+    ref = Runner(model, _opts(precision="fp32"))([f.image for f in frames])
+    caplog.set_level(logging.WARNING, logger="frametrans")
+    r = Runner(model, RunnerOptions(device="cuda", compile="off", precision="bf16", batch_size=2))
+    assert r._defers_finite_test()
+    outs = [o for _, o in r.run(frames)]
+    assert len(outs) == 6 and all(np.abs(a.astype(int) - b.astype(int)).max() <= 2 for a, b in zip(outs, ref))
+    assert sum("NaN or inf" in rec.getMessage() for rec in caplog.records) == 3
