@@ -29,7 +29,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
@@ -43,6 +42,7 @@ from frametrans.engine import device as devices
 from frametrans.engine import transforms, yuv
 from frametrans.engine.backends.serve import BackendServer
 from frametrans.engine.forwards import ForwardFn, default_forward, forward_token
+from frametrans.engine.inflight import Launched, Recheck, finite_flags
 from frametrans.engine.memory import (Footprint, MemoryPolicy, Plan, format_size, frame_bytes_per_pixel,
                                       probe_footprint)
 from frametrans.engine.normstats import frame_dependent_norms, has_frame_dependent_norm
@@ -63,30 +63,6 @@ class FrameOutOfMemory(RuntimeError):
 
 class NonFiniteOutput(RuntimeError):
     """The model's output has NaN or inf even in fp32 (names the frames); nothing is written."""
-
-
-@dataclass
-class _Launched:
-    """A batch whose outputs are computed (CPU) or queued (CUDA) but not yet handed out."""
-
-    frames: Optional[List[Frame]]
-    out: torch.Tensor  # [B, H, W, C] integers (planes: [B, H*3/2, W] uint8), on the CPU (pinned on CUDA)
-    dtype: np.dtype
-    event: Optional["torch.cuda.Event"] = None
-    planes: bool = False  # the outputs are YUV 4:2:0 planes (inputs came as planes)
-    recheck: Optional["_Recheck"] = None  # the finite test, read when the batch is handed out
-
-
-@dataclass
-class _Recheck:
-    """What a batch whose finite test was deferred needs: the per-frame result (``finite`` [B] bool,
-    on the CPU, pinned on CUDA) and what a run in fp32 takes."""
-
-    finite: torch.Tensor
-    images: Sequence[np.ndarray]
-    max_value: float
-    plan: Plan
-    labels: List[str]
 
 
 class Runner:
@@ -173,7 +149,7 @@ class Runner:
         """Yield ``(frame, output image)`` in input order; consecutive same-size frames are batched
         (CUDA: one batch in flight while the previous one's outputs are copied back and yielded)."""
         pending: List[Frame] = []
-        inflight: Optional[_Launched] = None
+        inflight: Optional[Launched] = None
         for frame in frames:
             if pending and not _same_kind(pending[0].image, frame.image):
                 inflight = yield from self.for_depth(pending[0].image.dtype)._submit(pending, inflight)
@@ -263,7 +239,7 @@ class Runner:
 
     # -- batches --------------------------------------------------------------------------------
 
-    def _submit(self, frames: List[Frame], inflight: Optional[_Launched]
+    def _submit(self, frames: List[Frame], inflight: Optional[Launched]
                 ) -> Iterator[Tuple[Frame, np.ndarray]]:
         """Launch ``frames``; hand out ``inflight`` (the previous batch). Returns what is in flight."""
         try:
@@ -312,11 +288,11 @@ class Runner:
         raise FrameOutOfMemory(f"out of memory even in the smallest tiles ({w}x{h} frame); "
                                "free device memory or use --device cpu")
 
-    def _hand_out(self, launched: _Launched) -> Iterator[Tuple[Frame, np.ndarray]]:
+    def _hand_out(self, launched: Launched) -> Iterator[Tuple[Frame, np.ndarray]]:
         yield from zip(launched.frames, self._finish(launched))
 
     def _launch(self, frames: Optional[List[Frame]], images: Sequence[np.ndarray],
-                plan: Optional[Plan] = None, label: str = "image") -> _Launched:
+                plan: Optional[Plan] = None, label: str = "image") -> Launched:
         """Upload, convert, run and convert back; on CUDA the copy back is queued, not awaited."""
         dtype = images[0].dtype
         max_value = 65535.0 if dtype == np.uint16 else 255.0
@@ -326,24 +302,21 @@ class Runner:
             y = crop(self._infer(x, plan), pads)
             del x  # the input's memory is free for the conversion back
             labels = [frame_label(f) for f in frames] if frames else [label] * len(images)
-            finite = torch.isfinite(y).flatten(1).all(1) if self._defers_finite_test() else None
+            finite = finite_flags(y) if self._defers_finite_test() else None
             if finite is None:
                 y = self._finite(y, images, max_value, plan, labels)
             y, planes = self._to_output(y, images, max_value)
             self.policy.done_frames += len(images)
             if self.device.type != "cuda":
-                recheck = None if finite is None else _Recheck(finite.cpu(), images, max_value, plan, labels)
-                return _Launched(frames, y.to("cpu"), np.dtype(dtype), planes=planes, recheck=recheck)
+                recheck = None if finite is None else Recheck(finite.cpu(), self, images, max_value, plan, labels)
+                return Launched(frames, y.to("cpu"), np.dtype(dtype), planes=planes, recheck=recheck)
             out, event = self._pinned.get(tuple(y.shape), y.dtype)
             out.copy_(y, non_blocking=True)
             recheck = None
-            if finite is not None:  # copied back with the outputs: no wait here
-                flags, flags_event = self._pinned.get(("finite", len(images)), torch.bool)
-                flags.copy_(finite, non_blocking=True)
-                flags_event.record()
-                recheck = _Recheck(flags, images, max_value, plan, labels)
+            if finite is not None:  # copied back with the outputs (pinned by torch's host cache): no wait
+                recheck = Recheck(finite.to("cpu", non_blocking=True), self, images, max_value, plan, labels)
             event.record()
-            return _Launched(frames, out, np.dtype(dtype), event, planes, recheck)
+            return Launched(frames, out, np.dtype(dtype), event, planes, recheck)
 
     def _defers_finite_test(self) -> bool:
         """On CUDA the finite test of a batch is read when the batch is handed out, not when it is
@@ -403,11 +376,11 @@ class Runner:
             raise NonFiniteOutput(f"{names}: the model's output has NaN or inf, in fp32 too")
         return y
 
-    def _finish(self, launched: _Launched) -> List[np.ndarray]:
+    def _finish(self, launched: Launched) -> List[np.ndarray]:
         if launched.event is not None:
             launched.event.synchronize()
         if launched.recheck is not None and not bool(launched.recheck.finite.all()):
-            return self._finish(self._redo_in_fp32(launched))
+            return self._finish(launched.recheck.runner._redo_in_fp32(launched))
         if launched.event is not None:
             arr = launched.out.numpy().copy()  # the pinned buffer is reused two batches later
         else:
@@ -416,15 +389,21 @@ class Runner:
             return [yuv.output_frame(a) for a in arr]
         return [a.astype(launched.dtype, copy=False) for a in arr]
 
-    def _redo_in_fp32(self, launched: _Launched) -> _Launched:
+    def _redo_in_fp32(self, launched: Launched) -> Launched:
         """A batch whose deferred finite test failed, run again in fp32 now (CPU outputs)."""
         r = launched.recheck
         assert r is not None
-        bad = ~r.finite.clone()  # the pinned flags are reused two batches later
         with self.session.inference():
-            y, planes = self._to_output(self._rerun_fp32(r.images, r.max_value, r.plan, r.labels, bad),
-                                        r.images, r.max_value)
-            return _Launched(launched.frames, y.to("cpu"), launched.dtype, planes=planes)
+            try:
+                y = self._rerun_fp32(r.images, r.max_value, r.plan, r.labels, ~r.finite)
+            except torch.OutOfMemoryError:  # fp32 needs more than the plan of the batch: frame by frame
+                if len(r.images) == 1:
+                    raise
+                self.session.release_cached_memory()
+                y = torch.cat([self._rerun_fp32([im], r.max_value, r.plan, [label], ~r.finite[i:i + 1])
+                               for i, (im, label) in enumerate(zip(r.images, r.labels))])
+            y, planes = self._to_output(y, r.images, r.max_value)
+            return Launched(launched.frames, y.to("cpu"), launched.dtype, planes=planes)
 
     def _upload(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """Integer images onto the device as [B, C, H, W] (a view of [B, H, W, C]: channels_last);

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from typing import List, Sequence, Tuple
 
 import numpy as np
@@ -47,6 +49,13 @@ def tensor_to_images(y: torch.Tensor, dtype: np.dtype) -> List[np.ndarray]:
     return [a.astype(dtype, copy=False) for a in arr]
 
 
+@functools.lru_cache(maxsize=16)
+def _luma_weights(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """BT.601 luma weights [1, 3, 1, 1] on ``device`` (made once: a copy from host memory waits for
+    the device)."""
+    return torch.tensor([0.299, 0.587, 0.114], dtype=dtype, device=device).view(1, 3, 1, 1)
+
+
 def match_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
     """Adapt [B,C,H,W] to the model's channel count: gray->RGB repeats, RGB->gray uses BT.601 luma."""
     c = x.shape[1]
@@ -55,8 +64,7 @@ def match_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
     if c == 1:
         return x.expand(-1, channels, -1, -1)
     if channels == 1 and c == 3:
-        w = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-        return (x * w).sum(1, keepdim=True)
+        return (x * _luma_weights(x.dtype, x.device)).sum(1, keepdim=True)
     raise ValueError(f"cannot adapt a {c}-channel image to a {channels}-channel model")
 
 

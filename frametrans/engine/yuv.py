@@ -93,7 +93,9 @@ def _rgb_float(data: torch.Tensor, c: Conversion) -> torch.Tensor:
     torch.add(y, cr, alpha=2.0 * (1.0 - c.kr), out=out[..., 0])
     out[..., 1] = y - (2.0 * c.kb * (1.0 - c.kb) / kg) * cb - (2.0 * c.kr * (1.0 - c.kr) / kg) * cr
     torch.add(y, cb, alpha=2.0 * (1.0 - c.kb), out=out[..., 2])
-    return out.add_(torch.tensor(c.offsets, dtype=torch.float32, device=data.device))
+    for k, offset in enumerate(c.offsets):  # scalars: a tensor from host memory would wait for the device
+        out[..., k].add_(offset)
+    return out
 
 
 def planes_to_rgb(data: torch.Tensor, c: Conversion) -> torch.Tensor:
