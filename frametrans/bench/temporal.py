@@ -79,8 +79,7 @@ def _translator(name: str, opts: TemporalBench) -> Any:
 
     runner = RunnerOptions(device=opts.device, precision=opts.precision, backend=opts.backend,
                            batch_size=opts.batch)
-    kwargs = {"num_styles": 1, "seed": opts.seed} if name == "munit" or "munit" in name else {}
-    return Translator.load(name, runner, **kwargs)
+    return Translator.load(name, runner, seed=opts.seed)  # MUNIT: one style drawn from the seed
 
 
 def _run_mode(translator: Any, frames: List[np.ndarray], mode: str) -> Tuple[float, List[np.ndarray]]:
