@@ -78,7 +78,7 @@ if [ -f "$mnist/t10k-images-idx3-ubyte.gz" ]; then  # issue 18: the predictor at
 fi
 
 # issue 16: what --temporal costs next to a GPU model (the flow runs on host threads, ahead of the model)
-step timeout 120 frametrans bench temporal --device cuda --models cyclegan --modes off,stats,auto --repeat 2 \
+step timeout 90 frametrans bench temporal --device cuda --models cyclegan --modes off,stats,auto --frames 40 --repeat 1 \
     --json "$out/bench-temporal.json" > "$out/temporal.txt" 2>&1
 tail -n 8 "$out/temporal.txt"
 
