@@ -27,12 +27,19 @@ def translate_stream(frames: Iterable[Frame], translator: Translator, temporal: 
     ``temporal`` applied (nothing changes when it is off). A new stream starts from no past."""
     temporal = translator.temporal(temporal)
     variants = translator.stream_variants(temporal.stats)
-    if temporal.flow <= 0:
-        yield from run_variants(frames, translator, on_error, variants)
+    yield from stabilized_run(frames, lambda fed: run_variants(fed, translator, on_error, variants), temporal.flow)
+
+
+def stabilized_run(frames: Iterable[Frame], run: Callable[[Iterable[Frame]], Results], strength: float
+                   ) -> Iterator[Tuple[Frame, List[Tuple[str, np.ndarray]]]]:
+    """``run(frames)`` (the model: frames in order -> ``(frame, [(suffix, output)...])``) blended
+    along the flow, the input's motion computed ahead while the model runs (:class:`MotionAhead`);
+    ``run(frames)`` itself when ``strength`` is 0."""
+    if strength <= 0:
+        yield from run(frames)
         return
     with MotionAhead() as ahead:
-        yield from stabilized(run_variants(ahead.feed(frames), translator, on_error, variants), temporal.flow,
-                              ahead.motion)
+        yield from stabilized(run(ahead.feed(frames)), strength, ahead.motion)
 
 
 def stabilized(results: Results, strength: float, motion: Optional[MotionFn] = None
@@ -48,13 +55,6 @@ def stabilized(results: Results, strength: float, motion: Optional[MotionFn] = N
         memo = _Memo(motion)
         yield frame, [(suffix, stabilizers.setdefault(suffix, FlowStabilizer(strength)).step(frame.image, out, memo))
                       for suffix, out in outs]
-
-
-def stabilized_one(results: Iterable[Tuple[Frame, np.ndarray]], strength: float,
-                   motion: Optional[MotionFn] = None) -> Iterator[Tuple[Frame, np.ndarray]]:
-    """:func:`stabilized` for a single output per frame (raw streams)."""
-    for frame, outs in stabilized(((f, [("", o)]) for f, o in results), strength, motion):
-        yield frame, outs[0][1]
 
 
 class _Memo:

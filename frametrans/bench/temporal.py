@@ -16,7 +16,7 @@ that per-frame normalization statistics cause, which ``stats`` targets.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -43,7 +43,7 @@ class TemporalBench:
     batch: Optional[int] = None
     seed: int = 0
     blink: bool = False
-    extra: Dict[str, Any] = field(default_factory=dict)
+
 
 #: ``blink``: a BLINK x BLINK light in the top-left corner, on for BLINK_FRAMES frames, off for as many.
 BLINK = 64
@@ -120,7 +120,7 @@ def bench_model(name: str, frames: List[np.ndarray], opts: TemporalBench, log: L
         per_frame = median(seconds[mode]) / len(frames)
         ratios = [s / o for s, o in zip(seconds[mode], seconds["off"])]
         rows.append({"model": name, "mode": mode, "ms_per_frame": per_frame * 1e3,
-                     "vs_off_time": median(ratios) if ratios else None,
+                     "vs_off_time": median(ratios),
                      "warping_error": report.output, "input_warping_error": report.input,
                      "vs_off_error": (report.output / off_error - 1) if off_error else None,
                      "psnr_to_off": report.psnr_between})
@@ -141,7 +141,7 @@ def bench_temporal(opts: TemporalBench, log: Log = to_stderr) -> Dict[str, Any]:
     log(f"bench temporal: {opts.clip}, {len(frames)} frames of {w}x{h}; {torch.get_num_threads()} threads")
     rows = [row for name in opts.models for row in bench_model(name, frames, opts, log)]
     return {"rows": rows, "machine": cpu_name(), "frames": len(frames), "size": f"{w}x{h}",
-            "settings": {k: v for k, v in asdict(opts).items() if k != "extra"}}
+            "settings": asdict(opts)}
 
 
 def format_table(result: Dict[str, Any]) -> str:
@@ -154,7 +154,7 @@ def format_table(result: Dict[str, Any]) -> str:
     floor = result["rows"][0]["input_warping_error"] if result["rows"] else float("nan")
     lines.append(f"| input (the floor) | | | | {floor:.5f} | | |")
     for r in result["rows"]:
-        vs_time = f"{r['vs_off_time']:.2f}x" if r["vs_off_time"] is not None and r["mode"] != "off" else ""
+        vs_time = f"{r['vs_off_time']:.2f}x" if r["mode"] != "off" else ""
         vs_err = f"{r['vs_off_error'] * 100:+.0f}%" if r["vs_off_error"] is not None and r["mode"] != "off" else ""
         psnr = f"{r['psnr_to_off']:.1f} dB" if r["psnr_to_off"] is not None else ""
         lines.append(f"| {r['model']} | {r['mode']} | {r['ms_per_frame']:.0f} | {vs_time} | "

@@ -353,7 +353,7 @@ class Runner:
         NaN or inf, so that no black or garbage frame is ever written."""
         if bool(torch.isfinite(torch.sum(y, dtype=torch.float32))):
             return y  # one reduction (a NaN or inf anywhere makes the sum non-finite): ~30x cheaper
-        bad = ~torch.isfinite(y).flatten(1).all(1)
+        bad = ~finite_flags(y)
         if not bool(bad.any()):  # finite values whose sum overflowed
             return y
         return self._rerun_fp32(images, max_value, plan, labels, bad)

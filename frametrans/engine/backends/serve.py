@@ -168,7 +168,6 @@ class BackendServer:
                  "loaded the cached" if was_cached else "converted the", self.convert_seconds)
         return True
 
-
     def _graph(self) -> Tuple[Exporter, Callable[[Any, torch.Tensor], backends.Forward]]:
         """How to trace the forward's graph, and how to run the built backend as the forward. A
         smoothed forward (``--temporal stats``, :mod:`frametrans.engine.backends.stateful`) passes

@@ -30,14 +30,13 @@ import torch
 from torch import Tensor, nn
 
 from frametrans.engine.normstats import _patched_forwards, _Adapter
-from frametrans.engine.smoothing import NormSmoother, _sample_stats, ema, slot_key
+from frametrans.engine.smoothing import ForwardFn, NormSmoother, _sample_stats, ema, slot_key
 
 __all__ = ["SmoothedGraph", "StatefulForward", "TOKEN", "servable"]
 
 #: Added to the forward's cache token: the graph of a smoothed forward has other inputs and outputs.
 TOKEN = "normsmooth-v1"
 
-ForwardFn = Callable[[nn.Module, Tensor], Tensor]
 #: A backend's run: input arrays (float32, in the graph's input order) -> output arrays.
 RunFn = Callable[[Sequence[np.ndarray]], list]
 
