@@ -27,7 +27,7 @@ from typing import Iterable, Iterator, Optional, Tuple
 import cv2
 import numpy as np
 
-__all__ = ["TemporalReport", "flow", "non_occluded", "warp", "pair_error", "temporal_consistency"]
+__all__ = ["TemporalReport", "DIS_PRESETS", "flow", "non_occluded", "warp", "pair_error", "temporal_consistency"]
 
 
 def _luma(image: np.ndarray) -> np.ndarray:
@@ -39,10 +39,16 @@ def _luma(image: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(np.ascontiguousarray(image[..., :3]), cv2.COLOR_RGB2GRAY)
 
 
-def flow(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+#: OpenCV DIS presets by name. ``medium`` defines the metric; the stabilizer uses ``fast``
+#: (:data:`frametrans.stabilize.FLOW_PRESET`).
+DIS_PRESETS = {"medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM, "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST}
+
+
+def flow(src: np.ndarray, dst: np.ndarray, preset: str = "medium") -> np.ndarray:
     """Optical flow [H, W, 2] (x, y in pixels) from ``src`` to ``dst`` (same-size images): pixel
-    ``p`` of ``src`` shows what ``dst`` shows at ``p + flow[p]``. OpenCV DIS, medium preset."""
-    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    ``p`` of ``src`` shows what ``dst`` shows at ``p + flow[p]``. OpenCV DIS with ``preset`` (a
+    key of :data:`DIS_PRESETS`; the metric's is ``medium``)."""
+    dis = cv2.DISOpticalFlow_create(DIS_PRESETS[preset])
     return dis.calc(_luma(src), _luma(dst), None)
 
 

@@ -29,10 +29,20 @@ import numpy as np
 
 from frametrans.consistency import flow, non_occluded, warp
 
-#: The strength ``--temporal auto`` uses, measured on the sample clip with the bundled cyclegan:
+#: The strength ``--temporal auto`` uses, measured on the sample clip with the bundled cyclegan
+#: (flow along DIS medium then):
 #: 0.3 -> 46% less warping error at 43.0 dB from the per-frame output, 0.5 -> 68% at 37.9 dB,
 #: 0.7 -> 85% at 33.9 dB, 0.8 -> 92% at 31.8 dB. 0.5 keeps moving objects crisp (no visible trail).
 AUTO_STRENGTH = 0.5
+#: The DIS preset of the stabilizer's flow (:data:`frametrans.consistency.DIS_PRESETS`). Measured on
+#: the sample clip (640x360, strength 0.5, 2-core Xeon, one OpenCV thread, 2026-11-30), the input's
+#: motion (two flows + the occlusion test) per frame and the warping error against per-frame output,
+#: cyclegan / munit, with three metric flows: DIS medium (the metric's own), a finer DIS (finest
+#: scale 0, 40 + 10 iterations: the lowest residual on the input, so the most accurate) and Farneback
+#: (independent of DIS): ``medium`` 76 ms, -68/-63%, -64/-57%, -58/-42%; ``fast`` 20 ms, -62/-53%,
+#: -60/-50%, -58/-44%. Medium's lead comes mostly from the metric sharing its flow; fast costs a
+#: quarter. PSNR to per-frame: 36.9 / 42.5 dB (medium 37.6 / 43.6).
+FLOW_PRESET = "fast"
 #: A new scene: fewer than this fraction of pixels follow the flow from the previous frame.
 CUT_TRACKED = 0.5
 #: The EMA factor ``--temporal stats`` uses (the weight of the past statistics). Measured on the
@@ -43,8 +53,8 @@ CUT_TRACKED = 0.5
 STATS_FACTOR = 0.9
 #: What ``--temporal auto`` does besides the flow blend: the statistics' EMA factor (0: none).
 #: Measured with ``frametrans bench temporal`` (640x360 sample clip, OpenVINO fp32, 2-core Xeon,
-#: 2026-11-30): with a light blinking in a corner, flow 0.5 alone -68% warping error (cyclegan) and
-#: -66% (munit), flow + stats 0.9 -73% and -75%, at 35.3 / 38.7 dB from the per-frame output; on
+#: 2026-11-30): with a light blinking in a corner, flow 0.5 alone -62% warping error (cyclegan) and
+#: -57% (munit), flow + stats 0.9 -67% and -66%, at 34.8 / 38.1 dB from the per-frame output; on
 #: the plain clip stats changes the error by 0-1%. Stats costs 0.92-1.06x the per-frame time of off
 #: now that OpenVINO / ONNX Runtime run it, 1.07x in torch eager against torch eager (auto left it
 #: out when stats forced torch eager and off ran on OpenVINO: 1.6-2.1x). Its cost elsewhere: a
@@ -117,9 +127,9 @@ Motion = Tuple[np.ndarray, np.ndarray]
 def input_motion(image: np.ndarray, previous: np.ndarray) -> Motion:
     """The flow from ``image`` to ``previous`` (input frames [H, W, C]) and the pixels it tracks
     (forward-backward consistent, inside the frame); it depends on the input alone, so it can be
-    computed before the model's output exists, and once for every variant."""
-    fwd = flow(image, previous)
-    return fwd, non_occluded(fwd, flow(previous, image))
+    computed before the model's output exists, and once for every variant. DIS :data:`FLOW_PRESET`."""
+    fwd = flow(image, previous, FLOW_PRESET)
+    return fwd, non_occluded(fwd, flow(previous, image, FLOW_PRESET))
 
 
 class FlowStabilizer:

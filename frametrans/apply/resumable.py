@@ -25,6 +25,7 @@ from frametrans.apply.manifest import (MANIFEST, TAIL, Manifest, clean_folder, d
 from frametrans.apply.report import Report, progress_bar, signals_deferred
 from frametrans.apply.segmented import SegmentBook, SegmentedWriter
 from frametrans.apply.translator import Translator
+from frametrans.stabilize import FLOW_PRESET
 from frametrans.io import video
 from frametrans.io.errors import InputError, OutputError, TruncatedInputError
 from frametrans.io.segments import Segment, iter_segment_frames, join_segments, part_suffix
@@ -40,6 +41,8 @@ def settings_of(translator: Translator, opts: OutputOptions) -> Dict[str, Any]:
                 "audio": opts.audio, "temporal": temporal.flow}
     if temporal.active:  # absent when off: folders from before --temporal stats still resume
         settings.update(temporal_mode=temporal.mode, temporal_stats=temporal.stats)
+    if temporal.flow > 0:  # the flow changed from DIS medium to fast: such jobs start over
+        settings.update(temporal_flow=f"dis-{FLOW_PRESET}")
     return json.loads(json.dumps(settings))  # tuples -> lists, as they come back from the file
 
 

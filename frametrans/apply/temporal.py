@@ -74,9 +74,9 @@ class _Memo:
 
 class MotionAhead:
     """The input's motion between consecutive frames, computed on a worker thread as the frames go
-    into the model (:meth:`feed`), so that the flow (two DIS flows and the occlusion test, ~45 ms a
-    640x360 frame on 2 cores) overlaps the forward instead of following it: on a GPU, or on a CPU
-    with cores the model leaves idle (on 2 busy cores it neither gains nor loses, measured). The
+    into the model (:meth:`feed`), so that the flow (two DIS flows and the occlusion test, ~20 ms
+    of one core a 640x360 frame) overlaps the forward instead of following it: on a GPU, or on a CPU
+    with cores the model leaves idle. The
     results waiting take at most ``budget`` bytes (9 bytes a pixel: 2 MB at 640x360, 75 MB at 4K;
     at least 2 frames); frames beyond that, or whose previous frame did not reach the stabilizer
     (it failed), get theirs computed in the stabilizer."""

@@ -297,3 +297,18 @@ def test_settings_fingerprint_of_every_generator(name):
     assert Translator(changed, opts).fingerprint()["model"] != a["model"]
     if name == "munit":
         assert Translator(tiny_model(name), opts, seed=1).fingerprint()["model"] != a["model"]
+
+
+def test_settings_name_the_stabilizer_flow_when_it_blends():
+    """A job that blends along the flow records which flow (it changed from DIS medium to fast):
+    a job folder left by the older version lacks the key and is refused rather than mixed."""
+    from frametrans.apply import OutputOptions, Translator
+    from frametrans.apply.resumable import settings_of
+    from frametrans.engine.runner import RunnerOptions
+    from support import tiny_model
+
+    t = Translator(tiny_model("resnet"), RunnerOptions(device="cpu", precision="fp32", backend="torch"))
+    assert settings_of(t, OutputOptions(temporal="flow"))["temporal_flow"] == "dis-fast"
+    assert settings_of(t, OutputOptions(temporal="auto"))["temporal_flow"] == "dis-fast"
+    assert "temporal_flow" not in settings_of(t, OutputOptions(temporal="stats"))
+    assert "temporal_flow" not in settings_of(t, OutputOptions())

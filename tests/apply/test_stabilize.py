@@ -257,3 +257,21 @@ def test_auto_resolves_against_the_model_and_the_options(caplog):
     _check_temporal(OutputOptions(temporal="auto"), RunnerOptions(compile="on"))  # no error
     with pytest.raises(Exception, match="--temporal stats runs the model uncompiled"):
         _check_temporal(OutputOptions(temporal="stats"), RunnerOptions(compile="on"))
+
+
+def test_stabilizer_blends_along_dis_fast_and_the_metric_measures_with_medium(monkeypatch):
+    """The stabilizer's flow is DIS fast (a quarter of medium's time); the metric keeps medium, so
+    that its numbers stay comparable across versions."""
+    import frametrans.consistency as consistency
+    from frametrans.stabilize import FLOW_PRESET, input_motion
+
+    a, b = _pan(2)
+    fwd, _ = input_motion(b, a)
+    assert FLOW_PRESET == "fast"
+    assert np.array_equal(fwd, consistency.flow(b, a, "fast"))
+    assert not np.array_equal(fwd, consistency.flow(b, a))  # the default: medium
+    presets = []
+    real = cv2.DISOpticalFlow_create
+    monkeypatch.setattr(consistency.cv2, "DISOpticalFlow_create", lambda p: presets.append(p) or real(p))
+    temporal_consistency([a, b], [a, b])
+    assert presets and set(presets) == {cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}

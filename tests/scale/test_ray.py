@@ -346,7 +346,11 @@ def test_temporal_segments_start_warm_no_seam_at_the_joins(tmp_path, ray_local, 
     _, whole, _ = decoded(tmp_path / "whole.mp4")
     _, split, _ = decoded(tmp_path / "split.mp4")
     assert len(split) == 60
-    assert max(np.abs(a.astype(int) - b.astype(int)).max() for a, b in zip(whole, split)) <= 1
+    # after the warm-up the states differ by < 0.5 ** 16 of a grey level, but a value near .5 can
+    # still round the other way: one grey level before the encoder, which its RGB -> YUV 4:2:0 -> RGB
+    # (Y and the pixel's shared chroma each off by one) can turn into 3 at a few pixels
+    diff = np.stack([np.abs(a.astype(int) - b.astype(int)) for a, b in zip(whole, split)])
+    assert diff.max() <= 3 and diff.mean() < 0.002, (diff.max(), diff.mean())
     monkeypatch.setattr(ra, "_segment_source",
                         lambda src, seg, info, warm, how=(False, None): (ra.iter_segment_frames(src, seg, *how), None))
     joins = _segment_run(src, tmp_path / "cold.mp4", model, opts, 0.5)
