@@ -131,6 +131,9 @@ def apply_cmd(inputs: Tuple[str, ...], output: str, model: str, list_file, recur
                             ("--resume", resume)):
             if given:
                 raise click.UsageError(f"{flag} does not apply to a stream on stdin")
+        if num_styles > 1:  # one stream out: one style; files get NAME_style0, NAME_style1, ...
+            raise click.UsageError(f"--num-styles {num_styles}: a stream on stdout carries one style; "
+                                   "run once per --seed, or write files")
     raw_size = opt.parse_size(size)
     resize_wh = opt.parse_size(resize, "--resize")
 

@@ -94,10 +94,14 @@ def apply_stream(stdin: BinaryIO, stdout: BinaryIO, translator: Translator,
     outputs consistent in time (``--temporal``); None: per frame.
     y4m output keeps a y4m input's frame rate, pixel aspect ratio and interlacing tag; ``fps``
     (None: from the input) overrides the rate, and is the rate of a raw input (default 25).
-    Returns the number of frames written. A partial frame at the end raises InputError after the
+    Returns the number of frames written. ValueError for a translator with several styles (one
+    stream, one output). A partial frame at the end raises InputError after the
     whole frames before it were written; so does an empty stream (an upstream failure would
     otherwise look like success). The reader of ``stdout`` going away raises BrokenPipeError.
     """
+    if len(translator.variants) > 1:
+        raise ValueError(f"a stream carries one output: the translator has {len(translator.variants)} "
+                         "styles; load it with num_styles=1")
     check_stream_size(stdin, size)
     tags = _OutputTags(fps=Fraction(fps) if fps is not None else Fraction(DEFAULT_FPS))
     if size is None:

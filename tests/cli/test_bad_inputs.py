@@ -485,11 +485,29 @@ def test_impossible_options_refused_before_any_work(tmp_path, args, message):
 @pytest.mark.parametrize("args, message", [
     (["--resize", "10x10"], "--resize does not apply to a stream"),
     (["--skip-existing"], "--skip-existing does not apply to a stream"),
+    (["--num-styles", "3"], "a stream on stdout carries one style"),
 ])
 def test_stream_options_refused(tmp_path, args, message):
     res = run("apply", "-", "--size", "4x4", "-o", "-", "-m", tmp_path / "nope.safetensors", *args,
               input=b"\0" * 48)
     assert res.exit_code == 2 and message in res.output, res.output
+
+
+def test_a_stream_is_refused_a_translator_with_several_styles():
+    """apply_stream writes one stream: a MUNIT translator with 2 styles is refused, nothing read."""
+    import io
+
+    from frametrans.apply import Translator
+    from frametrans.apply.stream import apply_stream
+    from frametrans.engine.runner import RunnerOptions
+    from support import tiny_model
+
+    t = Translator(tiny_model("munit"), RunnerOptions(device="cpu", precision="fp32", backend="torch"),
+                   num_styles=2, seed=0)
+    stdin, stdout = io.BytesIO(b"\0" * 48), io.BytesIO()
+    with pytest.raises(ValueError, match="translator has 2 styles"):
+        apply_stream(stdin, stdout, t, (4, 4))
+    assert stdin.tell() == 0 and stdout.getvalue() == b""
 
 
 def test_unwritable_output_extension_refused_before_work(tmp_path, model_path):
