@@ -39,7 +39,8 @@ from frametrans.cli import options as opt
 @click.option("--style", "style_image", type=click.Path(exists=True, dir_okay=False),
               help="MUNIT: take the style from this example image.")
 @click.option("--num-styles", type=int, default=1, show_default=True, callback=opt.positive("num-styles"),
-              help="MUNIT: outputs per input with sampled styles, named NAME_style0, NAME_style1...")
+              help="MUNIT: outputs per input with sampled styles, named NAME_style0, NAME_style1... "
+                   "(files only, not a stream).")
 @click.option("--seed", type=int, default=0, show_default=True, help="MUNIT: seed for sampled styles.")
 @click.option("--config", "yaml_config", type=click.Path(exists=True, dir_okay=False),
               help="Upstream MUNIT YAML for a MUNIT .pt file.")

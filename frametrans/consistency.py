@@ -3,7 +3,7 @@
 
 For each pair of consecutive frames (t-1, t) of the INPUT:
 
-- ``F`` = optical flow from input frame t to input frame t-1 (OpenCV DIS, on luma): where each
+- ``F`` = optical flow from input frame t to input frame t-1 (OpenCV DIS, medium preset, on luma): where each
   pixel of frame t was in frame t-1; ``B`` = the flow from t-1 to t;
 - ``M`` = the non-occluded pixels of frame t, by forward-backward consistency (Sundaram et al.
   2010): ``|F(x) + B(x + F(x))|^2 < 0.01 (|F(x)|^2 + |B(x + F(x))|^2) + 0.5``, and ``x + F(x)``

@@ -55,7 +55,7 @@ STATS_FACTOR = 0.9
 #: Measured with ``frametrans bench temporal`` (640x360 sample clip, OpenVINO fp32, 2-core Xeon,
 #: 2026-11-30): with a light blinking in a corner, flow 0.5 alone -62% warping error (cyclegan) and
 #: -57% (munit), flow + stats 0.9 -67% and -66%, at 34.8 / 38.1 dB from the per-frame output; on
-#: the plain clip stats changes the error by 0-1%. Stats costs 0.92-1.06x the per-frame time of off
+#: the plain clip stats changes the error by 0-1%. Stats costs 0.92-1.10x the per-frame time of off
 #: now that OpenVINO / ONNX Runtime run it, 1.07x in torch eager against torch eager (auto left it
 #: out when stats forced torch eager and off ran on OpenVINO: 1.6-2.1x). Its cost elsewhere: a
 #: resumed job or a Ray segment warms up 51 frames instead of 16 (models with per-frame

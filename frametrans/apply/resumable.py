@@ -41,7 +41,7 @@ def settings_of(translator: Translator, opts: OutputOptions) -> Dict[str, Any]:
                 "audio": opts.audio, "temporal": temporal.flow}
     if temporal.active:  # absent when off: folders from before --temporal stats still resume
         settings.update(temporal_mode=temporal.mode, temporal_stats=temporal.stats)
-    if temporal.flow > 0:  # the flow changed from DIS medium to fast: such jobs start over
+    if temporal.flow > 0:  # was DIS medium: older flow jobs are refused (--overwrite)
         settings.update(temporal_flow=f"dis-{FLOW_PRESET}")
     return json.loads(json.dumps(settings))  # tuples -> lists, as they come back from the file
 

@@ -11,6 +11,7 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 import numpy as np
 
 from frametrans.apply.translator import Translator, run_variants
+from frametrans.engine.pipeline import default_workers
 from frametrans.io.frame import Frame
 from frametrans.stabilize import FlowStabilizer, Motion, Temporal, input_motion
 
@@ -72,19 +73,33 @@ class _Memo:
         return self.got[key]
 
 
-class MotionAhead:
-    """The input's motion between consecutive frames, computed on a worker thread as the frames go
-    into the model (:meth:`feed`), so that the flow (two DIS flows and the occlusion test, ~20 ms
-    of one core a 640x360 frame) overlaps the forward instead of following it: on a GPU, or on a CPU
-    with cores the model leaves idle. The
-    results waiting take at most ``budget`` bytes (9 bytes a pixel: 2 MB at 640x360, 75 MB at 4K;
-    at least 2 frames); frames beyond that, or whose previous frame did not reach the stabilizer
-    (it failed), get theirs computed in the stabilizer."""
+def flow_workers() -> int:
+    """Threads for the motion computed ahead: a quarter of the cores this process may use (the
+    fewer of its CPU affinity and torch's threads: a Ray worker set to one thread gets one), 1 to
+    4: 1 on a 2-core CPU, where the model keeps both cores busy; 4 on a 16-core GPU host, where
+    one thread's flow at 1080p would fall behind the GPU. OpenCV's DIS also splits each flow over
+    its own threads, so more workers than that only contend."""
+    import torch
 
-    def __init__(self, budget: int = MOTION_BUDGET) -> None:
+    return max(1, min(4, min(default_workers(), torch.get_num_threads()) // 4))
+
+
+class MotionAhead:
+    """The input's motion between consecutive frames, computed on worker threads as the frames go
+    into the model (:meth:`feed`), so that the flow (two DIS flows and the occlusion test, ~20 ms
+    of one core a 640x360 frame, ~9x that at 1080p) overlaps the forward instead of following it:
+    on a GPU, or on a CPU with cores the model leaves idle. Each frame's motion depends on its own
+    pair of inputs only, so ``workers`` threads (default :func:`flow_workers`) compute several
+    frames at once, with the same results. The results waiting take at most ``budget`` bytes (9
+    bytes a pixel: 2 MB at 640x360, 75 MB at 4K; at least 2 frames, so at 4K and above some workers
+    idle); frames beyond that, or whose previous frame did not reach the stabilizer (it failed), get
+    theirs computed in the stabilizer."""
+
+    def __init__(self, budget: int = MOTION_BUDGET, workers: Optional[int] = None) -> None:
         self.budget = budget
+        self.workers = max(1, workers if workers is not None else flow_workers())
         self.limit = 2
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="frametrans-flow")
+        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="frametrans-flow")
         self._pending: Dict[int, Tuple[np.ndarray, np.ndarray, Future]] = {}  # id(image) -> job
 
     def __enter__(self) -> "MotionAhead":

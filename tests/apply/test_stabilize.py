@@ -182,7 +182,7 @@ def test_cli_stats_mode_same_result_for_any_batch(tmp_path, model_path):
 
 
 def test_motion_computed_ahead_gives_the_same_frames_and_survives_failed_frames():
-    """The input's motion computed on a worker thread while the model runs: the same output as
+    """The input's motion computed on worker threads while the model runs: the same output as
     computed inline; a frame that never reaches the stabilizer (failed) makes the next one compute
     its own (its flow would be against the wrong previous frame); the wait is bounded."""
     from frametrans.apply.temporal import MotionAhead, stabilized
@@ -191,13 +191,14 @@ def test_motion_computed_ahead_gives_the_same_frames_and_survives_failed_frames(
     frames = _pan(8)
     outputs = _flickering(frames)
     inline = [o for _, [(_, o)] in stabilized(((Frame(f), [("", o)]) for f, o in zip(frames, outputs)), 0.5)]
-    with MotionAhead() as ahead:
-        fed = list(ahead.feed(Frame(f, index=i) for i, f in enumerate(frames)))
-        assert len(ahead._pending) == 7  # every frame after the first, waiting
-        ahead_out = [o for _, [(_, o)] in stabilized(((f, [("", o)]) for f, o in zip(fed, outputs)), 0.5,
-                                                     ahead.motion)]
-        assert not ahead._pending
-    assert all(np.array_equal(a, b) for a, b in zip(inline, ahead_out))
+    for workers in (1, 3):  # several frames' motion at once: the same results
+        with MotionAhead(workers=workers) as ahead:
+            fed = list(ahead.feed(Frame(f, index=i) for i, f in enumerate(frames)))
+            assert len(ahead._pending) == 7  # every frame after the first, waiting
+            ahead_out = [o for _, [(_, o)] in stabilized(((f, [("", o)]) for f, o in zip(fed, outputs)),
+                                                         0.5, ahead.motion)]
+            assert not ahead._pending
+        assert all(np.array_equal(a, b) for a, b in zip(inline, ahead_out))
     keep = [i for i in range(8) if i != 3]  # frame 3 failed in the model: 4 follows 2
     calls = []
     with MotionAhead() as ahead:
@@ -212,9 +213,48 @@ def test_motion_computed_ahead_gives_the_same_frames_and_survives_failed_frames(
     s = FlowStabilizer(0.5)
     assert all(np.array_equal(a, s.step(frames[i], outputs[i])) for a, i in zip(gapped, keep))
     assert calls == [True, True, False, True, True, True]  # frame 4's flow was against frame 3
-    with MotionAhead(budget=1) as tight:  # room for 2 waiting results only
+    with MotionAhead(budget=1, workers=1) as tight:  # room for 2 waiting results only
         list(tight.feed(Frame(f) for f in frames))
         assert len(tight._pending) == 2
+    with MotionAhead(budget=1, workers=2) as tight:  # the budget holds, whatever the workers
+        list(tight.feed(Frame(f) for f in frames))
+        assert len(tight._pending) == 2
+
+
+def test_motion_ahead_runs_frames_at_once(monkeypatch):
+    """With 3 workers, 3 frames' motion is computed at the same time (each waits for the others)."""
+    import threading
+
+    from frametrans.apply import temporal
+    from frametrans.io.frame import Frame
+
+    barrier = threading.Barrier(3, timeout=10)
+    real = temporal.input_motion
+    monkeypatch.setattr(temporal, "input_motion", lambda a, b: (barrier.wait(), real(a, b))[1])
+    frames = _pan(4)
+    with temporal.MotionAhead(workers=3) as ahead:
+        fed = list(ahead.feed(Frame(f) for f in frames))
+        got = [ahead.motion(fed[i].image, fed[i - 1].image) for i in range(1, 4)]
+    assert all(g is not None for g in got) and not barrier.broken
+
+
+def test_flow_workers_follow_the_cores(monkeypatch):
+    """A quarter of the cores, 1 to 4: one thread on the 2-core CPU, four on a 16-core GPU host,
+    one in a process set to one torch thread (a Ray worker)."""
+    import torch
+
+    from frametrans.apply import temporal
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(64)
+        for cores, want in ((1, 1), (2, 1), (8, 2), (16, 4), (128, 4)):
+            monkeypatch.setattr(temporal, "default_workers", lambda c=cores: c)
+            assert temporal.flow_workers() == want
+        torch.set_num_threads(1)
+        assert temporal.flow_workers() == 1  # 16 cores, but one thread asked for
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_variants_share_one_motion_per_frame(monkeypatch):
