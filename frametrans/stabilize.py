@@ -25,6 +25,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Optional, Tuple
 
+import cv2
 import numpy as np
 
 from frametrans.consistency import flow, non_occluded, warp
@@ -153,19 +154,30 @@ class FlowStabilizer:
             if mask.mean() < CUT_TRACKED:
                 self.cuts += 1  # a new scene: start over from the model's output
             else:
-                _blend(out, warp(self.prev_output, fwd).reshape(out.shape), mask, self.strength)
+                out = _blend(out, warp(self.prev_output, fwd).reshape(out.shape), mask, self.strength)
         self.prev_input, self.prev_output = model_input, out
-        top = 65535 if output.dtype == np.uint16 else 255
-        rounded = out + np.float32(0.5)
-        return np.clip(rounded, 0, top, out=rounded).astype(output.dtype)
+        return _rounded(out, output.dtype)
 
 
-def _blend(out: np.ndarray, previous: np.ndarray, mask: np.ndarray, strength: float) -> None:
-    """``out = (1 - w) * out + w * previous`` in place, ``w = strength * mask`` (float32 [H, W, C]
-    arrays, bool [H, W] mask); ``previous`` is overwritten."""
+#: :func:`_blend`'s weights sum to this, so that ``cv2.blendLinear``'s 1e-5 in the denominator
+#: changes the result by 1e-10 of its value instead of 1e-5 (0.65 at the top of uint16).
+_WEIGHT_SUM = 1e5
+
+
+def _blend(out: np.ndarray, previous: np.ndarray, mask: np.ndarray, strength: float) -> np.ndarray:
+    """``(1 - w) * out + w * previous``, ``w = strength * mask`` (float32 [H, W, C] arrays, bool
+    [H, W] mask) -> float32 [H, W, C], a new array: one multithreaded OpenCV pass (4x numpy's time
+    at 1080p otherwise)."""
     w = mask.astype(np.float32)
-    w *= np.float32(strength)
-    w = w[..., None]
-    out *= np.float32(1.0) - w
-    previous *= w
-    out += previous
+    w *= np.float32(strength * _WEIGHT_SUM)
+    keep = np.float32(_WEIGHT_SUM) - w
+    return cv2.blendLinear(out, previous, keep, w).reshape(out.shape)
+
+
+def _rounded(out: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """float32 grey levels -> ``dtype`` (uint8 or uint16), rounded to nearest, clipped to its range."""
+    if dtype == np.uint8:
+        return cv2.convertScaleAbs(out).reshape(out.shape)  # values are >= 0: |x| is x
+    top = 65535 if dtype == np.uint16 else 255
+    rounded = out + np.float32(0.5)
+    return np.clip(rounded, 0, top, out=rounded).astype(dtype)

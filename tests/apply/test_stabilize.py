@@ -315,3 +315,27 @@ def test_stabilizer_blends_along_dis_fast_and_the_metric_measures_with_medium(mo
     monkeypatch.setattr(consistency.cv2, "DISOpticalFlow_create", lambda p: presets.append(p) or real(p))
     temporal_consistency([a, b], [a, b])
     assert presets and set(presets) == {cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}
+
+
+@pytest.mark.parametrize("dtype, channels", [(np.uint8, 3), (np.uint16, 3), (np.uint8, 1)])
+def test_blend_and_rounding_match_the_formula(dtype, channels):
+    """The OpenCV blend is (1 - w) * out + w * previous (w = strength on tracked pixels) to float
+    precision; untracked pixels keep the model's value exactly, even at the top of uint16."""
+    from frametrans.stabilize import _blend, _rounded
+
+    g = np.random.default_rng(0)
+    top = np.iinfo(dtype).max
+    out = g.integers(0, top + 1, (24, 32, channels)).astype(np.float32)
+    out[0, 0] = top
+    prev = g.uniform(0, top, (24, 32, channels)).astype(np.float32)
+    mask = g.random((24, 32)) < 0.7
+    mask[0, 0] = False
+    got = _blend(out, prev, mask, 0.5)
+    w = 0.5 * mask[..., None]
+    want = (1 - w) * out.astype(np.float64) + w * prev
+    assert got.shape == out.shape and got.dtype == np.float32
+    assert np.abs(got - want).max() <= 1e-6 * top
+    r = _rounded(got, np.dtype(dtype))
+    assert r.dtype == dtype and r.shape == out.shape
+    assert np.abs(r.astype(np.float64) - want).max() <= 0.5 + 1e-6 * top
+    assert np.array_equal(r[~mask], out[~mask].astype(dtype))  # untracked: the model's own values
