@@ -389,6 +389,8 @@ def _parse_list(ctx: click.Context, param: click.Parameter, value: str) -> Tuple
 @click.option("--clip", type=click.Path(exists=True, dir_okay=False), default="examples/data/clip.mp4",
               show_default=True, help="The video to run.")
 @click.option("--frames", "-n", type=int, callback=opt.positive("frames"), help="Its first N frames (default: all).")
+@click.option("--size", help="Resize the frames to WIDTHxHEIGHT after decoding, e.g. 1920x1080 "
+                             "(default: the clip's size).")
 @click.option("--models", default="cyclegan,munit", show_default=True, callback=_parse_list,
               help="Comma-separated bundled names or checkpoint paths.")
 @click.option("--modes", default="off,stats,auto", show_default=True, callback=_parse_list,
@@ -404,10 +406,11 @@ def _parse_list(ctx: click.Context, param: click.Parameter, value: str) -> Tuple
               help="Also write the results as JSON to this file.")
 @click.option("--threads", type=int, callback=opt.positive("threads"),
               help="CPU threads for torch (default: one per core).")
-def bench_temporal_cmd(clip: str, frames: Optional[int], models: Tuple[str, ...], modes: Tuple[str, ...],
-                       repeat: int, backend: str, precision: str, blink: bool, device: str, json_out,
-                       threads) -> None:
+def bench_temporal_cmd(clip: str, frames: Optional[int], size: Optional[str], models: Tuple[str, ...],
+                       modes: Tuple[str, ...], repeat: int, backend: str, precision: str, blink: bool,
+                       device: str, json_out, threads) -> None:
     """What each --temporal mode costs (ms/frame, ratio to off) and buys (warping error, PSNR to off)."""
+    wh = opt.parse_size(size)
     _start(threads)
     from frametrans.bench.temporal import MODES, TemporalBench, bench_temporal, format_table
 
@@ -415,5 +418,6 @@ def bench_temporal_cmd(clip: str, frames: Optional[int], models: Tuple[str, ...]
     if "off" not in modes or bad:
         raise click.BadParameter(f"use modes among {', '.join(MODES)}, off included", param_hint="--modes")
     result = bench_temporal(TemporalBench(clip=clip, frames=frames, models=models, modes=modes, repeat=repeat,
-                                          backend=backend, precision=precision, blink=blink, device=device))
+                                          backend=backend, precision=precision, blink=blink, device=device,
+                                          size=wh))
     _emit(result, format_table(result), json_out)

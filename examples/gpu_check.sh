@@ -8,7 +8,7 @@
 # the PSNR between --yuv on and off),
 # predictor.txt (Moving MNIST predictor training at batch 64: data and step time, when MNIST_DIR,
 # default .mnist, holds t10k-images-idx3-ubyte.gz), temporal.txt (`frametrans bench temporal` on CUDA:
-# what --temporal stats / auto cost beside the model), and bench-gpu.json / bench-gpu.md (`frametrans bench gpu`: the whole table of issue 15, under
+# what --temporal stats / auto cost beside the model, at 640x360 and 1080p), and bench-gpu.json / bench-gpu.md (`frametrans bench gpu`: the whole table of issue 15, under
 # 6 minutes). Written for a machine that has torch with CUDA but not this package: frametrans is
 # installed with --target next to it, and WHEELS (a folder of wheels, e.g. PyAV's, default .whl)
 # first, without dependencies. To carry PyAV to a machine without it (Python 3.12, x86-64):
@@ -80,7 +80,11 @@ fi
 # issue 16: what --temporal costs next to a GPU model (the flow runs on host threads, ahead of the model)
 step timeout 90 frametrans bench temporal --device cuda --models cyclegan --modes off,stats,auto --frames 40 --repeat 1 \
     --json "$out/bench-temporal.json" > "$out/temporal.txt" 2>&1
-tail -n 8 "$out/temporal.txt"
+# ... and at 1080p, where the host flow (1-4 threads) must keep up with the GPU: flow's "vs off"
+# near 1.0x means it does; well above, a flow on the device is what is missing
+step timeout 120 frametrans bench temporal --device cuda --models cyclegan --modes off,flow --frames 24 --repeat 1 \
+    --size 1920x1080 --json "$out/bench-temporal-1080p.json" >> "$out/temporal.txt" 2>&1
+tail -n 16 "$out/temporal.txt"
 
 step timeout 480 frametrans bench gpu --out "$out/bench-gpu" > "$out/bench.log" 2>&1
 tail -n 40 "$out/bench.log"

@@ -30,7 +30,9 @@ MODES = ("off", "stats", "flow", "auto")
 class TemporalBench:
     """Settings of :func:`bench_temporal`. clip: a video; frames: its first N frames (None: all);
     models: bundled names or checkpoint paths; modes: ``--temporal`` values; repeat: timed rounds;
-    backend / precision / device: as ``frametrans apply``'s options; seed: MUNIT's style."""
+    backend / precision / device: as ``frametrans apply``'s options; seed: MUNIT's style; size:
+    (width, height) the frames are resized to after decoding (None: the clip's own), e.g. 1080p to
+    see whether the host's flow keeps up with a GPU model."""
 
     clip: str = "examples/data/clip.mp4"
     frames: Optional[int] = None
@@ -43,6 +45,7 @@ class TemporalBench:
     batch: Optional[int] = None
     seed: int = 0
     blink: bool = False
+    size: Optional[Tuple[int, int]] = None
 
 
 #: ``blink``: a BLINK x BLINK light in the top-left corner, on for BLINK_FRAMES frames, off for as many.
@@ -60,6 +63,10 @@ def _decode(opts: TemporalBench) -> List[np.ndarray]:
             break
     if len(frames) < 2:
         raise ValueError(f"{opts.clip}: needs at least 2 frames, has {len(frames)}")
+    if opts.size is not None:
+        import cv2
+
+        frames = [cv2.resize(f, opts.size, interpolation=cv2.INTER_CUBIC) for f in frames]
     return [_blinked(f, t) for t, f in enumerate(frames)] if opts.blink else frames
 
 

@@ -298,3 +298,9 @@ def test_bench_temporal_cli_tiny(tmp_path):
     assert "| input (the floor) |" in res.output and "vs off" in res.output
     bad = CliRunner().invoke(cli, ["bench", "temporal", "--clip", str(clip), "--modes", "stats,auto"])
     assert bad.exit_code == 2 and "off included" in bad.output
+    res = CliRunner().invoke(cli, ["bench", "temporal", "--clip", str(clip), "--models", str(model), "--repeat", "1",
+                                   "--modes", "off,flow", "--backend", "torch", "--size", "96x72", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "6 frames of 96x72" in res.output and json.loads(out.read_text())["settings"]["size"] == [96, 72]
+    bad = CliRunner().invoke(cli, ["bench", "temporal", "--clip", str(clip), "--size", "96"])
+    assert bad.exit_code == 2 and "WIDTHxHEIGHT" in bad.output
