@@ -121,9 +121,10 @@ def bench_model(name: str, frames: List[np.ndarray], opts: TemporalBench, log: L
             ", ".join(f"{m} {seconds[m][-1] / len(frames) * 1e3:.0f} ms/frame" for m in opts.modes))
     rows = []
     base = outputs["off"]
-    off_error = temporal_consistency(frames, base).output
+    reports = {m: temporal_consistency(frames, outputs[m], base if m != "off" else None) for m in opts.modes}
+    off_error = reports["off"].output
     for mode in opts.modes:
-        report = temporal_consistency(frames, outputs[mode], base if mode != "off" else None)
+        report = reports[mode]
         per_frame = median(seconds[mode]) / len(frames)
         ratios = [s / o for s, o in zip(seconds[mode], seconds["off"])]
         rows.append({"model": name, "mode": mode, "ms_per_frame": per_frame * 1e3,

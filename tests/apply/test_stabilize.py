@@ -330,8 +330,8 @@ def test_blend_and_rounding_match_the_formula(dtype, channels):
     prev = g.uniform(0, top, (24, 32, channels)).astype(np.float32)
     mask = g.random((24, 32)) < 0.7
     mask[0, 0] = False
-    got = _blend(out, prev, mask, 0.5)
-    w = 0.5 * mask[..., None]
+    got = _blend(out, prev, mask, 0.3)  # not 0.5: the weights of out and previous must differ
+    w = 0.3 * mask[..., None]
     want = (1 - w) * out.astype(np.float64) + w * prev
     assert got.shape == out.shape and got.dtype == np.float32
     assert np.abs(got - want).max() <= 1e-6 * top
