@@ -40,9 +40,9 @@ AUTO_STRENGTH = 0.5
 #: motion (two flows + the occlusion test) per frame and the warping error against per-frame output,
 #: cyclegan / munit, with three metric flows: DIS medium (the metric's own), a finer DIS (finest
 #: scale 0, 40 + 10 iterations: the lowest residual on the input, so the most accurate) and Farneback
-#: (independent of DIS): ``medium`` 76 ms, -68/-63%, -64/-57%, -58/-42%; ``fast`` 20 ms, -62/-53%,
+#: (independent of DIS): ``medium`` 52-76 ms, -68/-63%, -64/-56%, -58/-42%; ``fast`` 14-20 ms, -62/-53%,
 #: -60/-50%, -58/-44%. Medium's lead comes mostly from the metric sharing its flow; fast costs a
-#: quarter. PSNR to per-frame: 36.9 / 42.5 dB (medium 37.6 / 43.6).
+#: quarter. PSNR to per-frame: 36.9 / 42.5 dB (medium 37.6 / 43.6). ``examples/temporal_flow_sweep.py``.
 FLOW_PRESET = "fast"
 #: A new scene: fewer than this fraction of pixels follow the flow from the previous frame.
 CUT_TRACKED = 0.5
