@@ -27,7 +27,8 @@ from typing import Iterable, Iterator, Optional, Tuple
 import cv2
 import numpy as np
 
-__all__ = ["TemporalReport", "DIS_PRESETS", "flow", "non_occluded", "warp", "pair_error", "temporal_consistency"]
+__all__ = ["TemporalReport", "DIS_PRESETS", "flow", "non_occluded", "sample_points", "remap", "warp", "pair_error",
+           "temporal_consistency"]
 
 
 def _luma(image: np.ndarray) -> np.ndarray:
@@ -55,16 +56,22 @@ def flow(src: np.ndarray, dst: np.ndarray, preset: str = "medium") -> np.ndarray
 def warp(image: np.ndarray, flow_to: np.ndarray) -> np.ndarray:
     """``image`` sampled at ``p + flow_to[p]`` for every pixel ``p`` (bilinear, edges replicated):
     with ``flow_to`` = flow(t -> t-1), frame t-1 brought to frame t. float32 in, float32 out."""
-    x, y = _sample_points(flow_to)
-    return cv2.remap(image, x, y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return remap(image, sample_points(flow_to))
 
 
-def non_occluded(fwd: np.ndarray, bwd: np.ndarray) -> np.ndarray:
+def remap(image: np.ndarray, points: Tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """``image`` sampled at ``points`` (:func:`sample_points`; bilinear, edges replicated)."""
+    return cv2.remap(image, points[0], points[1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def non_occluded(fwd: np.ndarray, bwd: np.ndarray,
+                 points: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> np.ndarray:
     """[H, W] bool: pixels of frame t whose flow ``fwd`` (t -> t-1) is confirmed by ``bwd``
-    (t-1 -> t) and lands inside frame t-1 (forward-backward consistency, Sundaram et al. 2010)."""
+    (t-1 -> t) and lands inside frame t-1 (forward-backward consistency, Sundaram et al. 2010).
+    ``points``: :func:`sample_points` of ``fwd`` when the caller has them already."""
     h, w = fwd.shape[:2]
-    x, y = _sample_points(fwd)
-    back = cv2.remap(bwd, x, y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)  # bwd at x + fwd(x)
+    x, y = points if points is not None else sample_points(fwd)
+    back = remap(bwd, (x, y))  # bwd at x + fwd(x)
     fx, fy, bx, by = (np.ascontiguousarray(c) for c in (fwd[..., 0], fwd[..., 1], back[..., 0], back[..., 1]))
     lhs = _square_sum(fx + bx, fy + by)  # |F + B|^2
     rhs = _square_sum(fx, fy)
@@ -83,7 +90,7 @@ def _square_sum(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out
 
 
-def _sample_points(flow_to: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+def sample_points(flow_to: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """(x + flow_x, y + flow_y): where each pixel samples, float32 [H, W] each."""
     gx, gy = _grid(*flow_to.shape[:2])
     return gx + flow_to[..., 0], gy + flow_to[..., 1]

@@ -28,7 +28,7 @@ from typing import Callable, Optional, Tuple
 import cv2
 import numpy as np
 
-from frametrans.consistency import flow, non_occluded, warp
+from frametrans.consistency import flow, non_occluded, remap, sample_points
 
 #: The strength ``--temporal auto`` uses, measured on the sample clip with the bundled cyclegan
 #: (flow along DIS medium then):
@@ -121,16 +121,19 @@ def resolve_strength(mode: str, strength: Optional[float]) -> float:
     return resolve_temporal(mode, strength).flow
 
 
-#: The input's motion from frame t to frame t-1: (flow [H, W, 2] float32, non-occluded [H, W] bool).
-Motion = Tuple[np.ndarray, np.ndarray]
+#: The input's motion from frame t to frame t-1: ((x, y): where each pixel of frame t was in frame
+#: t-1, float32 [H, W] each, :func:`frametrans.consistency.sample_points`; non-occluded [H, W] bool).
+Motion = Tuple[Tuple[np.ndarray, np.ndarray], np.ndarray]
 
 
 def input_motion(image: np.ndarray, previous: np.ndarray) -> Motion:
-    """The flow from ``image`` to ``previous`` (input frames [H, W, C]) and the pixels it tracks
-    (forward-backward consistent, inside the frame); it depends on the input alone, so it can be
-    computed before the model's output exists, and once for every variant. DIS :data:`FLOW_PRESET`."""
+    """Where each pixel of ``image`` was in ``previous`` (input frames [H, W, C]; the flow between
+    them, as sample points) and the pixels it tracks (forward-backward consistent, inside the
+    frame); it depends on the input alone, so it can be computed before the model's output exists,
+    and once for every variant. DIS :data:`FLOW_PRESET`."""
     fwd = flow(image, previous, FLOW_PRESET)
-    return fwd, non_occluded(fwd, flow(previous, image, FLOW_PRESET))
+    points = sample_points(fwd)
+    return points, non_occluded(fwd, flow(previous, image, FLOW_PRESET), points)
 
 
 class FlowStabilizer:
@@ -150,11 +153,11 @@ class FlowStabilizer:
         out = output.astype(np.float32)
         if self.prev_output is not None and self.prev_output.shape == out.shape:
             got = motion(model_input, self.prev_input) if motion is not None else None
-            fwd, mask = got if got is not None else input_motion(model_input, self.prev_input)
+            points, mask = got if got is not None else input_motion(model_input, self.prev_input)
             if mask.mean() < CUT_TRACKED:
                 self.cuts += 1  # a new scene: start over from the model's output
             else:
-                out = _blend(out, warp(self.prev_output, fwd).reshape(out.shape), mask, self.strength)
+                out = _blend(out, remap(self.prev_output, points).reshape(out.shape), mask, self.strength)
         self.prev_input, self.prev_output = model_input, out
         return _rounded(out, output.dtype)
 
@@ -178,6 +181,5 @@ def _rounded(out: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """float32 grey levels -> ``dtype`` (uint8 or uint16), rounded to nearest, clipped to its range."""
     if dtype == np.uint8:
         return cv2.convertScaleAbs(out).reshape(out.shape)  # values are >= 0: |x| is x
-    top = 65535 if dtype == np.uint16 else 255
     rounded = out + np.float32(0.5)
-    return np.clip(rounded, 0, top, out=rounded).astype(dtype)
+    return np.clip(rounded, 0, np.iinfo(dtype).max, out=rounded).astype(dtype)

@@ -17,7 +17,7 @@ from frametrans.stabilize import FlowStabilizer, Motion, Temporal, input_motion
 
 Results = Iterable[Tuple[Frame, List[Tuple[str, np.ndarray]]]]
 MotionFn = Callable[[np.ndarray, np.ndarray], Optional[Motion]]
-#: Bytes the motion computed ahead may hold (flow + mask: 9 bytes a pixel).
+#: Bytes the motion computed ahead may hold (sample points + mask: 9 bytes a pixel).
 MOTION_BUDGET = 256 * 2**20
 
 
