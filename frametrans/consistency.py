@@ -22,12 +22,12 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Optional, Tuple
+from typing import Iterable, Iterator, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
 
-__all__ = ["TemporalReport", "DIS_PRESETS", "flow", "non_occluded", "sample_points", "remap", "warp", "pair_error",
+__all__ = ["TemporalReport", "DIS_PRESETS", "flow", "non_occluded", "pair_motion", "sample_points", "remap", "warp", "pair_error",
            "temporal_consistency"]
 
 
@@ -140,10 +140,20 @@ class TemporalReport:
         return self.output / self.input if self.input > 0 else math.inf
 
 
+def pair_motion(prev: np.ndarray, cur: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """(``F``, ``M``) of one pair of input frames, as the module doc defines them: the flow from
+    ``cur`` to ``prev`` [H, W, 2] float32 and the non-occluded pixels of ``cur`` [H, W] bool."""
+    fwd = flow(cur, prev)
+    return fwd, non_occluded(fwd, flow(prev, cur))
+
+
 def temporal_consistency(inputs: Iterable[np.ndarray], output: Iterable[np.ndarray],
-                         second: Optional[Iterable[np.ndarray]] = None) -> TemporalReport:
+                         second: Optional[Iterable[np.ndarray]] = None,
+                         motions: Optional[Sequence[Tuple[np.ndarray, np.ndarray]]] = None) -> TemporalReport:
     """Warping errors of ``output`` (and ``second``) against the motion of ``inputs``; the three
-    are sequences of same-size [H, W, C] frames of the same length (ValueError otherwise)."""
+    are sequences of same-size [H, W, C] frames of the same length (ValueError otherwise).
+    ``motions``: the :func:`pair_motion` of each consecutive pair of ``inputs`` when the caller
+    has them already (several outputs of one input: its flows are computed once)."""
     sums = np.zeros(4)  # output, input, second, occluded
     psnrs = []
     pairs = 0
@@ -151,8 +161,7 @@ def temporal_consistency(inputs: Iterable[np.ndarray], output: Iterable[np.ndarr
     for i, frames in enumerate(_zipped(inputs, output, second)):
         _check_sizes(i, frames)
         if prev is not None:
-            fwd, bwd = flow(frames[0], prev[0]), flow(prev[0], frames[0])
-            mask = non_occluded(fwd, bwd)
+            fwd, mask = _motion(motions, pairs, prev[0], frames[0])
             sums[0] += pair_error(prev[1], frames[1], fwd, mask)
             sums[1] += pair_error(prev[0], frames[0], fwd, mask)
             if second is not None:
@@ -164,10 +173,22 @@ def temporal_consistency(inputs: Iterable[np.ndarray], output: Iterable[np.ndarr
         prev = frames
     if pairs == 0:
         raise ValueError("the videos need at least two frames")
+    if motions is not None and len(motions) != pairs:
+        raise ValueError(f"{len(motions)} motions given for {pairs} frame pairs")
     mean = sums / pairs
     return TemporalReport(pairs=pairs, output=float(mean[0]), input=float(mean[1]), occluded=float(mean[3]),
                           second=float(mean[2]) if second is not None else None,
                           psnr_between=float(np.mean(psnrs)) if psnrs else None)
+
+
+def _motion(motions: Optional[Sequence[Tuple[np.ndarray, np.ndarray]]], k: int, prev: np.ndarray,
+            cur: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Pair ``k``'s motion: given, or computed from the input frames ``prev`` and ``cur``."""
+    if motions is None:
+        return pair_motion(prev, cur)
+    if k >= len(motions):
+        raise ValueError(f"{len(motions)} motions given, but the videos have more frame pairs")
+    return motions[k]
 
 
 def _zipped(inputs: Iterable[np.ndarray], output: Iterable[np.ndarray],

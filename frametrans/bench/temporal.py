@@ -103,9 +103,10 @@ def _run_mode(translator: Any, frames: List[np.ndarray], mode: str) -> Tuple[flo
     return time.perf_counter() - t0, outs
 
 
-def bench_model(name: str, frames: List[np.ndarray], opts: TemporalBench, log: Log = to_stderr
-                ) -> List[Dict[str, Any]]:
-    """The rows of one model: one per mode, plus the input's floor."""
+def bench_model(name: str, frames: List[np.ndarray], motions: List[Any], opts: TemporalBench,
+                log: Log = to_stderr) -> List[Dict[str, Any]]:
+    """The rows of one model: one per mode, plus the input's floor. ``motions``: the metric's
+    :func:`~frametrans.consistency.pair_motion` of each pair of ``frames``."""
     from frametrans.consistency import temporal_consistency
 
     translator = _translator(name, opts)
@@ -121,7 +122,8 @@ def bench_model(name: str, frames: List[np.ndarray], opts: TemporalBench, log: L
             ", ".join(f"{m} {seconds[m][-1] / len(frames) * 1e3:.0f} ms/frame" for m in opts.modes))
     rows = []
     base = outputs["off"]
-    reports = {m: temporal_consistency(frames, outputs[m], base if m != "off" else None) for m in opts.modes}
+    reports = {m: temporal_consistency(frames, outputs[m], base if m != "off" else None, motions)
+               for m in opts.modes}
     off_error = reports["off"].output
     for mode in opts.modes:
         report = reports[mode]
@@ -147,7 +149,10 @@ def bench_temporal(opts: TemporalBench, log: Log = to_stderr) -> Dict[str, Any]:
     frames = _decode(opts)
     h, w = frames[0].shape[:2]
     log(f"bench temporal: {opts.clip}, {len(frames)} frames of {w}x{h}; {torch.get_num_threads()} threads")
-    rows = [row for name in opts.models for row in bench_model(name, frames, opts, log)]
+    from frametrans.consistency import pair_motion
+
+    motions = [pair_motion(a, b) for a, b in zip(frames, frames[1:])]  # the input's, once for every model
+    rows = [row for name in opts.models for row in bench_model(name, frames, motions, opts, log)]
     return {"rows": rows, "machine": cpu_name(), "frames": len(frames), "size": f"{w}x{h}",
             "settings": asdict(opts)}
 

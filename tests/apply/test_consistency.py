@@ -87,3 +87,15 @@ def test_cli_eval_temporal_on_folders(tmp_path):
     assert numbers["output"] > numbers["input"] and numbers["second"] == pytest.approx(numbers["input"])
     bad = CliRunner().invoke(cli, ["eval", "temporal", str(tmp_path / "in"), str(tmp_path / "nope")])
     assert bad.exit_code == 1 and "no such file or folder" in bad.output
+
+
+def test_motions_given_once_give_the_same_report():
+    """Several outputs of one input: its pair motions computed once give the same numbers."""
+    from frametrans.consistency import pair_motion
+
+    frames = _pan()
+    motions = [pair_motion(a, b) for a, b in zip(frames, frames[1:])]
+    flicker = _noisy(frames, 6.0)
+    assert temporal_consistency(frames, flicker, frames, motions) == temporal_consistency(frames, flicker, frames)
+    with pytest.raises(ValueError, match="motions given"):
+        temporal_consistency(frames, flicker, motions=motions[:-1])
