@@ -240,11 +240,18 @@ def _parse_threads(ctx: click.Context, param: click.Parameter, value: Optional[s
     return counts
 
 
+def _parse_list(ctx: click.Context, param: click.Parameter, value: str) -> Tuple[str, ...]:
+    """'a, b,,c' -> ('a', 'b', 'c'); at least one value."""
+    items = tuple(v.strip() for v in value.split(",") if v.strip())
+    if not items:
+        raise click.BadParameter("give at least one value", param=param)
+    return items
+
+
 def _parse_inputs(ctx: click.Context, param: click.Parameter, value: str) -> Tuple[str, ...]:
     """'video,png' -> ('video', 'png'), each one of video, png, jpg."""
-    kinds = tuple(v.strip() for v in value.split(",") if v.strip())
-    bad = [k for k in kinds if k not in ("video", "png", "jpg")]
-    if bad or not kinds:
+    kinds = _parse_list(ctx, param, value)
+    if any(k not in ("video", "png", "jpg") for k in kinds):
         raise click.BadParameter(f"expected some of video, png, jpg (comma-separated), got {value!r}")
     return kinds
 
@@ -378,18 +385,11 @@ def bench_backends_cmd(model: str, config, seed: int, workdir, json_out, threads
     _emit(result, format_backends(result), json_out)
 
 
-def _parse_list(ctx: click.Context, param: click.Parameter, value: str) -> Tuple[str, ...]:
-    items = tuple(v.strip() for v in value.split(",") if v.strip())
-    if not items:
-        raise click.BadParameter("give at least one value", param=param)
-    return items
-
-
 @bench_group.command("temporal")
 @click.option("--clip", type=click.Path(exists=True, dir_okay=False), default="examples/data/clip.mp4",
               show_default=True, help="The video to run.")
 @click.option("--frames", "-n", type=int, callback=opt.positive("frames"), help="Its first N frames (default: all).")
-@click.option("--size", help="Resize the frames to WIDTHxHEIGHT after decoding, e.g. 1920x1080 "
+@click.option("--size", help="Resize the frames to N or WIDTHxHEIGHT after decoding, e.g. 1920x1080 "
                              "(default: the clip's size).")
 @click.option("--models", default="cyclegan,munit", show_default=True, callback=_parse_list,
               help="Comma-separated bundled names or checkpoint paths.")
@@ -410,7 +410,7 @@ def bench_temporal_cmd(clip: str, frames: Optional[int], size: Optional[str], mo
                        modes: Tuple[str, ...], repeat: int, backend: str, precision: str, blink: bool,
                        device: str, json_out, threads) -> None:
     """What each --temporal mode costs (ms/frame, ratio to off) and buys (warping error, PSNR to off)."""
-    wh = opt.parse_size(size)
+    wh = _parse_size(size) if size is not None else None
     _start(threads)
     from frametrans.bench.temporal import MODES, TemporalBench, bench_temporal, format_table
 

@@ -302,5 +302,8 @@ def test_bench_temporal_cli_tiny(tmp_path):
                                    "--modes", "off,flow", "--backend", "torch", "--size", "96x72", "--json", str(out)])
     assert res.exit_code == 0, res.output
     assert "6 frames of 96x72" in res.output and json.loads(out.read_text())["settings"]["size"] == [96, 72]
-    bad = CliRunner().invoke(cli, ["bench", "temporal", "--clip", str(clip), "--size", "96"])
+    res = CliRunner().invoke(cli, ["bench", "temporal", "--clip", str(clip), "--models", str(model), "--repeat", "1",
+                                   "--modes", "off", "--backend", "torch", "--size", "32", "--frames", "2"])
+    assert res.exit_code == 0 and "2 frames of 32x32" in res.output, res.output  # N: square, as in the other benches
+    bad = CliRunner().invoke(cli, ["bench", "temporal", "--clip", str(clip), "--size", "96x"])
     assert bad.exit_code == 2 and "WIDTHxHEIGHT" in bad.output
