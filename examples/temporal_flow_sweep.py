@@ -14,7 +14,7 @@ so that a metric sharing the stabilizer's own flow cannot decide alone.
 from __future__ import annotations
 
 import time
-from typing import Callable, Dict, List
+from typing import Dict, List
 
 import cv2
 import numpy as np
@@ -25,7 +25,7 @@ from frametrans.apply import Translator
 from frametrans.engine.runner import RunnerOptions
 from frametrans.io.video import iter_video_frames
 
-Flow = Callable[[np.ndarray, np.ndarray], np.ndarray]
+Flow = consistency.FlowFn  # (src, dst) -> flow [H, W, 2]
 
 
 def dis(preset: int, **settings: int) -> Flow:
@@ -64,14 +64,9 @@ def outputs(name: str, frames: List[np.ndarray]) -> List[np.ndarray]:
 
 def stabilized(frames: List[np.ndarray], outs: List[np.ndarray], flow: Flow) -> tuple:
     """(ms per frame of the motion, stabilized outputs) with the stabilizer blending along ``flow``."""
-    real = stabilize.flow
-    stabilize.flow = lambda a, b, preset=None: flow(a, b)
-    try:
-        t0 = time.process_time()
-        motions = [stabilize.input_motion(frames[i], frames[i - 1]) for i in range(1, len(frames))]
-        ms = (time.process_time() - t0) / len(motions) * 1e3
-    finally:
-        stabilize.flow = real
+    t0 = time.process_time()
+    motions = [stabilize.input_motion(frames[i], frames[i - 1], flow) for i in range(1, len(frames))]
+    ms = (time.process_time() - t0) / len(motions) * 1e3
     s = stabilize.FlowStabilizer(stabilize.AUTO_STRENGTH)
     out = [s.step(frames[0], outs[0])]
     out += [s.step(frames[i], outs[i], lambda a, b, m=motions[i - 1]: m) for i in range(1, len(frames))]
@@ -85,18 +80,15 @@ def main() -> None:
     print("| stabilizer's flow | ms a frame | " + " | ".join(f"metric {m}" for m in METRICS) +
           " | PSNR to per-frame |")
     print("|---" * (len(METRICS) + 3) + "|")
-    real_metric = consistency.flow
+    metric_motions = {metric: [consistency.pair_motion(frames[i - 1], frames[i], mflow)
+                               for i in range(1, len(frames))] for metric, mflow in METRICS.items()}
     for name, flow in CANDIDATES.items():
         cells: Dict[str, List[str]] = {m: [] for m in METRICS}
         psnr, ms = [], 0.0
         for model, outs in per_frame.items():
             ms, stable = stabilized(frames, outs, flow)
-            for metric, mflow in METRICS.items():
-                consistency.flow = lambda a, b, preset="medium", f=mflow: f(a, b)
-                try:
-                    r = consistency.temporal_consistency(frames, stable, outs)
-                finally:
-                    consistency.flow = real_metric
+            for metric, motions in metric_motions.items():
+                r = consistency.temporal_consistency(frames, stable, outs, motions)
                 cells[metric].append(f"{(r.output / r.second - 1) * 100:+.0f}%")
             psnr.append(f"{r.psnr_between:.1f}")
         print(f"| {name} | {ms:.0f} | " + " | ".join(" / ".join(c) for c in cells.values()) +

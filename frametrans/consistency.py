@@ -22,7 +22,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Optional, Sequence, Tuple
+from typing import Callable, Iterable, Iterator, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -140,11 +140,16 @@ class TemporalReport:
         return self.output / self.input if self.input > 0 else math.inf
 
 
-def pair_motion(prev: np.ndarray, cur: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+FlowFn = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (src, dst) -> flow [H, W, 2], as flow()
+
+
+def pair_motion(prev: np.ndarray, cur: np.ndarray, estimate: Optional[FlowFn] = None) -> Tuple[np.ndarray, np.ndarray]:
     """(``F``, ``M``) of one pair of input frames, as the module doc defines them: the flow from
-    ``cur`` to ``prev`` [H, W, 2] float32 and the non-occluded pixels of ``cur`` [H, W] bool."""
-    fwd = flow(cur, prev)
-    return fwd, non_occluded(fwd, flow(prev, cur))
+    ``cur`` to ``prev`` [H, W, 2] float32 and the non-occluded pixels of ``cur`` [H, W] bool.
+    ``estimate``: another optical flow in place of the metric's DIS medium (to compare flows)."""
+    estimate = estimate or flow
+    fwd = estimate(cur, prev)
+    return fwd, non_occluded(fwd, estimate(prev, cur))
 
 
 def temporal_consistency(inputs: Iterable[np.ndarray], output: Iterable[np.ndarray],

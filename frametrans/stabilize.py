@@ -28,7 +28,7 @@ from typing import Callable, Optional, Tuple
 import cv2
 import numpy as np
 
-from frametrans.consistency import flow, non_occluded, remap, sample_points
+from frametrans.consistency import FlowFn, flow, non_occluded, remap, sample_points
 
 #: The strength ``--temporal auto`` uses, measured on the sample clip with the bundled cyclegan
 #: (flow along DIS medium then):
@@ -126,14 +126,15 @@ def resolve_strength(mode: str, strength: Optional[float]) -> float:
 Motion = Tuple[Tuple[np.ndarray, np.ndarray], np.ndarray]
 
 
-def input_motion(image: np.ndarray, previous: np.ndarray) -> Motion:
+def input_motion(image: np.ndarray, previous: np.ndarray, estimate: Optional[FlowFn] = None) -> Motion:
     """Where each pixel of ``image`` was in ``previous`` (input frames [H, W, C]; the flow between
     them, as sample points) and the pixels it tracks (forward-backward consistent, inside the
     frame); it depends on the input alone, so it can be computed before the model's output exists,
-    and once for every variant. DIS :data:`FLOW_PRESET`."""
-    fwd = flow(image, previous, FLOW_PRESET)
+    and once for every variant. DIS :data:`FLOW_PRESET`, or ``estimate`` (to compare flows)."""
+    estimate = estimate or (lambda src, dst: flow(src, dst, FLOW_PRESET))
+    fwd = estimate(image, previous)
     points = sample_points(fwd)
-    return points, non_occluded(fwd, flow(previous, image, FLOW_PRESET), points)
+    return points, non_occluded(fwd, estimate(previous, image), points)
 
 
 class FlowStabilizer:

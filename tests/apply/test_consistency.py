@@ -99,3 +99,27 @@ def test_motions_given_once_give_the_same_report():
     assert temporal_consistency(frames, flicker, frames, motions) == temporal_consistency(frames, flicker, frames)
     with pytest.raises(ValueError, match="motions given"):
         temporal_consistency(frames, flicker, motions=motions[:-1])
+
+
+def test_another_flow_estimate_gives_the_motion():
+    """``estimate`` replaces DIS (to compare flows): the pan's exact shift gives a zero warping
+    error on the input's tracked pixels, and a zero flow a large one; input_motion likewise."""
+    from frametrans.consistency import pair_motion
+    from frametrans.stabilize import input_motion
+
+    frames = _pan(3)
+    h, w = frames[0].shape[:2]
+
+    index = {id(f): t for t, f in enumerate(frames)}
+
+    def exact(src, dst):  # pixel p of frame t shows what frame t-1 shows at p + (3, 2)
+        return np.broadcast_to(np.float32([3, 2]) * (index[id(src)] - index[id(dst)]), (h, w, 2)).copy()
+
+    motions = [pair_motion(a, b, exact) for a, b in zip(frames, frames[1:])]
+    fwd, mask = motions[0]
+    assert np.all(fwd == np.float32([3, 2])) and mask[:h - 2, :w - 3].all() and not mask[:, w - 2:].any()
+    assert temporal_consistency(frames, frames, motions=motions).input < 1e-10
+    still = [pair_motion(a, b, lambda s, d: np.zeros((h, w, 2), np.float32)) for a, b in zip(frames, frames[1:])]
+    assert temporal_consistency(frames, frames, motions=still).input > 1e-3
+    (px, py), tracked = input_motion(frames[1], frames[0], exact)
+    assert np.array_equal(tracked, mask) and px[5, 7] == 10 and py[5, 7] == 7
