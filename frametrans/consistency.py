@@ -113,12 +113,14 @@ def _unit(image: np.ndarray) -> np.ndarray:
     return np.repeat(x, 3, axis=2) if x.shape[2] == 1 else x[..., :3]
 
 
-def pair_error(prev: np.ndarray, cur: np.ndarray, flow_to_prev: np.ndarray, mask: np.ndarray) -> float:
+def pair_error(prev: np.ndarray, cur: np.ndarray, flow_to_prev: np.ndarray, mask: np.ndarray,
+               points: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> float:
     """The warping error of one pair: mean over ``mask`` of the squared RGB difference between
-    ``cur`` and ``prev`` warped by ``flow_to_prev`` (values in [0, 1] per channel)."""
+    ``cur`` and ``prev`` warped by ``flow_to_prev`` (values in [0, 1] per channel). ``points``:
+    :func:`sample_points` of ``flow_to_prev`` when the caller has them already."""
     if not mask.any():
         return 0.0
-    diff = _unit(cur) - warp(_unit(prev), flow_to_prev)
+    diff = _unit(cur) - remap(_unit(prev), points if points is not None else sample_points(flow_to_prev))
     return float((diff ** 2).sum(-1)[mask].mean())
 
 
@@ -167,10 +169,11 @@ def temporal_consistency(inputs: Iterable[np.ndarray], output: Iterable[np.ndarr
         _check_sizes(i, frames)
         if prev is not None:
             fwd, mask = _motion(motions, pairs, prev[0], frames[0])
-            sums[0] += pair_error(prev[1], frames[1], fwd, mask)
-            sums[1] += pair_error(prev[0], frames[0], fwd, mask)
+            points = sample_points(fwd)  # once for the two or three videos
+            sums[0] += pair_error(prev[1], frames[1], fwd, mask, points)
+            sums[1] += pair_error(prev[0], frames[0], fwd, mask, points)
             if second is not None:
-                sums[2] += pair_error(prev[2], frames[2], fwd, mask)
+                sums[2] += pair_error(prev[2], frames[2], fwd, mask, points)
             sums[3] += 1.0 - float(mask.mean())
             pairs += 1
         if second is not None:
