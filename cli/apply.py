@@ -55,6 +55,9 @@ from frametrans.cli import options as opt
               "default (flow 0.5 + stats 0.9).")
 @click.option("--temporal-strength", type=float,
               help="In [0, 1): the EMA factor of --temporal stats [0.9], the blend weight of flow [0.5].")
+@click.option("--temporal-flow", type=click.Choice(["auto", "dis", "torch"]), default="auto", show_default=True,
+              help="Where the flow of --temporal flow/auto runs: dis (OpenCV DIS on CPU threads), torch "
+              "(on the model's device); auto: torch on CUDA, dis elsewhere.")
 @opt.memory_options
 @opt.device_option
 @opt.backend_option
@@ -87,7 +90,7 @@ def apply_cmd(inputs: Tuple[str, ...], output: str, model: str, list_file, recur
               ext: Optional[str], size: Optional[str], fps: Optional[float], y4m: bool, resize: Optional[str],
               max_side: Optional[int], codec, crf, preset, pix_fmt, no_audio: bool, direction: str,
               style_image, num_styles: int, seed: int, yaml_config, batch_size, tile, tile_overlap,
-              temporal: str, temporal_strength: Optional[float], tile_stats: str, max_memory,
+              temporal: str, temporal_strength: Optional[float], temporal_flow: str, tile_stats: str, max_memory,
               device: str, precision: str, skip_existing: bool, overwrite: bool,
               quiet: bool, ray_address: Optional[str] = None, compile_mode: str = "auto",
               resume: bool = False, segment_seconds: float = 10.0, backend: str = "auto",
@@ -166,7 +169,7 @@ def apply_cmd(inputs: Tuple[str, ...], output: str, model: str, list_file, recur
     out_opts = OutputOptions(overwrite=overwrite, skip_existing=skip_existing or resume, recursive=recursive,
                              ext=ext, resize=resize_wh, max_side=max_side, codec=codec, crf=crf,
                              preset=preset, pix_fmt=pix_fmt, audio=not no_audio, quiet=quiet,
-                             temporal=temporal, temporal_strength=temporal_strength,
+                             temporal=temporal, temporal_strength=temporal_strength, temporal_flow=temporal_flow,
                              segment_seconds=segment_seconds, io_threads=io_threads, hwdec=hwdec)
     try:
         out_opts.validate()  # opens --codec once: an encoder that cannot run here is refused now

@@ -401,6 +401,8 @@ def bench_backends_cmd(model: str, config, seed: int, workdir, json_out, threads
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
               help="As apply --precision.")
 @click.option("--blink", is_flag=True, help="Paint a 64 px light blinking in a corner (4 frames on, 4 off).")
+@click.option("--temporal-flow", "flow", type=click.Choice(["auto", "dis", "torch"]), default="auto",
+              show_default=True, help="As apply --temporal-flow: where the flow of flow and auto runs.")
 @click.option("--device", default="cpu", show_default=True, help=opt.DEVICE_HELP)
 @click.option("--json", "json_out", type=click.Path(dir_okay=False),
               help="Also write the results as JSON to this file.")
@@ -408,7 +410,7 @@ def bench_backends_cmd(model: str, config, seed: int, workdir, json_out, threads
               help="CPU threads for torch (default: one per core).")
 def bench_temporal_cmd(clip: str, frames: Optional[int], size: Optional[str], models: Tuple[str, ...],
                        modes: Tuple[str, ...], repeat: int, backend: str, precision: str, blink: bool,
-                       device: str, json_out, threads) -> None:
+                       flow: str, device: str, json_out, threads) -> None:
     """What each --temporal mode costs (ms/frame, ratio to off) and buys (warping error, PSNR to off)."""
     wh = _parse_size(size) if size is not None else None
     _start(threads)
@@ -419,5 +421,5 @@ def bench_temporal_cmd(clip: str, frames: Optional[int], size: Optional[str], mo
         raise click.BadParameter(f"use modes among {', '.join(MODES)}, off included", param_hint="--modes")
     result = bench_temporal(TemporalBench(clip=clip, frames=frames, models=models, modes=modes, repeat=repeat,
                                           backend=backend, precision=precision, blink=blink, device=device,
-                                          size=wh))
+                                          size=wh, flow=flow))
     _emit(result, format_table(result), json_out)

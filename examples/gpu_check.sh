@@ -8,7 +8,7 @@
 # the PSNR between --yuv on and off),
 # predictor.txt (Moving MNIST predictor training at batch 64: data and step time, when MNIST_DIR,
 # default .mnist, holds t10k-images-idx3-ubyte.gz), temporal.txt (`frametrans bench temporal` on CUDA:
-# what --temporal stats / auto cost beside the model, at 640x360 and 1080p), and bench-gpu.json / bench-gpu.md (`frametrans bench gpu`: the whole table of issue 15, under
+# what --temporal stats / auto cost beside the model, at 640x360, and at 1080p with the flow on the GPU and on host threads), and bench-gpu.json / bench-gpu.md (`frametrans bench gpu`: the whole table of issue 15, under
 # 6 minutes). Written for a machine that has torch with CUDA but not this package: frametrans is
 # installed with --target next to it, and WHEELS (a folder of wheels, e.g. PyAV's, default .whl)
 # first, without dependencies. To carry PyAV to a machine without it (Python 3.12, x86-64):
@@ -38,6 +38,7 @@ python3 -c "import torch, av; print('torch', torch.__version__, 'cuda', torch.ve
 
 step python3 -m pytest -q -p no:cacheprovider -rs \
     tests/engine/test_yuv.py tests/io/test_hwdec.py tests/apply/test_encoders.py tests/engine/test_nonfinite.py \
+    tests/apply/test_torchflow.py \
     "tests/engine/test_memory.py::test_max_memory_bounds_the_cuda_peak" \
     "tests/engine/test_streaming.py::test_row_bands_on_cuda_match_the_whole_frame_within_the_budget" \
     "tests/engine/test_fast_paths.py::test_cuda_paths_match_cpu_fp32" \
@@ -77,7 +78,8 @@ if [ -f "$mnist/t10k-images-idx3-ubyte.gz" ]; then  # issue 18: the predictor at
     cat "$out/predictor.txt"
 fi
 
-# issue 16: what --temporal costs next to a GPU model (the flow runs on host threads, ahead of the model)
+# issue 16: what --temporal costs next to a GPU model (--temporal-flow auto: the flow in torch on the GPU,
+# computed ahead of the model on a stream of its own)
 step timeout 90 frametrans bench temporal --device cuda --models cyclegan --modes off,stats,auto --frames 40 --repeat 1 \
     --json "$out/bench-temporal.json" > "$out/temporal.txt" 2>&1
 tail -n 8 "$out/temporal.txt"
@@ -85,10 +87,12 @@ tail -n 8 "$out/temporal.txt"
 step timeout 480 frametrans bench gpu --out "$out/bench-gpu" > "$out/bench.log" 2>&1
 tail -n 40 "$out/bench.log"
 
-# issue 16 at 1080p, where the host flow (1-4 threads) must keep up with the GPU: flow's "vs off"
-# near 1.0x means it does; well above, a flow on the device is what is missing. Last, so that a call
-# cut short at the device's limit loses only this step
-step timeout 90 frametrans bench temporal --device cuda --models cyclegan --modes off,flow --frames 16 --repeat 1 \
-    --size 1920x1080 --json "$out/bench-temporal-1080p.json" >> "$out/temporal.txt" 2>&1
-tail -n 8 "$out/temporal.txt"
+# issue 16 at 1080p: the flow on the GPU (torch) against OpenCV DIS on host threads (dis, 1-4 threads);
+# flow's "vs off" near 1.0x means the flow keeps up with the model. Last, so that a call cut short at
+# the device's limit loses only these steps
+for flow in torch dis; do
+    step timeout 75 frametrans bench temporal --device cuda --models cyclegan --modes off,flow --frames 12 --repeat 1 \
+        --size 1920x1080 --temporal-flow "$flow" --json "$out/bench-temporal-1080p-$flow.json" >> "$out/temporal.txt" 2>&1
+    tail -n 4 "$out/temporal.txt"
+done
 exit $status

@@ -6,20 +6,27 @@ are computed once; then, for each candidate flow, the input's motion (two flows 
 test) is timed on one OpenCV thread, the outputs are stabilized at strength 0.5, and the warping
 error against the per-frame output is measured with three metric flows (DIS medium, the metric of
 ``frametrans eval temporal``; a finer DIS, the most accurate here; Farneback, independent of DIS),
-so that a metric sharing the stabilizer's own flow cannot decide alone.
+so that a metric sharing the stabilizer's own flow cannot decide alone. The input residual is what
+each flow leaves unexplained of the input itself (its warping error over all pixels: accuracy).
+Candidates: OpenCV DIS settings, and the torch Farnebäck of ``--temporal-flow torch`` (run on the
+CPU here: its time is a CPU's, not a GPU's).
 
-    python examples/temporal_flow_sweep.py            # ~10 minutes on 2 cores
+    python examples/temporal_flow_sweep.py              # every candidate, ~12 minutes on 2 cores
+    python examples/temporal_flow_sweep.py torch "DIS fast"   # the candidates whose name contains these
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Dict, List
 
 import cv2
 import numpy as np
+import torch
 
 import frametrans.consistency as consistency
+import frametrans.torchflow as torchflow
 import frametrans.stabilize as stabilize
 from frametrans.apply import Translator
 from frametrans.engine.runner import RunnerOptions
@@ -34,13 +41,19 @@ def dis(preset: int, **settings: int) -> Flow:
         d = cv2.DISOpticalFlow_create(preset)
         for name, value in settings.items():
             getattr(d, "set" + name)(value)
-        return d.calc(consistency._luma(src), consistency._luma(dst), None)
+        return d.calc(consistency.luma(src), consistency.luma(dst), None)
     return flow
 
 
 def farneback(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    return cv2.calcOpticalFlowFarneback(consistency._luma(src), consistency._luma(dst), None,
+    return cv2.calcOpticalFlowFarneback(consistency.luma(src), consistency.luma(dst), None,
                                         0.5, 4, 21, 5, 7, 1.5, 0)
+
+
+def torch_farneback(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """:mod:`frametrans.torchflow` (what ``--temporal-flow torch`` runs on the model's device) on the CPU."""
+    luma = [torch.from_numpy(consistency.luma(f))[None, None] for f in (src, dst)]
+    return torchflow.farneback(*luma)[0].permute(1, 2, 0).contiguous().numpy()
 
 
 MEDIUM, FAST = cv2.DISOPTICAL_FLOW_PRESET_MEDIUM, cv2.DISOPTICAL_FLOW_PRESET_FAST
@@ -49,6 +62,7 @@ CANDIDATES: Dict[str, Flow] = {
     "DIS medium, patch stride 5, 12 + 3 iterations": dis(MEDIUM, PatchStride=5, GradientDescentIterations=12,
                                                         VariationalRefinementIterations=3),
     "DIS fast": dis(FAST),
+    "torch Farneback (--temporal-flow torch), on the CPU": torch_farneback,
 }
 METRICS: Dict[str, Flow] = {
     "medium": dis(MEDIUM),
@@ -62,37 +76,51 @@ def outputs(name: str, frames: List[np.ndarray]) -> List[np.ndarray]:
     return list(t.variants[0].runner(frames))
 
 
-def stabilized(frames: List[np.ndarray], outs: List[np.ndarray], flow: Flow) -> tuple:
-    """(ms per frame of the motion, stabilized outputs) with the stabilizer blending along ``flow``."""
+def input_motions(frames: List[np.ndarray], flow: Flow) -> tuple:
+    """(ms per frame, the input's motion of each frame after the first) along ``flow``."""
     t0 = time.process_time()
     motions = [stabilize.input_motion(frames[i], frames[i - 1], flow) for i in range(1, len(frames))]
-    ms = (time.process_time() - t0) / len(motions) * 1e3
+    return (time.process_time() - t0) / len(motions) * 1e3, motions
+
+
+def residual(frames: List[np.ndarray], flow: Flow) -> float:
+    """What ``flow`` leaves unexplained of the input itself: its warping error over all pixels (no
+    occlusion mask to hide behind; lower is a more accurate flow)."""
+    everywhere = np.ones(frames[0].shape[:2], bool)
+    return float(np.mean([consistency.pair_error(a, b, flow(b, a), everywhere) for a, b in zip(frames, frames[1:])]))
+
+
+def stabilized(frames: List[np.ndarray], outs: List[np.ndarray], motions: list) -> List[np.ndarray]:
+    """The outputs blended along the input's ``motions`` at the stabilizer's strength."""
     s = stabilize.FlowStabilizer(stabilize.AUTO_STRENGTH)
     out = [s.step(frames[0], outs[0])]
     out += [s.step(frames[i], outs[i], lambda a, b, m=motions[i - 1]: m) for i in range(1, len(frames))]
-    return ms, out
+    return out
 
 
 def main() -> None:
     cv2.setNumThreads(1)
+    torch.set_num_threads(1)
     frames = [f.image for f in iter_video_frames("examples/data/clip.mp4")]
+    chosen = {k: v for k, v in CANDIDATES.items() if not sys.argv[1:] or any(a in k for a in sys.argv[1:])}
     per_frame = {m: outputs(m, frames) for m in ("cyclegan", "munit")}
-    print("| stabilizer's flow | ms a frame | " + " | ".join(f"metric {m}" for m in METRICS) +
+    print("| stabilizer's flow | ms a frame | input residual | " + " | ".join(f"metric {m}" for m in METRICS) +
           " | PSNR to per-frame |")
-    print("|---" * (len(METRICS) + 3) + "|")
+    print("|---" * (len(METRICS) + 4) + "|")
     metric_motions = {metric: [consistency.pair_motion(frames[i - 1], frames[i], mflow)
                                for i in range(1, len(frames))] for metric, mflow in METRICS.items()}
-    for name, flow in CANDIDATES.items():
+    for name, flow in chosen.items():
+        ms, motions = input_motions(frames, flow)  # the input's: once for both models
         cells: Dict[str, List[str]] = {m: [] for m in METRICS}
-        psnr, ms = [], 0.0
+        psnr = []
         for model, outs in per_frame.items():
-            ms, stable = stabilized(frames, outs, flow)
-            for metric, motions in metric_motions.items():
-                r = consistency.temporal_consistency(frames, stable, outs, motions)
+            stable = stabilized(frames, outs, motions)
+            for metric, along in metric_motions.items():
+                r = consistency.temporal_consistency(frames, stable, outs, along)
                 cells[metric].append(f"{(r.output / r.second - 1) * 100:+.0f}%")
             psnr.append(f"{r.psnr_between:.1f}")
-        print(f"| {name} | {ms:.0f} | " + " | ".join(" / ".join(c) for c in cells.values()) +
-              f" | {' / '.join(psnr)} dB |", flush=True)
+        print(f"| {name} | {ms:.0f} | {residual(frames, flow):.5f} | " +
+              " | ".join(" / ".join(c) for c in cells.values()) + f" | {' / '.join(psnr)} dB |", flush=True)
 
 
 if __name__ == "__main__":

@@ -27,11 +27,11 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
-__all__ = ["TemporalReport", "DIS_PRESETS", "flow", "non_occluded", "pair_motion", "sample_points", "remap", "warp", "pair_error",
-           "temporal_consistency"]
+__all__ = ["TemporalReport", "DIS_PRESETS", "flow", "luma", "non_occluded", "pair_motion", "sample_points", "remap",
+           "warp", "pair_error", "temporal_consistency"]
 
 
-def _luma(image: np.ndarray) -> np.ndarray:
+def luma(image: np.ndarray) -> np.ndarray:
     """[H, W, C] uint8/uint16 -> [H, W] uint8 luma (BT.601) for the flow."""
     if image.dtype == np.uint16:
         image = (image >> 8).astype(np.uint8)
@@ -50,7 +50,7 @@ def flow(src: np.ndarray, dst: np.ndarray, preset: str = "medium") -> np.ndarray
     ``p`` of ``src`` shows what ``dst`` shows at ``p + flow[p]``. OpenCV DIS with ``preset`` (a
     key of :data:`DIS_PRESETS`; the metric's is ``medium``)."""
     dis = cv2.DISOpticalFlow_create(DIS_PRESETS[preset])
-    return dis.calc(_luma(src), _luma(dst), None)
+    return dis.calc(luma(src), luma(dst), None)
 
 
 def warp(image: np.ndarray, flow_to: np.ndarray) -> np.ndarray:

@@ -21,6 +21,7 @@ frames must come in order; batching does not matter (it runs after the model).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Callable, Optional, Tuple
@@ -44,6 +45,14 @@ AUTO_STRENGTH = 0.5
 #: -60/-50%, -58/-44%. Medium's lead comes mostly from the metric sharing its flow; fast costs a
 #: quarter. PSNR to per-frame: 36.9 / 42.5 dB (medium 37.6 / 43.6). ``examples/temporal_flow_sweep.py``.
 FLOW_PRESET = "fast"
+#: Where the stabilizer's flow runs (``--temporal-flow``): ``dis``, OpenCV DIS :data:`FLOW_PRESET`
+#: on host threads; ``torch``, Farnebäck's method as torch ops on the model's device
+#: (:mod:`frametrans.torchflow`: over the sample clip it leaves 0.00053 of the input unexplained
+#: against DIS fast's 0.00081 and stabilizes as well by the sweep's metric flows other than DIS
+#: medium: finer DIS -60/-48% (DIS fast -60/-50%), Farneback -58/-46% (-58/-44%), cyclegan/munit;
+#: but it costs ~1.1 s a 640x360 frame on one CPU core, so it is for
+#: GPUs; ``examples/temporal_flow_sweep.py``); ``auto``, torch when the model runs on CUDA, dis elsewhere.
+FLOW_ESTIMATORS = ("auto", "dis", "torch")
 #: A new scene: fewer than this fraction of pixels follow the flow from the previous frame.
 CUT_TRACKED = 0.5
 #: The EMA factor ``--temporal stats`` uses (the weight of the past statistics). Measured on the
@@ -81,6 +90,18 @@ class Temporal:
     mode: str = "off"
     stats: float = 0.0
     flow: float = 0.0
+    estimator: str = "auto"  # where the flow runs: FLOW_ESTIMATORS; auto is resolved per device
+
+    def on_device(self, device_type: str) -> "Temporal":
+        """``estimator`` ``auto`` made concrete for a model on ``device_type`` (torch on cuda),
+        when there is a flow to blend along."""
+        if self.estimator != "auto" or self.flow <= 0:
+            return self
+        return dataclasses.replace(self, estimator="torch" if device_type == "cuda" else "dis")
+
+    def flow_name(self) -> str:
+        """The flow the blend follows, as resume settings record it (``estimator`` resolved)."""
+        return {"dis": f"dis-{FLOW_PRESET}", "torch": "torch-farneback"}[self.estimator]
 
     @property
     def active(self) -> bool:
@@ -98,21 +119,26 @@ class Temporal:
         return min(MAX_WARM_FRAMES, max(MIN_WARM_FRAMES, needed))
 
 
-def resolve_temporal(mode: str, strength: Optional[float]) -> Temporal:
+def resolve_temporal(mode: str, strength: Optional[float], estimator: str = "auto") -> Temporal:
     """``--temporal MODE`` with ``--temporal-strength`` (the EMA factor for ``stats``, the blend
-    weight for ``flow``; ``auto`` takes none). ValueError (one line) for values that cannot work."""
+    weight for ``flow``; ``auto`` takes none) and ``--temporal-flow`` (:data:`FLOW_ESTIMATORS`;
+    for flow and auto). ValueError (one line) for values that cannot work."""
     if mode not in TEMPORAL_MODES:
         raise ValueError(f"--temporal must be one of {', '.join(TEMPORAL_MODES)}, got {mode!r}")
     if strength is not None and not 0.0 <= strength < 1.0:
         raise ValueError(f"--temporal-strength must be in [0, 1), got {strength}")
     if strength is not None and mode in ("off", "auto"):
         raise ValueError(f"--temporal-strength is for --temporal stats or flow, not {mode}")
+    if estimator not in FLOW_ESTIMATORS:
+        raise ValueError(f"--temporal-flow must be one of {', '.join(FLOW_ESTIMATORS)}, got {estimator!r}")
+    if estimator != "auto" and mode in ("off", "stats"):
+        raise ValueError(f"--temporal-flow is for --temporal flow or auto, not {mode}")
     if mode == "stats":
         return Temporal(mode, stats=STATS_FACTOR if strength is None else strength)
     if mode == "flow":
-        return Temporal(mode, flow=AUTO_STRENGTH if strength is None else strength)
+        return Temporal(mode, flow=AUTO_STRENGTH if strength is None else strength, estimator=estimator)
     if mode == "auto":
-        return Temporal(mode, stats=AUTO_STATS, flow=AUTO_STRENGTH)
+        return Temporal(mode, stats=AUTO_STATS, flow=AUTO_STRENGTH, estimator=estimator)
     return Temporal()
 
 

@@ -51,6 +51,7 @@ class OutputOptions:
     quiet: bool = False
     temporal: str = "off"  # off | stats | flow | auto: stabilize videos, animations and streams
     temporal_strength: Optional[float] = None  # stats: the EMA factor; flow: the blend weight
+    temporal_flow: str = "auto"  # auto | dis | torch: where the flow runs (stabilize.FLOW_ESTIMATORS)
     segment_seconds: float = 10.0  # videos in closed segments of this length (resumable); 0: one piece
     io_threads: Optional[int] = None  # image decode/encode workers per pool (None: one per core)
     hwdec: str = "off"  # off | cuda | auto (cuda when the model runs on CUDA): decode videos on NVDEC
@@ -66,7 +67,7 @@ class OutputOptions:
         """What ``--temporal`` does to videos, animations and streams (:mod:`frametrans.stabilize`)."""
         from frametrans.stabilize import resolve_temporal
 
-        return resolve_temporal(self.temporal, self.temporal_strength)
+        return resolve_temporal(self.temporal, self.temporal_strength, self.temporal_flow)
 
     def stabilizer_strength(self) -> float:
         """The flow-blend strength for videos, animations and streams (0: no blending)."""

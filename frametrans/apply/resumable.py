@@ -25,7 +25,6 @@ from frametrans.apply.manifest import (MANIFEST, TAIL, Manifest, clean_folder, d
 from frametrans.apply.report import Report, progress_bar, signals_deferred
 from frametrans.apply.segmented import SegmentBook, SegmentedWriter
 from frametrans.apply.translator import Translator
-from frametrans.stabilize import FLOW_PRESET
 from frametrans.io import video
 from frametrans.io.errors import InputError, OutputError, TruncatedInputError
 from frametrans.io.segments import Segment, iter_segment_frames, join_segments, part_suffix
@@ -42,7 +41,7 @@ def settings_of(translator: Translator, opts: OutputOptions) -> Dict[str, Any]:
     if temporal.active:  # absent when off: folders from before --temporal stats still resume
         settings.update(temporal_mode=temporal.mode, temporal_stats=temporal.stats)
     if temporal.flow > 0:  # was DIS medium: older flow jobs are refused (--overwrite)
-        settings.update(temporal_flow=f"dis-{FLOW_PRESET}")
+        settings.update(temporal_flow=temporal.flow_name())
     return json.loads(json.dumps(settings))  # tuples -> lists, as they come back from the file
 
 

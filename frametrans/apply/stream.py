@@ -14,7 +14,7 @@ import numpy as np
 
 from frametrans.apply.images import to_8bit
 from frametrans.apply.report import progress_bar
-from frametrans.apply.temporal import stabilized_run
+from frametrans.apply.temporal import motion_estimator, stabilized_run
 from frametrans.apply.translator import Translator, run_guarded
 from frametrans.engine.pipeline import prefetch
 from frametrans.io import raw
@@ -122,7 +122,7 @@ def apply_stream(stdin: BinaryIO, stdout: BinaryIO, translator: Translator,
         temporal = translator.temporal(temporal)
         v = translator.stream_variants(temporal.stats)[0]
         runs = stabilized_run(decoded, lambda fed: ((f, [("", o)]) for f, o in run_guarded(v.runner, fed)),
-                              temporal.flow)
+                              temporal.flow, motion_estimator(temporal, translator.device))
         n = _write_stream(((f, outs[0][1]) for f, outs in runs), stdout, tags, y4m_out, progress)
     finally:
         progress.close()

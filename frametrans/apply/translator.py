@@ -102,6 +102,11 @@ class Translator:
 
         return cls(load_model(model, yaml_config=yaml_config), options, **kwargs)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the model runs."""
+        return self.variants[0].runner.device
+
     def expect(self, frames: Optional[int]) -> None:
         """The next job has ``frames`` frames (None: an open-ended stream); lets ``--compile auto``
         decide whether compiling pays for itself."""
@@ -113,7 +118,9 @@ class Translator:
         """``requested`` (:mod:`frametrans.stabilize`) as it applies to this model and these options:
         no statistics to smooth for a model without per-frame normalization, and none for ``auto``
         under ``--compile on`` (a compiled forward cannot smooth them; said once). An explicit
-        ``stats`` with ``--compile on`` stays, and :meth:`stream_variants` refuses it."""
+        ``stats`` with ``--compile on`` stays, and :meth:`stream_variants` refuses it. The flow's
+        ``auto`` estimator is made concrete for this model's device."""
+        requested = requested.on_device(self.device.type)
         if requested.stats <= 0:
             return requested
         if not has_frame_dependent_norm(self.model):

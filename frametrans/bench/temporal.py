@@ -32,7 +32,8 @@ class TemporalBench:
     models: bundled names or checkpoint paths; modes: ``--temporal`` values; repeat: timed rounds;
     backend / precision / device: as ``frametrans apply``'s options; seed: MUNIT's style; size:
     (width, height) the frames are resized to after decoding (None: the clip's own), e.g. 1080p to
-    see whether the host's flow keeps up with a GPU model."""
+    see whether the host's flow keeps up with a GPU model; flow: where the flow of flow/auto runs
+    (``--temporal-flow``: auto, dis, torch)."""
 
     clip: str = "examples/data/clip.mp4"
     frames: Optional[int] = None
@@ -46,6 +47,7 @@ class TemporalBench:
     seed: int = 0
     blink: bool = False
     size: Optional[Tuple[int, int]] = None
+    flow: str = "auto"
 
 
 #: ``blink``: a BLINK x BLINK light in the top-left corner, on for BLINK_FRAMES frames, off for as many.
@@ -89,13 +91,15 @@ def _translator(name: str, opts: TemporalBench) -> Any:
     return Translator.load(name, runner, seed=opts.seed)  # MUNIT: one style drawn from the seed
 
 
-def _run_mode(translator: Any, frames: List[np.ndarray], mode: str) -> Tuple[float, List[np.ndarray]]:
-    """(seconds, outputs) of one pass of the stream path with ``--temporal mode``."""
+def _run_mode(translator: Any, frames: List[np.ndarray], mode: str, flow: str = "auto"
+              ) -> Tuple[float, List[np.ndarray]]:
+    """(seconds, outputs) of one pass of the stream path with ``--temporal mode`` (``flow``: its
+    ``--temporal-flow`` when it blends along the flow)."""
     from frametrans.apply.temporal import translate_stream
     from frametrans.io.frame import Frame
     from frametrans.stabilize import resolve_temporal
 
-    temporal = resolve_temporal(mode, None)
+    temporal = resolve_temporal(mode, None, flow if mode in ("flow", "auto") else "auto")
     translator.expect(len(frames))  # one clip, as `frametrans apply` tells the runners
     t0 = time.perf_counter()
     outs = [o[0][1] for _, o in translate_stream((Frame(f, index=i) for i, f in enumerate(frames)),
@@ -108,18 +112,20 @@ def bench_model(name: str, frames: List[np.ndarray], motions: List[Any], opts: T
     """The rows of one model: one per mode, plus the input's floor. ``motions``: the metric's
     :func:`~frametrans.consistency.pair_motion` of each pair of ``frames``."""
     from frametrans.consistency import temporal_consistency
+    from frametrans.stabilize import resolve_temporal
 
     translator = _translator(name, opts)
     for mode in opts.modes:  # warm-up: conversions, caches, allocator
-        _run_mode(translator, frames, mode)
+        _run_mode(translator, frames, mode, opts.flow)
     seconds: Dict[str, List[float]] = {m: [] for m in opts.modes}
     outputs: Dict[str, List[np.ndarray]] = {}
     for r in range(opts.repeat):
         for mode in opts.modes:
-            s, outputs[mode] = _run_mode(translator, frames, mode)
+            s, outputs[mode] = _run_mode(translator, frames, mode, opts.flow)
             seconds[mode].append(s)
         log(f"bench temporal: {name} round {r + 1}/{opts.repeat}: " +
             ", ".join(f"{m} {seconds[m][-1] / len(frames) * 1e3:.0f} ms/frame" for m in opts.modes))
+    estimator = translator.temporal(resolve_temporal("flow", None, opts.flow)).estimator  # auto made concrete
     rows = []
     base = outputs["off"]
     reports = {m: temporal_consistency(frames, outputs[m], base if m != "off" else None, motions)
@@ -129,7 +135,8 @@ def bench_model(name: str, frames: List[np.ndarray], motions: List[Any], opts: T
         report = reports[mode]
         per_frame = median(seconds[mode]) / len(frames)
         ratios = [s / o for s, o in zip(seconds[mode], seconds["off"])]
-        rows.append({"model": name, "mode": mode, "ms_per_frame": per_frame * 1e3,
+        rows.append({"model": name, "mode": mode, "flow": estimator if mode in ("flow", "auto") else None,
+                     "ms_per_frame": per_frame * 1e3,
                      "vs_off_time": median(ratios),
                      "warping_error": report.output, "input_warping_error": report.input,
                      "vs_off_error": (report.output / off_error - 1) if off_error else None,
@@ -170,6 +177,7 @@ def format_table(result: Dict[str, Any]) -> str:
         vs_time = f"{r['vs_off_time']:.2f}x" if r["mode"] != "off" else ""
         vs_err = f"{r['vs_off_error'] * 100:+.0f}%" if r["vs_off_error"] is not None and r["mode"] != "off" else ""
         psnr = f"{r['psnr_to_off']:.1f} dB" if r["psnr_to_off"] is not None else ""
-        lines.append(f"| {r['model']} | {r['mode']} | {r['ms_per_frame']:.0f} | {vs_time} | "
+        mode = f"{r['mode']} ({r['flow']})" if r.get("flow") else r["mode"]
+        lines.append(f"| {r['model']} | {mode} | {r['ms_per_frame']:.0f} | {vs_time} | "
                      f"{r['warping_error']:.5f} | {vs_err} | {psnr} |")
     return "\n".join(lines)

@@ -4,6 +4,8 @@ statistics smoothed inside the model: tests/engine/test_smoothing.py) through th
 
 from __future__ import annotations
 
+import dataclasses
+
 import cv2
 import numpy as np
 import pytest
@@ -64,6 +66,18 @@ def test_strength_options():
     assert not resolve_temporal("off", None).active and resolve_temporal("stats", None).active
     with pytest.raises(ValueError, match="--temporal-strength is for --temporal stats or flow"):
         resolve_temporal("auto", 0.5)
+    assert resolve_temporal("flow", None, "torch") == Temporal("flow", flow=AUTO_STRENGTH, estimator="torch")
+    assert resolve_temporal("auto", None, "dis").estimator == "dis"
+    with pytest.raises(ValueError, match="--temporal-flow must be one of auto, dis, torch, got 'gpu'"):
+        resolve_temporal("flow", None, "gpu")
+    for mode in ("off", "stats"):
+        with pytest.raises(ValueError, match=f"--temporal-flow is for --temporal flow or auto, not {mode}"):
+            resolve_temporal(mode, None, "torch")
+    flow = resolve_temporal("flow", None)
+    assert flow.on_device("cuda").estimator == "torch" and flow.on_device("cpu").estimator == "dis"
+    assert flow.on_device("mps").flow_name() == "dis-fast" and flow.on_device("cuda").flow_name() == "torch-farneback"
+    assert resolve_temporal("flow", None, "dis").on_device("cuda").estimator == "dis"  # asked for: kept
+    assert resolve_temporal("stats", None).on_device("cuda").estimator == "auto"  # no flow: nothing to choose
 
 
 @pytest.fixture(scope="module")
@@ -221,7 +235,7 @@ def test_motion_computed_ahead_gives_the_same_frames_and_survives_failed_frames(
         assert len(tight._pending) == 2
 
 
-def test_motion_ahead_runs_frames_at_once(monkeypatch):
+def test_motion_ahead_runs_frames_at_once():
     """With 3 workers, 3 frames' motion is computed at the same time (each waits for the others)."""
     import threading
 
@@ -229,13 +243,17 @@ def test_motion_ahead_runs_frames_at_once(monkeypatch):
     from frametrans.io.frame import Frame
 
     barrier = threading.Barrier(3, timeout=10)
-    real = temporal.input_motion
-    monkeypatch.setattr(temporal, "input_motion", lambda a, b: (barrier.wait(), real(a, b))[1])
+    waited = []
+
+    def meeting(a, b):
+        waited.append(barrier.wait())
+        return temporal.input_motion(a, b)
+
     frames = _pan(4)
-    with temporal.MotionAhead(workers=3) as ahead:
+    with temporal.MotionAhead(workers=3, estimate=meeting) as ahead:
         fed = list(ahead.feed(Frame(f) for f in frames))
         got = [ahead.motion(fed[i].image, fed[i - 1].image) for i in range(1, 4)]
-    assert all(g is not None for g in got) and not barrier.broken
+    assert all(g is not None for g in got) and not barrier.broken and sorted(waited) == [0, 1, 2]
 
 
 def test_flow_workers_follow_the_cores(monkeypatch):
@@ -257,18 +275,22 @@ def test_flow_workers_follow_the_cores(monkeypatch):
         torch.set_num_threads(threads)
 
 
-def test_variants_share_one_motion_per_frame(monkeypatch):
-    """MUNIT with several styles: the input's flow is computed once per frame, not once per style."""
+def test_variants_share_one_motion_per_frame():
+    """MUNIT with several styles: the input's flow is computed once per frame, not once per style,
+    with the estimator given."""
     from frametrans import stabilize
     from frametrans.apply.temporal import stabilized
     from frametrans.io.frame import Frame
 
     frames = _pan(4)
     calls = []
-    real = stabilize.input_motion
-    monkeypatch.setattr("frametrans.apply.temporal.input_motion", lambda a, b: calls.append(1) or real(a, b))
+
+    def counted(a, b):
+        calls.append(1)
+        return stabilize.input_motion(a, b)
+
     results = ((Frame(f), [("_s0", o), ("_s1", 255 - o)]) for f, o in zip(frames, _flickering(frames)))
-    out = list(stabilized(results, 0.5))
+    out = list(stabilized(results, 0.5, estimate=counted))
     assert len(out) == 4 and len(calls) == 3
 
 
@@ -285,8 +307,9 @@ def test_auto_resolves_against_the_model_and_the_options(caplog):
     auto = resolve_temporal("auto", None)
     opts = RunnerOptions(device="cpu", precision="fp32", backend="torch", compile="off")
     resnet, unet = Translator(tiny_model("resnet"), opts), Translator(tiny_model("unet"), opts)
-    assert resnet.temporal(auto) == auto and resnet.temporal(auto).warm_frames() == 51
-    assert unet.temporal(auto) == Temporal("auto", stats=0.0, flow=AUTO_STRENGTH)
+    on_cpu = dataclasses.replace(auto, estimator="dis")  # the flow's auto: DIS on a CPU model
+    assert resnet.temporal(auto) == on_cpu and resnet.temporal(auto).warm_frames() == 51
+    assert unet.temporal(auto) == Temporal("auto", stats=0.0, flow=AUTO_STRENGTH, estimator="dis")
     assert unet.temporal(auto).warm_frames() == 16
     compiled = Translator(tiny_model("resnet"), RunnerOptions(device="cpu", compile="on"))
     caplog.set_level("INFO", logger="frametrans")

@@ -295,7 +295,13 @@ def test_bench_temporal_cli_tiny(tmp_path):
     assert all(rows[m]["vs_off_time"] > 0 and rows[m]["psnr_to_off"] < 99 for m in ("stats", "flow"))
     assert all(rows[m]["vs_off_error"] is not None for m in ("stats", "flow"))  # off listed after stats
     assert rows["flow"]["warping_error"] < rows["off"]["warping_error"]
-    assert "| input (the floor) |" in res.output and "vs off" in res.output
+    assert rows["flow"]["flow"] == "dis" and rows["off"]["flow"] is None  # auto on a CPU model: DIS
+    assert "| input (the floor) |" in res.output and "vs off" in res.output and "| flow (dis) |" in res.output
+    res = CliRunner().invoke(cli, ["bench", "temporal", "--clip", str(clip), "--models", str(model), "--repeat", "1",
+                                   "--modes", "off,flow", "--backend", "torch", "--temporal-flow", "torch",
+                                   "--json", str(out)])
+    assert res.exit_code == 0 and "| flow (torch) |" in res.output, res.output
+    assert json.loads(out.read_text())["settings"]["flow"] == "torch"
     bad = CliRunner().invoke(cli, ["bench", "temporal", "--clip", str(clip), "--modes", "stats,auto"])
     assert bad.exit_code == 2 and "off included" in bad.output
     res = CliRunner().invoke(cli, ["bench", "temporal", "--clip", str(clip), "--models", str(model), "--repeat", "1",

@@ -1,0 +1,221 @@
+"""Dense optical flow as torch tensor ops, for the stabilizer's input motion on a GPU.
+
+OpenCV's DIS runs on host threads: ~14 ms of one core for a 640x360 pair, ~9x that at 1080p, where
+a GPU translates a frame in a few ms. This is Farnebäck's two-frame method (Farnebäck 2003,
+"Two-frame motion estimation based on polynomial expansion"), coarse to fine, written with
+convolutions, bilinear sampling and per-pixel 2x2 solves, so it runs wherever the model runs:
+
+- polynomial expansion: each level's luma is fitted in every pixel's neighbourhood (Gaussian
+  applicability, ``poly_n`` pixels each side, ``poly_sigma``) by ``x^T A x + b^T x + c``: one
+  convolution with six least-squares filters (computed in float64, so TF32 convolutions cannot
+  round them);
+- with a displacement ``d`` so far, ``A = (A1(x) + A2(x + d)) / 2`` and
+  ``db = -(b2(x + d) - b1(x)) / 2 + A d``; the new ``d`` solves ``sum(w A^T A) d = sum(w A^T db)``
+  over a Gaussian window of ``winsize`` pixels; ``iters`` times per level;
+- levels: the frames downscaled by ``scale`` (antialiased) until the shorter side would drop below
+  ``min_side``, at most ``max_levels``; each level starts from the coarser level's flow.
+
+Flow convention as :func:`frametrans.consistency.flow`: pixel ``p`` of ``src`` shows what ``dst``
+shows at ``p + flow[p]``; x then y, in pixels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import threading
+from dataclasses import dataclass
+from typing import List, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from frametrans.consistency import luma
+
+__all__ = ["DeviceMotion", "FlowParams", "farneback", "levels_of", "poly_expand", "sample_at"]
+
+
+@dataclass(frozen=True)
+class FlowParams:
+    """The method's settings (see the module doc); the defaults are the stabilizer's."""
+
+    scale: float = 0.5
+    min_side: int = 24
+    max_levels: int = 6
+    poly_n: int = 5
+    poly_sigma: float = 1.1
+    winsize: int = 15
+    iters: int = 3
+
+
+def farneback(src: torch.Tensor, dst: torch.Tensor, params: FlowParams = FlowParams()) -> torch.Tensor:
+    """Flow from ``src`` to ``dst``: [B, 1, H, W] luma (any float or uint8 dtype, same shape and
+    device) -> [B, 2, H, W] float32 (x, y displacements in pixels)."""
+    if src.shape != dst.shape or src.dim() != 4 or src.shape[1] != 1:
+        raise ValueError(f"farneback takes two [B, 1, H, W] tensors of one shape, got {tuple(src.shape)} "
+                         f"and {tuple(dst.shape)}")
+    flow = None
+    for a, b in zip(_pyramid(src.float(), params), _pyramid(dst.float(), params)):
+        flow = _level(a, b, _resized_flow(flow, a.shape[-2:]), params)
+    assert flow is not None
+    return flow
+
+
+def _pyramid(image: torch.Tensor, p: FlowParams) -> List[torch.Tensor]:
+    """Coarsest first: ``image`` downscaled by ``p.scale ** k`` (antialiased bilinear), k from the
+    deepest level whose shorter side stays >= ``p.min_side`` down to 0 (the image itself)."""
+    h, w = image.shape[-2:]
+    out = [image]
+    for k in range(1, levels_of(h, w, p)):
+        size = (max(1, round(h * p.scale ** k)), max(1, round(w * p.scale ** k)))
+        out.append(F.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=True))
+    return out[::-1]
+
+
+def _resized_flow(flow: torch.Tensor | None, size: torch.Size) -> torch.Tensor | None:
+    """A coarser level's flow brought to ``size`` (H, W): resampled, and scaled to the new pixels."""
+    if flow is None:
+        return None
+    h, w = flow.shape[-2:]
+    up = F.interpolate(flow, size=tuple(size), mode="bilinear", align_corners=False)
+    return up * torch.tensor([size[1] / w, size[0] / h], device=flow.device).view(1, 2, 1, 1)
+
+
+def _level(src: torch.Tensor, dst: torch.Tensor, flow: torch.Tensor | None, p: FlowParams) -> torch.Tensor:
+    """``p.iters`` updates of the flow at one level; ``flow`` None: start from zero."""
+    r1 = poly_expand(src, p.poly_n, p.poly_sigma)
+    r2 = poly_expand(dst, p.poly_n, p.poly_sigma)
+    if flow is None:
+        flow = torch.zeros_like(src).expand(-1, 2, -1, -1).contiguous()
+    for _ in range(p.iters):
+        flow = _update(r1, sample_at(r2, flow), flow, p.winsize)
+    return flow
+
+
+def _update(r1: torch.Tensor, r2: torch.Tensor, flow: torch.Tensor, winsize: int) -> torch.Tensor:
+    """One solve: expansions ``r1`` of src at x and ``r2`` of dst at x + flow, [B, 6, H, W]
+    (c, bx, by, axx, ayy, axy) -> the new flow [B, 2, H, W]."""
+    a11 = (r1[:, 3] + r2[:, 3]) * 0.5
+    a22 = (r1[:, 4] + r2[:, 4]) * 0.5
+    a12 = (r1[:, 5] + r2[:, 5]) * 0.25  # the off-diagonal of A is axy / 2
+    dx, dy = flow[:, 0], flow[:, 1]
+    db1 = (r1[:, 1] - r2[:, 1]) * 0.5 + a11 * dx + a12 * dy
+    db2 = (r1[:, 2] - r2[:, 2]) * 0.5 + a12 * dx + a22 * dy
+    terms = torch.stack([a11 * a11 + a12 * a12, a12 * (a11 + a22), a12 * a12 + a22 * a22,
+                         a11 * db1 + a12 * db2, a12 * db1 + a22 * db2], 1)
+    g11, g12, g22, h1, h2 = _gaussian_blur(terms, winsize).unbind(1)
+    det = g11 * g22 - g12 * g12 + 1e-3  # flat regions: h ~ 0, so the flow stays ~0 there
+    return torch.stack([(g22 * h1 - g12 * h2) / det, (g11 * h2 - g12 * h1) / det], 1)
+
+
+def sample_at(maps: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    """``maps`` [B, C, H, W] sampled at ``x + flow(x)`` (bilinear, edges replicated) -> [B, C, H, W]."""
+    b, _, h, w = flow.shape
+    gy, gx = _grid(h, w, flow.device)
+    x = (gx + flow[:, 0]) * (2.0 / max(w - 1, 1)) - 1.0
+    y = (gy + flow[:, 1]) * (2.0 / max(h - 1, 1)) - 1.0
+    return F.grid_sample(maps, torch.stack([x, y], -1), mode="bilinear", padding_mode="border",
+                         align_corners=True)
+
+
+@functools.lru_cache(maxsize=16)
+def _grid(h: int, w: int, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Pixel coordinates y, x: float32 [H, W] each, cached per size and device."""
+    return torch.meshgrid(torch.arange(h, dtype=torch.float32, device=device),
+                          torch.arange(w, dtype=torch.float32, device=device), indexing="ij")
+
+
+def poly_expand(image: torch.Tensor, n: int, sigma: float) -> torch.Tensor:
+    """[B, 1, H, W] float -> [B, 6, H, W] float32: per pixel, the weighted least-squares fit of
+    ``c + bx x + by y + axx x^2 + ayy y^2 + axy x y`` to the ``2n+1`` square neighbourhood
+    (Gaussian weights of ``sigma`` pixels; edges replicated). x runs along columns, y along rows."""
+    exact = torch.float32 if image.device.type == "mps" else torch.float64  # MPS has no float64
+    k = _poly_filters(n, sigma, image.device).to(exact)
+    padded = F.pad(image.to(exact), (n, n, n, n), mode="replicate")
+    return F.conv2d(padded, k).float()
+
+
+@functools.lru_cache(maxsize=8)
+def _poly_filters(n: int, sigma: float, device: torch.device) -> torch.Tensor:
+    """The six least-squares filters [6, 1, 2n+1, 2n+1] float64: row i gives coefficient i."""
+    offsets = torch.arange(-n, n + 1, dtype=torch.float64)
+    y, x = torch.meshgrid(offsets, offsets, indexing="ij")
+    x, y = x.reshape(-1), y.reshape(-1)
+    basis = torch.stack([torch.ones_like(x), x, y, x * x, y * y, x * y], 1)  # [K, 6]
+    weights = torch.exp(-(x * x + y * y) / (2 * sigma * sigma))
+    weighted = basis * weights[:, None]
+    filters = torch.linalg.solve(basis.T @ weighted, weighted.T)  # [6, K]
+    return filters.reshape(6, 1, 2 * n + 1, 2 * n + 1).to(device)
+
+
+def _gaussian_blur(maps: torch.Tensor, size: int) -> torch.Tensor:
+    """[B, C, H, W] -> the same, averaged over a ``size`` x ``size`` Gaussian window (separable,
+    edges replicated; sigma as OpenCV's getGaussianKernel gives for that size)."""
+    c = maps.shape[1]
+    k = _gauss_kernel(size, maps.device)
+    r = size // 2
+    out = F.conv2d(F.pad(maps, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1).expand(c, 1, 1, size),
+                   groups=c)
+    return F.conv2d(F.pad(out, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1).expand(c, 1, size, 1),
+                    groups=c)
+
+
+@functools.lru_cache(maxsize=8)
+def _gauss_kernel(size: int, device: torch.device) -> torch.Tensor:
+    sigma = 0.3 * ((size - 1) * 0.5 - 1) + 0.8
+    t = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
+    k = torch.exp(-t * t / (2 * sigma * sigma))
+    return (k / k.sum()).to(device)
+
+
+def levels_of(height: int, width: int, params: FlowParams = FlowParams()) -> int:
+    """How many pyramid levels :func:`farneback` uses for a frame of this size."""
+    levels = 1
+    while levels < params.max_levels and min(height, width) * params.scale ** levels >= params.min_side:
+        levels += 1
+    return levels
+
+
+
+class DeviceMotion:
+    """:func:`frametrans.stabilize.input_motion` with the flows computed here, on a torch
+    ``device`` (the model's GPU): both flows of a pair in one batch, the occlusion test
+    (:func:`frametrans.consistency.non_occluded`'s rule) and the sample points on the device; only
+    the luma goes up (1 byte a pixel) and the motion comes back (9 bytes a pixel). Thread-safe: on
+    CUDA each calling thread queues its work on a stream of its own, beside the model's."""
+
+    def __init__(self, device: torch.device | str, params: FlowParams = FlowParams()) -> None:
+        self.device = torch.device(device)
+        self.params = params
+        self._local = threading.local()
+
+    def __call__(self, image: np.ndarray, previous: np.ndarray) -> Tuple[Tuple[np.ndarray, np.ndarray], np.ndarray]:
+        """Input frames [H, W, C] (uint8/uint16, as the model saw them) -> ((x, y) float32 [H, W]
+        each: where each pixel of ``image`` was in ``previous``; non-occluded [H, W] bool)."""
+        with self._stream():
+            cur, prev = (torch.from_numpy(luma(f)).to(self.device) for f in (image, previous))
+            flows = farneback(torch.stack([cur, prev])[:, None], torch.stack([prev, cur])[:, None], self.params)
+            x, y, keep = _motion(flows[0], flows[1])
+            points = torch.stack([x, y]).cpu().numpy()
+            return (points[0], points[1]), keep.cpu().numpy()
+
+    def _stream(self) -> contextlib.AbstractContextManager:
+        if self.device.type != "cuda":
+            return contextlib.nullcontext()
+        if getattr(self._local, "stream", None) is None:
+            self._local.stream = torch.cuda.Stream(self.device)
+        return torch.cuda.stream(self._local.stream)
+
+
+def _motion(fwd: torch.Tensor, bwd: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Flows [2, H, W] of frame t to t-1 (``fwd``) and back -> sample points x, y (float32 [H, W])
+    and the pixels that pass forward-backward consistency and land inside frame t-1 (bool [H, W])."""
+    h, w = fwd.shape[-2:]
+    gy, gx = _grid(h, w, fwd.device)
+    x, y = gx + fwd[0], gy + fwd[1]
+    back = sample_at(bwd[None], fwd[None])[0]  # bwd at x + fwd(x)
+    lhs = (fwd + back).square().sum(0)
+    rhs = (fwd.square().sum(0) + back.square().sum(0)) * 0.01 + 0.5
+    keep = (lhs < rhs) & (x >= 0) & (x <= w - 1) & (y >= 0) & (y <= h - 1)
+    return x, y, keep
