@@ -8,7 +8,8 @@
 # the PSNR between --yuv on and off),
 # predictor.txt (Moving MNIST predictor training at batch 64: data and step time, when MNIST_DIR,
 # default .mnist, holds t10k-images-idx3-ubyte.gz), temporal.txt (`frametrans bench temporal` on CUDA:
-# what --temporal stats / auto cost beside the model, at 640x360, and at 1080p with the flow on the GPU and on host threads), and bench-gpu.json / bench-gpu.md (`frametrans bench gpu`: the whole table of issue 15, under
+# what --temporal stats / auto cost beside the model, at 640x360, and at 1080p with the flow on the
+# GPU and on host threads), and bench-gpu.json / bench-gpu.md (`frametrans bench gpu`: the whole table of issue 15, under
 # 6 minutes). Written for a machine that has torch with CUDA but not this package: frametrans is
 # installed with --target next to it, and WHEELS (a folder of wheels, e.g. PyAV's, default .whl)
 # first, without dependencies. To carry PyAV to a machine without it (Python 3.12, x86-64):
@@ -17,6 +18,11 @@
 #       --platform manylinux_2_28_x86_64 -d .whl av==18.1.0
 #
 # Each step's failure is recorded and the next step still runs; the exit status is the first failure's.
+# All of it takes longer than one 10-minute device call: GPU_CHECK_STEPS picks some of the steps
+# (space-separated: tests apply predictor temporal bench temporal-1080p; default: all), e.g.
+#
+#   GPU_CHECK_STEPS="tests apply predictor temporal temporal-1080p" bash examples/gpu_check.sh OUT  # ~6 min
+#   GPU_CHECK_STEPS=bench bash examples/gpu_check.sh OUT                                             # <= 8 min
 set -uo pipefail
 out=${1:?usage: bash examples/gpu_check.sh OUT [WHEELS]}
 wheels=${2:-.whl}
@@ -24,6 +30,7 @@ site=${FRAMETRANS_SITE:-/tmp/frametrans-site}
 mkdir -p "$out"
 status=0
 step() { "$@" || { rc=$?; echo "FAILED ($rc): $*" >&2; [ $status -ne 0 ] || status=$rc; }; }
+want() { [ -z "${GPU_CHECK_STEPS:-}" ] || [[ " $GPU_CHECK_STEPS " == *" $1 "* ]]; }
 
 if [ -d "$wheels" ]; then
     step python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$site" "$wheels"/*.whl
@@ -36,14 +43,16 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/gpu
 python3 -c "import torch, av; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'av', av.__version__)" \
     >> "$out/gpu.txt" 2>&1
 
-step python3 -m pytest -q -p no:cacheprovider -rs \
-    tests/engine/test_yuv.py tests/io/test_hwdec.py tests/apply/test_encoders.py tests/engine/test_nonfinite.py \
-    tests/apply/test_torchflow.py \
-    "tests/engine/test_memory.py::test_max_memory_bounds_the_cuda_peak" \
-    "tests/engine/test_streaming.py::test_row_bands_on_cuda_match_the_whole_frame_within_the_budget" \
-    "tests/engine/test_fast_paths.py::test_cuda_paths_match_cpu_fp32" \
-    "tests/engine/test_fast_paths.py::test_cuda_graphs_match_eager" > "$out/tests.txt" 2>&1
-tail -n 15 "$out/tests.txt"
+if want tests; then
+    step python3 -m pytest -q -p no:cacheprovider -rs \
+        tests/engine/test_yuv.py tests/io/test_hwdec.py tests/apply/test_encoders.py tests/engine/test_nonfinite.py \
+        tests/apply/test_torchflow.py \
+        "tests/engine/test_memory.py::test_max_memory_bounds_the_cuda_peak" \
+        "tests/engine/test_streaming.py::test_row_bands_on_cuda_match_the_whole_frame_within_the_budget" \
+        "tests/engine/test_fast_paths.py::test_cuda_paths_match_cpu_fp32" \
+        "tests/engine/test_fast_paths.py::test_cuda_graphs_match_eager" > "$out/tests.txt" 2>&1
+    tail -n 15 "$out/tests.txt"
+fi
 
 apply_once() {  # $1: --yuv mode, $2: --hwdec mode; the README's first command on the GPU, timed
     echo "--yuv $1 --hwdec $2:"
@@ -65,14 +74,16 @@ print(f"frames {len(on)} vs {len(off)}, same pts: {same}, PSNR --yuv on vs off {
 sys.exit(0 if same and psnr >= 40 else 1)  # 49.5 dB on the CPU; below 40, something is off
 EOF2
 }
-for mode in off on off on; do step apply_once "$mode" off >> "$out/apply.txt" 2>&1; done
-step apply_once on cuda >> "$out/apply.txt" 2>&1  # NVDEC too: the same frames, so the PSNR below is unchanged
-step compare >> "$out/apply.txt" 2>&1
-cat "$out/apply.txt"
-rm -f "$out"/clip_*.mp4
+if want apply; then
+    for mode in off on off on; do step apply_once "$mode" off >> "$out/apply.txt" 2>&1; done
+    step apply_once on cuda >> "$out/apply.txt" 2>&1  # NVDEC too: the same frames, so the PSNR below is unchanged
+    step compare >> "$out/apply.txt" 2>&1
+    cat "$out/apply.txt"
+    rm -f "$out"/clip_*.mp4
+fi
 
 mnist=${MNIST_DIR:-.mnist}  # t10k-images-idx3-ubyte.gz (../shared/data/mnist), carried like the wheels
-if [ -f "$mnist/t10k-images-idx3-ubyte.gz" ]; then  # issue 18: the predictor at batch 64 is not data-bound
+if want predictor && [ -f "$mnist/t10k-images-idx3-ubyte.gz" ]; then  # issue 18: the predictor at batch 64 is not data-bound
     step python3 -m frametrans.train.data_bench --data moving-mnist --mnist-dir "$mnist" --device cuda \
         --batch-size 64 --steps 50 --warmup 5 > "$out/predictor.txt" 2>&1
     cat "$out/predictor.txt"
@@ -80,17 +91,22 @@ fi
 
 # issue 16: what --temporal costs next to a GPU model (--temporal-flow auto: the flow in torch on the GPU,
 # computed ahead of the model on a stream of its own)
-step timeout 90 frametrans bench temporal --device cuda --models cyclegan --modes off,stats,auto --frames 40 --repeat 1 \
-    --json "$out/bench-temporal.json" > "$out/temporal.txt" 2>&1
-tail -n 8 "$out/temporal.txt"
+if want temporal; then
+    step timeout 90 frametrans bench temporal --device cuda --models cyclegan --modes off,stats,auto --frames 40 \
+        --repeat 1 --json "$out/bench-temporal.json" >> "$out/temporal.txt" 2>&1
+    tail -n 8 "$out/temporal.txt"
+fi
 
-step timeout 480 frametrans bench gpu --out "$out/bench-gpu" > "$out/bench.log" 2>&1
-tail -n 40 "$out/bench.log"
+if want bench; then
+    step timeout 480 frametrans bench gpu --out "$out/bench-gpu" > "$out/bench.log" 2>&1
+    tail -n 40 "$out/bench.log"
+fi
 
 # issue 16 at 1080p: the flow on the GPU (torch) against OpenCV DIS on host threads (dis, 1-4 threads);
 # flow's "vs off" near 1.0x means the flow keeps up with the model. Last, so that a call cut short at
 # the device's limit loses only these steps
 for flow in torch dis; do
+    want temporal-1080p || break
     step timeout 75 frametrans bench temporal --device cuda --models cyclegan --modes off,flow --frames 12 --repeat 1 \
         --size 1920x1080 --temporal-flow "$flow" --json "$out/bench-temporal-1080p-$flow.json" >> "$out/temporal.txt" 2>&1
     tail -n 4 "$out/temporal.txt"

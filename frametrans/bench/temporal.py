@@ -153,6 +153,9 @@ def bench_temporal(opts: TemporalBench, log: Log = to_stderr) -> Dict[str, Any]:
             raise ValueError(f"unknown --temporal mode {mode!r}; use {', '.join(MODES)}")
     if "off" not in opts.modes:
         raise ValueError("the modes must include off (the reference of the ratios and the PSNR)")
+    from frametrans.engine.device import resolve_device
+
+    resolve_device(opts.device)  # an unavailable device fails now, not after the clip's flows
     frames = _decode(opts)
     h, w = frames[0].shape[:2]
     log(f"bench temporal: {opts.clip}, {len(frames)} frames of {w}x{h}; {torch.get_num_threads()} threads")
