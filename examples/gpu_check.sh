@@ -89,8 +89,8 @@ if want predictor && [ -f "$mnist/t10k-images-idx3-ubyte.gz" ]; then  # issue 18
     cat "$out/predictor.txt"
 fi
 
-# issue 16: what --temporal costs next to a GPU model (--temporal-flow auto: the flow in torch on the GPU,
-# computed ahead of the model on a stream of its own)
+# issue 16: what --temporal costs next to a GPU model (--temporal-flow auto: DIS on host threads, computed
+# ahead of the model; the torch flow on the GPU is timed at 1080p below)
 if want temporal; then
     step timeout 90 frametrans bench temporal --device cuda --models cyclegan --modes off,stats,auto --frames 40 \
         --repeat 1 --json "$out/bench-temporal.json" >> "$out/temporal.txt" 2>&1

@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Callable, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -50,9 +50,13 @@ FLOW_PRESET = "fast"
 #: (:mod:`frametrans.torchflow`: over the sample clip it leaves 0.00053 of the input unexplained
 #: against DIS fast's 0.00081 and stabilizes as well by the sweep's metric flows other than DIS
 #: medium: finer DIS -60/-48% (DIS fast -60/-50%), Farneback -58/-46% (-58/-44%), cyclegan/munit;
-#: but it costs ~1.1 s a 640x360 frame on one CPU core, so it is for
-#: GPUs; ``examples/temporal_flow_sweep.py``); ``auto``, torch when the model runs on CUDA, dis elsewhere.
+#: but it costs ~0.4 s a 640x360 frame on one CPU core, so it is for
+#: GPUs; ``examples/temporal_flow_sweep.py``); ``auto``, :data:`AUTO_FLOW`.
 FLOW_ESTIMATORS = ("auto", "dis", "torch")
+#: What ``--temporal-flow auto`` runs, per device type of the model (others: dis). Empty: dis
+#: everywhere, until the torch flow's speed on CUDA is measured against DIS on host threads
+#: (``examples/gpu_check.sh`` times both at 1080p); {"cuda": "torch"} if it wins there.
+AUTO_FLOW: Dict[str, str] = {}
 #: A new scene: fewer than this fraction of pixels follow the flow from the previous frame.
 CUT_TRACKED = 0.5
 #: The EMA factor ``--temporal stats`` uses (the weight of the past statistics). Measured on the
@@ -93,11 +97,17 @@ class Temporal:
     estimator: str = "auto"  # where the flow runs: FLOW_ESTIMATORS; auto is resolved per device
 
     def on_device(self, device_type: str) -> "Temporal":
-        """``estimator`` ``auto`` made concrete for a model on ``device_type`` (torch on cuda),
-        when there is a flow to blend along."""
-        if self.estimator != "auto" or self.flow <= 0:
+        """``estimator`` ``auto`` made concrete for a model on ``device_type`` (:data:`AUTO_FLOW`),
+        when there is a flow to blend along. ValueError for torch beside a model on MPS (torch's
+        MPS backend does not take work from several threads)."""
+        if self.flow <= 0:
             return self
-        return dataclasses.replace(self, estimator="torch" if device_type == "cuda" else "dis")
+        if self.estimator == "torch" and device_type == "mps":
+            raise ValueError("--temporal-flow torch runs beside a model on CUDA or the CPU, not on MPS; "
+                             "use --temporal-flow dis")
+        if self.estimator != "auto":
+            return self
+        return dataclasses.replace(self, estimator=AUTO_FLOW.get(device_type, "dis"))
 
     def flow_name(self) -> str:
         """The flow the blend follows, as resume settings record it (``estimator`` resolved)."""

@@ -79,7 +79,7 @@ def _resized_flow(flow: torch.Tensor | None, size: torch.Size) -> torch.Tensor |
         return None
     h, w = flow.shape[-2:]
     up = F.interpolate(flow, size=tuple(size), mode="bilinear", align_corners=False)
-    return up * torch.tensor([size[1] / w, size[0] / h], device=flow.device).view(1, 2, 1, 1)
+    return torch.stack([up[:, 0] * (size[1] / w), up[:, 1] * (size[0] / h)], 1)
 
 
 def _level(src: torch.Tensor, dst: torch.Tensor, flow: torch.Tensor | None, p: FlowParams) -> torch.Tensor:
@@ -112,41 +112,58 @@ def _update(r1: torch.Tensor, r2: torch.Tensor, flow: torch.Tensor, winsize: int
 def sample_at(maps: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     """``maps`` [B, C, H, W] sampled at ``x + flow(x)`` (bilinear, edges replicated) -> [B, C, H, W]."""
     b, _, h, w = flow.shape
-    gy, gx = _grid(h, w, flow.device)
+    gy, gx = _coords(h, w, flow.device)
     x = (gx + flow[:, 0]) * (2.0 / max(w - 1, 1)) - 1.0
     y = (gy + flow[:, 1]) * (2.0 / max(h - 1, 1)) - 1.0
     return F.grid_sample(maps, torch.stack([x, y], -1), mode="bilinear", padding_mode="border",
                          align_corners=True)
 
 
-@functools.lru_cache(maxsize=16)
-def _grid(h: int, w: int, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Pixel coordinates y, x: float32 [H, W] each, cached per size and device."""
-    return torch.meshgrid(torch.arange(h, dtype=torch.float32, device=device),
-                          torch.arange(w, dtype=torch.float32, device=device), indexing="ij")
+def _coords(h: int, w: int, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Pixel coordinates y [H, 1] and x [1, W] (float32, broadcasting to [H, W]), made on the
+    calling thread's stream: a tensor cached for all threads could be read by one stream before
+    another stream has written it."""
+    return (torch.arange(h, dtype=torch.float32, device=device).view(h, 1),
+            torch.arange(w, dtype=torch.float32, device=device).view(1, w))
 
 
 def poly_expand(image: torch.Tensor, n: int, sigma: float) -> torch.Tensor:
     """[B, 1, H, W] float -> [B, 6, H, W] float32: per pixel, the weighted least-squares fit of
     ``c + bx x + by y + axx x^2 + ayy y^2 + axy x y`` to the ``2n+1`` square neighbourhood
-    (Gaussian weights of ``sigma`` pixels; edges replicated). x runs along columns, y along rows."""
-    exact = torch.float32 if image.device.type == "mps" else torch.float64  # MPS has no float64
-    k = _poly_filters(n, sigma, image.device).to(exact)
-    padded = F.pad(image.to(exact), (n, n, n, n), mode="replicate")
-    return F.conv2d(padded, k).float()
+    (Gaussian weights of ``sigma`` pixels; edges replicated). x runs along columns, y along rows.
+
+    The weights and the basis are separable, so the fit is six separable correlations (three along
+    rows, then six along columns: 9 x (2n+1) multiply-adds a pixel) mixed by one constant 6x6
+    matrix; in float64 (MPS: float32), so that no TF32 convolution rounds them."""
+    exact = torch.float32 if image.device.type == "mps" else torch.float64
+    taps, mix = _poly_kernels(n, sigma, image.device, exact)
+    g = taps[0]
+    rows = F.conv2d(F.pad(image.to(exact), (n, n, 0, 0), mode="replicate"), taps.view(3, 1, 1, -1))
+    cols = F.pad(rows, (0, 0, n, n), mode="replicate")
+    del rows
+    b, _, h, w = image.shape
+    sums = torch.empty(b, 6, h, w, dtype=exact, device=image.device)  # sum of w * basis_j * f
+    sums[:, [0, 2, 4]] = F.conv2d(cols[:, 0:1], taps.view(3, 1, -1, 1))  # 1, y, y^2 (rows' g)
+    sums[:, [1, 5]] = F.conv2d(cols[:, 1:2], taps[:2].view(2, 1, -1, 1))  # x, xy (rows' t g)
+    sums[:, 3:4] = F.conv2d(cols[:, 2:3], g.view(1, 1, -1, 1))  # x^2 (rows' t^2 g)
+    del cols
+    return F.conv2d(sums, mix.view(6, 6, 1, 1)).float()
 
 
 @functools.lru_cache(maxsize=8)
-def _poly_filters(n: int, sigma: float, device: torch.device) -> torch.Tensor:
-    """The six least-squares filters [6, 1, 2n+1, 2n+1] float64: row i gives coefficient i."""
-    offsets = torch.arange(-n, n + 1, dtype=torch.float64)
-    y, x = torch.meshgrid(offsets, offsets, indexing="ij")
+def _poly_kernels(n: int, sigma: float, device: torch.device, dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(g, t g, t^2 g) [3, 2n+1] over offsets t = -n..n, and the inverse of the normal equations'
+    matrix [6, 6] (basis 1, x, y, x^2, y^2, xy under the weights g(x) g(y)); computed in float64 on
+    the CPU, then ``dtype`` on ``device`` (cached: a blocking copy, made once, complete before any
+    thread reads it)."""
+    t = torch.arange(-n, n + 1, dtype=torch.float64)
+    g = torch.exp(-t * t / (2 * sigma * sigma))
+    y, x = torch.meshgrid(t, t, indexing="ij")
     x, y = x.reshape(-1), y.reshape(-1)
     basis = torch.stack([torch.ones_like(x), x, y, x * x, y * y, x * y], 1)  # [K, 6]
     weights = torch.exp(-(x * x + y * y) / (2 * sigma * sigma))
-    weighted = basis * weights[:, None]
-    filters = torch.linalg.solve(basis.T @ weighted, weighted.T)  # [6, K]
-    return filters.reshape(6, 1, 2 * n + 1, 2 * n + 1).to(device)
+    mix = torch.linalg.inv(basis.T @ (basis * weights[:, None]))
+    return (torch.stack([g, t * g, t * t * g]).to(dtype).to(device), mix.to(dtype).to(device))
 
 
 def _gaussian_blur(maps: torch.Tensor, size: int) -> torch.Tensor:
@@ -183,7 +200,13 @@ class DeviceMotion:
     ``device`` (the model's GPU): both flows of a pair in one batch, the occlusion test
     (:func:`frametrans.consistency.non_occluded`'s rule) and the sample points on the device; only
     the luma goes up (1 byte a pixel) and the motion comes back (9 bytes a pixel). Thread-safe: on
-    CUDA each calling thread queues its work on a stream of its own, beside the model's."""
+    CUDA each calling thread queues its work on a stream of its own, beside the model's.
+    ``workers``: the threads worth calling it from (:class:`frametrans.apply.temporal.MotionAhead`):
+    one, since the device runs the flows one after another anyway, and each flow holds memory the
+    model's ``--max-memory`` budget does not count (1.5 GB at 1080p when run on the CPU; on CUDA
+    not measured yet)."""
+
+    workers = 1
 
     def __init__(self, device: torch.device | str, params: FlowParams = FlowParams()) -> None:
         self.device = torch.device(device)
@@ -212,7 +235,7 @@ def _motion(fwd: torch.Tensor, bwd: torch.Tensor) -> Tuple[torch.Tensor, torch.T
     """Flows [2, H, W] of frame t to t-1 (``fwd``) and back -> sample points x, y (float32 [H, W])
     and the pixels that pass forward-backward consistency and land inside frame t-1 (bool [H, W])."""
     h, w = fwd.shape[-2:]
-    gy, gx = _grid(h, w, fwd.device)
+    gy, gx = _coords(h, w, fwd.device)
     x, y = gx + fwd[0], gy + fwd[1]
     back = sample_at(bwd[None], fwd[None])[0]  # bwd at x + fwd(x)
     lhs = (fwd + back).square().sum(0)

@@ -52,11 +52,12 @@ def stabilized_run(frames: Iterable[Frame], run: Callable[[Iterable[Frame]], Res
                    estimate: EstimateFn = input_motion) -> Iterator[Tuple[Frame, List[Tuple[str, np.ndarray]]]]:
     """``run(frames)`` (the model: frames in order -> ``(frame, [(suffix, output)...])``) blended
     along the flow, the input's motion (``estimate``) computed ahead while the model runs
-    (:class:`MotionAhead`); ``run(frames)`` itself when ``strength`` is 0."""
+    (:class:`MotionAhead`, on ``estimate.workers`` threads when it says how many, e.g.
+    :class:`frametrans.torchflow.DeviceMotion`); ``run(frames)`` itself when ``strength`` is 0."""
     if strength <= 0:
         yield from run(frames)
         return
-    with MotionAhead(estimate=estimate) as ahead:
+    with MotionAhead(workers=getattr(estimate, "workers", None), estimate=estimate) as ahead:
         yield from stabilized(run(ahead.feed(frames)), strength, ahead.motion, estimate)
 
 

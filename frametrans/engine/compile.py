@@ -347,7 +347,9 @@ class CudaGraphForward:
                 fn(self.static_in)
         torch.cuda.current_stream(example.device).wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        # thread_local: other threads' CUDA work during the capture (the --temporal-flow torch
+        # flows, on streams of their own) does not invalidate it
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
             self.static_out = fn(self.static_in)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

@@ -207,9 +207,10 @@ class Session:
         return x
 
     def sync(self) -> None:
-        """Wait for queued device work (CUDA); nothing elsewhere."""
+        """Wait for the work queued on this thread's stream (CUDA; not the --temporal-flow torch
+        flows on their own streams, so that timing a forward does not count them); nothing elsewhere."""
         if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+            torch.cuda.current_stream(self.device).synchronize()
 
     def release_cached_memory(self) -> None:
         """Give cached device blocks back (CUDA), e.g. before a retry after out-of-memory."""

@@ -74,10 +74,22 @@ def test_strength_options():
         with pytest.raises(ValueError, match=f"--temporal-flow is for --temporal flow or auto, not {mode}"):
             resolve_temporal(mode, None, "torch")
     flow = resolve_temporal("flow", None)
-    assert flow.on_device("cuda").estimator == "torch" and flow.on_device("cpu").estimator == "dis"
-    assert flow.on_device("mps").flow_name() == "dis-fast" and flow.on_device("cuda").flow_name() == "torch-farneback"
-    assert resolve_temporal("flow", None, "dis").on_device("cuda").estimator == "dis"  # asked for: kept
+    for device in ("cuda", "cpu", "mps"):  # AUTO_FLOW is empty until torch is measured on CUDA
+        assert flow.on_device(device).estimator == "dis" and flow.on_device(device).flow_name() == "dis-fast"
+    torch_flow = resolve_temporal("flow", None, "torch")
+    assert torch_flow.on_device("cuda").flow_name() == "torch-farneback" == torch_flow.on_device("cpu").flow_name()
+    with pytest.raises(ValueError, match="--temporal-flow torch runs beside a model on CUDA or the CPU, not on MPS"):
+        torch_flow.on_device("mps")
     assert resolve_temporal("stats", None).on_device("cuda").estimator == "auto"  # no flow: nothing to choose
+
+
+def test_auto_flow_follows_the_table(monkeypatch):
+    """--temporal-flow auto takes AUTO_FLOW's entry for the model's device type, dis otherwise."""
+    from frametrans import stabilize
+
+    monkeypatch.setattr(stabilize, "AUTO_FLOW", {"cuda": "torch"})
+    flow = resolve_temporal("flow", None)
+    assert flow.on_device("cuda").estimator == "torch" and flow.on_device("cpu").estimator == "dis"
 
 
 @pytest.fixture(scope="module")

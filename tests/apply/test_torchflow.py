@@ -103,9 +103,18 @@ def test_torch_flow_explains_the_input_as_well_as_dis():
     assert torch_flow <= residual(lambda s, d: flow(s, d, "fast"))
 
 
-def test_cli_temporal_flow_torch_stabilizes_a_video(tmp_path):
-    """--temporal flow --temporal-flow torch on the CPU: written, the first frame per-frame, the
-    warping error lowered like DIS's; the option is refused where it means nothing."""
+def _counted(monkeypatch) -> list:
+    """Counts DeviceMotion calls (one per frame after the first when the torch flow runs)."""
+    calls: list = []
+    real = DeviceMotion.__call__
+    monkeypatch.setattr(DeviceMotion, "__call__", lambda self, a, b: calls.append(1) or real(self, a, b))
+    return calls
+
+
+def test_cli_temporal_flow_torch_stabilizes_a_video(tmp_path, monkeypatch):
+    """--temporal flow --temporal-flow torch on the CPU: the torch flow computes every frame's
+    motion (and dis none), the first frame is per-frame, the warping error is lowered like DIS's;
+    the option is refused where it means nothing."""
     from frametrans.bench.common import make_video
     from frametrans.io.video import iter_video_frames
     from support import tiny_resnet_file
@@ -113,12 +122,14 @@ def test_cli_temporal_flow_torch_stabilizes_a_video(tmp_path):
     model = tiny_resnet_file(tmp_path)
     clip = make_video(tmp_path / "in.mp4", 64, 48, 6)
     outs = {}
+    calls = _counted(monkeypatch)
     for name, extra in (("off", []), ("dis", ["--temporal-flow", "dis"]), ("torch", ["--temporal-flow", "torch"])):
         args = ["apply", str(clip), "-o", str(tmp_path / f"{name}.mkv"), "-m", str(model), "--codec", "ffv1",
                 "--precision", "fp32", "-q"] + (["--temporal", "flow", *extra] if extra else [])
         res = CliRunner().invoke(cli, args)
         assert res.exit_code == 0, res.output
         outs[name] = [f.image for f in iter_video_frames(tmp_path / f"{name}.mkv")]
+        assert len(calls) == (5 if name == "torch" else 0), name
     frames = [f.image for f in iter_video_frames(clip)]
     assert np.array_equal(outs["torch"][0], outs["off"][0])
     off = temporal_consistency(frames, outs["off"]).output
@@ -129,10 +140,22 @@ def test_cli_temporal_flow_torch_stabilizes_a_video(tmp_path):
     assert bad.exit_code == 2 and "--temporal-flow is for --temporal flow or auto, not stats" in bad.output
 
 
+def test_raw_stream_takes_the_torch_flow(tmp_path, monkeypatch):
+    """A raw stream on stdin with --temporal-flow torch: the torch flow computes each frame's motion."""
+    from support import tiny_resnet_file
+
+    frames = [(np.random.default_rng(t).random((32, 48, 3)) * 255).astype(np.uint8) for t in range(4)]
+    calls = _counted(monkeypatch)
+    res = CliRunner().invoke(cli, ["apply", "-", "-o", "-", "--size", "48x32", "-m", str(tiny_resnet_file(tmp_path)),
+                                   "--precision", "fp32", "-q", "--temporal", "flow", "--temporal-flow", "torch"],
+                             input=b"".join(f.tobytes() for f in frames))
+    assert res.exit_code == 0 and len(res.stdout_bytes) == 4 * 32 * 48 * 3 and len(calls) == 3
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_device_motion_on_cuda_matches_the_cpu():
-    """The same motion on CUDA as on the CPU (TF32 may round the window sums: 0.05 px, 0.5% of the
-    tracked pixels), from two threads at once (each on its own stream)."""
+    """The same motion on CUDA as on the CPU (TF32 may round the window sums: 0.05 px for 99.9% of
+    the pixels, 0.5% of the tracked ones), from two threads at once (each on its own stream)."""
     from concurrent.futures import ThreadPoolExecutor
 
     frames = _clip_frames(3)
@@ -141,5 +164,7 @@ def test_device_motion_on_cuda_matches_the_cpu():
     with ThreadPoolExecutor(2) as pool:
         results = list(pool.map(lambda _: gpu(frames[1], frames[0]), range(4)))
     for (gx, gy), gmask in results:
-        assert np.abs(gx - cx).max() < 0.05 and np.abs(gy - cy).max() < 0.05
+        for got, want in ((gx, cx), (gy, cy)):
+            diff = np.abs(got - want)
+            assert np.percentile(diff, 99.9) < 0.05 and diff.max() < 0.25
         assert (gmask == cmask).mean() > 0.995
