@@ -57,7 +57,7 @@ from frametrans.cli import options as opt
               help="In [0, 1): the EMA factor of --temporal stats [0.9], the blend weight of flow [0.5].")
 @click.option("--temporal-flow", type=click.Choice(["auto", "dis", "torch"]), default="auto", show_default=True,
               help="Where the flow of --temporal flow/auto runs: dis (OpenCV DIS on CPU threads), torch "
-              "(on the model's device); auto: torch on CUDA, dis elsewhere.")
+              "(on the model's device, for GPUs); auto: dis (torch is not yet measured on a GPU).")
 @opt.memory_options
 @opt.device_option
 @opt.backend_option
