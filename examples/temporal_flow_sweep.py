@@ -50,19 +50,13 @@ def farneback(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
                                         0.5, 4, 21, 5, 7, 1.5, 0)
 
 
-def torch_farneback(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """:mod:`frametrans.torchflow` (what ``--temporal-flow torch`` runs on the model's device) on the CPU."""
-    luma = [torch.from_numpy(consistency.luma(f))[None, None] for f in (src, dst)]
-    return torchflow.farneback(*luma)[0].permute(1, 2, 0).contiguous().numpy()
-
-
 MEDIUM, FAST = cv2.DISOPTICAL_FLOW_PRESET_MEDIUM, cv2.DISOPTICAL_FLOW_PRESET_FAST
 CANDIDATES: Dict[str, Flow] = {
     "DIS medium": dis(MEDIUM),
     "DIS medium, patch stride 5, 12 + 3 iterations": dis(MEDIUM, PatchStride=5, GradientDescentIterations=12,
                                                         VariationalRefinementIterations=3),
     "DIS fast": dis(FAST),
-    "torch Farneback (--temporal-flow torch), on the CPU": torch_farneback,
+    "torch Farneback (--temporal-flow torch), on the CPU": torchflow.frame_flow,
 }
 METRICS: Dict[str, Flow] = {
     "medium": dis(MEDIUM),

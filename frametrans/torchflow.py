@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from frametrans.consistency import luma
 
-__all__ = ["DeviceMotion", "FlowParams", "farneback", "levels_of", "poly_expand", "sample_at"]
+__all__ = ["DeviceMotion", "FlowParams", "farneback", "frame_flow", "levels_of", "poly_expand", "sample_at"]
 
 
 @dataclass(frozen=True)
@@ -111,12 +111,21 @@ def _update(r1: torch.Tensor, r2: torch.Tensor, flow: torch.Tensor, winsize: int
 
 def sample_at(maps: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     """``maps`` [B, C, H, W] sampled at ``x + flow(x)`` (bilinear, edges replicated) -> [B, C, H, W]."""
-    b, _, h, w = flow.shape
-    gy, gx = _coords(h, w, flow.device)
-    x = (gx + flow[:, 0]) * (2.0 / max(w - 1, 1)) - 1.0
-    y = (gy + flow[:, 1]) * (2.0 / max(h - 1, 1)) - 1.0
-    return F.grid_sample(maps, torch.stack([x, y], -1), mode="bilinear", padding_mode="border",
-                         align_corners=True)
+    return _sample(maps, *_points(flow))
+
+
+def _points(flow: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``flow`` [B, 2, H, W] -> where each pixel samples, x and y: float32 [B, H, W] each."""
+    gy, gx = _coords(*flow.shape[-2:], flow.device)
+    return gx + flow[:, 0], gy + flow[:, 1]
+
+
+def _sample(maps: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``maps`` [B, C, H, W] sampled at pixel coordinates ``x``, ``y`` [B, H, W] (bilinear, edges
+    replicated, as ``cv2.remap`` with BORDER_REPLICATE) -> [B, C, H, W]."""
+    h, w = maps.shape[-2:]
+    grid = torch.stack([x * (2.0 / max(w - 1, 1)) - 1.0, y * (2.0 / max(h - 1, 1)) - 1.0], -1)
+    return F.grid_sample(maps, grid, mode="bilinear", padding_mode="border", align_corners=True)
 
 
 def _coords(h: int, w: int, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -180,6 +189,7 @@ def _gaussian_blur(maps: torch.Tensor, size: int) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=8)
 def _gauss_kernel(size: int, device: torch.device) -> torch.Tensor:
+    """The normalized 1-D Gaussian [size] float32 on ``device`` (cached like :func:`_poly_kernels`)."""
     sigma = 0.3 * ((size - 1) * 0.5 - 1) + 0.8
     t = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
     k = torch.exp(-t * t / (2 * sigma * sigma))
@@ -193,6 +203,14 @@ def levels_of(height: int, width: int, params: FlowParams = FlowParams()) -> int
         levels += 1
     return levels
 
+
+def frame_flow(src: np.ndarray, dst: np.ndarray, device: torch.device | str = "cpu",
+               params: FlowParams = FlowParams()) -> np.ndarray:
+    """:func:`farneback` on two frames as :func:`frametrans.consistency.flow` takes them ([H, W, C]
+    uint8/uint16, their luma) -> flow [H, W, 2] float32 on the host: a
+    :data:`frametrans.consistency.FlowFn`, e.g. ``input_motion``'s ``estimate``."""
+    src_t, dst_t = (torch.from_numpy(luma(f))[None, None].to(device) for f in (src, dst))
+    return farneback(src_t, dst_t, params)[0].permute(1, 2, 0).contiguous().cpu().numpy()
 
 
 class DeviceMotion:
@@ -235,9 +253,9 @@ def _motion(fwd: torch.Tensor, bwd: torch.Tensor) -> Tuple[torch.Tensor, torch.T
     """Flows [2, H, W] of frame t to t-1 (``fwd``) and back -> sample points x, y (float32 [H, W])
     and the pixels that pass forward-backward consistency and land inside frame t-1 (bool [H, W])."""
     h, w = fwd.shape[-2:]
-    gy, gx = _coords(h, w, fwd.device)
-    x, y = gx + fwd[0], gy + fwd[1]
-    back = sample_at(bwd[None], fwd[None])[0]  # bwd at x + fwd(x)
+    x, y = _points(fwd[None])
+    back = _sample(bwd[None], x, y)[0]  # bwd at x + fwd(x)
+    x, y = x[0], y[0]
     lhs = (fwd + back).square().sum(0)
     rhs = (fwd.square().sum(0) + back.square().sum(0)) * 0.01 + 0.5
     keep = (lhs < rhs) & (x >= 0) & (x <= w - 1) & (y >= 0) & (y <= h - 1)

@@ -11,9 +11,9 @@ import torch
 from click.testing import CliRunner
 
 from frametrans.cli.main import cli
-from frametrans.consistency import luma, temporal_consistency
+from frametrans.consistency import temporal_consistency
 from frametrans.stabilize import input_motion
-from frametrans.torchflow import DeviceMotion, FlowParams, farneback, levels_of, poly_expand
+from frametrans.torchflow import DeviceMotion, FlowParams, farneback, frame_flow, levels_of, poly_expand
 
 
 def _texture(h=200, w=240, seed=0) -> np.ndarray:
@@ -79,11 +79,8 @@ def test_device_motion_is_input_motion_along_the_same_flow():
     the same tracked pixels but for a few at the threshold (OpenCV's 1/32 px bilinear weights)."""
     frames = _clip_frames()
 
-    def one_at_a_time(src, dst):
-        return farneback(_t(luma(src)), _t(luma(dst)))[0].permute(1, 2, 0).contiguous().numpy()
-
     (px, py), mask = DeviceMotion("cpu")(frames[1], frames[0])
-    (qx, qy), want = input_motion(frames[1], frames[0], one_at_a_time)
+    (qx, qy), want = input_motion(frames[1], frames[0], frame_flow)  # one flow at a time
     assert np.array_equal(px, qx) and np.array_equal(py, qy)
     assert mask.dtype == bool and (mask == want).mean() > 0.999 and mask.mean() > 0.9
 
@@ -99,7 +96,7 @@ def test_torch_flow_explains_the_input_as_well_as_dis():
     def residual(estimate):
         return np.mean([pair_error(a, b, estimate(b, a), ones) for a, b in zip(frames, frames[1:])])
 
-    torch_flow = residual(lambda s, d: farneback(_t(luma(s)), _t(luma(d)))[0].permute(1, 2, 0).numpy())
+    torch_flow = residual(frame_flow)
     assert torch_flow <= residual(lambda s, d: flow(s, d, "fast"))
 
 
