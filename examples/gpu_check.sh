@@ -23,6 +23,9 @@
 #
 #   GPU_CHECK_STEPS="tests apply predictor temporal temporal-1080p" bash examples/gpu_check.sh OUT  # ~6 min
 #   GPU_CHECK_STEPS=bench bash examples/gpu_check.sh OUT                                             # <= 8 min
+#
+# GPU_BENCH_BUDGET (seconds, default 330) is `bench gpu --budget`; GPU_TESTS_TIMEOUT and GPU_FLOW_TIMEOUT
+# cap the tests step (default 300 s) and each 1080p temporal run (default 75 s).
 set -uo pipefail
 out=${1:?usage: bash examples/gpu_check.sh OUT [WHEELS]}
 wheels=${2:-.whl}
@@ -44,13 +47,17 @@ python3 -c "import torch, av; print('torch', torch.__version__, 'cuda', torch.ve
     >> "$out/gpu.txt" 2>&1
 
 if want tests; then
-    step python3 -m pytest -q -p no:cacheprovider -rs \
+    per_test=$(python3 -c "import pytest_timeout" 2>/dev/null && echo "--timeout 90")  # one hung test must not take the call
+    step timeout "${GPU_TESTS_TIMEOUT:-300}" python3 -m pytest -q -p no:cacheprovider -rs $per_test \
         tests/engine/test_yuv.py tests/io/test_hwdec.py tests/apply/test_encoders.py tests/engine/test_nonfinite.py \
         tests/apply/test_torchflow.py \
         "tests/engine/test_memory.py::test_max_memory_bounds_the_cuda_peak" \
         "tests/engine/test_streaming.py::test_row_bands_on_cuda_match_the_whole_frame_within_the_budget" \
         "tests/engine/test_fast_paths.py::test_cuda_paths_match_cpu_fp32" \
-        "tests/engine/test_fast_paths.py::test_cuda_graphs_match_eager" > "$out/tests.txt" 2>&1
+        "tests/engine/test_fast_paths.py::test_cuda_graphs_match_eager" \
+        "tests/apply/test_apply.py::test_bad_options_rejected_before_work" \
+        "tests/cli/test_bad_inputs.py::test_impossible_options_refused_before_any_work" \
+        "tests/bench/test_bench.py::test_bench_gpu_refuses_in_one_line" > "$out/tests.txt" 2>&1
     tail -n 15 "$out/tests.txt"
 fi
 
@@ -98,16 +105,39 @@ if want temporal; then
 fi
 
 if want bench; then
-    step timeout 480 frametrans bench gpu --out "$out/bench-gpu" > "$out/bench.log" 2>&1
+    budget=${GPU_BENCH_BUDGET:-330}
+    step timeout "$((${budget%.*} + 150))" frametrans bench gpu --budget "$budget" --out "$out/bench-gpu" > "$out/bench.log" 2>&1
     tail -n 40 "$out/bench.log"
 fi
+
+# issue 16: the torch flow's own time and CUDA memory for one 1080p pair (both flows, occlusion, points)
+flow_cost() {
+    timeout 60 python3 - <<'EOF2'
+import time, numpy as np, torch
+from frametrans.torchflow import DeviceMotion
+rng = np.random.default_rng(0)
+a = rng.integers(0, 256, (1080, 1920, 3), np.uint8)
+b = np.roll(a, (3, 5), (0, 1))
+motion = DeviceMotion("cuda")
+motion(a, b); torch.cuda.synchronize()
+torch.cuda.reset_peak_memory_stats(); base = torch.cuda.memory_allocated()
+t0 = time.perf_counter()
+for _ in range(10):
+    motion(a, b)
+torch.cuda.synchronize()
+ms = (time.perf_counter() - t0) * 100
+peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+print(f"torch flow, one 1080p pair (both flows + occlusion + points, host copies included): {ms:.1f} ms, peak {peak:.0f} MiB")
+EOF2
+}
+if want temporal-1080p; then step flow_cost >> "$out/temporal.txt" 2>&1; tail -n 1 "$out/temporal.txt"; fi
 
 # issue 16 at 1080p: the flow on the GPU (torch) against OpenCV DIS on host threads (dis, 1-4 threads);
 # flow's "vs off" near 1.0x means the flow keeps up with the model. Last, so that a call cut short at
 # the device's limit loses only these steps
 for flow in torch dis; do
     want temporal-1080p || break
-    step timeout 75 frametrans bench temporal --device cuda --models cyclegan --modes off,flow --frames 12 --repeat 1 \
+    step timeout "${GPU_FLOW_TIMEOUT:-75}" frametrans bench temporal --device cuda --models cyclegan --modes off,flow --frames 12 --repeat 1 \
         --size 1920x1080 --temporal-flow "$flow" --json "$out/bench-temporal-1080p-$flow.json" >> "$out/temporal.txt" 2>&1
     tail -n 4 "$out/temporal.txt"
 done
