@@ -7,13 +7,12 @@ import contextlib
 import math
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -156,38 +155,6 @@ def make_folder(folder: Path, width: int, height: int, count: int, ext: str = "p
     for i, img in enumerate(make_frames(width, height, count)):
         write_image(folder / f"frame_{i:05d}.{ext.lstrip('.')}", img)
     return folder
-
-
-# ------------------------------------------------------------------------------- child processes
-
-
-def package_root() -> Path:
-    """The folder this ``frametrans`` package was imported from (a checkout, site-packages, or the
-    ``DIR`` of ``pip install --target DIR``)."""
-    import frametrans
-
-    return Path(frametrans.__file__).resolve().parents[1]
-
-
-def child_env() -> Dict[str, str]:
-    """The environment of a child Python process that must import this same frametrans: ours, with
-    :func:`package_root` first on ``PYTHONPATH`` (a package found through ``PYTHONPATH`` or a
-    ``sys.path`` edit is found again, whatever the child's working folder)."""
-    root = str(package_root())
-    env = dict(os.environ)
-    rest = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != root]
-    env["PYTHONPATH"] = os.pathsep.join([root, *rest])
-    return env
-
-
-def run_child(module: str, args: Sequence[str], timeout: Optional[float] = None
-              ) -> "subprocess.CompletedProcess[str]":
-    """``python -m module args`` with this interpreter and :func:`child_env`, in
-    :func:`package_root` (``-m`` puts the working folder first on ``sys.path``: elsewhere, a
-    source checkout there would shadow the installed package). Paths in ``args`` must be absolute.
-    Output captured as text; ``subprocess.TimeoutExpired`` after ``timeout`` seconds."""
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
-                          env=child_env(), cwd=str(package_root()), timeout=timeout)
 
 
 # ------------------------------------------------------------------------------- FLOPs, devices

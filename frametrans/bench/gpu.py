@@ -32,9 +32,10 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
-from frametrans.bench.common import Log, run_child, to_stderr
+from frametrans.bench.common import Log, to_stderr
+from frametrans.child import run_child
 
 GIB = 2**30
 

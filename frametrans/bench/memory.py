@@ -23,7 +23,8 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
-from frametrans.bench.common import Log, make_frames, mib, psnr_uint8, run_child, to_stderr
+from frametrans.bench.common import Log, make_frames, mib, psnr_uint8, to_stderr
+from frametrans.child import run_child
 
 
 @dataclass

@@ -11,7 +11,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from frametrans.bench.common import Log, make_folder, make_video, median, run_child, to_stderr, workdir
+from frametrans.bench.common import Log, make_folder, make_video, median, to_stderr, workdir
+from frametrans.child import run_child
 from frametrans.bench.models import prepare_model
 
 

@@ -23,7 +23,8 @@ from typing import Any, Dict, List, Optional
 import av
 import numpy as np
 
-from frametrans.bench.common import Log, child_env, make_frames, package_root, to_stderr, workdir
+from frametrans.bench.common import Log, make_frames, to_stderr, workdir
+from frametrans.child import child_env, package_root
 from frametrans.bench.models import prepare_model
 
 

@@ -14,11 +14,14 @@ re-runs its freezing passes in every process even when its FX graph cache hits (
 The artifact key covers everything the generated code depends on: torch version, device type and
 model (CPU capability, GPU name), intra-op thread count (baked into the OpenMP loops), input shape,
 dtype and memory format, the architecture and config, a hash of the weights and a token for the
-forward function. Packages are written atomically; an unreadable one is compiled again.
+forward function. Packages are written atomically; an unreadable one is compiled again. Before a job
+uses a package the first time, a child process loads and runs it (:mod:`frametrans.engine.package_check`):
+a package that crashes there is never loaded into the job, which runs uncompiled instead.
 
 The policy (``compile`` = ``auto`` | ``on`` | ``off``) lives in :class:`CompilePolicy`: ``auto``
-compiles a shape only when a package is already cached, or when the job's remaining frames times
-the time compilation saves per frame (measured on the eager pass) exceeds the expected compile time.
+compiles a shape only when a package is already cached, or (on the CPU) when the job's remaining
+frames times the time compilation saves per frame (measured on the eager pass) exceeds the expected
+compile time.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ from typing import Callable, Dict, Optional, Tuple
 
 import torch
 from torch import nn
+
+from frametrans.engine import package_check
 
 log = logging.getLogger("frametrans")
 
@@ -226,6 +231,7 @@ def get_compiled(model: nn.Module, fn: Callable[[nn.Module, torch.Tensor], torch
     path = package_path(key, root)
     t0 = time.perf_counter()
     if path.exists():
+        _checked(path, example)
         try:
             fn = load_package(path)
             with contextlib.suppress(OSError):
@@ -237,8 +243,21 @@ def get_compiled(model: nn.Module, fn: Callable[[nn.Module, torch.Tensor], torch
     log.info("compiling the model for %s %s (once; cached in %s)", tuple(example.shape),
              str(example.dtype).replace("torch.", ""), path.parent)
     compile_package(model, fn, example, path)
+    package_check.forget(path)
     prune(path.parent, keep=path)
+    _checked(path, example)
     return load_package(path), False, time.perf_counter() - t0
+
+
+class PackageUnusable(RuntimeError):
+    """A compiled package that crashed or failed in its check process (:mod:`package_check`)."""
+
+
+def _checked(path: Path, example: torch.Tensor) -> None:
+    """Raise :class:`PackageUnusable` unless the package loads and runs in a child process."""
+    reason = package_check.check(path, example)
+    if reason:
+        raise PackageUnusable(reason)
 
 
 #: Most bytes of compiled packages kept (``FRAMETRANS_CACHE_MAX_BYTES`` overrides); least recently
@@ -262,6 +281,7 @@ def prune(folder: Path, keep: Optional[Path] = None, pattern: str = "*.pt2") -> 
             total += p.stat().st_size
             if total > limit and p != keep:
                 p.unlink(missing_ok=True)
+                package_check.forget(p)
     except OSError as exc:  # a shared or read-only cache: not worth failing a job over
         log.debug("could not prune %s: %s", folder, exc)
 
@@ -278,6 +298,11 @@ def is_cached(key: ArtifactKey, root: Optional[Path] = None) -> bool:
 #: bf16 numbers give 0.12 -> 0.057 s, ~0.5. CUDA: a conservative guess (not measured here).
 SAVING = {("cpu", torch.float32): 0.2, ("cpu", torch.bfloat16): 0.5, ("cuda", torch.float32): 0.2,
           ("cuda", torch.bfloat16): 0.3, ("cuda", torch.float16): 0.3}
+#: Devices where ``auto`` builds a package when the job pays for it. Not CUDA: on the H200 (torch 2.11,
+#: 2026-11-30) a cold build of even a tiny ResNet took 60-95 s, and loading the package crashed the
+#: loader once; ``auto`` uses a CUDA package only when one is cached and passed its check (built by
+#: ``--compile on``, which stays available).
+AUTO_BUILD_DEVICES = ("cpu",)
 #: Expected cold compile time in seconds (measured 40-65 s for ResNet-9 on a busy 2-core CPU,
 #: 15-20 s on a quiet Sapphire Rapids). ``FRAMETRANS_COMPILE_SECONDS`` overrides.
 COMPILE_SECONDS = 40.0
@@ -310,12 +335,14 @@ class CompilePolicy:
 
     def should_compile(self, shape: Tuple[int, ...], cached: bool, eager_seconds_per_frame: Optional[float],
                        device: torch.device, dtype: torch.dtype) -> bool:
-        """``on``: always; ``off``: never; ``auto``: when cached, or when it pays for this job."""
+        """``on``: always; ``off``: never; ``auto``: when cached, or on :data:`AUTO_BUILD_DEVICES`
+        when it pays for this job."""
         if self.mode == "off" or shape in self.failed:
             return False
         if self.mode == "on" or cached:
             return True
-        if eager_seconds_per_frame is None:  # decide after one eager batch has been timed
+        if device.type not in AUTO_BUILD_DEVICES or eager_seconds_per_frame is None:
+            return False  # eager_seconds_per_frame None: decide after one eager batch has been timed
             return False
         saving = SAVING.get((device.type, dtype), 0.2) * eager_seconds_per_frame
         return saving * self.remaining() > self.compile_seconds()

@@ -62,7 +62,7 @@ def test_bench_processes_cli_tiny(tmp_path, monkeypatch):
 
 def test_child_env_puts_the_imported_package_first(monkeypatch):
     import frametrans
-    from frametrans.bench.common import child_env, package_root
+    from frametrans.child import child_env, package_root
 
     monkeypatch.setenv("PYTHONPATH", "/somewhere/else")
     env = child_env()

@@ -158,6 +158,11 @@ def test_policy_decisions():
     p.expected_frames = 1000  # a long job of slow frames pays for itself, a short one does not
     assert p.should_compile(shape, False, 5.0, cpu, torch.float32)
     assert not p.should_compile(shape, False, 0.001, cpu, torch.float32)
+    # on CUDA, auto builds nothing (cold builds of 60-95 s, a loader crash seen): a cached package only
+    cuda = torch.device("cuda")
+    assert not p.should_compile(shape, False, 5.0, cuda, torch.bfloat16)
+    assert p.should_compile(shape, True, 5.0, cuda, torch.bfloat16)
+    assert compiling.CompilePolicy(mode="on").should_compile(shape, False, None, cuda, torch.bfloat16)
     p.done_frames = 999
     assert not p.should_compile(shape, False, 5.0, cpu, torch.float32)
     assert compiling.CompilePolicy(mode="on").should_compile(shape, False, None, cpu, torch.float32)
@@ -206,6 +211,53 @@ def test_compile_option_validation(monkeypatch):
     assert not r._compiled
 
 
+def test_a_package_that_fails_its_check_runs_uncompiled(tmp_path, monkeypatch, caplog):
+    """A cached package whose check process crashed is never loaded: auto runs eager and says why,
+    on refuses in one line; the verdict is kept beside the package, so the check runs once."""
+    from frametrans.engine import package_check
+
+    model = _model("resnet")
+    images = _images(2)
+    ref = _fp32(model, images)
+    calls = []
+
+    def crashing_child(module, args, timeout=None):
+        calls.append(args)
+        import subprocess
+
+        return subprocess.CompletedProcess(args, -11, "", "Fatal Python error: Segmentation fault\n")
+
+    monkeypatch.setattr("frametrans.child.run_child", crashing_child)
+    monkeypatch.setattr(compiling, "load_package", lambda path: pytest.fail("a crashing package was loaded"))
+    r = _runner(model, tmp_path, precision="fp32", compile="auto", batch_size=2)
+    key = r._artifact_key(torch.zeros(2, 3, *images[0].shape[:2]).contiguous(memory_format=torch.channels_last))
+    package = compiling.package_path(key, tmp_path / "cache")
+    package.parent.mkdir(parents=True)
+    package.write_bytes(b"a package")  # cached: auto would load it
+    with caplog.at_level("WARNING", logger="frametrans"):
+        outs = r(images)
+    assert not r._compiled and len(calls) == 1
+    assert np.array_equal(np.stack(outs), np.stack(ref))
+    assert "killed by SIGSEGV: Fatal Python error: Segmentation fault" in caplog.text
+    assert "killed by SIGSEGV" in package.with_name(package.name + ".bad").read_text()
+    with pytest.raises(RuntimeError, match=r"^--compile on: compiling the model failed \(PackageUnusable: .*SIGSEGV"):
+        _runner(model, tmp_path, precision="fp32", compile="on", batch_size=2)(images)
+    assert len(calls) == 1  # the kept verdict
+    package_check.forget(package)
+    assert not list(package.parent.glob("*.bad"))
+
+
+def test_package_check_child_reports_a_package_it_cannot_load(tmp_path):
+    """The real child process on a file that is no package: a one-line reason, kept as ``.bad``."""
+    from frametrans.engine import package_check
+
+    package = tmp_path / "broken.pt2"
+    package.write_bytes(b"not a zip archive")
+    reason = package_check.check(package, torch.zeros(1, 3, 8, 8))
+    assert reason and reason.startswith("the compiled package failed to run (exit status 1: ")
+    assert "\n" not in reason and (tmp_path / "broken.pt2.bad").exists()
+
+
 def test_custom_forward_needs_a_cache_token():
     model = _model("resnet")
 
@@ -244,6 +296,7 @@ def test_compiled_forward_matches_and_is_cached(tmp_path):
         assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
     packages = list((tmp_path / "cache").rglob("*.pt2"))
     assert len(packages) == 1
+    assert packages[0].with_name(packages[0].name + ".ok").exists()  # checked in a child process once
     # a new runner (as in a new process) loads the package instead of compiling
     again = _runner(model, tmp_path, precision="fp32", compile="auto", batch_size=2)
     out2 = again(images[:2])
