@@ -122,7 +122,7 @@ def test_cli_temporal_flow_torch_stabilizes_a_video(tmp_path, monkeypatch):
     calls = _counted(monkeypatch)
     for name, extra in (("off", []), ("dis", ["--temporal-flow", "dis"]), ("torch", ["--temporal-flow", "torch"])):
         args = ["apply", str(clip), "-o", str(tmp_path / f"{name}.mkv"), "-m", str(model), "--codec", "ffv1",
-                "--precision", "fp32", "-q"] + (["--temporal", "flow", *extra] if extra else [])
+                "--device", "cpu", "--precision", "fp32", "-q"] + (["--temporal", "flow", *extra] if extra else [])
         res = CliRunner().invoke(cli, args)
         assert res.exit_code == 0, res.output
         outs[name] = [f.image for f in iter_video_frames(tmp_path / f"{name}.mkv")]
