@@ -19,7 +19,7 @@
 #
 # Each step's failure is recorded and the next step still runs; the exit status is the first failure's.
 # All of it takes longer than one 10-minute device call: GPU_CHECK_STEPS picks some of the steps
-# (space-separated: tests apply predictor temporal bench temporal-1080p; default: all), e.g.
+# (space-separated: tests aoti apply predictor temporal bench temporal-1080p; default: all), e.g.
 #
 #   GPU_CHECK_STEPS="tests apply predictor temporal temporal-1080p" bash examples/gpu_check.sh OUT  # ~6 min
 #   GPU_CHECK_STEPS=bench bash examples/gpu_check.sh OUT                                             # <= 8 min
@@ -32,13 +32,15 @@ wheels=${2:-.whl}
 site=${FRAMETRANS_SITE:-/tmp/frametrans-site}
 mkdir -p "$out"
 status=0
+pytest_tmp=${TMPDIR:-/tmp}/frametrans-gpu-check-pytest  # the tests' temporary files, the compile cache among them
 step() { "$@" || { rc=$?; echo "FAILED ($rc): $*" >&2; [ $status -ne 0 ] || status=$rc; }; }
 want() { [ -z "${GPU_CHECK_STEPS:-}" ] || [[ " $GPU_CHECK_STEPS " == *" $1 "* ]]; }
 
 if [ -d "$wheels" ]; then
     step python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$site" "$wheels"/*.whl
 fi
-step python3 -m pip install -q --no-deps --no-build-isolation --no-compile --target "$site" .
+# --upgrade: the wheels above may have made $site/bin already, and pip then skips our entry point
+step python3 -m pip install -q --no-deps --no-build-isolation --no-compile --upgrade --target "$site" .
 # PYTHONSAFEPATH: `python -m` must not put the repository root first on sys.path, where the source
 # frametrans/ (without its cli/ and train/ subpackages, which setup.cfg maps in) would hide the install
 export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}" PATH="$site/bin:$PATH" PYTHONUNBUFFERED=1 PYTHONSAFEPATH=1
@@ -47,8 +49,9 @@ python3 -c "import torch, av; print('torch', torch.__version__, 'cuda', torch.ve
     >> "$out/gpu.txt" 2>&1
 
 if want tests; then
-    per_test=$(python3 -c "import pytest_timeout" 2>/dev/null && echo "--timeout 90")  # one hung test must not take the call
-    step timeout "${GPU_TESTS_TIMEOUT:-300}" python3 -m pytest -q -p no:cacheprovider -rs $per_test \
+    # one hung test must not take the call; a cold CUDA compile (test_cuda_graphs_match_eager) took 60-95 s
+    per_test=$(python3 -c "import pytest_timeout" 2>/dev/null && echo "--timeout 240")
+    step timeout "${GPU_TESTS_TIMEOUT:-300}" python3 -m pytest -q -p no:cacheprovider -rfs --tb=short $per_test --basetemp "$pytest_tmp" \
         tests/engine/test_yuv.py tests/io/test_hwdec.py tests/apply/test_encoders.py tests/engine/test_nonfinite.py \
         tests/apply/test_torchflow.py \
         "tests/engine/test_memory.py::test_max_memory_bounds_the_cuda_peak" \
@@ -60,6 +63,42 @@ if want tests; then
         "tests/bench/test_bench.py::test_bench_gpu_refuses_in_one_line" > "$out/tests.txt" 2>&1
     tail -n 15 "$out/tests.txt"
 fi
+
+# The compiled CUDA package (built by test_cuda_graphs_match_eager above, in pytest's temporary cache): its
+# check verdict, its archive's layout, and each way of loading it, each in a child process, so that a
+# loader crash (torch 2.11 segfaulted here once) names the way that crashes and the ways that do not
+aoti_loads() {
+    timeout 300 python3 - "$pytest_tmp" <<'EOF2'
+import glob, os, subprocess, sys, zipfile
+pkgs = sorted(glob.glob(f"{sys.argv[1]}/**/aoti/*.pt2", recursive=True), key=os.path.getmtime)
+if not pkgs:
+    sys.exit("no compiled package in the cache")
+p = pkgs[-1]
+for v in ("ok", "bad"):
+    if os.path.exists(f"{p}.{v}"):
+        print(f"verdict {v}: {open(f'{p}.{v}').read().strip()}")
+with zipfile.ZipFile(p) as z:
+    names = z.namelist()
+print(f"{os.path.basename(p)}: {len(names)} entries, first {names[:3]}, so/cubin: "
+      f"{[n for n in names if n.endswith(('.so', '.cubin', '.json'))][:6]}")
+run = "y = f(x); torch.cuda.synchronize(); print('ok', tuple(y.shape))"
+x = "x = torch.zeros(2, 3, 40, 52, device='cuda').contiguous(memory_format=torch.channels_last)"
+ways = {
+    "frametrans load_package": f"from frametrans.engine.compile import load_package; f = load_package(__import__('pathlib').Path(P)); {x}; {run}",
+    "loader, device_index -1": f"l = torch._C._aoti.AOTIModelPackageLoader(P, 'model', False, 1, -1); f = lambda t: l.boxed_run([t])[0]; {x}; {run}",
+    "loader, device_index 0": f"l = torch._C._aoti.AOTIModelPackageLoader(P, 'model', False, 1, 0); f = lambda t: l.boxed_run([t])[0]; {x}; {run}",
+    "torch._inductor.aoti_load_package": f"import torch._inductor; m = torch._inductor.aoti_load_package(P); f = lambda t: m(t); {x}; {run}",
+}
+for name, code in ways.items():
+    try:
+        r = subprocess.run([sys.executable, "-c", f"import torch; P = {p!r}; {code}"], capture_output=True, text=True, timeout=60)
+        tail = (r.stdout + r.stderr).strip().splitlines()[-1:] or [""]
+        print(f"{name}: rc {r.returncode}: {tail[0][:300]}")
+    except subprocess.TimeoutExpired:
+        print(f"{name}: timed out")
+EOF2
+}
+if want aoti; then step aoti_loads > "$out/aoti.txt" 2>&1; cat "$out/aoti.txt"; fi
 
 apply_once() {  # $1: --yuv mode, $2: --hwdec mode; the README's first command on the GPU, timed
     echo "--yuv $1 --hwdec $2:"
