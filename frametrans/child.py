@@ -38,5 +38,5 @@ def run_child(module: str, args: Sequence[str], timeout: Optional[float] = None
     """``python -m module args`` with this interpreter and :func:`child_env`, in :func:`package_root`.
     Paths in ``args`` must be absolute. Output captured as text; ``subprocess.TimeoutExpired`` after
     ``timeout`` seconds."""
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, errors="replace",
                           env=child_env(), cwd=str(package_root()), timeout=timeout)

@@ -14,9 +14,10 @@ re-runs its freezing passes in every process even when its FX graph cache hits (
 The artifact key covers everything the generated code depends on: torch version, device type and
 model (CPU capability, GPU name), intra-op thread count (baked into the OpenMP loops), input shape,
 dtype and memory format, the architecture and config, a hash of the weights and a token for the
-forward function. Packages are written atomically; an unreadable one is compiled again. Before a job
-uses a package the first time, a child process loads and runs it (:mod:`frametrans.engine.package_check`):
-a package that crashes there is never loaded into the job, which runs uncompiled instead.
+forward function. Packages are written atomically; an unreadable one is compiled again. The compiler
+runs in a child process, and before a job uses a package the first time another child loads and runs
+it (:mod:`frametrans.engine.package_child`): a package that crashes there is never loaded into the
+job, which runs uncompiled instead.
 
 The policy (``compile`` = ``auto`` | ``on`` | ``off``) lives in :class:`CompilePolicy`: ``auto``
 compiles a shape only when a package is already cached, or (on the CPU) when the job's remaining
@@ -42,7 +43,7 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 from torch import nn
 
-from frametrans.engine import package_check
+from frametrans.engine import package_child
 
 log = logging.getLogger("frametrans")
 
@@ -197,67 +198,73 @@ def load_package(path: Path) -> Forward:
 
 def compile_package(model: nn.Module, fn: Callable[[nn.Module, torch.Tensor], torch.Tensor],
                     example: torch.Tensor, path: Path) -> Path:
-    """Export ``fn(model, example)`` and compile it with AOTInductor (freezing on) into ``path``.
+    """Export ``fn(model, example)`` here and compile it with AOTInductor (freezing on) into ``path``
+    in a child process (:func:`frametrans.engine.package_child.build`).
 
     ``model`` must already be in its final device, dtype, memory format and ``eval()`` mode.
     Written to a temporary name and renamed, so a concurrent reader never sees half a package.
     """
-    use_inductor_cache(path.parent.parent)
+    use_inductor_cache(path.parent.parent)  # the child inherits the variable
     path.parent.mkdir(parents=True, exist_ok=True)
-    wrapped = _Wrapped(model, fn)
     with torch.inference_mode(False), torch.no_grad():
-        exported = torch.export.export(wrapped, (example,), strict=False)
+        exported = torch.export.export(_Wrapped(model, fn), (example,), strict=False)
+    program = path.with_name(f".{path.stem}.{os.getpid()}.exported.pt2")
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.pt2")
-    inductor = importlib.import_module("torch._inductor")
     try:
-        inductor.aoti_compile_and_package(
-            exported, package_path=str(tmp),
-            inductor_configs={"freezing": True, "aot_inductor.package_constants_in_so": True},
-        )
+        torch.export.save(exported, str(program))
+        package_child.build(program, tmp)
         os.replace(tmp, path)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        for leftover in (program, tmp):
+            leftover.unlink(missing_ok=True)
     return path
+
+
+class PackageUnusable(RuntimeError):
+    """A compiled package that its check process could not run (:mod:`package_child`)."""
 
 
 def get_compiled(model: nn.Module, fn: Callable[[nn.Module, torch.Tensor], torch.Tensor],
                  example: torch.Tensor, key: ArtifactKey, root: Optional[Path] = None
                  ) -> Tuple[Forward, bool, float]:
-    """The compiled forward for ``key``: loaded from the cache, else compiled and cached.
+    """The compiled forward for ``key``: loaded from the cache, else compiled and cached. Either way
+    the package has run in a child process first (:func:`package_child.check`); one that crashed
+    there raises :class:`PackageUnusable`, a damaged one is compiled again.
 
     Returns ``(forward, was_cached, seconds spent)``.
     """
     path = package_path(key, root)
     t0 = time.perf_counter()
     if path.exists():
-        _checked(path, example)
-        try:
-            fn = load_package(path)
-            with contextlib.suppress(OSError):
-                os.utime(path)  # recently used: pruned last
-            return fn, True, time.perf_counter() - t0
-        except Exception as exc:  # noqa: BLE001 - a stale or damaged package: compile it again
-            log.warning("compiled package %s unreadable (%s); compiling again", path.name, exc)
-            path.unlink(missing_ok=True)
+        failure = package_child.check(path, example)
+        if failure is None:
+            try:
+                forward = load_package(path)
+                with contextlib.suppress(OSError):
+                    os.utime(path)  # recently used: pruned last
+                return forward, True, time.perf_counter() - t0
+            except Exception as exc:  # noqa: BLE001 - a stale or damaged package: compile it again
+                failure = package_child.Failure("damaged", f"{type(exc).__name__}: {exc}")
+        if failure.kind != "damaged":
+            _unusable(path, failure)
+        log.warning("compiled package %s unreadable (%s); compiling again", path.name, failure.reason)
+        path.unlink(missing_ok=True)
+        package_child.forget(path)
     log.info("compiling the model for %s %s (once; cached in %s)", tuple(example.shape),
              str(example.dtype).replace("torch.", ""), path.parent)
     compile_package(model, fn, example, path)
-    package_check.forget(path)
+    package_child.forget(path)
     prune(path.parent, keep=path)
-    _checked(path, example)
+    failure = package_child.check(path, example)
+    if failure is not None:
+        _unusable(path, failure)
     return load_package(path), False, time.perf_counter() - t0
 
 
-class PackageUnusable(RuntimeError):
-    """A compiled package that crashed or failed in its check process (:mod:`package_check`)."""
-
-
-def _checked(path: Path, example: torch.Tensor) -> None:
-    """Raise :class:`PackageUnusable` unless the package loads and runs in a child process."""
-    reason = package_check.check(path, example)
-    if reason:
-        raise PackageUnusable(reason)
+def _unusable(path: Path, failure: "package_child.Failure") -> None:
+    hint = (f"; delete {path.name}.bad in {path.parent} to try it again" if failure.kind == "crashed"
+            else "; it is checked again next time")
+    raise PackageUnusable(failure.reason + hint)
 
 
 #: Most bytes of compiled packages kept (``FRAMETRANS_CACHE_MAX_BYTES`` overrides); least recently
@@ -281,7 +288,7 @@ def prune(folder: Path, keep: Optional[Path] = None, pattern: str = "*.pt2") -> 
             total += p.stat().st_size
             if total > limit and p != keep:
                 p.unlink(missing_ok=True)
-                package_check.forget(p)
+                package_child.forget(p)
     except OSError as exc:  # a shared or read-only cache: not worth failing a job over
         log.debug("could not prune %s: %s", folder, exc)
 
@@ -343,7 +350,6 @@ class CompilePolicy:
             return True
         if device.type not in AUTO_BUILD_DEVICES or eager_seconds_per_frame is None:
             return False  # eager_seconds_per_frame None: decide after one eager batch has been timed
-            return False
         saving = SAVING.get((device.type, dtype), 0.2) * eager_seconds_per_frame
         return saving * self.remaining() > self.compile_seconds()
 

@@ -15,7 +15,9 @@ Fast paths (each checked against fp32 in ``tests/engine/test_fast_paths.py``):
   to uint8 on the device and only then copied back.
 - compilation (``compile`` = auto | on | off, :mod:`frametrans.engine.compile`): whole frames of
   a repeated shape run an AOTInductor-compiled forward (weights frozen, in the runner's dtype and
-  layout) cached on disk; ``auto`` compiles only when the job is long enough to pay for it.
+  layout) cached on disk; ``auto`` compiles only when the job is long enough to pay for it (on
+  the CPU; on CUDA it uses a cached package only). Compiler and first load run in child processes
+  (:mod:`frametrans.engine.package_child`).
   Tiled frames run eagerly (their normalization layers are patched per frame).
 - CUDA (not run in this project's CI, which has no GPU): cudnn autotuning, pinned staging buffers,
   one batch in flight while the previous one is copied back, optional CUDA graphs per shape.

@@ -211,23 +211,28 @@ def test_compile_option_validation(monkeypatch):
     assert not r._compiled
 
 
-def test_a_package_that_fails_its_check_runs_uncompiled(tmp_path, monkeypatch, caplog):
-    """A cached package whose check process crashed is never loaded: auto runs eager and says why,
-    on refuses in one line; the verdict is kept beside the package, so the check runs once."""
-    from frametrans.engine import package_check
+def _child(returncode, stderr: str, calls: list):
+    """A stand-in for frametrans.child.run_child: each call exits with ``returncode`` (an int, or a
+    list of them, one per call) and ``stderr``; ``calls`` collects the arguments."""
+    import subprocess
 
+    codes = iter(returncode) if isinstance(returncode, list) else None
+
+    def run(module, args, timeout=None):
+        calls.append(args)
+        return subprocess.CompletedProcess(args, next(codes) if codes else returncode, "", stderr)
+    return run
+
+
+def test_a_package_that_crashes_its_check_runs_uncompiled(tmp_path, monkeypatch, caplog):
+    """A cached package whose check process crashed is never loaded: auto runs eager and says why,
+    on refuses in one line that says how to try again; the crash is kept beside the package, so the
+    check runs once."""
     model = _model("resnet")
     images = _images(2)
     ref = _fp32(model, images)
     calls = []
-
-    def crashing_child(module, args, timeout=None):
-        calls.append(args)
-        import subprocess
-
-        return subprocess.CompletedProcess(args, -11, "", "Fatal Python error: Segmentation fault\n")
-
-    monkeypatch.setattr("frametrans.child.run_child", crashing_child)
+    monkeypatch.setattr("frametrans.child.run_child", _child(-11, "Fatal Python error: Segmentation fault\n", calls))
     monkeypatch.setattr(compiling, "load_package", lambda path: pytest.fail("a crashing package was loaded"))
     r = _runner(model, tmp_path, precision="fp32", compile="auto", batch_size=2)
     key = r._artifact_key(torch.zeros(2, 3, *images[0].shape[:2]).contiguous(memory_format=torch.channels_last))
@@ -236,26 +241,62 @@ def test_a_package_that_fails_its_check_runs_uncompiled(tmp_path, monkeypatch, c
     package.write_bytes(b"a package")  # cached: auto would load it
     with caplog.at_level("WARNING", logger="frametrans"):
         outs = r(images)
-    assert not r._compiled and len(calls) == 1
+    assert not r._compiled and len(calls) == 1 and calls[0][0] == "check"
     assert np.array_equal(np.stack(outs), np.stack(ref))
     assert "killed by SIGSEGV: Fatal Python error: Segmentation fault" in caplog.text
     assert "killed by SIGSEGV" in package.with_name(package.name + ".bad").read_text()
-    with pytest.raises(RuntimeError, match=r"^--compile on: compiling the model failed \(PackageUnusable: .*SIGSEGV"):
+    with pytest.raises(RuntimeError, match=r"^--compile on: compiling the model failed \(PackageUnusable: "
+                                           r".*SIGSEGV.*; delete .*\.pt2\.bad in .* to try it again"):
         _runner(model, tmp_path, precision="fp32", compile="on", batch_size=2)(images)
     assert len(calls) == 1  # the kept verdict
-    package_check.forget(package)
-    assert not list(package.parent.glob("*.bad"))
+    package.write_bytes(b"another package, rebuilt elsewhere")  # same name, another file: checked again
+    with pytest.raises(RuntimeError, match="SIGSEGV"):
+        _runner(model, tmp_path, precision="fp32", compile="on", batch_size=2)(images)
+    assert len(calls) == 2
+
+
+def test_a_damaged_package_is_compiled_again_and_a_transient_failure_is_not_kept(tmp_path, monkeypatch):
+    """The check child cannot read a cached package (exit 3): it is compiled again, and the new one
+    is checked and loaded. A check that fails otherwise (exit 1: out of memory, a busy device) makes
+    this job run uncompiled and keeps no verdict, so the next job checks again."""
+    from frametrans.engine import package_child
+
+    calls, builds = [], []
+    monkeypatch.setattr("frametrans.child.run_child",
+                        _child([3, 0], "RuntimeError: Failed to initialize zip archive", calls))
+
+    def fake_build(model, fn, example, path):
+        builds.append(path)
+        path.write_bytes(b"rebuilt")
+        return path
+
+    monkeypatch.setattr(compiling, "compile_package", fake_build)
+    monkeypatch.setattr(compiling, "load_package", lambda path: ("forward of", path.read_bytes()))
+    key = compiling.ArtifactKey("id", (1, 3, 8, 8), "torch.float32", True, "cpu:x")
+    package = compiling.package_path(key, tmp_path)
+    package.parent.mkdir(parents=True)
+    package.write_bytes(b"truncated")
+    forward, was_cached, _ = compiling.get_compiled(None, None, torch.zeros(1, 3, 8, 8), key, tmp_path)
+    assert forward == ("forward of", b"rebuilt") and not was_cached and builds == [package]
+    assert [c[0] for c in calls] == ["check", "check"] and package.with_name(package.name + ".ok").exists()
+    package_child.forget(package)
+    monkeypatch.setattr("frametrans.child.run_child", _child(1, "torch.OutOfMemoryError: CUDA out of memory", calls))
+    for _ in range(2):
+        with pytest.raises(compiling.PackageUnusable, match="exit status 1: torch.OutOfMemoryError.*checked again"):
+            compiling.get_compiled(None, None, torch.zeros(1, 3, 8, 8), key, tmp_path)
+    assert len(calls) == 4 and not list(tmp_path.rglob("*.bad")) and builds == [package]
 
 
 def test_package_check_child_reports_a_package_it_cannot_load(tmp_path):
-    """The real child process on a file that is no package: a one-line reason, kept as ``.bad``."""
-    from frametrans.engine import package_check
+    """The real child process on a file that is no package: damaged, in one line, nothing kept."""
+    from frametrans.engine import package_child
 
     package = tmp_path / "broken.pt2"
     package.write_bytes(b"not a zip archive")
-    reason = package_check.check(package, torch.zeros(1, 3, 8, 8))
-    assert reason and reason.startswith("the compiled package failed to run (exit status 1: ")
-    assert "\n" not in reason and (tmp_path / "broken.pt2.bad").exists()
+    failure = package_child.check(package, torch.zeros(1, 3, 8, 8))
+    assert failure.kind == "damaged"
+    assert failure.reason.startswith("the compiled package failed to run in a check process (exit status 3: ")
+    assert "\n" not in failure.reason and not list(tmp_path.glob("broken.pt2.*"))
 
 
 def test_custom_forward_needs_a_cache_token():
