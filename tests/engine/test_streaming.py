@@ -168,6 +168,21 @@ def test_bands_on_cuda_run_without_the_conv_autotuner(monkeypatch):
     assert torch.backends.cudnn.benchmark is True
     with _no_conv_autotuning(torch.device("cpu")):
         assert torch.backends.cudnn.benchmark is True
+    # and every streamed frame runs inside it, with the streamer's device
+    seen = []
+
+    def recording(device):
+        seen.append(device)
+        return _no_conv_autotuning(device)
+
+    monkeypatch.setattr("frametrans.engine.streaming._no_conv_autotuning", recording)
+    model = tiny_model("resnet", ngf=8).eval()
+    x = torch.rand(1, 3, 64, 96) * 2 - 1
+    streamer = Streamer(trace_bands(model, lambda m, t: m(t), tuple(x.shape)), model, lambda m, t: m(t),
+                        2**20, x.device)
+    with torch.no_grad():
+        streamer(x)
+    assert seen == [torch.device("cpu")]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -175,6 +190,7 @@ def test_row_bands_on_cuda_match_the_whole_frame_within_the_budget(monkeypatch):
     # cuDNN's fp32 convolutions default to TF32, whose rounding depends on the algorithm picked for
     # each band's shape: the bands' arithmetic, not their bookkeeping, would set the PSNR
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)  # as a session leaves it on CUDA
     model = tiny_model("resnet", ngf=8).eval().cuda()
     x = torch.rand(1, 3, 512, 768, device="cuda") * 2 - 1
     budget = 4 * 2**20
