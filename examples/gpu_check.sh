@@ -4,6 +4,8 @@
 #   bash examples/gpu_check.sh OUT [WHEELS]
 #
 # OUT gets gpu.txt (the card), tests.txt (the CUDA-marked tests and the YUV/encoder tests),
+# aoti.txt (the compiled CUDA package loaded four ways, each in a child), precision.txt
+# (examples/precision_cost.py: bf16 with each FRAMETRANS_KEEP_FP32 mode, speed and PSNR to fp32),
 # apply.txt (the README's first command, --yuv on against off and with --hwdec cuda, timed, and
 # the PSNR between --yuv on and off),
 # predictor.txt (Moving MNIST predictor training at batch 64: data and step time, when MNIST_DIR,
@@ -19,7 +21,7 @@
 #
 # Each step's failure is recorded and the next step still runs; the exit status is the first failure's.
 # All of it takes longer than one 10-minute device call: GPU_CHECK_STEPS picks some of the steps
-# (space-separated: tests aoti apply predictor temporal bench temporal-1080p; default: all), e.g.
+# (space-separated: tests aoti precision apply predictor temporal bench temporal-1080p; default: all), e.g.
 #
 #   GPU_CHECK_STEPS="tests apply predictor temporal temporal-1080p" bash examples/gpu_check.sh OUT  # ~6 min
 #   GPU_CHECK_STEPS=bench bash examples/gpu_check.sh OUT                                             # <= 8 min
@@ -102,6 +104,13 @@ for name, code in ways.items():
 EOF2
 }
 if want aoti; then step aoti_loads > "$out/aoti.txt" 2>&1; cat "$out/aoti.txt"; fi
+
+# What the bf16 copy's fp32 layers cost on the GPU and what they buy (issue 15: model only went from
+# 917/8329 to 756/4279 frames/s after they came in for the CPU's sake)
+if want precision; then
+    step timeout 240 python3 examples/precision_cost.py --device cuda > "$out/precision.txt" 2>&1
+    cat "$out/precision.txt"
+fi
 
 apply_once() {  # $1: --yuv mode, $2: --hwdec mode; the README's first command on the GPU, timed
     echo "--yuv $1 --hwdec $2:"

@@ -39,6 +39,7 @@ import contextlib
 import copy
 import logging
 import math
+import os
 import weakref
 from typing import Callable, Dict, Iterator, List, Optional, Set, Tuple, Union
 
@@ -62,6 +63,18 @@ AUTO_MIN_DB = 45.0
 _NORMS = (nn.InstanceNorm2d, nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)
 _NORM_NAMES = ("LayerNorm", "AdaptiveInstanceNorm2d")  # MUNIT's own norm layers
 _CONVS = (nn.Conv2d, nn.ConvTranspose2d)
+#: What a low-precision copy keeps in fp32, from ``FRAMETRANS_KEEP_FP32`` (to measure what the rule
+#: costs on a device): ``all`` (the default: norms, output and full-resolution convolutions),
+#: ``output`` (the output convolutions only), ``none`` (every layer in the low precision).
+KEEP_FP32_MODES = ("all", "output", "none")
+
+
+def keep_fp32_mode() -> str:
+    """``FRAMETRANS_KEEP_FP32`` (default ``all``); a ValueError names the choices."""
+    mode = os.environ.get("FRAMETRANS_KEEP_FP32", "all").strip().lower()
+    if mode not in KEEP_FP32_MODES:
+        raise ValueError(f"FRAMETRANS_KEEP_FP32={mode!r}: use all, output or none")
+    return mode
 
 
 def weights_stamp(model: nn.Module) -> tuple:
@@ -112,11 +125,12 @@ class Session:
             model = model.to(memory_format=torch.channels_last)
         if self.dtype == torch.float32 or self.device.type == "mps":
             return model  # MPS: fp32 weights under fp16 autocast
-        key = (str(self.device), self.dtype, self.channels_last)
+        mode = keep_fp32_mode()
+        key = (str(self.device), self.dtype, self.channels_last, mode)
         copies = _PREPARED.setdefault(model, {})
         stamp = weights_stamp(model)
         if key not in copies or copies[key][0] != stamp:
-            keep = full_precision_modules(model, self.device)
+            keep = full_precision_modules(model, self.device, mode)
             low = copy.deepcopy(model).to(self.dtype)
             for name, module in low.named_modules():
                 if name in keep:
@@ -266,11 +280,14 @@ def _keep_fp32(module: nn.Module, device_type: str, autocast_off: bool) -> None:
     module.register_forward_hook(after, always_call=True)
 
 
-def full_precision_modules(model: nn.Module, device: torch.device) -> Set[str]:
+def full_precision_modules(model: nn.Module, device: torch.device, mode: str = "all") -> Set[str]:
     """Names of the modules of ``model`` that a low-precision copy keeps in fp32 (see the module
     docstring): normalization layers, convolutions producing the output channels, and convolutions
-    whose input is the frame's full resolution (found with one forward of a small probe frame)."""
-    keep = {name for name, m in model.named_modules() if _is_norm(m)}
+    whose input is the frame's full resolution (found with one forward of a small probe frame).
+    ``mode`` (:data:`KEEP_FP32_MODES`): ``output`` keeps the output convolutions only, ``none`` none."""
+    if mode == "none":
+        return set()
+    keep = {name for name, m in model.named_modules() if _is_norm(m)} if mode == "all" else set()
     config = getattr(model, "config", None)
     probe = _probe_input(model, device)
     if config is None or probe is None:
@@ -278,6 +295,8 @@ def full_precision_modules(model: nn.Module, device: torch.device) -> Set[str]:
     c = config.contract()
     out_channels = c.out_channels * c.frames_out
     keep |= {name for name, m in model.named_modules() if isinstance(m, _CONVS) and m.out_channels == out_channels}
+    if mode == "output":
+        return keep
     x, fns, _ = probe
     sizes: Dict[str, Tuple[int, int]] = {}
     hooks = [m.register_forward_pre_hook(_size_recorder(sizes, name))

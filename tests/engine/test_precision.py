@@ -57,6 +57,24 @@ def test_the_copy_keeps_norms_frame_and_output_convs_in_fp32():
     assert y.dtype == torch.float32  # the tanh ran in fp32: no bf16 rounding right before uint8
 
 
+def test_keep_fp32_knob_selects_what_stays_fp32(monkeypatch):
+    """FRAMETRANS_KEEP_FP32 (a measuring knob): output keeps only the output conv, none nothing; each
+    mode gets its own copy of the weights; an unknown mode is refused with the choices."""
+    model = tiny_model("resnet")
+    dtypes = {}
+    for mode in ("output", "none", "all"):
+        monkeypatch.setenv("FRAMETRANS_KEEP_FP32", mode)
+        weights = dict(Session(model, "cpu", "bf16").model.named_parameters())
+        dtypes[mode] = {n: w.dtype for n, w in weights.items()}
+    assert dtypes["output"]["model.18.weight"] == torch.float32
+    assert dtypes["output"]["model.1.weight"] == dtypes["output"]["model.4.weight"] == torch.bfloat16
+    assert set(dtypes["none"].values()) == {torch.bfloat16}
+    assert dtypes["all"]["model.1.weight"] == dtypes["all"]["model.4.weight"] == torch.float32
+    monkeypatch.setenv("FRAMETRANS_KEEP_FP32", "some")
+    with pytest.raises(ValueError, match="FRAMETRANS_KEEP_FP32='some': use all, output or none"):
+        Session(model, "cpu", "bf16")
+
+
 @pytest.mark.parametrize("name", ["resnet", "unet", "munit", "predictor"])
 def test_bf16_keeps_the_picture_with_random_weights(name):
     model = tiny_model(name)
