@@ -35,6 +35,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -208,8 +209,9 @@ def compile_package(model: nn.Module, fn: Callable[[nn.Module, torch.Tensor], to
     path.parent.mkdir(parents=True, exist_ok=True)
     with torch.inference_mode(False), torch.no_grad():
         exported = torch.export.export(_Wrapped(model, fn), (example,), strict=False)
-    program = path.with_name(f".{path.stem}.{os.getpid()}.exported.pt2")
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.pt2")
+    owner = f"{os.getpid()}-{threading.get_ident()}"
+    program = path.with_name(f".{path.stem}.{owner}.exported.pt2")
+    tmp = path.with_name(f".{path.stem}.{owner}.tmp.pt2")
     try:
         torch.export.save(exported, str(program))
         package_child.build(program, tmp)
@@ -270,17 +272,23 @@ def _unusable(path: Path, failure: "package_child.Failure") -> None:
 #: Most bytes of compiled packages kept (``FRAMETRANS_CACHE_MAX_BYTES`` overrides); least recently
 #: used go first. A ResNet-9 package is ~47 MB (its weights are inside).
 CACHE_MAX_BYTES = 4 * 2**30
+#: Age after which a temporary file of an unfinished build is someone's leftover, not a build in flight.
+LEFTOVER_SECONDS = 86400.0
 
 
 def prune(folder: Path, keep: Optional[Path] = None, pattern: str = "*.pt2") -> None:
     """Delete the least recently used files ``pattern`` in ``folder`` (compiled packages; the
     backends' graphs use it too) beyond ``FRAMETRANS_CACHE_MAX_BYTES`` (default
-    :data:`CACHE_MAX_BYTES`), never ``keep``."""
+    :data:`CACHE_MAX_BYTES`), never ``keep``; and temporary files (``.NAME...``) of builds a killed
+    process left behind, a day after they were last written."""
     try:
         limit = int(os.environ.get("FRAMETRANS_CACHE_MAX_BYTES", CACHE_MAX_BYTES))
     except ValueError:
         limit = CACHE_MAX_BYTES
     try:
+        for left in folder.glob("." + pattern):
+            if time.time() - left.stat().st_mtime > LEFTOVER_SECONDS:
+                left.unlink(missing_ok=True)
         files = sorted((p for p in folder.glob(pattern) if not p.name.startswith(".")),
                        key=lambda p: p.stat().st_mtime, reverse=True)
         total = 0

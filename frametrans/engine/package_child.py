@@ -14,10 +14,10 @@ half written. So:
 
 Verdicts are kept beside the package, stamped with its inode and size (a package replaced under the
 same name is checked again): ``<digest>.pt2.ok``, or ``<digest>.pt2.bad`` with the reason when the
-child crashed (killed by SIGSEGV, SIGBUS, SIGILL, SIGABRT or SIGFPE). Other failures are not kept:
-a package the child cannot read is ``damaged`` (the caller compiles it again), a timeout, a kill or an
-error while running it (out of memory, a busy device) is ``transient`` (this job runs uncompiled, the
-next one checks again).
+child crashed (killed by SIGSEGV, SIGBUS, SIGILL, SIGABRT or SIGFPE) or the package answered the
+wrong batch. Other failures are not kept: a file that is no intact archive is ``damaged`` (the caller
+compiles it again); a timeout, a kill or an error while loading or running it (out of memory, a busy
+device) is ``transient`` (this job runs uncompiled, the next one checks again).
 
     python -m frametrans.engine.package_child build EXPORTED PACKAGE THREADS
     python -m frametrans.engine.package_child check PACKAGE DEVICE SHAPE DTYPE FORMAT
@@ -47,8 +47,10 @@ CHECK_SECONDS = 180.0
 BUILD_SECONDS = 1800.0
 #: Signals that mean the package (or its loader) crashed, rather than that someone stopped the child.
 CRASH_SIGNALS = {signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGABRT, signal.SIGFPE}
-#: The check child's exit status when it cannot read the package (not when it cannot run it).
+#: The check child's exit status when the package is no intact archive (not when it cannot run it).
 DAMAGED = 3
+#: The check child's exit status when the package runs but answers the wrong batch: kept like a crash.
+WRONG = 4
 #: Inductor settings of every package: weights frozen into the graph and packaged in the library.
 INDUCTOR_CONFIGS = {"freezing": True, "aot_inductor.package_constants_in_so": True}
 
@@ -81,12 +83,16 @@ def _stamp(path: Path) -> str:
 
 def _kept(path: Path) -> Optional[Failure]:
     """The verdict kept for this very file: None (ok), a crash, or no verdict (raises KeyError)."""
+    try:
+        stamp_now = _stamp(path)
+    except OSError:  # gone (pruned by another process): no verdict; the check child says damaged
+        raise KeyError(path.name) from None
     for verdict in ("ok", "bad"):
         try:
             stamp, _, reason = _marker(path, verdict).read_text().partition("\n")
         except OSError:
             continue
-        if stamp.strip() == _stamp(path):
+        if stamp.strip() == stamp_now:
             return None if verdict == "ok" else Failure("crashed", reason.strip())
     raise KeyError(path.name)
 
@@ -125,7 +131,7 @@ def _failure(proc: "subprocess.CompletedProcess[str]") -> Optional[Failure]:
     if rc == 0:
         return None
     reason = f"the compiled package failed to run in a check process ({_why(proc)})"
-    if rc < 0 and -rc in {int(s) for s in CRASH_SIGNALS}:
+    if rc == WRONG or (rc < 0 and -rc in {int(s) for s in CRASH_SIGNALS}):
         return Failure("crashed", reason)
     return Failure("damaged" if rc == DAMAGED else "transient", reason)
 
@@ -173,21 +179,31 @@ def _format(x: torch.Tensor) -> str:
 
 
 def _run_check(path: str, device: str, shape: str, dtype: str, fmt: str) -> int:
-    """Load the package (exit :data:`DAMAGED` if that raises), run zeros of the shape once."""
+    """Run zeros of the shape through the package once. Exit :data:`DAMAGED` when the file is no
+    intact archive, :data:`WRONG` when the output's batch differs; a device that cannot start or
+    has no room fails with exit status 1 (transient), not as a damaged package."""
+    import zipfile
+
     from frametrans.engine.compile import load_package
 
-    try:
-        forward = load_package(Path(path))
-    except Exception as exc:  # noqa: BLE001 - unreadable: the parent compiles it again
-        print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
-        return DAMAGED
     x = torch.zeros(tuple(int(s) for s in shape.split(",")), dtype=getattr(torch, dtype), device=device)
     if fmt == "channels_last":
         x = x.contiguous(memory_format=torch.channels_last)
-    y = forward(x)  # compiled code records no autograd graph
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (OSError, zipfile.BadZipFile) as exc:
+        bad = f"{type(exc).__name__}: {exc}"
+    if bad is not None:
+        print(f"not an intact package archive ({bad})", file=sys.stderr)
+        return DAMAGED
+    y = load_package(Path(path))(x)  # compiled code records no autograd graph
     if y.device.type == "cuda":
         torch.cuda.synchronize(y.device)
-    return 0 if y.shape[0] == x.shape[0] else 1
+    if y.shape[0] != x.shape[0]:
+        print(f"output batch {y.shape[0]} for an input batch of {x.shape[0]}", file=sys.stderr)
+        return WRONG
+    return 0
 
 
 def _run_build(exported: str, package: str, threads: str) -> int:

@@ -101,13 +101,15 @@ class Session:
     channels_last: run convolutions in NHWC (ignored on MPS).
 
     Attributes: ``device``, ``dtype`` (the compute dtype), ``source`` (the fp32 module on the
-    device), ``model`` (what runs: ``source`` or its shared low-precision copy).
+    device), ``model`` (what runs: ``source`` or its shared low-precision copy), ``keep_fp32``
+    (:data:`KEEP_FP32_MODES`: what that copy keeps in fp32).
     """
 
     def __init__(self, model: nn.Module, device: Union[str, torch.device] = "auto",
                  precision: str = "auto", channels_last: bool = True) -> None:
         self.device = devices.resolve_device(device) if isinstance(device, str) else device
         self.dtype = devices.resolve_precision(precision, self.device)
+        self.keep_fp32 = keep_fp32_mode()  # what a low-precision copy keeps in fp32
         self.channels_last = channels_last and self.device.type != "mps"
         self.source = model.eval().to(self.device)
         self.model = self._prepare(self.source)
@@ -125,7 +127,7 @@ class Session:
             model = model.to(memory_format=torch.channels_last)
         if self.dtype == torch.float32 or self.device.type == "mps":
             return model  # MPS: fp32 weights under fp16 autocast
-        mode = keep_fp32_mode()
+        mode = self.keep_fp32
         key = (str(self.device), self.dtype, self.channels_last, mode)
         copies = _PREPARED.setdefault(model, {})
         stamp = weights_stamp(model)
@@ -145,7 +147,7 @@ class Session:
     def _check_auto_precision(self) -> None:
         """precision=auto: run fp32 when the low-precision copy loses the picture on a probe frame."""
         verdicts = _VERDICTS.setdefault(self.source, {})
-        key, stamp = (str(self.device), self.dtype), weights_stamp(self.source)
+        key, stamp = (str(self.device), self.dtype, self.keep_fp32), weights_stamp(self.source)
         if key not in verdicts or verdicts[key][0] != stamp:
             db = self._probe_db()
             verdicts[key] = (stamp, db)

@@ -287,6 +287,47 @@ def test_a_damaged_package_is_compiled_again_and_a_transient_failure_is_not_kept
     assert len(calls) == 4 and not list(tmp_path.rglob("*.bad")) and builds == [package]
 
 
+def test_a_failed_build_is_one_line_and_leaves_no_files(tmp_path, monkeypatch):
+    """The build child gets this process's thread count; its failure is one line with the child's
+    last error line, and neither the exported program nor a half package stays behind."""
+    calls = []
+    monkeypatch.setattr("frametrans.child.run_child",
+                        _child(1, "Traceback (most recent call last):\n  ...\nCppCompileError: C++ compile error\n", calls))
+    model = _model("resnet").eval()
+    with pytest.raises(RuntimeError, match=r"^compiling in a child process failed \(exit status 1: "
+                                           r"CppCompileError: C\+\+ compile error\)$"):
+        compiling.compile_package(model, lambda m, t: m(t), torch.zeros(1, 3, 32, 32), tmp_path / "aoti" / "k.pt2")
+    assert calls[0][0] == "build" and calls[0][-1] == str(torch.get_num_threads())
+    assert calls[0][1].endswith(".exported.pt2") and calls[0][2].endswith(".tmp.pt2")
+    assert not list((tmp_path / "aoti").iterdir())
+
+
+def test_a_package_with_the_wrong_output_is_kept_as_bad(tmp_path, monkeypatch):
+    from frametrans.engine import package_child
+
+    calls = []
+    monkeypatch.setattr("frametrans.child.run_child", _child(4, "output batch 1 for an input batch of 2", calls))
+    package = tmp_path / "k.pt2"
+    package.write_bytes(b"a package")
+    for _ in range(2):
+        failure = package_child.check(package, torch.zeros(2, 3, 8, 8))
+        assert failure.kind == "crashed" and "output batch 1 for an input batch of 2" in failure.reason
+    assert len(calls) == 1 and (tmp_path / "k.pt2.bad").exists()
+
+
+def test_the_keep_fp32_mode_is_part_of_the_compiled_packages_key(monkeypatch):
+    """A bf16 package built with another FRAMETRANS_KEEP_FP32 is another package; fp32 has no copy."""
+    model = _model("resnet")
+    x = torch.zeros(1, 3, 32, 32)
+    digests = {}
+    for mode in ("all", "none"):
+        monkeypatch.setenv("FRAMETRANS_KEEP_FP32", mode)
+        for precision in ("bf16", "fp32"):
+            digests[mode, precision] = _runner(model, precision=precision)._artifact_key(x).digest
+    assert digests["all", "bf16"] != digests["none", "bf16"]
+    assert digests["all", "fp32"] == digests["none", "fp32"]
+
+
 def test_package_check_child_reports_a_package_it_cannot_load(tmp_path):
     """The real child process on a file that is no package: damaged, in one line, nothing kept."""
     from frametrans.engine import package_child
@@ -393,5 +434,10 @@ def test_cache_prune_drops_least_recently_used(tmp_path, monkeypatch):
         p = tmp_path / f"p{i}.pt2"
         p.write_bytes(b"x" * 100)
         os.utime(p, (1000 + i, 1000 + i))
+    old, fresh = tmp_path / ".p9.1-2.tmp.pt2", tmp_path / ".p8.3-4.exported.pt2"  # a killed build's, one in flight
+    old.write_bytes(b"x")
+    fresh.write_bytes(b"x")
+    os.utime(old, (1000, 1000))
     compiling.prune(tmp_path, keep=tmp_path / "p0.pt2")
-    assert sorted(p.name for p in tmp_path.glob("*.pt2")) == ["p0.pt2", "p2.pt2", "p3.pt2"]
+    assert sorted(p.name for p in tmp_path.glob("p*.pt2")) == ["p0.pt2", "p2.pt2", "p3.pt2"]
+    assert fresh.exists() and not old.exists()
