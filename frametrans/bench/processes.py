@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from frametrans.bench.common import Log, make_folder, make_video, median, to_stderr, workdir
-from frametrans.child import run_child
 from frametrans.bench.models import prepare_model
+from frametrans.child import run_child
 
 
 @dataclass

@@ -24,8 +24,8 @@ import av
 import numpy as np
 
 from frametrans.bench.common import Log, make_frames, to_stderr, workdir
-from frametrans.child import child_env, package_root
 from frametrans.bench.models import prepare_model
+from frametrans.child import child_env, package_root
 
 
 @dataclass

@@ -29,7 +29,6 @@ SHAPE is ``N,C,H,W``; DTYPE ``float32`` / ``bfloat16`` / ``float16``; FORMAT ``c
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -99,14 +98,13 @@ def _kept(path: Path) -> Optional[Failure]:
 
 def _keep(path: Path, failure: Optional[Failure]) -> None:
     """Write the verdict atomically; a read-only cache only costs the check again next time."""
+    from frametrans.atomic import atomic_write_text
+
     marker = _marker(path, "ok" if failure is None else "bad")
-    tmp = marker.with_name(f".{marker.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(_stamp(path) + "\n" + (failure.reason if failure else "") + "\n")
-        os.replace(tmp, marker)
+        atomic_write_text(marker, _stamp(path) + "\n" + (failure.reason if failure else "") + "\n")
     except OSError as exc:
         log.debug("could not record %s: %s", marker.name, exc)
-        tmp.unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------------------------ the parent side

@@ -127,12 +127,11 @@ class Session:
             model = model.to(memory_format=torch.channels_last)
         if self.dtype == torch.float32 or self.device.type == "mps":
             return model  # MPS: fp32 weights under fp16 autocast
-        mode = self.keep_fp32
-        key = (str(self.device), self.dtype, self.channels_last, mode)
+        key = (str(self.device), self.dtype, self.channels_last, self.keep_fp32)
         copies = _PREPARED.setdefault(model, {})
         stamp = weights_stamp(model)
         if key not in copies or copies[key][0] != stamp:
-            keep = full_precision_modules(model, self.device, mode)
+            keep = full_precision_modules(model, self.device, self.keep_fp32)
             low = copy.deepcopy(model).to(self.dtype)
             for name, module in low.named_modules():
                 if name in keep:
