@@ -257,6 +257,7 @@ def side_by_side(context: np.ndarray, prediction: np.ndarray, truth: Optional[np
 
 
 def _write(dst: Path, kind: str, images: List[np.ndarray], first_index: int, fps: Fraction) -> None:
+    from frametrans.atomic import fsync_dir
     from frametrans.io.images import write_image
     from frametrans.io.video import VideoWriter
 
@@ -267,4 +268,5 @@ def _write(dst: Path, kind: str, images: List[np.ndarray], first_index: int, fps
         return
     dst.mkdir(parents=True, exist_ok=True)
     for k, im in enumerate(images):
-        write_image(dst / f"{first_index + k:06d}.png", im)
+        write_image(dst / f"{first_index + k:06d}.png", im, sync_folder=False)
+    fsync_dir(dst)  # once for the folder, not once per frame

@@ -14,6 +14,7 @@ from frametrans.apply.jobs import Job, OutputOptions, variant_path
 from frametrans.apply.report import Report, Stop, signals_deferred
 from frametrans.apply.temporal import translate_stream
 from frametrans.apply.translator import Translator, run_variants
+from frametrans.atomic import FolderSync
 from frametrans.engine.pipeline import Turn, WorkerPool, default_workers, ordered_map
 from frametrans.io import images
 from frametrans.io.errors import InputError, OutputError, first_line, is_fatal_write_error
@@ -69,7 +70,8 @@ def apply_images(jobs: List[Job], translator: Translator, opts: OutputOptions, r
         job = jobs_by_frame.pop(id(frame))
         report.fail(job.src, first_line(exc))
 
-    writer = WorkerPool(_writer(stop), workers, name="encode", max_bytes=queue,
+    folders = FolderSync()  # each output folder is fsynced once, when the writers are done
+    writer = WorkerPool(_writer(stop, folders), workers, name="encode", max_bytes=queue,
                         size=lambda item: item[3].nbytes, done=_recorder(report))
     try:
         for frame, outs in run_variants(frames(), translator, model_failed):
@@ -82,6 +84,7 @@ def apply_images(jobs: List[Job], translator: Translator, opts: OutputOptions, r
     finally:
         with signals_deferred():  # a second Ctrl-C must not kill the writers mid-file
             writer.close()  # finishes every image handed to it (also on Ctrl-C): no partial files
+            folders.sync()
     if stop:
         report.not_done.extend(j.src for j in todo if id(j) not in started)
 
@@ -96,10 +99,11 @@ def _reader(opts: OutputOptions) -> Callable[[Job], Tuple[Job, Optional[Frame], 
     return read
 
 
-def _writer(stop: Stop) -> Callable[[Tuple[Job, str, Frame, np.ndarray], Turn], Outcome]:
+def _writer(stop: Stop, folders: FolderSync) -> Callable[[Tuple[Job, str, Frame, np.ndarray], Turn], Outcome]:
     """Writing one output (on an encode thread). Whether it may still appear, and whether its
     failure stops the job, is decided at its ``turn``, in input order: with any number of threads
-    a full disk leaves the outputs before the failing one and none after it."""
+    a full disk leaves the outputs before the failing one and none after it. Each file is fsynced
+    before its rename; its folder is recorded in ``folders`` and synced once at the end."""
     def write(item: Tuple[Job, str, Frame, np.ndarray], turn: Turn) -> Outcome:
         job, suffix, frame, out = item
         dst = variant_path(job.dst, suffix)
@@ -112,7 +116,9 @@ def _writer(stop: Stop) -> Callable[[Tuple[Job, str, Frame, np.ndarray], Turn], 
                     raise _Discarded()
 
         try:
-            images.write_image(dst, finish_frame(frame, out, dst), before_commit=commit_in_order)
+            folders.add(dst)
+            images.write_image(dst, finish_frame(frame, out, dst), before_commit=commit_in_order,
+                               sync_folder=False)
             return "written", job, dst
         except _Discarded:
             return "not done", job, None

@@ -559,6 +559,7 @@ def write_image(
     alpha: np.ndarray | None = None,
     quality: int = 95,
     before_commit: Callable[[], None] | None = None,
+    sync_folder: bool = True,
 ) -> Path:
     """Write an image atomically; the format comes from the extension (see
     ``WRITABLE_IMAGE_EXTENSIONS``).
@@ -572,6 +573,7 @@ def write_image(
     before_commit: called once the bytes are in the temporary file, before it replaces ``path``;
              whatever it raises is raised with nothing left behind (a writer pool decides there,
              in input order, whether an output may still appear).
+    sync_folder: False leaves the folder's fsync to the caller (see :class:`frametrans.atomic.FolderSync`).
 
     Returns the path written. Creates missing parent folders.
     """
@@ -603,9 +605,9 @@ def write_image(
     else:
         data = _encode_pillow(image, alpha, pil_format, quality)
     if before_commit is None:
-        atomic_write_bytes(path, data)
+        atomic_write_bytes(path, data, sync_folder=sync_folder)
         return path
-    with atomic_path(path, suffix=".tmp") as tmp:
+    with atomic_path(path, suffix=".tmp", sync_folder=sync_folder) as tmp:
         with os.fdopen(os.open(tmp, os.O_WRONLY | getattr(os, "O_BINARY", 0)), "wb") as f:
             f.write(data)
         before_commit()

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import av
 import numpy as np
@@ -102,6 +103,21 @@ def test_folder_recursive_names_ext_and_resume(tmp_path, resnet_path):
     assert res.exit_code == 0, res.output
     assert (out / "sub dir" / "ünï b.png").exists() and kept.stat().st_mtime_ns == mtime
     assert not [p for p in out.rglob(".*") if p.is_file()], "temporary files left behind"
+
+
+def test_folder_output_syncs_each_output_folder_once(tmp_path, resnet_path, monkeypatch):
+    import frametrans.atomic as atomic
+
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    for name in ["a.png", "b.png", "c.png", "sub/d.png", "sub/e.png"]:
+        Image.fromarray(skimage.data.coffee()[:24, :32]).save(src / name)
+    synced = []
+    monkeypatch.setattr(atomic, "fsync_dir", lambda folder: synced.append(Path(folder)))
+    res = run("apply", src, "-o", tmp_path / "out", "-m", resnet_path, "--recursive", "--quiet", "--io-threads", 2)
+    assert res.exit_code == 0, res.output
+    assert sorted(synced) == [tmp_path / "out", tmp_path / "out" / "sub"]
+    assert len(list((tmp_path / "out").rglob("*.png"))) == 5
 
 
 def test_bad_file_in_folder_does_not_stop_the_others(tmp_path, resnet_path):

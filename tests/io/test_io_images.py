@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from fractions import Fraction
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -228,6 +229,29 @@ def test_write_is_atomic_and_overwrites(tmp_path, chelsea):
     write_image(target, chelsea[::-1])  # overwrite in place
     assert only_files(tmp_path / "sub") == ["out.png"]
     np.testing.assert_array_equal(read_image(target).image, chelsea[::-1])
+
+
+def test_folder_sync_deferred_but_file_synced_before_rename(tmp_path, chelsea, monkeypatch):
+    """sync_folder=False: the file is still fsynced before its rename (never a partial file under
+    the final name after a crash); the folder is synced once, by FolderSync, not per file."""
+    import frametrans.atomic as atomic
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(atomic, "fsync_dir", lambda folder: events.append(("dir", Path(folder).name)))
+    monkeypatch.setattr(atomic.os, "fsync", lambda fd: (events.append(("file",)), real_fsync(fd))[1])
+    monkeypatch.setattr(atomic.os, "replace", lambda a, b: (events.append(("rename", Path(b).name)), real_replace(a, b))[1])
+    folders = atomic.FolderSync()
+    for name in ["a.png", "b.png", "sub/c.png"]:
+        folders.add(tmp_path / name)
+        write_image(tmp_path / name, chelsea, sync_folder=False)
+    assert events == [("file",), ("rename", "a.png"), ("file",), ("rename", "b.png"), ("file",), ("rename", "c.png")]
+    folders.sync()
+    assert sorted(events[6:]) == [("dir", "sub"), ("dir", tmp_path.name)]
+    events.clear()
+    folders.sync()  # forgotten once synced
+    write_image(tmp_path / "d.png", chelsea)  # the default: the folder right after the rename
+    assert events == [("file",), ("rename", "d.png"), ("dir", tmp_path.name)]
 
 
 def test_failed_write_leaves_nothing(tmp_path):
