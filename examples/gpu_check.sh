@@ -8,8 +8,8 @@
 # (examples/precision_cost.py: bf16 with each FRAMETRANS_KEEP_FP32 mode, speed and PSNR to fp32),
 # apply.txt (the README's first command, --yuv on against off and with --hwdec cuda, timed, and
 # the PSNR between --yuv on and off),
-# predictor.txt (Moving MNIST predictor training at batch 64: data and step time, when MNIST_DIR,
-# default .mnist, holds t10k-images-idx3-ubyte.gz), temporal.txt (`frametrans bench temporal` on CUDA:
+# predictor.txt (Moving MNIST predictor training at batch 64: data and step time in fp32 and bf16, and a
+# profile of the fp32 step, when MNIST_DIR, default .mnist, holds t10k-images-idx3-ubyte.gz), temporal.txt (`frametrans bench temporal` on CUDA:
 # what --temporal stats / auto cost beside the model, at 640x360, and at 1080p with the flow on the
 # GPU and on host threads), and bench-gpu.json / bench-gpu.md (`frametrans bench gpu`: the whole table of issue 15, under
 # 6 minutes). Written for a machine that has torch with CUDA but not this package: frametrans is
@@ -62,7 +62,9 @@ if want tests; then
         "tests/engine/test_fast_paths.py::test_cuda_paths_match_cpu_fp32" \
         "tests/apply/test_apply.py::test_bad_options_rejected_before_work" \
         "tests/cli/test_bad_inputs.py::test_impossible_options_refused_before_any_work" \
-        "tests/bench/test_bench.py::test_bench_gpu_refuses_in_one_line" > "$out/tests.txt" 2>&1
+        "tests/bench/test_bench.py::test_bench_gpu_refuses_in_one_line" \
+        "tests/train/test_train_generated.py::test_adam_is_fused_on_cuda_only" \
+        "tests/train/test_train_generated.py::test_predictor_trains_on_cuda" > "$out/tests.txt" 2>&1
     # alone and last: it builds and loads a compiled CUDA package, whose loader once segfaulted here
     step timeout 300 python3 -m pytest -q -p no:cacheprovider -rfs --tb=short $per_test --basetemp "$pytest_tmp" \
         "tests/engine/test_fast_paths.py::test_cuda_graphs_match_eager" >> "$out/tests.txt" 2>&1
@@ -142,9 +144,14 @@ fi
 
 mnist=${MNIST_DIR:-.mnist}  # t10k-images-idx3-ubyte.gz (../shared/data/mnist), carried like the wheels
 if want predictor && [ -f "$mnist/t10k-images-idx3-ubyte.gz" ]; then  # issue 18: the predictor at batch 64 is not data-bound
-    step python3 -m frametrans.train.data_bench --data moving-mnist --mnist-dir "$mnist" --device cuda \
-        --batch-size 64 --steps 50 --warmup 5 > "$out/predictor.txt" 2>&1
-    cat "$out/predictor.txt"
+    for precision in fp32 bf16; do
+        step timeout 120 python3 -m frametrans.train.data_bench --data moving-mnist --mnist-dir "$mnist" --device cuda \
+            --batch-size 64 --steps 50 --warmup 5 --precision "$precision" >> "$out/predictor.txt" 2>&1
+    done
+    # where a step's time goes: launches per step against the device's busy time (issue 18's 10x needs < 8.5 ms)
+    step timeout 120 python3 -m frametrans.train.data_bench --data moving-mnist --mnist-dir "$mnist" --device cuda \
+        --batch-size 64 --steps 10 --warmup 5 --profile >> "$out/predictor.txt" 2>&1
+    head -n 12 "$out/predictor.txt"
 fi
 
 # issue 16: what --temporal costs next to a GPU model (--temporal-flow auto: DIS on host threads, computed

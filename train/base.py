@@ -323,8 +323,13 @@ def _same_keys(what: str, saved: Dict[str, Any], ours: Dict[str, Any]) -> None:
 
 def adam(params: Iterable[nn.Parameter], lr: float, beta1: float, beta2: float,
          weight_decay: float = 0.0) -> torch.optim.Adam:
-    """Adam with ``initial_lr`` recorded in each group (the schedule scales from it)."""
-    opt = torch.optim.Adam(params, lr=lr, betas=(beta1, beta2), weight_decay=weight_decay)
+    """Adam with ``initial_lr`` recorded in each group (the schedule scales from it). On CUDA the
+    fused implementation: one kernel per step for all parameters instead of a few per tensor
+    (small models like the predictor are launch-bound there)."""
+    params = list(params)
+    on_cuda = bool(params) and all(p.device.type == "cuda" for p in params)
+    opt = torch.optim.Adam(params, lr=lr, betas=(beta1, beta2), weight_decay=weight_decay,
+                           fused=True if on_cuda else None)
     for group in opt.param_groups:
         group["initial_lr"] = lr
     return opt

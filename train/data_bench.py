@@ -2,6 +2,7 @@
 
     python -m frametrans.train.data_bench                         # moving-digits, CPU, batch 16
     python -m frametrans.train.data_bench --data moving-mnist --mnist-dir DIR --device cuda --batch-size 64
+    python -m frametrans.train.data_bench --device cuda --batch-size 64 --steps 10 --profile   # where it goes
 
 Builds the data and the predictor exactly as ``frametrans train predictor`` does (same options,
 same loader), then times ``--steps`` steps after ``--warmup``: the time to get each batch onto the
@@ -67,6 +68,53 @@ def measure(options: Dict[str, Any], steps: int = 20, warmup: int = 3, host: boo
     return result
 
 
+def profile_steps(options: Dict[str, Any], steps: int = 10, warmup: int = 3, rows: int = 15) -> str:
+    """torch.profiler over ``steps`` training steps (data included) after ``warmup``: the ops and
+    kernels that take the time, and how many launches a step makes (a small model on a GPU is
+    bound by launches, not by arithmetic). Returns the printed table."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from frametrans.engine.device import resolve_device
+    from frametrans.train.base import Amp
+    from frametrans.train.datasets import make_loader
+    from frametrans.train.options import resolve
+    from frametrans.train.predictor import Predictor, build_data
+
+    o, _ = resolve("predictor", dict(options, iters=warmup + steps))
+    device = resolve_device(o.device)
+    torch.manual_seed(o.seed)
+    data, _, _ = build_data(o)
+    method = Predictor(o, device, Amp(device, o.precision))
+    loader = make_loader(data, o.batch_size, 0, o.workers, pin_memory=device.type == "cuda", device=device)
+
+    def one_step() -> None:
+        batch = {k: v.to(device, non_blocking=True) for k, v in next(loader).items()}
+        method.train()
+        method.step(batch)
+
+    for _ in range(warmup):
+        one_step()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    _sync(device)
+    t0 = time.perf_counter()
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            one_step()
+        _sync(device)
+    wall_ms = 1e3 * (time.perf_counter() - t0) / steps
+    events = prof.key_averages()
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    table = events.table(sort_by=sort, row_limit=rows)
+    kernels = sum(e.count for e in events if getattr(e, "device_type", None) is not None
+                  and str(e.device_type).endswith("CUDA") and not e.key.startswith(("cudaMemcpy", "Memcpy", "Memset")))
+    busy_ms = sum(getattr(e, "self_device_time_total", 0) for e in events) / 1e3 / steps
+    ops = sum(e.count for e in events if e.key.startswith("aten::"))
+    head = (f"predictor on {device}, batch {o.batch_size}, {o.precision}: {wall_ms:.2f} ms per step (profiled), "
+            f"{ops / steps:.0f} aten ops per step"
+            + (f", {kernels / steps:.0f} kernels per step, device busy {busy_ms:.2f} ms per step" if device.type == "cuda" else ""))
+    return head + "\n" + table
+
+
 def _host_generator_seconds(data: Any, batch: int, steps: int, warmup: int) -> float:
     """Seconds per batch of the previous host path: one numpy sequence per sample counter, then
     stacked into a float32 tensor (what the DataLoader collated)."""
@@ -104,9 +152,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--host", action="store_true", help="also time the previous host generator")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--profile", action="store_true",
+                   help="instead: torch.profiler over --steps steps, the ops and kernels that take the time")
     a = p.parse_args(argv)
     options = {"data": a.data, "mnist_dir": a.mnist_dir, "device": a.device, "batch_size": a.batch_size,
                "precision": a.precision, "width": a.width}
+    if a.profile:
+        print(profile_steps({k: v for k, v in options.items() if v is not None}, a.steps, a.warmup))
+        return 0
     result = measure({k: v for k, v in options.items() if v is not None}, a.steps, a.warmup, a.host)
     print(json.dumps(result) if a.json else format_result(result))
     return 0

@@ -238,6 +238,8 @@ class Trainer:
             raise ValueError(f"--batch-size {o.batch_size} is the global batch and must split evenly over "
                              f"{self.world} processes; use a multiple of {self.world}")
         self.method: Method = self.spec.cls(o, self.device, self.amp)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed crop and batch: autotune the conv algorithms
         if self.dist is not None:
             self.method.shard = self.dist.shard
             for net in self.method.nets.values():  # statistics over the global batch

@@ -79,3 +79,36 @@ def test_data_bench_measures(capsys: pytest.CaptureFixture) -> None:
                  "--host"]) == 0
     out = capsys.readouterr().out
     assert "data share of the step" in out and "previous host generator" in out
+
+
+def test_data_bench_profiles_a_step(capsys: pytest.CaptureFixture) -> None:
+    from frametrans.train.data_bench import main
+
+    assert main(["--steps", "1", "--warmup", "0", "--width", "4", "--batch-size", "2", "--device", "cpu",
+                 "--profile"]) == 0
+    out = capsys.readouterr().out
+    assert "ms per step (profiled)" in out and "aten ops per step" in out
+    assert "aten::convolution_backward" in out  # the table names the ops that take the time
+
+
+def test_adam_is_fused_on_cuda_only() -> None:
+    from frametrans.train.base import adam
+
+    cpu = adam(torch.nn.Linear(2, 2).parameters(), 1e-3, 0.9, 0.999)
+    assert not cpu.defaults["fused"]  # torch's default for CPU tensors
+    assert cpu.param_groups[0]["initial_lr"] == 1e-3
+    if torch.cuda.is_available():
+        assert adam(torch.nn.Linear(2, 2).cuda().parameters(), 1e-3, 0.9, 0.999).defaults["fused"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_predictor_trains_on_cuda(tmp_path: Any) -> None:
+    """Generated data on the device, fused Adam, cuDNN autotuning: a few steps, finite losses, saved."""
+    from frametrans.train.trainer import train
+
+    result = train("predictor", {"data": "moving-digits", "size": 32, "width": 4, "depth": 2, "iters": 4,
+                                 "batch_size": 8, "device": "cuda", "val_count": 4, "val_every": 4,
+                                 "sample_every": 4, "save_every": 4, "quiet": True}, tmp_path / "run")
+    assert result.step == 4 and all(np.isfinite(v) for v in result.last_losses.values())
+    assert torch.backends.cudnn.benchmark
+    assert (tmp_path / "run" / "predictor.safetensors").exists()
