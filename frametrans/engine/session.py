@@ -290,13 +290,13 @@ def full_precision_modules(model: nn.Module, device: torch.device, mode: str = "
         return set()
     keep = {name for name, m in model.named_modules() if _is_norm(m)} if mode == "all" else set()
     config = getattr(model, "config", None)
-    probe = _probe_input(model, device)
-    if config is None or probe is None:
+    if config is None or not hasattr(config, "contract"):
         return keep
     c = config.contract()
     out_channels = c.out_channels * c.frames_out
     keep |= {name for name, m in model.named_modules() if isinstance(m, _CONVS) and m.out_channels == out_channels}
-    if mode == "output":
+    probe = _probe_input(model, device) if mode == "all" else None
+    if probe is None:
         return keep
     x, fns, _ = probe
     sizes: Dict[str, Tuple[int, int]] = {}
