@@ -333,3 +333,17 @@ def adam(params: Iterable[nn.Parameter], lr: float, beta1: float, beta2: float,
     for group in opt.param_groups:
         group["initial_lr"] = lr
     return opt
+
+
+def compile_nets(method: Method, device: torch.device) -> None:
+    """``--compile``: compile every network of ``method`` in place (``nn.Module.compile``: the
+    weights, their names and the optimizers stay the same, so checkpoints and resume do not
+    change). Refused in one line where inductor cannot build for ``device``."""
+    from frametrans.engine.compile import can_compile, use_inductor_cache
+
+    why = can_compile(device)
+    if why is not None:
+        raise ValueError(f"--compile: {why}; train without --compile")
+    use_inductor_cache()  # builds are cached: a resumed run starts in seconds
+    for net in method.nets.values():
+        net.compile()

@@ -18,7 +18,7 @@ import argparse
 import json
 import sys
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -29,21 +29,30 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(options: Dict[str, Any], steps: int = 20, warmup: int = 3, host: bool = False) -> Dict[str, Any]:
-    """Seconds per step making data and training; ``options``: ``frametrans train predictor``
-    options (names underscored) over its defaults."""
+def _setup(options: Dict[str, Any], iters: int) -> Tuple[Any, torch.device, Any, Any, Iterator[Dict[str, torch.Tensor]]]:
+    """(options, device, data, predictor method, batch iterator), built as ``frametrans train
+    predictor`` builds them."""
     from frametrans.engine.device import resolve_device
-    from frametrans.train.base import Amp
+    from frametrans.train.base import Amp, compile_nets
     from frametrans.train.datasets import make_loader
     from frametrans.train.options import resolve
     from frametrans.train.predictor import Predictor, build_data
 
-    o, _ = resolve("predictor", dict(options, iters=warmup + steps))
+    o, _ = resolve("predictor", dict(options, iters=iters))
     device = resolve_device(o.device)
     torch.manual_seed(o.seed)
     data, _, _ = build_data(o)
     method = Predictor(o, device, Amp(device, o.precision))
+    if o.compile:
+        compile_nets(method, device)
     loader = make_loader(data, o.batch_size, 0, o.workers, pin_memory=device.type == "cuda", device=device)
+    return o, device, data, method, loader
+
+
+def measure(options: Dict[str, Any], steps: int = 20, warmup: int = 3, host: bool = False) -> Dict[str, Any]:
+    """Seconds per step making data and training; ``options``: ``frametrans train predictor``
+    options (names underscored) over its defaults."""
+    o, device, data, method, loader = _setup(options, warmup + steps)
     data_s: List[float] = []
     step_s: List[float] = []
     for i in range(warmup + steps):
@@ -58,7 +67,7 @@ def measure(options: Dict[str, Any], steps: int = 20, warmup: int = 3, host: boo
         if i >= warmup:
             data_s.append(t1 - t0)
             step_s.append(t2 - t1)
-    result = {"device": str(device), "data": o.data, "batch_size": o.batch_size, "steps": steps,
+    result = {"device": str(device), "data": o.data, "batch_size": o.batch_size, "steps": steps, "compile": o.compile,
               "data_ms": 1e3 * float(np.mean(data_s)), "step_ms": 1e3 * float(np.mean(step_s))}
     result["data_share"] = result["data_ms"] / (result["data_ms"] + result["step_ms"])
     result["data_sequences_per_s"] = o.batch_size / float(np.mean(data_s))
@@ -74,18 +83,7 @@ def profile_steps(options: Dict[str, Any], steps: int = 10, warmup: int = 3, row
     bound by launches, not by arithmetic). Returns the printed table."""
     from torch.profiler import ProfilerActivity, profile
 
-    from frametrans.engine.device import resolve_device
-    from frametrans.train.base import Amp
-    from frametrans.train.datasets import make_loader
-    from frametrans.train.options import resolve
-    from frametrans.train.predictor import Predictor, build_data
-
-    o, _ = resolve("predictor", dict(options, iters=warmup + steps))
-    device = resolve_device(o.device)
-    torch.manual_seed(o.seed)
-    data, _, _ = build_data(o)
-    method = Predictor(o, device, Amp(device, o.precision))
-    loader = make_loader(data, o.batch_size, 0, o.workers, pin_memory=device.type == "cuda", device=device)
+    o, device, _, method, loader = _setup(options, warmup + steps)
 
     def one_step() -> None:
         batch = {k: v.to(device, non_blocking=True) for k, v in next(loader).items()}
@@ -130,7 +128,8 @@ def _host_generator_seconds(data: Any, batch: int, steps: int, warmup: int) -> f
 
 
 def format_result(r: Dict[str, Any]) -> str:
-    lines = [f"predictor on {r['device']}, {r['data']}, batch {r['batch_size']}, {r['steps']} steps:",
+    lines = [f"predictor on {r['device']}, {r['data']}, batch {r['batch_size']}, {r['steps']} steps"
+             f"{', compiled' if r.get('compile') else ''}:",
              f"  data  {r['data_ms']:9.2f} ms/step  ({r['data_sequences_per_s']:.0f} sequences/s made)",
              f"  step  {r['step_ms']:9.2f} ms/step",
              f"  data share of the step: {100 * r['data_share']:.1f}%; training {r['train_sequences_per_s']:.0f} sequences/s"]
@@ -151,12 +150,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--host", action="store_true", help="also time the previous host generator")
+    p.add_argument("--compile", action="store_true", help="compile the predictor (train --compile); the build "
+                   "happens in the warm-up steps")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--profile", action="store_true",
                    help="instead: torch.profiler over --steps steps, the ops and kernels that take the time")
     a = p.parse_args(argv)
     options = {"data": a.data, "mnist_dir": a.mnist_dir, "device": a.device, "batch_size": a.batch_size,
-               "precision": a.precision, "width": a.width}
+               "precision": a.precision, "width": a.width, "compile": a.compile or None}
     if a.profile:
         print(profile_steps({k: v for k, v in options.items() if v is not None}, a.steps, a.warmup))
         return 0

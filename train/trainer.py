@@ -46,7 +46,7 @@ from frametrans.io.errors import first_line
 from frametrans.train import cyclegan, munit, pix2pix, predictor
 from frametrans.train.distributed import (DistContext, convert_batchnorm, env_world_size, mark_collective,
                                           rank_seed, spawn_local, under_launcher)
-from frametrans.train.base import Amp, Method, lr_factor
+from frametrans.train.base import Amp, Method, compile_nets, lr_factor
 from frametrans.train.common import build_unpaired_data
 from frametrans.train.datasets import make_loader, steps_per_epoch
 from frametrans.train.options import TrainOptions, as_layer, option_names, options_class, resolve
@@ -246,7 +246,9 @@ class Trainer:
                 convert_batchnorm(net)
             self.dist.broadcast_modules(list(self.method.nets.values()))
         if o.ema > 0:
-            self.method.enable_ema(o.ema)
+            self.method.enable_ema(o.ema)  # its copies stay eager: they only export and evaluate
+        if o.compile:
+            compile_nets(self.method, self.device)
         self.step = 0
         self.sample = 0  # data stream position (global sample counter)
         if self.resume:
