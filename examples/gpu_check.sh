@@ -8,8 +8,8 @@
 # (examples/precision_cost.py: bf16 with each FRAMETRANS_KEEP_FP32 mode, speed and PSNR to fp32),
 # apply.txt (the README's first command, --yuv on against off and with --hwdec cuda, timed, and
 # the PSNR between --yuv on and off),
-# predictor.txt (Moving MNIST predictor training at batch 64: data and step time in fp32 and bf16, and a
-# profile of the fp32 step, when MNIST_DIR, default .mnist, holds t10k-images-idx3-ubyte.gz), temporal.txt (`frametrans bench temporal` on CUDA:
+# predictor.txt (Moving MNIST predictor training at batch 64: data and step time in fp32, bf16 and
+# compiled fp32, and a profile of the fp32 step, when MNIST_DIR, default .mnist, holds t10k-images-idx3-ubyte.gz), temporal.txt (`frametrans bench temporal` on CUDA:
 # what --temporal stats / auto cost beside the model, at 640x360, and at 1080p with the flow on the
 # GPU and on host threads), and bench-gpu.json / bench-gpu.md (`frametrans bench gpu`: the whole table of issue 15, under
 # 6 minutes). Written for a machine that has torch with CUDA but not this package: frametrans is
@@ -148,10 +148,13 @@ if want predictor && [ -f "$mnist/t10k-images-idx3-ubyte.gz" ]; then  # issue 18
         step timeout 120 python3 -m frametrans.train.data_bench --data moving-mnist --mnist-dir "$mnist" --device cuda \
             --batch-size 64 --steps 50 --warmup 5 --precision "$precision" >> "$out/predictor.txt" 2>&1
     done
+    # compiled (train --compile): fewer, fused kernels; the build (~1 min) happens in the warm-up steps
+    step timeout 240 python3 -m frametrans.train.data_bench --data moving-mnist --mnist-dir "$mnist" --device cuda \
+        --batch-size 64 --steps 50 --warmup 5 --compile >> "$out/predictor.txt" 2>&1
     # where a step's time goes: launches per step against the device's busy time (issue 18's 10x needs < 8.5 ms)
     step timeout 120 python3 -m frametrans.train.data_bench --data moving-mnist --mnist-dir "$mnist" --device cuda \
         --batch-size 64 --steps 10 --warmup 5 --profile >> "$out/predictor.txt" 2>&1
-    head -n 12 "$out/predictor.txt"
+    head -n 24 "$out/predictor.txt"
 fi
 
 # issue 16: what --temporal costs next to a GPU model (--temporal-flow auto: DIS on host threads, computed
