@@ -144,6 +144,7 @@ fi
 
 mnist=${MNIST_DIR:-.mnist}  # t10k-images-idx3-ubyte.gz (../shared/data/mnist), carried like the wheels
 if want predictor && [ -f "$mnist/t10k-images-idx3-ubyte.gz" ]; then  # issue 18: the predictor at batch 64 is not data-bound
+    : > "$out/predictor.txt"
     for precision in fp32 bf16; do
         step timeout 120 python3 -m frametrans.train.data_bench --data moving-mnist --mnist-dir "$mnist" --device cuda \
             --batch-size 64 --steps 50 --warmup 5 --precision "$precision" >> "$out/predictor.txt" 2>&1

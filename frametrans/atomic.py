@@ -13,8 +13,9 @@ import glob
 import os
 import re
 import secrets
+import threading
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Iterator, Set, Union
 
 PathLike = Union[str, os.PathLike]
 
@@ -92,15 +93,18 @@ class FolderSync:
     """
 
     def __init__(self) -> None:
-        self._folders: set = set()
+        self._folders: Set[Path] = set()
+        self._lock = threading.Lock()
 
     def add(self, path: PathLike) -> None:
-        """Record the folder of ``path`` (thread-safe: one set insertion)."""
-        self._folders.add(Path(path).parent)
+        """Record the folder of ``path`` (from any thread)."""
+        with self._lock:
+            self._folders.add(Path(path).parent)
 
     def sync(self) -> None:
         """fsync every recorded folder, then forget them."""
-        folders, self._folders = self._folders, set()
+        with self._lock:
+            folders, self._folders = self._folders, set()
         for folder in sorted(folders):
             fsync_dir(folder)
 

@@ -267,6 +267,8 @@ def _write(dst: Path, kind: str, images: List[np.ndarray], first_index: int, fps
                 writer.write(im)
         return
     dst.mkdir(parents=True, exist_ok=True)
-    for k, im in enumerate(images):
-        write_image(dst / f"{first_index + k:06d}.png", im, sync_folder=False)
-    fsync_dir(dst)  # once for the folder, not once per frame
+    try:
+        for k, im in enumerate(images):
+            write_image(dst / f"{first_index + k:06d}.png", im, sync_folder=False)
+    finally:
+        fsync_dir(dst)  # once for the folder, not once per frame

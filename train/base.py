@@ -277,6 +277,11 @@ class Method:
         for net in self.nets.values():
             net.train()
 
+    def compile_units(self) -> List[nn.Module]:
+        """The modules whose ``forward`` the training step calls (what ``--compile`` compiles):
+        every network, unless a method calls its networks' parts directly."""
+        return list(self.nets.values())
+
     def export(self, run_dir: Path, provenance: Dict[str, Any]) -> List[Path]:
         """Write each generator with :func:`frametrans.checkpoint.save_model` (atomically)."""
         return [save_model(module, Path(run_dir) / self.exports[key], provenance=provenance)
@@ -302,7 +307,7 @@ class Method:
             m.load_state_dict(state["nets"][k])
         for k, o in self.optimizers.items():
             base_lrs = [g["initial_lr"] for g in o.param_groups]  # this run's --lr wins
-            o.load_state_dict(state["optimizers"][k])
+            o.load_state_dict(_with_our_implementation(state["optimizers"][k], o))
             for g, lr in zip(o.param_groups, base_lrs):
                 g["initial_lr"] = lr
         self.amp.load_state_dict(state.get("scaler") or {})
@@ -314,6 +319,15 @@ class Method:
             raise ValueError("--ema differs from the saved run; resume with the same --ema")
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
+
+
+def _with_our_implementation(saved: Dict[str, Any], opt: torch.optim.Optimizer) -> Dict[str, Any]:
+    """The saved optimizer state with this run's implementation flags (``fused``, ``foreach``) in
+    its groups: a state saved on the CPU (or before Adam was fused on CUDA) resumes fused on CUDA,
+    and torch then places its step counters where the fused kernel wants them."""
+    ours = [{k: g.get(k) for k in ("fused", "foreach")} for g in opt.param_groups]
+    groups = [dict(g, **impl) for g, impl in zip(saved["param_groups"], ours)]
+    return dict(saved, param_groups=groups)
 
 
 def _same_keys(what: str, saved: Dict[str, Any], ours: Dict[str, Any]) -> None:
@@ -335,15 +349,32 @@ def adam(params: Iterable[nn.Parameter], lr: float, beta1: float, beta2: float,
     return opt
 
 
-def compile_nets(method: Method, device: torch.device) -> None:
-    """``--compile``: compile every network of ``method`` in place (``nn.Module.compile``: the
+def compile_nets(method: Method, device: torch.device) -> List[str]:
+    """``--compile``: compile ``method.compile_units()`` in place (``nn.Module.compile``: the
     weights, their names and the optimizers stay the same, so checkpoints and resume do not
-    change). Refused in one line where inductor cannot build for ``device``."""
+    change). Discriminators stay eager under a gradient penalty (``--gan-mode wgan-gp``
+    differentiates them twice, which compiled modules cannot). Refused in one line where inductor
+    cannot build for ``device``. Returns the log lines to show."""
     from frametrans.engine.compile import can_compile, use_inductor_cache
 
     why = can_compile(device)
     if why is not None:
         raise ValueError(f"--compile: {why}; train without --compile")
     use_inductor_cache()  # builds are cached: a resumed run starts in seconds
-    for net in method.nets.values():
-        net.compile()
+    gan = getattr(method, "gan", None)
+    eager = ({id(net) for k, net in method.nets.items() if k not in method.exports}
+             if gan is not None and gan.needs_gradient_penalty else set())
+    for unit in method.compile_units():
+        if id(unit) not in eager:
+            unit.compile()
+    if eager:
+        return ["--compile: the discriminators stay eager (the wgan-gp penalty differentiates them twice, "
+                "which torch.compile does not support)"]
+    return []
+
+
+def prepare_device(device: torch.device) -> None:
+    """Process-wide settings for training on ``device``: on CUDA, cuDNN autotunes the convolution
+    algorithms (a run's crop and batch are fixed)."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True

@@ -33,7 +33,7 @@ def _setup(options: Dict[str, Any], iters: int) -> Tuple[Any, torch.device, Any,
     """(options, device, data, predictor method, batch iterator), built as ``frametrans train
     predictor`` builds them."""
     from frametrans.engine.device import resolve_device
-    from frametrans.train.base import Amp, compile_nets
+    from frametrans.train.base import Amp, compile_nets, prepare_device
     from frametrans.train.datasets import make_loader
     from frametrans.train.options import resolve
     from frametrans.train.predictor import Predictor, build_data
@@ -43,6 +43,7 @@ def _setup(options: Dict[str, Any], iters: int) -> Tuple[Any, torch.device, Any,
     torch.manual_seed(o.seed)
     data, _, _ = build_data(o)
     method = Predictor(o, device, Amp(device, o.precision))
+    prepare_device(device)
     if o.compile:
         compile_nets(method, device)
     loader = make_loader(data, o.batch_size, 0, o.workers, pin_memory=device.type == "cuda", device=device)
@@ -81,6 +82,7 @@ def profile_steps(options: Dict[str, Any], steps: int = 10, warmup: int = 3, row
     """torch.profiler over ``steps`` training steps (data included) after ``warmup``: the ops and
     kernels that take the time, and how many launches a step makes (a small model on a GPU is
     bound by launches, not by arithmetic). Returns the printed table."""
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     o, device, _, method, loader = _setup(options, warmup + steps)
@@ -103,9 +105,10 @@ def profile_steps(options: Dict[str, Any], steps: int = 10, warmup: int = 3, row
     events = prof.key_averages()
     sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     table = events.table(sort_by=sort, row_limit=rows)
-    kernels = sum(e.count for e in events if getattr(e, "device_type", None) is not None
-                  and str(e.device_type).endswith("CUDA") and not e.key.startswith(("cudaMemcpy", "Memcpy", "Memset")))
-    busy_ms = sum(getattr(e, "self_device_time_total", 0) for e in events) / 1e3 / steps
+    # the device's own events (kernels, copies), not the CPU ops they are also attributed to, nor annotations
+    on_device = [e for e in events if e.device_type == DeviceType.CUDA and not getattr(e, "is_user_annotation", False)]
+    kernels = sum(e.count for e in on_device if not e.key.startswith(("Memcpy", "Memset")))
+    busy_ms = sum(e.self_device_time_total for e in on_device) / 1e3 / steps
     ops = sum(e.count for e in events if e.key.startswith("aten::"))
     head = (f"predictor on {device}, batch {o.batch_size}, {o.precision}: {wall_ms:.2f} ms per step (profiled), "
             f"{ops / steps:.0f} aten ops per step"

@@ -20,11 +20,12 @@ Exports ``munit.safetensors`` (both auto-encoders, registry name ``munit``).
 from __future__ import annotations
 
 import itertools
-from typing import Dict, Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from frametrans.models.munit import MUNIT, MultiScaleDiscriminator, MUNITConfig, MUNITDiscriminatorConfig
 from frametrans.train.base import Amp, Method, adam, eval_mode, image_grid, seeded, set_requires_grad
@@ -57,6 +58,13 @@ class MUNITMethod(Method):
         self.exports = {"gen": "munit.safetensors"}
         self.gan = GANLoss(o.gan_mode)
         self.vgg = VGGPerceptualLoss(o.vgg_weights).to(device) if o.vgg_weights else None
+
+    def compile_units(self) -> List[nn.Module]:
+        """The step calls the generators' encoders, decoders and style MLPs directly, not their
+        ``forward``: those, and the discriminators."""
+        gen: MUNIT = self.nets["gen"]  # type: ignore[assignment]
+        parts = [m for g in (gen.gen_a, gen.gen_b) for m in (g.enc_style, g.enc_content, g.dec, g.mlp)]
+        return parts + [self.nets["dis_a"], self.nets["dis_b"]]
 
     def _styles(self, batch: int) -> Tuple[torch.Tensor, torch.Tensor]:
         """Random styles for a local batch of ``batch``: drawn for the global batch (DDP), sliced."""

@@ -46,7 +46,7 @@ from frametrans.io.errors import first_line
 from frametrans.train import cyclegan, munit, pix2pix, predictor
 from frametrans.train.distributed import (DistContext, convert_batchnorm, env_world_size, mark_collective,
                                           rank_seed, spawn_local, under_launcher)
-from frametrans.train.base import Amp, Method, compile_nets, lr_factor
+from frametrans.train.base import Amp, Method, compile_nets, lr_factor, prepare_device
 from frametrans.train.common import build_unpaired_data
 from frametrans.train.datasets import make_loader, steps_per_epoch
 from frametrans.train.options import TrainOptions, as_layer, option_names, options_class, resolve
@@ -238,8 +238,7 @@ class Trainer:
             raise ValueError(f"--batch-size {o.batch_size} is the global batch and must split evenly over "
                              f"{self.world} processes; use a multiple of {self.world}")
         self.method: Method = self.spec.cls(o, self.device, self.amp)
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # fixed crop and batch: autotune the conv algorithms
+        prepare_device(self.device)
         if self.dist is not None:
             self.method.shard = self.dist.shard
             for net in self.method.nets.values():  # statistics over the global batch
@@ -248,7 +247,7 @@ class Trainer:
         if o.ema > 0:
             self.method.enable_ema(o.ema)  # its copies stay eager: they only export and evaluate
         if o.compile:
-            compile_nets(self.method, self.device)
+            self.notes += tuple(compile_nets(self.method, self.device))
         self.step = 0
         self.sample = 0  # data stream position (global sample counter)
         if self.resume:

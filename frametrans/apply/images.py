@@ -83,8 +83,10 @@ def apply_images(jobs: List[Job], translator: Translator, opts: OutputOptions, r
                 progress.update(1)
     finally:
         with signals_deferred():  # a second Ctrl-C must not kill the writers mid-file
-            writer.close()  # finishes every image handed to it (also on Ctrl-C): no partial files
-            folders.sync()
+            try:
+                writer.close()  # finishes every image handed to it (also on Ctrl-C): no partial files
+            finally:
+                folders.sync()
     if stop:
         report.not_done.extend(j.src for j in todo if id(j) not in started)
 
