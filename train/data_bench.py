@@ -161,10 +161,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     a = p.parse_args(argv)
     options = {"data": a.data, "mnist_dir": a.mnist_dir, "device": a.device, "batch_size": a.batch_size,
                "precision": a.precision, "width": a.width, "compile": a.compile or None}
-    if a.profile:
-        print(profile_steps({k: v for k, v in options.items() if v is not None}, a.steps, a.warmup))
-        return 0
-    result = measure({k: v for k, v in options.items() if v is not None}, a.steps, a.warmup, a.host)
+    given = {k: v for k, v in options.items() if v is not None}
+    try:
+        if a.profile:
+            print(profile_steps(given, a.steps, a.warmup))
+            return 0
+        result = measure(given, a.steps, a.warmup, a.host)
+    except ValueError as exc:  # bad options, no CUDA, no compiler: one line
+        print(f"{p.prog}: error: {exc}", file=sys.stderr)
+        return 2
     print(json.dumps(result) if a.json else format_result(result))
     return 0
 

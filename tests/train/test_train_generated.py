@@ -81,6 +81,14 @@ def test_data_bench_measures(capsys: pytest.CaptureFixture) -> None:
     assert "data share of the step" in out and "previous host generator" in out
 
 
+def test_data_bench_bad_option_is_one_line(capsys: pytest.CaptureFixture) -> None:
+    from frametrans.train.data_bench import main
+
+    assert main(["--steps", "1", "--device", "cpu", "--batch-size", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "error:" in err and "batch" in err
+
+
 def test_data_bench_profiles_a_step(capsys: pytest.CaptureFixture) -> None:
     from frametrans.train.data_bench import main
 
