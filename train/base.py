@@ -324,7 +324,10 @@ class Method:
 def _with_our_implementation(saved: Dict[str, Any], opt: torch.optim.Optimizer) -> Dict[str, Any]:
     """The saved optimizer state with this run's implementation flags (``fused``, ``foreach``) in
     its groups: a state saved on the CPU (or before Adam was fused on CUDA) resumes fused on CUDA,
-    and torch then places its step counters where the fused kernel wants them."""
+    and torch then places its step counters where the fused kernel wants them. A state with another
+    number of groups is returned as it is, for torch to refuse."""
+    if len(saved["param_groups"]) != len(opt.param_groups):
+        return saved
     ours = [{k: g.get(k) for k in ("fused", "foreach")} for g in opt.param_groups]
     groups = [dict(g, **impl) for g, impl in zip(saved["param_groups"], ours)]
     return dict(saved, param_groups=groups)

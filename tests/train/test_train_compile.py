@@ -62,6 +62,9 @@ def test_saved_optimizer_state_resumes_with_this_runs_implementation() -> None:
     torch.testing.assert_close(state["exp_avg"], old.state[net.weight]["exp_avg"])
     assert float(state["step"]) == 1.0
     fused.step()  # the fused kernel takes the loaded state
+    two_groups = torch.optim.Adam([{"params": [net.weight]}, {"params": [net.bias]}], lr=1e-3)
+    with pytest.raises(ValueError, match="parameter groups"):  # another layout: still refused, not cut to fit
+        fused.load_state_dict(_with_our_implementation(two_groups.state_dict(), fused))
 
 
 def test_compile_refused_in_one_line_without_a_compiler(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
