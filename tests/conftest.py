@@ -67,7 +67,15 @@ def model_path(tmp_path_factory):
     return tiny_resnet_file(tmp_path_factory.mktemp("model"))
 
 
+def _start_rank(item) -> int:
+    """0 for a test in an ``xdist_group`` (a group runs on one worker, one after another: the ray
+    and ddp groups are the longest units of work, 30-75 s), 1 for a test marked ``slow``, 2 for the rest."""
+    if item.get_closest_marker("xdist_group") is not None:
+        return 0
+    return 1 if item.get_closest_marker("slow") is not None else 2
+
+
 def pytest_collection_modifyitems(config, items):
-    """The long tests (marked ``slow``) first, the rest in their order: with pytest-xdist's workers
-    (the README's test command) a long test that starts last leaves the other workers idle at the end."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    """The longest units of work first, the rest in their order: with pytest-xdist's workers (the
+    README's test command) a long unit that starts last leaves the other workers idle at the end."""
+    items.sort(key=_start_rank)
