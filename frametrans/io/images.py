@@ -47,7 +47,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageSequence, UnidentifiedImageError
 
-from frametrans.atomic import atomic_path, atomic_write_bytes
+from frametrans.atomic import atomic_write_bytes
 
 from .colour import SrgbConverter
 from .errors import InputError
@@ -604,13 +604,7 @@ def write_image(
         data = _encode_opencv(path, image, alpha, ".png")  # 8-bit gray, RGB, RGBA: the fast encoder
     else:
         data = _encode_pillow(image, alpha, pil_format, quality)
-    if before_commit is None:
-        atomic_write_bytes(path, data, sync_folder=sync_folder)
-        return path
-    with atomic_path(path, suffix=".tmp", sync_folder=sync_folder) as tmp:
-        with os.fdopen(os.open(tmp, os.O_WRONLY | getattr(os, "O_BINARY", 0)), "wb") as f:
-            f.write(data)
-        before_commit()
+    atomic_write_bytes(path, data, sync_folder=sync_folder, before_commit=before_commit)
     return path
 
 

@@ -254,6 +254,33 @@ def test_folder_sync_deferred_but_file_synced_before_rename(tmp_path, chelsea, m
     assert events == [("file",), ("rename", "d.png"), ("dir", tmp_path.name)]
 
 
+def test_atomic_bytes_one_descriptor_whole_file_before_commit_usual_mode(tmp_path):
+    """atomic_write_bytes: the temporary file holds every byte when ``before_commit`` runs; what it
+    raises leaves the old file and no temporary; the file gets the mode of an ordinary new file."""
+    from frametrans.atomic import atomic_write_bytes
+
+    target = tmp_path / "out.bin"
+    data = os.urandom(300_000)
+    seen = []
+
+    def check() -> None:
+        (tmp,) = [p for p in tmp_path.iterdir() if p.name.startswith(".out.bin.")]
+        seen.append(tmp.read_bytes() == data)
+
+    atomic_write_bytes(target, data, sync_folder=False, before_commit=check)
+    assert seen == [True] and target.read_bytes() == data and only_files(tmp_path) == ["out.bin"]
+    mask = os.umask(0)
+    os.umask(mask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~mask
+
+    def refuse() -> None:
+        raise RuntimeError("not this one")
+
+    with pytest.raises(RuntimeError, match="not this one"):
+        atomic_write_bytes(target, b"new", before_commit=refuse)
+    assert target.read_bytes() == data and sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"]
+
+
 def test_failed_write_leaves_nothing(tmp_path):
     with pytest.raises(ValueError, match="16-bit"):
         write_image(tmp_path / "x.jpg", np.zeros((4, 4, 3), np.uint16))
