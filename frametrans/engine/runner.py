@@ -331,11 +331,11 @@ class Runner:
                    ) -> Tuple[torch.Tensor, bool]:
         """The model's output ``y`` [B, C, H, W] -> (integers [B, H, W, C] of the images' depth, or
         YUV 4:2:0 planes [B, H*3/2, W] uint8 for planes input; whether they are planes)."""
-        y = transforms.from_model_range(y, self.contract.value_range, max_value)
+        y = transforms.from_model_range(y, self.contract.value_range, max_value, in_place=True)
         planes = yuv.output_planes(images, y)
         if planes is not None:
             return planes, True
-        return y.to(torch.int32 if images[0].dtype == np.uint16 else torch.uint8).permute(0, 2, 3, 1), False
+        return transforms.pixels_to_integers(y, images[0].dtype), False
 
     def _model_tensor(self, images: Sequence[np.ndarray], max_value: float, fp32: bool = False
                       ) -> Tuple[torch.Tensor, Pads]:

@@ -34,13 +34,28 @@ def to_model_range(x: torch.Tensor, value_range: Tuple[float, float], max_value:
     return (x.to(dtype) * ((hi - lo) / max_value) + lo).contiguous()
 
 
-def from_model_range(y: torch.Tensor, value_range: Tuple[float, float], max_value: float
-                     ) -> torch.Tensor:
-    """Float in ``value_range`` -> rounded, clamped pixel values [0, max_value] as float32."""
+def from_model_range(y: torch.Tensor, value_range: Tuple[float, float], max_value: float,
+                     in_place: bool = False) -> torch.Tensor:
+    """Float in ``value_range`` -> rounded, clamped pixel values [0, max_value] as float32.
+
+    ``in_place``: a float32 ``y`` is overwritten (the caller owns it and is done with it): no new
+    frame-sized tensor, whose first touch of fresh memory costs as much as the arithmetic on the CPU.
+    Otherwise ``y`` is kept."""
     lo, hi = value_range
     f = y.float()
-    scaled = f.sub_(lo) if f is not y else f.sub(lo)  # one new tensor, then in place (``y`` kept)
+    scaled = f.sub_(lo) if f is not y or in_place else f.sub(lo)
     return scaled.mul_(max_value / (hi - lo)).round_().clamp_(0, max_value)
+
+
+def pixels_to_integers(y: torch.Tensor, dtype: np.dtype) -> torch.Tensor:
+    """Rounded, clamped pixel values [B, C, H, W] float32 -> [B, H, W, C] integers holding
+    ``dtype`` (uint8; int32 for uint16, which torch cannot hold everywhere). On the CPU, uint8 goes
+    through numpy, whose float -> uint8 cast is ~3x faster than torch's (0.8 against 2.4 ms for a
+    1280x720 frame, one thread); the values are whole numbers in range, so both give the same."""
+    nhwc = y.permute(0, 2, 3, 1)
+    if dtype == np.uint8 and y.device.type == "cpu" and y.dtype == torch.float32:
+        return torch.from_numpy(nhwc.numpy().astype(np.uint8))
+    return nhwc.to(torch.int32 if dtype == np.uint16 else torch.uint8)
 
 
 def tensor_to_images(y: torch.Tensor, dtype: np.dtype) -> List[np.ndarray]:

@@ -4,6 +4,7 @@ test_memory.py, fast paths in test_fast_paths.py, the non-finite guard in test_n
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from frametrans.bench.models import NullModel
@@ -28,6 +29,29 @@ def test_null_model_round_trip_is_exact_for_8_and_16_bit_and_gray():
     for image, (_, out) in zip(images, runner.run(frames_of(images))):
         assert out.dtype == image.dtype and out.shape == image.shape[:2] + (3,)
         np.testing.assert_array_equal(out, np.broadcast_to(image, out.shape))  # gray: repeated to RGB
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_output_conversion_in_place_and_through_numpy_equals_torch(layout):
+    """The runner's conversion back (in place on the model's output, uint8 through numpy on the CPU)
+    gives torch's own rounding (half to even) and clamping, value for value, ties included."""
+    from frametrans.engine import transforms
+
+    g = torch.Generator().manual_seed(0)
+    y = (torch.rand(2, 3, 9, 14, generator=g) * 2.4 - 1.2).contiguous(memory_format=layout)
+    y[0, 0, 0, :6] = torch.tensor([-1.0, 1.0, 1 / 255 - 1, 2 / 255 - 1, 3 / 255 - 1, 0.0])  # x.5 ties
+    expected = y.sub(-1).mul(127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+    kept = y.clone()
+    pixels = transforms.from_model_range(kept, (-1.0, 1.0), 255.0)
+    assert torch.equal(kept, y)  # the default keeps its input
+    owned = y.clone()
+    in_place = transforms.from_model_range(owned, (-1.0, 1.0), 255.0, in_place=True)
+    assert in_place.data_ptr() == owned.data_ptr() and torch.equal(in_place, pixels)
+    out = transforms.pixels_to_integers(in_place, np.dtype(np.uint8))
+    assert out.dtype == torch.uint8 and out.shape == (2, 9, 14, 3)
+    assert torch.equal(out, expected)
+    wide = transforms.pixels_to_integers(transforms.from_model_range(y, (-1.0, 1.0), 65535.0), np.dtype(np.uint16))
+    assert wide.dtype == torch.int32 and int(wide.max()) == 65535 and int(wide.min()) == 0
 
 
 def test_run_keeps_the_order_and_the_frame_objects_across_sizes():
