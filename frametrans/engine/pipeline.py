@@ -21,7 +21,7 @@ import queue
 import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable, Deque, Iterable, Iterator, Optional, TypeVar
+from typing import Any, Callable, Deque, Dict, Iterable, Iterator, Optional, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -185,7 +185,8 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int, depth: O
                 size: Optional[Callable[[R], int]] = None) -> Iterator[R]:
     """``fn(item)`` for each of ``items`` on ``workers`` threads; the results in the order of ``items``.
 
-    Bounded: at most ``depth`` items (default twice ``workers``) are started and not yet consumed;
+    Bounded: at most ``depth`` items (default twice ``workers`` plus 8: the caller takes a batch of
+    small frames at once, and the threads should have work meanwhile) are started and not yet consumed;
     with ``max_bytes`` and ``size``, no further item starts while the started ones would hold more
     than ``max_bytes``, each counted at ``size`` of the latest result (the images of one folder
     are alike; one item always runs, and only one until the first result is known). Items are
@@ -196,7 +197,7 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int, depth: O
     the generator early drops the items not started and waits for the running ones.
     """
     workers = max(1, int(workers))
-    depth = max(1, depth or 2 * workers)
+    depth = max(1, depth or 2 * workers + 8)
     source = iter(items)
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
     started: Deque["Future[R]"] = deque()
@@ -223,20 +224,28 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int, depth: O
 
 
 class _TurnGate:
-    """A counter of turns passed; :meth:`wait` blocks until it reaches a given number."""
+    """A counter of turns passed; :meth:`wait` blocks until it reaches a given number. Only the
+    thread whose turn comes next is woken (a writer pool has one thread per core; waking them all
+    at every turn cost each frame a round of wake-ups, all queued on the GIL)."""
 
     def __init__(self) -> None:
         self.next = 0
-        self.cond = threading.Condition()
+        self._lock = threading.Lock()
+        self._waiting: Dict[int, threading.Event] = {}
 
     def wait(self, seq: int) -> None:
-        with self.cond:
-            self.cond.wait_for(lambda: self.next >= seq)
+        with self._lock:
+            if self.next >= seq:
+                return
+            event = self._waiting.setdefault(seq, threading.Event())
+        event.wait()
 
     def advance(self) -> None:
-        with self.cond:
+        with self._lock:
             self.next += 1
-            self.cond.notify_all()
+            event = self._waiting.pop(self.next, None)
+        if event is not None:
+            event.set()
 
 
 class Turn:
@@ -265,7 +274,8 @@ class WorkerPool:
     """Run ``fn(item, turn)`` for each submitted item on ``workers`` threads, in submission order
     where it matters: the caller's side of :func:`ordered_map`, for encoders and writers.
 
-    ``submit`` blocks while ``depth`` items (default twice ``workers``) are waiting or running, or
+    ``submit`` blocks while ``depth`` items (default twice ``workers`` plus 8: room for a batch's
+    outputs while the threads are busy) are waiting or running, or
     while their ``size(item)`` would pass ``max_bytes`` (one item always fits). ``done(result)``
     is called for each result in submission order, on the submitting thread (in ``submit`` and
     ``close``), so what it records keeps the input order; ``turn`` (a :class:`Turn`) orders a step
@@ -281,7 +291,7 @@ class WorkerPool:
         workers = max(1, int(workers))
         self._fn, self._done = fn, done
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
-        self._slots = threading.Semaphore(max(1, depth or 2 * workers))
+        self._slots = threading.Semaphore(max(1, depth or 2 * workers + 8))
         self._bytes = _ByteGate(max_bytes, size)
         self._turns = _TurnGate()
         self._futures: Deque[Future] = deque()

@@ -153,6 +153,33 @@ def test_worker_pool_bounds_items_waiting_or_running():
     assert live.now == 0 and live.most <= 4 + 1  # +1: counted before submit blocks
 
 
+def test_turns_pass_in_order_one_waiter_after_another():
+    """Waiters of turns 1..N (started in random order, each woken by the turn before it) go in
+    order; no waiter is left registered; a turn already passed does not wait."""
+    from frametrans.engine.pipeline import _TurnGate
+
+    gate, order = _TurnGate(), []
+
+    def waiter(seq: int) -> None:
+        gate.wait(seq)
+        order.append(seq)
+        gate.advance()
+
+    seqs = list(range(1, 13))
+    random.Random(3).shuffle(seqs)
+    threads = [threading.Thread(target=waiter, args=(s,)) for s in seqs]
+    for t in threads:
+        t.start()
+    time.sleep(0.05)
+    assert order == []
+    gate.advance()  # turn 0 passes: 1 goes, then 2...
+    for t in threads:
+        t.join(timeout=10)
+    assert order == list(range(1, 13))
+    assert not gate._waiting and gate.next == 13
+    gate.wait(5)
+
+
 def test_default_workers_is_the_cores_of_this_process():
     assert 1 <= default_workers() <= (len(__import__("os").sched_getaffinity(0))
                                       if hasattr(__import__("os"), "sched_getaffinity") else 10**6)
