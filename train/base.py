@@ -379,5 +379,6 @@ def compile_nets(method: Method, device: torch.device) -> List[str]:
 def prepare_device(device: torch.device) -> None:
     """Process-wide settings for training on ``device``: on CUDA, cuDNN autotunes the convolution
     algorithms (a run's crop and batch are fixed)."""
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    from frametrans.engine.device import autotune_convolutions
+
+    autotune_convolutions(device)

@@ -1,10 +1,12 @@
-"""Device and precision choice: the only place that decides where and in what dtype models run."""
+"""Device and precision choice: the only place that decides where and in what dtype models run,
+and the process-wide backend switches that go with a device (cuDNN's autotuner)."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 
@@ -122,3 +124,26 @@ def set_cpu_threads(threads: Optional[int]) -> None:
     """Use ``threads`` intra-op threads (None: torch's default, one per core)."""
     if threads:
         torch.set_num_threads(threads)
+
+
+def autotune_convolutions(device: torch.device) -> None:
+    """On CUDA, let cuDNN time its convolution algorithms for each new input shape and keep the
+    fastest (process-wide, for the rest of the process): an apply job's frames and a training
+    run's crops have one shape, so the first batch pays and the others gain. Elsewhere nothing."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
+@contextlib.contextmanager
+def no_conv_autotuning(device: torch.device) -> Iterator[None]:
+    """On CUDA, cuDNN's heuristic algorithm choice inside the block (the autotuner's setting is
+    restored after it): for work of many shapes whose workspaces a memory budget must bound."""
+    if device.type != "cuda":
+        yield
+        return
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before

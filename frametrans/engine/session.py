@@ -116,8 +116,7 @@ class Session:
         self.precision_db: Optional[float] = None  # precision=auto's probe, when it ran
         if (precision or "auto").lower() == "auto" and self.dtype != torch.float32 and self.device.type != "mps":
             self._check_auto_precision()
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # fixed shapes per job: autotune conv algorithms
+        devices.autotune_convolutions(self.device)  # fixed shapes per job
         if self.device.type == "cpu" and self.dtype == torch.bfloat16 and not devices.cpu_has_bf16():
             log.warning("bf16 on a CPU without bf16 units is emulated and much slower than fp32 "
                         "(measured 60x on an AVX2 CPU); --precision auto picks fp32 here")

@@ -36,6 +36,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Set, Tuple, Union
 import torch
 from torch import Tensor, fx, nn
 
+from frametrans.engine import device as devices
 from frametrans.engine.bandgraph import BandGraph, Step, Unstreamable, _evaluate, _Root, trace_bands
 from frametrans.engine.normstats import _adapter_for, _frozen_forward, _patched_forwards
 from frametrans.engine.tiledstats import _reduce_dims
@@ -317,21 +318,12 @@ class Streamer:
             run.close()
 
 
-@contextlib.contextmanager
-def _no_conv_autotuning(device: torch.device) -> Iterator[None]:
+def _no_conv_autotuning(device: torch.device) -> "contextlib.AbstractContextManager[None]":
     """On CUDA, bands run with cuDNN's heuristic algorithm choice, not its autotuner (which the
     session turns on for whole frames): the autotuner tries every algorithm of each new band shape
     with workspaces that the budget does not count. On an H200 (2026-11-30), bands planned within
     4 MiB peaked at 533 MiB with the autotuner on; test_row_bands_on_cuda checks the bound."""
-    if device.type != "cuda":
-        yield
-        return
-    before = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.benchmark = before
+    return devices.no_conv_autotuning(device)
 
 
 class _Run:

@@ -100,3 +100,18 @@ def test_session_inference_context():
     with pytest.raises(ValueError, match="fp16 is not supported on the CPU"):
         Session(model, "cpu", "fp16")
     assert np.isfinite(y.float().numpy()).all()
+
+
+def test_conv_autotuning_is_switched_on_for_cuda_only(monkeypatch):
+    """The one place that sets cuDNN's autotuner: on for a CUDA session or training run (for the
+    rest of the process), untouched for other devices; bands switch it off for their block only."""
+    from frametrans.engine import device as devices
+
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    devices.autotune_convolutions(torch.device("cpu"))
+    assert torch.backends.cudnn.benchmark is False
+    devices.autotune_convolutions(torch.device("cuda"))
+    assert torch.backends.cudnn.benchmark is True
+    with devices.no_conv_autotuning(torch.device("cuda")):
+        assert torch.backends.cudnn.benchmark is False
+    assert torch.backends.cudnn.benchmark is True
