@@ -54,6 +54,20 @@ def test_output_conversion_in_place_and_through_numpy_equals_torch(layout):
     assert wide.dtype == torch.int32 and int(wide.max()) == 65535 and int(wide.min()) == 0
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("dtype,top", [(torch.uint8, 255), (torch.int32, 65535)])
+def test_input_conversion_through_numpy_equals_torch_and_keeps_the_layout(layout, dtype, top):
+    """Integers -> model range on the CPU (cast by numpy) gives torch's own cast, bit for bit, in
+    the input's memory layout."""
+    from frametrans.engine.runner import _to_model_range
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(0, top + 1, (2, 3, 7, 10), generator=g).to(dtype).contiguous(memory_format=layout)
+    got = _to_model_range(x, (-1.0, 1.0), float(top))
+    assert got.dtype == torch.float32 and got.stride() == x.stride()
+    assert torch.equal(got, x.to(torch.float32).mul_(2.0 / top).add_(-1.0))
+
+
 def test_run_keeps_the_order_and_the_frame_objects_across_sizes():
     """Frames of other sizes break a batch; whatever the batching, every frame comes out once, in
     order, with its own object (its metadata) and its own size."""
