@@ -185,8 +185,7 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int, depth: O
                 size: Optional[Callable[[R], int]] = None) -> Iterator[R]:
     """``fn(item)`` for each of ``items`` on ``workers`` threads; the results in the order of ``items``.
 
-    Bounded: at most ``depth`` items (default twice ``workers`` plus 8: the caller takes a batch of
-    small frames at once, and the threads should have work meanwhile) are started and not yet consumed;
+    Bounded: at most ``depth`` items (default twice ``workers``) are started and not yet consumed;
     with ``max_bytes`` and ``size``, no further item starts while the started ones would hold more
     than ``max_bytes``, each counted at ``size`` of the latest result (the images of one folder
     are alike; one item always runs, and only one until the first result is known). Items are
@@ -197,7 +196,7 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int, depth: O
     the generator early drops the items not started and waits for the running ones.
     """
     workers = max(1, int(workers))
-    depth = max(1, depth or 2 * workers + 8)
+    depth = max(1, depth or 2 * workers)
     source = iter(items)
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
     started: Deque["Future[R]"] = deque()
@@ -274,8 +273,7 @@ class WorkerPool:
     """Run ``fn(item, turn)`` for each submitted item on ``workers`` threads, in submission order
     where it matters: the caller's side of :func:`ordered_map`, for encoders and writers.
 
-    ``submit`` blocks while ``depth`` items (default twice ``workers`` plus 8: room for a batch's
-    outputs while the threads are busy) are waiting or running, or
+    ``submit`` blocks while ``depth`` items (default twice ``workers``) are waiting or running, or
     while their ``size(item)`` would pass ``max_bytes`` (one item always fits). ``done(result)``
     is called for each result in submission order, on the submitting thread (in ``submit`` and
     ``close``), so what it records keeps the input order; ``turn`` (a :class:`Turn`) orders a step
@@ -291,7 +289,7 @@ class WorkerPool:
         workers = max(1, int(workers))
         self._fn, self._done = fn, done
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
-        self._slots = threading.Semaphore(max(1, depth or 2 * workers + 8))
+        self._slots = threading.Semaphore(max(1, depth or 2 * workers))
         self._bytes = _ByteGate(max_bytes, size)
         self._turns = _TurnGate()
         self._futures: Deque[Future] = deque()
