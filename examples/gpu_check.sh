@@ -11,7 +11,8 @@
 # predictor.txt (Moving MNIST predictor training at batch 64: data and step time in fp32, bf16 and
 # compiled fp32, and a profile of the fp32 step, when MNIST_DIR, default .mnist, holds t10k-images-idx3-ubyte.gz), temporal.txt (`frametrans bench temporal` on CUDA:
 # what --temporal stats / auto cost beside the model, at 640x360, and at 1080p with the flow on the
-# GPU and on host threads), and bench-gpu.json / bench-gpu.md (`frametrans bench gpu`: the whole table of issue 15, under
+# GPU and on host threads), pipeline.txt and bench-pipeline-*.json (`frametrans bench pipeline`: folder scaling
+# with 1-16 I/O threads, the host ceiling at 1080p with frames on the GPU), and bench-gpu.json / bench-gpu.md (`frametrans bench gpu`: the whole table of issue 15, under
 # 6 minutes). Written for a machine that has torch with CUDA but not this package: frametrans is
 # installed with --target next to it, and WHEELS (a folder of wheels, e.g. PyAV's, default .whl)
 # first, without dependencies. To carry PyAV to a machine without it (Python 3.12, x86-64):
@@ -21,7 +22,7 @@
 #
 # Each step's failure is recorded and the next step still runs; the exit status is the first failure's.
 # All of it takes longer than one 10-minute device call: GPU_CHECK_STEPS picks some of the steps
-# (space-separated: tests aoti precision apply predictor temporal bench temporal-1080p; default: all), e.g.
+# (space-separated: tests aoti precision apply predictor temporal pipeline bench temporal-1080p; default: all), e.g.
 #
 #   GPU_CHECK_STEPS="tests apply predictor temporal temporal-1080p" bash examples/gpu_check.sh OUT  # ~6 min
 #   GPU_CHECK_STEPS=bench bash examples/gpu_check.sh OUT                                             # <= 8 min
@@ -164,6 +165,17 @@ if want temporal; then
     step timeout 90 frametrans bench temporal --device cuda --models cyclegan --modes off,stats,auto --frames 40 \
         --repeat 1 --json "$out/bench-temporal.json" >> "$out/temporal.txt" 2>&1
     tail -n 8 "$out/temporal.txt"
+fi
+
+# issue 15's host side on this machine's cores: folder scaling with I/O threads (the 1.7x target for 2
+# threads, and beyond), and the ceiling at 1080p with the frames on the GPU, which `bench gpu` skipped
+# when its budget ran out (2026-11-30)
+if want pipeline; then
+    step timeout 150 frametrans bench pipeline --device cpu --size 256 --frames 384 --inputs png,jpg \
+        --threads 1,2,4,8,16 --repeat 1 --json "$out/bench-pipeline-threads.json" >> "$out/pipeline.txt" 2>&1
+    step timeout 150 frametrans bench pipeline --device cuda --size 1920x1080 --frames 48 --inputs video,png,jpg \
+        --repeat 1 --json "$out/bench-pipeline-1080p.json" >> "$out/pipeline.txt" 2>&1
+    grep -E '^\||scaling' "$out/pipeline.txt"
 fi
 
 if want bench; then
