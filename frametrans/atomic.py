@@ -126,9 +126,9 @@ def atomic_write_bytes(path: PathLike, data: bytes, sync_folder: bool = True,
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         try:
-            with memoryview(data) as view:
-                while view:
-                    view = view[os.write(fd, view):]
+            view = memoryview(data).cast("B")  # any contiguous bytes-like object
+            while view:
+                view = view[os.write(fd, view):]
             if before_commit is not None:
                 before_commit()
             os.fsync(fd)
