@@ -125,38 +125,20 @@ def test_read_only_output_folder(tmp_path, model_path, tiny_disk):
 def test_enospc_mid_write_leaves_no_half_file(tmp_path, model_path, monkeypatch):
     noisy_pngs(tmp_path / "in", 6, size=(16, 16))
     out = tmp_path / "out"
-    real_fdopen = os.fdopen
+    real_write = os.write
 
-    class HalfWriter:
-        def __init__(self, f):
-            self.f = f
-
-        def write(self, data):
-            self.f.write(data[: len(data) // 2])
-            raise OSError(errno.ENOSPC, "No space left on device")
-
-        def __getattr__(self, name):
-            return getattr(self.f, name)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.f.close()
-
-    def fdopen(fd, *args, **kwargs):
-        f = real_fdopen(fd, *args, **kwargs)
+    def write(fd, data):
         target = os.readlink(f"/proc/self/fd/{fd}")
-        if str(out) in target:
-            # the third output (by name: the writer pool may open files out of order) hits a
-            # full disk halfway through
-            if Path(target).name.startswith(".img02.png."):
-                return HalfWriter(f)
-        return f
+        # the third output (by name: the writer pool may open files out of order) hits a full disk
+        # halfway through
+        if str(out) in target and Path(target).name.startswith(".img02.png."):
+            real_write(fd, bytes(memoryview(data)[: len(data) // 2]))
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
 
     if not os.path.exists("/proc/self/fd"):
         pytest.skip("needs /proc")
-    monkeypatch.setattr(os, "fdopen", fdopen)
+    monkeypatch.setattr(os, "write", write)
     res = run("apply", tmp_path / "in", "-o", out, "-m", model_path)
     assert res.exit_code == 1
     failed = failure_lines(res.output)
