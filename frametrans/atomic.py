@@ -15,7 +15,7 @@ import re
 import secrets
 import threading
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Set, Union
+from typing import Callable, Iterator, Optional, Set, Tuple, Union
 
 PathLike = Union[str, os.PathLike]
 
@@ -66,16 +66,30 @@ def atomic_path(path: PathLike, suffix: str = "", sync_folder: bool = True) -> I
     is removed and the target is left as it was.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_path_for(path, suffix or path.suffix)
-    # O_EXCL: never clobber; mode 0o666 so the umask gives the usual permissions.
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666))
-    try:
+    tmp, fd = _new_temporary(path, suffix or path.suffix)
+    os.close(fd)
+    with _replacing(tmp, path, sync_folder):
         yield tmp
         # writers that recreate the file (safetensors does) leave it 0600: restore the usual mode
         os.chmod(tmp, 0o666 & ~_umask())
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+
+
+def _new_temporary(path: Path, suffix: str) -> Tuple[Path, int]:
+    """Create the temporary sibling of ``path`` (and missing parent folders); returns it and its
+    open descriptor. O_EXCL: never clobber; mode 0o666 so the umask gives the usual permissions."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_path_for(path, suffix)
+    return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+
+
+@contextlib.contextmanager
+def _replacing(tmp: Path, path: Path, sync_folder: bool) -> Iterator[None]:
+    """Run the block (which fills and fsyncs ``tmp``); then rename ``tmp`` over ``path`` and, with
+    ``sync_folder``, fsync the folder. On an exception ``tmp`` is removed and ``path`` left alone."""
+    try:
+        yield
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -121,10 +135,8 @@ def atomic_write_bytes(path: PathLike, data: bytes, sync_folder: bool = True,
     pool calls this for every image of a folder, so the syscalls per file count.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_path_for(path, ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
+    tmp, fd = _new_temporary(path, ".tmp")
+    with _replacing(tmp, path, sync_folder):
         try:
             view = memoryview(data).cast("B")  # any contiguous bytes-like object
             while view:
@@ -134,13 +146,6 @@ def atomic_write_bytes(path: PathLike, data: bytes, sync_folder: bool = True,
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    if sync_folder:
-        fsync_dir(path.parent)
 
 
 def atomic_write_text(path: PathLike, text: str) -> None:
