@@ -331,7 +331,10 @@ class Runner:
                    ) -> Tuple[torch.Tensor, bool]:
         """The model's output ``y`` [B, C, H, W] -> (integers [B, H, W, C] of the images' depth, or
         YUV 4:2:0 planes [B, H*3/2, W] uint8 for planes input; whether they are planes)."""
-        y = transforms.from_model_range(y, self.contract.value_range, max_value, in_place=True)
+        # the output is the runner's to overwrite, unless its elements share memory (a model that
+        # hands back its gray input expanded to RGB)
+        y = transforms.from_model_range(y, self.contract.value_range, max_value,
+                                        in_place=not transforms.has_internal_overlap(y))
         planes = yuv.output_planes(images, y)
         if planes is not None:
             return planes, True
@@ -570,10 +573,10 @@ def _same_kind(a: np.ndarray, b: np.ndarray) -> bool:
 def _to_model_range(x: torch.Tensor, value_range: Tuple[float, float], max_value: float) -> torch.Tensor:
     """Integers [0, max_value] -> float32 in ``value_range``, keeping the input's memory layout
     (:func:`transforms.to_model_range` makes it NCHW-contiguous: a full-frame transpose). On the
-    CPU the integers become floats through numpy (its order="K" keeps the layout), ~3x faster than
-    torch's cast (0.8 against 2.4 ms for a 1280x720 frame, one thread); exact either way."""
+    CPU the integers become floats through numpy where that is faster
+    (:func:`transforms.numpy_casts_faster`; its order="K" keeps the layout); exact either way."""
     lo, hi = value_range
-    if x.device.type == "cpu" and not x.is_floating_point():
+    if not x.is_floating_point() and transforms.numpy_casts_faster(x):
         f = torch.from_numpy(x.numpy().astype(np.float32))
     else:
         f = x.to(torch.float32)

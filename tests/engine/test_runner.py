@@ -68,6 +68,17 @@ def test_input_conversion_through_numpy_equals_torch_and_keeps_the_layout(layout
     assert torch.equal(got, x.to(torch.float32).mul_(2.0 / top).add_(-1.0))
 
 
+def test_null_model_gray_round_trip_without_channels_last():
+    """A model that hands back its input: a gray frame expanded to RGB (three channels on one
+    memory location, not copied without channels_last) comes back exact, not written in place."""
+    import dataclasses
+
+    image = np.random.default_rng(2).integers(0, 256, (16, 18, 1), dtype=np.uint8)
+    runner = Runner(NullModel(), dataclasses.replace(FP32, channels_last=False))
+    out = runner([image])[0]
+    np.testing.assert_array_equal(out, np.broadcast_to(image, (16, 18, 3)))
+
+
 def test_run_keeps_the_order_and_the_frame_objects_across_sizes():
     """Frames of other sizes break a batch; whatever the batching, every frame comes out once, in
     order, with its own object (its metadata) and its own size."""
