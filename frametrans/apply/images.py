@@ -15,6 +15,7 @@ from frametrans.apply.report import Report, Stop, signals_deferred
 from frametrans.apply.temporal import translate_stream
 from frametrans.apply.translator import Translator, run_variants
 from frametrans.atomic import FolderSync
+from frametrans.engine.memory import queue_items
 from frametrans.engine.pipeline import Turn, WorkerPool, default_workers, ordered_map
 from frametrans.io import images
 from frametrans.io.errors import InputError, OutputError, first_line, is_fatal_write_error
@@ -50,11 +51,13 @@ def apply_images(jobs: List[Job], translator: Translator, opts: OutputOptions, r
         progress.update(len(jobs) - len(todo))
     workers = io_threads or default_workers()
     queue = translator.queue_bytes()
+    depth = min(2 * workers, queue_items())  # what the memory plan counts, with --io-threads over the cores too
     jobs_by_frame: Dict[int, Job] = {}
     started: set = set()
 
     def frames() -> Iterator[Frame]:
-        decoded = ordered_map(_reader(opts), todo, workers, name="decode", max_bytes=queue, size=_item_bytes)
+        decoded = ordered_map(_reader(opts), todo, workers, depth=depth, name="decode", max_bytes=queue,
+                              size=_item_bytes)
         with contextlib.closing(decoded):
             for j, frame, err in decoded:
                 if stop:
@@ -71,7 +74,7 @@ def apply_images(jobs: List[Job], translator: Translator, opts: OutputOptions, r
         report.fail(job.src, first_line(exc))
 
     folders = FolderSync()  # each output folder is fsynced once, when the writers are done
-    writer = WorkerPool(_writer(stop, folders), workers, name="encode", max_bytes=queue,
+    writer = WorkerPool(_writer(stop, folders), workers, depth=depth, name="encode", max_bytes=queue,
                         size=lambda item: item[3].nbytes, done=_recorder(report))
     try:
         for frame, outs in run_variants(frames(), translator, model_failed):

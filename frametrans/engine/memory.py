@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from frametrans.engine.padding import min_side
+from frametrans.engine.pipeline import default_workers
 from frametrans.engine.tiling import plan_tiles
 
 # the CPU batches frames up to this many pixels in all (4 frames of 256x256; a 640x360 frame alone)
@@ -41,6 +42,13 @@ MAX_QUEUE_DEPTH = 8
 # peak activations of a forward as a multiple of its largest layer output (inputs and outputs of
 # the running layer, skip connections, oneDNN's layout copies on the CPU)
 ACTIVATION_FACTOR = 3.2
+
+
+def queue_items() -> int:
+    """The most frames one queue between two stages holds: 8 for a video's decoder and encoder
+    threads; a folder's pools of decode and encode threads (one per core) keep twice their
+    threads, capped at this (see :func:`frametrans.apply.images.apply_images`)."""
+    return max(MAX_QUEUE_DEPTH, 2 * default_workers())
 
 if TYPE_CHECKING:
     from frametrans.engine.session import Session
@@ -159,11 +167,12 @@ class MemoryPolicy:
         return self.budget // 16 if self.cpu else None
 
     def queue_depth(self, frame_bytes: int) -> int:
-        """How many frames of ``frame_bytes`` a queue may hold within :meth:`queue_limit`: 1..8."""
+        """How many frames of ``frame_bytes`` a queue may hold within :meth:`queue_limit`: 1 to
+        :func:`queue_items`."""
         limit = self.queue_limit()
         if limit is None:
-            return MAX_QUEUE_DEPTH
-        return int(max(1, min(MAX_QUEUE_DEPTH, limit // max(1, frame_bytes))))
+            return queue_items()
+        return int(max(1, min(queue_items(), limit // max(1, frame_bytes))))
 
     def queue_bytes(self, h: int, w: int, channels: int = 3, item: int = 1) -> int:
         """Bytes the two queues may hold for frames of this size (0 on a GPU: host memory)."""

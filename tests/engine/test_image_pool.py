@@ -270,3 +270,33 @@ def test_full_disk_stops_at_the_same_file_whatever_the_threads(tmp_path, null, m
     assert report.stopped and "No space left on device" in report.stopped
     assert [Path(s).name for s, _ in report.failed] == ["img02.png"]
     assert sorted(p.name for p in report.not_done) == [f"img{i:02d}.png" for i in range(3, 10)]
+
+
+def test_folder_queues_hold_no_more_frames_than_the_memory_plan_counts(tmp_path, null, monkeypatch):
+    """A folder's decode and encode pools keep twice their threads of frames, capped at what the
+    memory plan counts per queue (queue_items: 8, or twice the cores): more I/O threads than
+    cores do not add frames the budget does not see."""
+    from frametrans.apply import images as folder_path
+    from frametrans.engine import memory, pipeline
+
+    monkeypatch.setattr(pipeline.os, "sched_getaffinity", lambda pid: set(range(6)), raising=False)
+    assert pipeline.default_workers() == 6 and memory.queue_items() == 12
+    runner = null.variants[0].runner
+    assert runner.memory.queue_depth(100) == 12  # small frames: the item count, not the bytes, binds
+    seen = {}
+    real_map, real_pool = folder_path.ordered_map, folder_path.WorkerPool
+
+    def ordered_map(*a, **k):
+        seen["decode"] = k["depth"]
+        return real_map(*a, **k)
+
+    def worker_pool(*a, **k):
+        seen["encode"] = k["depth"]
+        return real_pool(*a, **k)
+
+    monkeypatch.setattr(folder_path, "ordered_map", ordered_map)
+    monkeypatch.setattr(folder_path, "WorkerPool", worker_pool)
+    _pictures(tmp_path / "in", 5)
+    for threads, depth in ((2, 4), (6, 12), (40, 12)):
+        report = _apply(tmp_path / "in", tmp_path / f"out{threads}", null, threads)
+        assert len(report.written) == 5 and seen == {"decode": depth, "encode": depth}, threads
