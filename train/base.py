@@ -375,10 +375,3 @@ def compile_nets(method: Method, device: torch.device) -> List[str]:
                 "which torch.compile does not support)"]
     return []
 
-
-def prepare_device(device: torch.device) -> None:
-    """Process-wide settings for training on ``device``: on CUDA, cuDNN autotunes the convolution
-    algorithms (a run's crop and batch are fixed)."""
-    from frametrans.engine.device import autotune_convolutions
-
-    autotune_convolutions(device)

@@ -32,8 +32,8 @@ def _sync(device: torch.device) -> None:
 def _setup(options: Dict[str, Any], iters: int) -> Tuple[Any, torch.device, Any, Any, Iterator[Dict[str, torch.Tensor]]]:
     """(options, device, data, predictor method, batch iterator), built as ``frametrans train
     predictor`` builds them."""
-    from frametrans.engine.device import resolve_device
-    from frametrans.train.base import Amp, compile_nets, prepare_device
+    from frametrans.engine.device import autotune_convolutions, resolve_device
+    from frametrans.train.base import Amp, compile_nets
     from frametrans.train.datasets import make_loader
     from frametrans.train.options import resolve
     from frametrans.train.predictor import Predictor, build_data
@@ -43,7 +43,7 @@ def _setup(options: Dict[str, Any], iters: int) -> Tuple[Any, torch.device, Any,
     torch.manual_seed(o.seed)
     data, _, _ = build_data(o)
     method = Predictor(o, device, Amp(device, o.precision))
-    prepare_device(device)
+    autotune_convolutions(device)
     if o.compile:
         compile_nets(method, device)
     loader = make_loader(data, o.batch_size, 0, o.workers, pin_memory=device.type == "cuda", device=device)

@@ -42,11 +42,12 @@ import numpy as np
 import torch
 
 from frametrans.atomic import atomic_path, atomic_write_text
+from frametrans.engine.device import autotune_convolutions, resolve_device
 from frametrans.io.errors import first_line
 from frametrans.train import cyclegan, munit, pix2pix, predictor
 from frametrans.train.distributed import (DistContext, convert_batchnorm, env_world_size, mark_collective,
                                           rank_seed, spawn_local, under_launcher)
-from frametrans.train.base import Amp, Method, compile_nets, lr_factor, prepare_device
+from frametrans.train.base import Amp, Method, compile_nets, lr_factor
 from frametrans.train.common import build_unpaired_data
 from frametrans.train.datasets import make_loader, steps_per_epoch
 from frametrans.train.options import TrainOptions, as_layer, option_names, options_class, resolve
@@ -204,8 +205,6 @@ class Trainer:
 
     def __init__(self, method: str, options: TrainOptions, run_dir: Path, resume: bool = False,
                  dist: Optional[DistContext] = None, notes: Sequence[str] = ()) -> None:
-        from frametrans.engine.device import resolve_device
-
         self.spec = _spec(method)
         self.method_name = method
         self.options = options
@@ -238,7 +237,7 @@ class Trainer:
             raise ValueError(f"--batch-size {o.batch_size} is the global batch and must split evenly over "
                              f"{self.world} processes; use a multiple of {self.world}")
         self.method: Method = self.spec.cls(o, self.device, self.amp)
-        prepare_device(self.device)
+        autotune_convolutions(self.device)  # a run's crop and batch are fixed
         if self.dist is not None:
             self.method.shard = self.dist.shard
             for net in self.method.nets.values():  # statistics over the global batch

@@ -50,6 +50,7 @@ def queue_items() -> int:
     threads, capped at this (see :func:`frametrans.apply.images.apply_images`)."""
     return max(MAX_QUEUE_DEPTH, 2 * default_workers())
 
+
 if TYPE_CHECKING:
     from frametrans.engine.session import Session
 

@@ -312,18 +312,14 @@ class Streamer:
         input's exact statistics (``--temporal stats``)."""
         run = _Run(self, x, stats_filter)
         try:
-            with _no_conv_autotuning(self.device):
+            # cuDNN's heuristic algorithm choice, not its autotuner (which the session turns on for
+            # whole frames): the autotuner tries every algorithm of each new band shape with workspaces
+            # that the budget does not count. On an H200 (2026-11-30), bands planned within 4 MiB
+            # peaked at 533 MiB with it on; test_row_bands_on_cuda checks the bound.
+            with devices.no_conv_autotuning(self.device):
                 return run.execute()
         finally:
             run.close()
-
-
-def _no_conv_autotuning(device: torch.device) -> "contextlib.AbstractContextManager[None]":
-    """On CUDA, bands run with cuDNN's heuristic algorithm choice, not its autotuner (which the
-    session turns on for whole frames): the autotuner tries every algorithm of each new band shape
-    with workspaces that the budget does not count. On an H200 (2026-11-30), bands planned within
-    4 MiB peaked at 533 MiB with the autotuner on; test_row_bands_on_cuda checks the bound."""
-    return devices.no_conv_autotuning(device)
 
 
 class _Run:

@@ -73,7 +73,7 @@ def pixels_to_integers(y: torch.Tensor, dtype: np.dtype) -> torch.Tensor:
 
 def tensor_to_images(y: torch.Tensor, dtype: np.dtype) -> List[np.ndarray]:
     """[B,C,H,W] float pixel values -> list of [H,W,C] numpy arrays of ``dtype`` (C=1 kept as HxWx1)."""
-    arr = y.to("cpu", torch.int32 if dtype == np.uint16 else torch.uint8).permute(0, 2, 3, 1).numpy()
+    arr = pixels_to_integers(y, dtype).to("cpu").numpy()
     return [a.astype(dtype, copy=False) for a in arr]
 
 

@@ -160,22 +160,23 @@ def test_a_forward_that_cannot_stream_still_runs_in_tiles():
 def test_bands_on_cuda_run_without_the_conv_autotuner(monkeypatch):
     """cuDNN's autotuner is off while bands run on CUDA (its trial workspaces are outside the
     budget) and back as it was afterwards; other devices leave it alone."""
-    from frametrans.engine.streaming import _no_conv_autotuning
+    from frametrans.engine import device as devices
 
+    no_conv_autotuning = devices.no_conv_autotuning
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
-    with _no_conv_autotuning(torch.device("cuda")):
+    with no_conv_autotuning(torch.device("cuda")):
         assert torch.backends.cudnn.benchmark is False
     assert torch.backends.cudnn.benchmark is True
-    with _no_conv_autotuning(torch.device("cpu")):
+    with no_conv_autotuning(torch.device("cpu")):
         assert torch.backends.cudnn.benchmark is True
     # and every streamed frame runs inside it, with the streamer's device
     seen = []
 
     def recording(device):
         seen.append(device)
-        return _no_conv_autotuning(device)
+        return no_conv_autotuning(device)
 
-    monkeypatch.setattr("frametrans.engine.streaming._no_conv_autotuning", recording)
+    monkeypatch.setattr(devices, "no_conv_autotuning", recording)
     model = tiny_model("resnet", ngf=8).eval()
     x = torch.rand(1, 3, 64, 96) * 2 - 1
     streamer = Streamer(trace_bands(model, lambda m, t: m(t), tuple(x.shape)), model, lambda m, t: m(t),
