@@ -126,9 +126,9 @@ class FolderSync:
 def atomic_write_bytes(path: PathLike, data: bytes, sync_folder: bool = True,
                        before_commit: Optional[Callable[[], None]] = None) -> None:
     """Write ``data`` (bytes, or any contiguous bytes-like object) to ``path`` so that readers see
-    either the old file or the whole new one (``sync_folder``: see :func:`atomic_path`). ``before_commit`` is called once the bytes are in
-    the temporary file, before it replaces ``path``; whatever it raises is raised with nothing left
-    behind.
+    either the old file or the whole new one (``sync_folder``: see :func:`atomic_path`).
+    ``before_commit`` is called once the bytes are in the temporary file, before it replaces
+    ``path``; whatever it raises is raised with nothing left behind.
 
     The same steps as :func:`atomic_path` on one file descriptor: the temporary file is created
     (exclusively, mode 0o666 less the umask), written, fsynced and closed, then renamed. A writer

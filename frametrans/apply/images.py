@@ -51,7 +51,7 @@ def apply_images(jobs: List[Job], translator: Translator, opts: OutputOptions, r
         progress.update(len(jobs) - len(todo))
     workers = io_threads or default_workers()
     queue = translator.queue_bytes()
-    depth = min(2 * workers, queue_items())  # what the memory plan counts, with --io-threads over the cores too
+    depth = min(2 * workers, queue_items())  # what the memory plan counts, also with --io-threads > cores
     jobs_by_frame: Dict[int, Job] = {}
     started: set = set()
 
