@@ -231,6 +231,28 @@ def test_write_is_atomic_and_overwrites(tmp_path, chelsea):
     np.testing.assert_array_equal(read_image(target).image, chelsea[::-1])
 
 
+@pytest.mark.parametrize("quality", [95, 90, 89, 75])
+def test_jpeg_written_by_opencv_has_pillows_bytes(tmp_path, chelsea, quality):
+    """JPEGs are encoded by OpenCV with Pillow's settings (4:4:4 chroma from quality 90, 4:2:0
+    below): the same file as Pillow's, byte for byte, for RGB; gray ones decode to the same pixels
+    (one header byte differs below quality 90, see _encode_jpeg). Odd sizes exercise the edge blocks."""
+    import io
+
+    for image in (chelsea, chelsea[:131, :257], np.ascontiguousarray(chelsea[5:40, 3:60, ::-1])):
+        path = write_image(tmp_path / "out.jpg", image, quality=quality)
+        pillow = io.BytesIO()
+        Image.fromarray(image).save(pillow, format="JPEG", quality=quality, subsampling=0 if quality >= 90 else 2)
+        assert path.read_bytes() == pillow.getvalue()
+    gray = np.ascontiguousarray(chelsea[..., 1])
+    path = write_image(tmp_path / "gray.jpg", gray, quality=quality)
+    pillow = io.BytesIO()
+    Image.fromarray(gray).save(pillow, format="JPEG", quality=quality, subsampling=0 if quality >= 90 else 2)
+    np.testing.assert_array_equal(read_image(path).image[..., 0], np.asarray(Image.open(pillow)))
+    with pytest.raises(ValueError, match="quality must be 1..100"):
+        write_image(tmp_path / "bad.jpg", gray, quality=101)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gray.jpg", "out.jpg"]
+
+
 def test_folder_sync_deferred_but_file_synced_before_rename(tmp_path, chelsea, monkeypatch):
     """sync_folder=False: the file is still fsynced before its rename (never a partial file under
     the final name after a crash); the folder is synced once, by FolderSync, not per file."""
