@@ -79,9 +79,13 @@ def atomic_path(path: PathLike, suffix: str = "", sync_folder: bool = True) -> I
 def _new_temporary(path: Path, suffix: str) -> Tuple[Path, int]:
     """Create the temporary sibling of ``path`` (and missing parent folders); returns it and its
     open descriptor. O_EXCL: never clobber; mode 0o666 so the umask gives the usual permissions."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_path_for(path, suffix)
-    return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    try:
+        return tmp, os.open(tmp, flags, 0o666)
+    except FileNotFoundError:  # the folder is missing (the usual case needs no mkdir syscalls)
+        path.parent.mkdir(parents=True, exist_ok=True)
+    return tmp, os.open(tmp, flags, 0o666)
 
 
 @contextlib.contextmanager
