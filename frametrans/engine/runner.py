@@ -333,8 +333,12 @@ class Runner:
         YUV 4:2:0 planes [B, H*3/2, W] uint8 for planes input; whether they are planes)."""
         # the output is the runner's to overwrite, unless its elements share memory (a model that
         # hands back its gray input expanded to RGB)
-        y = transforms.from_model_range(y, self.contract.value_range, max_value,
-                                        in_place=not transforms.has_internal_overlap(y))
+        in_place = not transforms.has_internal_overlap(y)
+        if in_place and max_value == 255.0 and not isinstance(images[0], YUV420):
+            pixels = transforms.model_output_to_bytes(y, self.contract.value_range)
+            if pixels is not None:
+                return pixels, False
+        y = transforms.from_model_range(y, self.contract.value_range, max_value, in_place=in_place)
         planes = yuv.output_planes(images, y)
         if planes is not None:
             return planes, True
@@ -574,8 +578,13 @@ def _to_model_range(x: torch.Tensor, value_range: Tuple[float, float], max_value
     """Integers [0, max_value] -> float32 in ``value_range``, keeping the input's memory layout
     (:func:`transforms.to_model_range` makes it NCHW-contiguous: a full-frame transpose). On the
     CPU the integers become floats through numpy where that is faster
-    (:func:`transforms.numpy_casts_faster`; its order="K" keeps the layout); exact either way."""
+    (:func:`transforms.numpy_casts_faster`; its order="K" keeps the layout), and bytes by a table
+    lookup (:func:`transforms.bytes_to_model_range`); exact either way."""
     lo, hi = value_range
+    if max_value == 255.0:
+        looked_up = transforms.bytes_to_model_range(x, value_range)
+        if looked_up is not None:
+            return looked_up
     if not x.is_floating_point() and transforms.numpy_casts_faster(x):
         f = torch.from_numpy(x.numpy().astype(np.float32))
     else:

@@ -55,6 +55,46 @@ def test_output_conversion_in_place_and_through_numpy_equals_torch(layout):
 
 
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("value_range", [(-1.0, 1.0), (0.0, 1.0)])
+def test_output_to_bytes_in_one_cast_equals_torch(layout, value_range):
+    """The CPU shortcut for 8-bit outputs (scaled and clamped in place, rounded and cast by OpenCV)
+    gives the bytes of from_model_range + pixels_to_integers: ties round half to even, values far
+    outside the range (beyond int32 once scaled) clamp to 0 and 255, in both memory layouts."""
+    from frametrans.engine import transforms
+
+    lo, hi = value_range
+    g = torch.Generator().manual_seed(2)
+    y = torch.rand(3, 3, 11, 17, generator=g) * (hi - lo) * 1.3 + lo - 0.15 * (hi - lo)
+    ties = (torch.randint(0, 255, y.shape, generator=g).float() + 0.5) * ((hi - lo) / 255.0) + lo
+    y = torch.where(torch.rand(y.shape, generator=g) < 0.3, ties, y)
+    y[0, 0, 0, :4] = torch.tensor([1e12, -1e12, 3e9, -3e9])
+    y = y.contiguous(memory_format=layout)
+    expected = transforms.pixels_to_integers(transforms.from_model_range(y, value_range, 255.0), np.dtype(np.uint8))
+    got = transforms.model_output_to_bytes(y.clone(memory_format=torch.preserve_format), value_range)
+    assert got.dtype == torch.uint8 and got.shape == (3, 11, 17, 3)
+    assert torch.equal(got, expected)
+    assert got[0, 0, :4, 0].tolist() == [255, 0, 255, 0]
+    assert transforms.model_output_to_bytes(y[:, :, :, ::2], value_range) is None  # strided: not for it
+
+
+@pytest.mark.parametrize("value_range", [(-1.0, 1.0), (0.0, 1.0), (-0.5, 2.0)])
+def test_byte_table_lookup_equals_the_arithmetic(value_range):
+    """uint8 -> model range by table lookup: the bits of the cast, multiply and add it replaces, in
+    both layouts, also for frames larger than one lookup block; other layouts are left to them."""
+    from frametrans.engine import transforms
+
+    lo, hi = value_range
+    for shape in [(2, 3, 7, 10), (1, 3, 300, 500)]:
+        x = torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+        expected = x.to(torch.float32).mul_((hi - lo) / 255.0).add_(lo)
+        for layout in (torch.contiguous_format, torch.channels_last):
+            got = transforms.bytes_to_model_range(x.contiguous(memory_format=layout), value_range)
+            assert got.is_contiguous(memory_format=layout) and torch.equal(got, expected)
+    assert transforms.bytes_to_model_range(x[:, :, ::2], value_range) is None
+    assert transforms.bytes_to_model_range(x.to(torch.int32), value_range) is None
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
 @pytest.mark.parametrize("dtype,top", [(torch.uint8, 255), (torch.int32, 65535)])
 def test_input_conversion_through_numpy_equals_torch_and_keeps_the_layout(layout, dtype, top):
     """Integers -> model range on the CPU (cast by numpy) gives torch's own cast, bit for bit, in
@@ -66,6 +106,9 @@ def test_input_conversion_through_numpy_equals_torch_and_keeps_the_layout(layout
     got = _to_model_range(x, (-1.0, 1.0), float(top))
     assert got.dtype == torch.float32 and got.stride() == x.stride()
     assert torch.equal(got, x.to(torch.float32).mul_(2.0 / top).add_(-1.0))
+    strided = x[:, :, :, ::3]  # no table lookup for this layout: the numpy cast
+    assert torch.equal(_to_model_range(strided, (-1.0, 1.0), float(top)),
+                       strided.to(torch.float32).mul_(2.0 / top).add_(-1.0))
 
 
 def test_null_model_gray_round_trip_without_channels_last():
