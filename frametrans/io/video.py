@@ -328,6 +328,19 @@ def _missing_tail(stream: av.VideoStream, last: av.VideoFrame | None) -> str | N
 # ----------------------------------------------------------------------------------------- write
 
 
+def rgb_frame(image: np.ndarray) -> av.VideoFrame:
+    """(H, W, 3) uint8 C-contiguous RGB -> an rgb24 :class:`av.VideoFrame`: one copy into the frame
+    where its rows are not padded (0.85 against 2.4 ms at 1280x720 for ``from_ndarray``, which
+    copies row by row; measured 2026-12-01), else ``from_ndarray``."""
+    h, w = image.shape[:2]
+    frame = av.VideoFrame(w, h, "rgb24")
+    plane = frame.planes[0]
+    if plane.line_size == w * 3 and image.flags.c_contiguous:
+        plane.update(image)
+        return frame
+    return av.VideoFrame.from_ndarray(image, format="rgb24")
+
+
 class VideoWriter:
     """Encode frames into a video file, keeping timestamps and copying audio/subtitles.
 
@@ -531,7 +544,7 @@ class VideoWriter:
         if self.padded:
             h, w = image.shape[:2]
             image = np.pad(image, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-        return av.VideoFrame.from_ndarray(image, format="rgb24")
+        return rgb_frame(image)
 
     def _check_image(self, image: np.ndarray) -> np.ndarray:
         image = np.asarray(image)

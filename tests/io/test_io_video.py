@@ -343,3 +343,17 @@ def test_declared_size_and_close_as(tmp_path):
     writer.close_as(tmp_path / "clip.partial.mkv")
     assert os.listdir(tmp_path) == ["clip.partial.mkv"]
     assert len(list(iter_video_frames(tmp_path / "clip.partial.mkv"))) == 3
+
+
+@pytest.mark.parametrize("width", [1280, 64, 7, 33])
+def test_rgb_frame_is_from_ndarray(width):
+    """The writer's frame construction (one copy where rows are not padded) gives the frame
+    from_ndarray gives, also for widths whose rows PyAV pads and for non-contiguous images."""
+    from frametrans.io.video import rgb_frame
+
+    image = np.random.default_rng(width).integers(0, 256, (18, width, 3), dtype=np.uint8)
+    for im in (image, image[:, ::-1]):
+        got = rgb_frame(np.ascontiguousarray(im) if im is image else im)
+        assert got.format.name == "rgb24" and (got.width, got.height) == (width, 18)
+        expected = av.VideoFrame.from_ndarray(np.ascontiguousarray(im), format="rgb24")
+        np.testing.assert_array_equal(got.to_ndarray(), expected.to_ndarray())
