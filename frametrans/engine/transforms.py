@@ -38,8 +38,9 @@ def to_model_range(x: torch.Tensor, value_range: Tuple[float, float], max_value:
 def _byte_table(lo: float, hi: float) -> np.ndarray:
     """float32 [1, 256]: byte value i -> i * ((hi - lo) / 255) + lo, made by the same float32 torch
     operations as :func:`to_model_range` (so the lookup gives the same bits)."""
-    table = torch.arange(256, dtype=torch.float32).mul_((hi - lo) / 255.0).add_(lo)
-    return table.numpy().reshape(1, 256)
+    table = torch.arange(256, dtype=torch.float32).mul_((hi - lo) / 255.0).add_(lo).numpy().reshape(1, 256)
+    table.setflags(write=False)  # shared by every caller (cached)
+    return table
 
 
 def bytes_to_model_range(x: torch.Tensor, value_range: Tuple[float, float]) -> Optional[torch.Tensor]:

@@ -321,10 +321,10 @@ def _decode_tiff_pages_opencv(path: Path, n: int) -> list[np.ndarray]:
 
 
 def _check_file(path: Path) -> None:
-    """One stat (a folder of small images pays this per file)."""
+    """One stat and one access check (a folder of small images pays this per file)."""
     try:
         st = os.stat(path)
-    except (FileNotFoundError, NotADirectoryError):
+    except (FileNotFoundError, NotADirectoryError, ValueError):  # ValueError: a NUL in the name
         st = None
     except OSError as exc:
         if exc.errno != errno.ELOOP:
@@ -634,6 +634,8 @@ def _normalize_for_write(
         raise ValueError(
             f"{path}: image must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got {image.shape}"
         )
+    if image.size == 0:
+        raise ValueError(f"{path}: cannot write an empty image ({image.shape[1]}x{image.shape[0]})")
     if image.shape[2] == 4:
         if alpha is None:
             alpha = image[:, :, 3]

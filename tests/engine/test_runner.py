@@ -111,6 +111,34 @@ def test_input_conversion_through_numpy_equals_torch_and_keeps_the_layout(layout
                        strided.to(torch.float32).mul_(2.0 / top).add_(-1.0))
 
 
+def test_cpu_runner_converts_8_bit_frames_by_table_and_one_cast(monkeypatch):
+    """On the CPU the runner takes the one-pass conversions for 8-bit frames (uint8 -> floats by
+    table, floats -> uint8 in one cast), and its pictures equal the arithmetic path's."""
+    from frametrans.engine import transforms
+
+    calls = {"in": 0, "out": 0}
+    lookup, cast = transforms.bytes_to_model_range, transforms.model_output_to_bytes
+
+    def counted(name, fn):
+        def wrapper(*args):
+            calls[name] += 1
+            return fn(*args)
+        return wrapper
+
+    images = smooth_images(3, 24, 40, seed=5)
+    model = tiny_model("resnet").eval()
+    monkeypatch.setattr(transforms, "bytes_to_model_range", counted("in", lookup))
+    monkeypatch.setattr(transforms, "model_output_to_bytes", counted("out", cast))
+    fast = Runner(model, FP32)(images)
+    assert calls["in"] >= 1 and calls["out"] >= 1
+    monkeypatch.setattr(transforms, "bytes_to_model_range", lambda *a: None)
+    monkeypatch.setattr(transforms, "model_output_to_bytes", lambda *a: None)
+    slow = Runner(model, FP32)(images)
+    for a, b in zip(fast, slow):
+        assert a.dtype == np.uint8
+        np.testing.assert_array_equal(a, b)
+
+
 def test_null_model_gray_round_trip_without_channels_last():
     """A model that hands back its input: a gray frame expanded to RGB (three channels on one
     memory location, not copied without channels_last) comes back exact, not written in place."""
