@@ -20,16 +20,20 @@ file. Writing (:func:`write_image`) is atomic: the bytes go to a hidden temporar
 folder, are fsynced, and replace the destination in one ``os.replace``, so a crash or Ctrl-C never
 leaves a half-written image under the final name.
 
-Speed (every function here runs on the decode/encode worker pools of a folder job; OpenCV and
-Pillow release the GIL while they decode and encode): PNGs are written by OpenCV with its
-speed-tuned defaults (SUB filter, zlib level 1, RLE strategy): 48 ms for a 1280x720 photo against
-252 ms for Pillow's default (level 6) and 109 ms for Pillow's level 1, the file 12% larger than
-level 6 (measured on one core, 2026-11-30); gray + alpha PNGs, which OpenCV cannot write, go
-through Pillow at level 1. Complete 8-bit RGB/gray JPEGs are decoded by OpenCV (the same
-libjpeg-turbo result as Pillow, pixel for pixel, on 72 variants of subsampling, quality and
-progressive; 11 against 17 ms at 720p); anything else, or anything OpenCV does not decode, by
-Pillow. JPEGs are written by OpenCV with Pillow's settings, the same bytes where both carry
-libjpeg-turbo, as the wheels do (0.28 against 0.66 ms CPU for a 256x256 frame, 2026-12-01).
+Speed (every function here runs on the decode/encode worker pools of a folder job, beside other
+threads running Python, so a codec call that leaves the GIL once beats one that takes it back for
+every piece of the file): PNGs are written by OpenCV with its speed-tuned defaults (SUB filter,
+zlib level 1, RLE strategy): 48 ms for a 1280x720 photo against 252 ms for Pillow's default
+(level 6) and 109 ms for Pillow's level 1, the file 12% larger than level 6 (measured on one core,
+2026-11-30); gray + alpha PNGs, which OpenCV cannot write, go through Pillow at level 1. Complete
+8-bit RGB/gray JPEGs are decoded by OpenCV (the same libjpeg-turbo result as Pillow, pixel for
+pixel, on 72 variants of subsampling, quality and progressive; 11 against 17 ms at 720p), and so
+are complete, still 8-bit RGB, RGBA and gray PNGs: Pillow takes the GIL back for every 64 KiB of
+a PNG, and beside a busy Python thread a 720p PNG read ran at 0.02x its speed alone, against 0.42x
+through OpenCV (``examples/gil_pressure.py``, 2026-12-01). Anything else, or anything OpenCV does
+not decode, goes to Pillow. JPEGs are written by OpenCV with Pillow's settings: the same bytes where
+both carry libjpeg-turbo, as the wheels do (0.28 against 0.66 ms CPU for a 256x256 frame,
+2026-12-01).
 """
 
 from __future__ import annotations
@@ -147,6 +151,9 @@ def read_image(path: str | os.PathLike) -> Frame:
         with im:
             colors = SrgbConverter(path, im.info.get("icc_profile"))
             high_bit_depth = _is_high_bit_depth_color(im)  # before getexif(): PNG's loads, clearing tile
+            png = None if high_bit_depth else _decode_png_opencv(im, path, colors)
+            if png is not None:
+                return _frame(path, 0, *png)
             orientation = _orientation(im)
             if high_bit_depth:
                 return _read_with_opencv(path, orientation, colors)
@@ -186,6 +193,71 @@ def _decode_jpeg_opencv(im: Image.Image, path: Path, colors: "SrgbConverter"
     elif _IMREAD_RGB is None:
         out = cv2.cvtColor(out, cv2.COLOR_BGR2RGB)
     return _in_srgb(colors, out), None
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_TEXT_CHUNKS = (b"eXIf", b"tEXt", b"zTXt", b"iTXt")  # where EXIF can hide after the pixels
+
+
+def _decode_png_opencv(im: Image.Image, path: Path, colors: "SrgbConverter"
+                       ) -> tuple[np.ndarray, np.ndarray | None, int] | None:
+    """A complete, still, 8-bit RGB, RGBA or gray PNG without a transparency key decoded by OpenCV:
+    (image in sRGB, alpha or None, EXIF orientation), the pixels Pillow gives. None: let Pillow
+    decode it (other modes and depths, APNG, a file that does not end with its IEND chunk, EXIF
+    or text after the pixels, anything OpenCV fails on).
+
+    Why: Pillow decodes a PNG in 64 KiB pieces, taking the GIL back for each; beside busy Python
+    threads (a writer pool, the runner) every piece waits for the interpreter, and a 1280x720 PNG
+    took 50x longer; OpenCV decodes it in one call without the GIL (measured 2026-12-01)."""
+    if im.format != "PNG" or im.mode not in ("RGB", "RGBA", "L") or "transparency" in im.info:
+        return None
+    if getattr(im, "is_animated", False) or "Raw profile type exif" in im.info:
+        return None
+    if [_tile_rawmode(t) for t in im.tile] != [im.mode]:  # 8 bits a sample (not L;2, RGB;16B...)
+        return None
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError:
+        return None
+    if not _png_complete_without_late_text(memoryview(data)):
+        return None
+    orientation = _orientation(im) if "exif" in im.info else 1  # eXIf before the pixels: no load
+    flag = {"L": cv2.IMREAD_GRAYSCALE, "RGBA": cv2.IMREAD_UNCHANGED}.get(im.mode, cv2.IMREAD_COLOR)
+    try:
+        out = cv2.imdecode(data, flag | cv2.IMREAD_IGNORE_ORIENTATION)
+    except cv2.error:
+        return None
+    channels = {"L": 1, "RGB": 3, "RGBA": 4}[im.mode]
+    if out is None or out.dtype != np.uint8 or out.shape[:2] != (im.height, im.width) or (
+            (out.shape[2] if out.ndim == 3 else 1) != channels):
+        return None
+    image, alpha = _split_opencv(path, out)
+    return _in_srgb(colors, image), alpha, orientation
+
+
+def _tile_rawmode(tile: object) -> object:
+    args = tile.args if hasattr(tile, "args") else tile[3]  # type: ignore[index]
+    return args if isinstance(args, str) else (args[0] if args else None)
+
+
+def _png_complete_without_late_text(data: memoryview) -> bool:
+    """Whether the PNG in ``data`` is a well-formed chain of chunks that ends with IEND at the end
+    of the file, with no EXIF or text chunk after its image data (Pillow reads those only when it
+    decodes the pixels, and EXIF there can turn the picture)."""
+    if data[:8] != _PNG_SIGNATURE:
+        return False
+    pos, end, seen_pixels = 8, len(data), False
+    while pos + 12 <= end:
+        length = int.from_bytes(data[pos:pos + 4], "big")
+        kind = bytes(data[pos + 4:pos + 8])
+        if kind == b"IEND":
+            return pos + 12 + length == end
+        if kind == b"IDAT":
+            seen_pixels = True
+        elif seen_pixels and kind in _PNG_TEXT_CHUNKS:
+            return False
+        pos += 12 + length
+    return False
 
 
 @dataclass(frozen=True)
@@ -433,12 +505,7 @@ def _is_high_bit_depth_color(im: Image.Image) -> bool:
     """Pillow decodes 16-bit RGB/RGBA/LA to 8 bits; such files are read with OpenCV instead."""
     if im.mode.startswith("I") or im.mode == "F":
         return False
-    for tile in im.tile:
-        args = tile.args if hasattr(tile, "args") else tile[3]
-        rawmode = args if isinstance(args, str) else (args[0] if args else "")
-        if isinstance(rawmode, str) and ";16" in rawmode:
-            return True
-    return False
+    return any(isinstance(rawmode, str) and ";16" in rawmode for rawmode in map(_tile_rawmode, im.tile))
 
 
 def _decode_pillow(im: Image.Image, path: Path, colors: "SrgbConverter | None" = None

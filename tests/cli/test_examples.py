@@ -77,3 +77,12 @@ def test_unpaired_data_holds_out_the_demo_clip():
     for name, img in held.items():
         assert not any(t.shape == img.shape and np.array_equal(t, img) for t in training), name
     assert min(int(n[4:]) for n in list(a) + list(b) if n.startswith("bbb_")) == CLIP_FRAMES
+
+
+def test_gil_pressure_script_prints_its_table(tmp_path):
+    proc = subprocess.run([sys.executable, str(EXAMPLES / "gil_pressure.py"), "--size", "64x48", "--seconds", "0.1"],
+                          capture_output=True, text=True, timeout=120, env=user_env(), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and line.endswith("x |")]
+    assert len(rows) == 7 and all(float(r.split("|")[2]) > 0 for r in rows)
+    assert list(tmp_path.iterdir()) == []  # its files go to a temporary folder

@@ -221,6 +221,83 @@ def test_animated_gif(tmp_path):
     assert len(still) == 1 and still[0].pts is None
 
 
+def _png_chunks(data: bytes) -> list:
+    """A PNG's chunks, each as its whole bytes (length, type, data, CRC), after the signature."""
+    import struct
+
+    pos, out = 8, []
+    while pos < len(data):
+        n = struct.unpack(">I", data[pos:pos + 4])[0]
+        out.append(data[pos:pos + 12 + n])
+        pos += 12 + n
+    return out
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    import struct
+    import zlib
+
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def _after_pixels(png: bytes, *extra: bytes) -> bytes:
+    """``png`` with ``extra`` chunks moved or put right after its last IDAT chunk."""
+    chunks = [c for c in _png_chunks(png) if c not in extra]
+    last = max(i for i, c in enumerate(chunks) if c[4:8] == b"IDAT")
+    return png[:8] + b"".join(chunks[:last + 1]) + b"".join(extra) + b"".join(chunks[last + 1:])
+
+
+def _pillow_png(image: Image.Image, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", **options)
+    return buffer.getvalue()
+
+
+def test_png_decoded_by_opencv_gives_pillows_pixels(tmp_path, chelsea, monkeypatch):
+    """Plain 8-bit RGB, RGBA and gray PNGs are decoded by OpenCV (one call without the GIL); the
+    pixels, alpha and EXIF orientation are Pillow's. PNGs it does not take (a transparency key,
+    EXIF or text after the pixels, APNG, truncated, 16-bit) still read as before, through Pillow."""
+    import frametrans.io.images as images_module
+
+    rgb = Image.fromarray(chelsea[:61, :83])
+    rgba = Image.fromarray(np.dstack([chelsea[:61, :83], chelsea[:61, :83, 1]]))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    plain = {"rgb.png": _pillow_png(rgb), "rgba.png": _pillow_png(rgba), "gray.png": _pillow_png(rgb.convert("L")),
+             "rgb9.png": _pillow_png(rgb, compress_level=9), "exif_early.png": _pillow_png(rgb, exif=exif.tobytes())}
+    early = _pillow_png(rgb, exif=exif.tobytes())
+    by_pillow = {"exif_late.png": _after_pixels(early, *[c for c in _png_chunks(early) if c[4:8] == b"eXIf"]),
+                 "text_late.png": _after_pixels(_pillow_png(rgb), _png_chunk(b"tEXt", b"Comment\x00hi")),
+                 "trns.png": _pillow_png(rgb, transparency=(0, 0, 0)),
+                 "apng.png": _pillow_png(rgb, save_all=True, append_images=[rgb.transpose(Image.FLIP_LEFT_RIGHT)]),
+                 "no_iend.png": _pillow_png(rgb)[:-12], "trailing.png": _pillow_png(rgb) + b"junk",
+                 "rgb16.png": cv2.imencode(".png", chelsea[:61, :83, ::-1].astype(np.uint16) * 257)[1].tobytes()}
+    for name, data in {**plain, **by_pillow}.items():
+        (tmp_path / name).write_bytes(data)
+    monkeypatch.setattr(images_module, "_decode_png_opencv", lambda *a: None)  # the reference: Pillow's
+    references = {name: read_image(tmp_path / name) for name in {**plain, **by_pillow}}
+    monkeypatch.undo()
+
+    def pillow_refused(*args):
+        raise AssertionError("decoded by Pillow")
+
+    monkeypatch.setattr(images_module, "_decode_pillow", pillow_refused)
+    for name in plain:
+        got, ref = read_image(tmp_path / name), references[name]
+        np.testing.assert_array_equal(got.image, ref.image)
+        assert (got.alpha is None) == (ref.alpha is None)
+        if ref.alpha is not None:
+            np.testing.assert_array_equal(got.alpha, ref.alpha)
+    assert read_image(tmp_path / "exif_early.png").image.shape[:2] == (83, 61)  # turned upright
+    monkeypatch.undo()
+    for name in by_pillow:
+        np.testing.assert_array_equal(read_image(tmp_path / name).image, references[name].image)
+        with Image.open(tmp_path / name) as im:
+            assert images_module._decode_png_opencv(im, tmp_path / name, None) is None, name
+    assert read_image(tmp_path / "exif_late.png").image.shape[:2] == (83, 61)
+    assert read_image(tmp_path / "rgb16.png").image.dtype == np.uint16
+
+
 # -------------------------------------------------------------------------------------- writing
 
 
