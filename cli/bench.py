@@ -273,9 +273,12 @@ def _parse_inputs(ctx: click.Context, param: click.Parameter, value: str) -> Tup
               help="Also write the results as JSON to this file.")
 @click.option("--yuv", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
               help="Video frames as YUV planes converted on the device (as apply --yuv).")
+@click.option("--switch-interval", type=click.FloatRange(min=1e-6, max=1.0), metavar="SECONDS",
+              help="Python's thread switch interval during the run (default: the interpreter's, 0.005).")
 @opt.device_option
 def bench_pipeline_cmd(size: str, frames: int, inputs: Tuple[str, ...], threads: Tuple[int, ...],
-                       torch_threads: int, repeat: int, workdir, json_out, device: str, yuv: str = "auto") -> None:
+                       torch_threads: int, repeat: int, workdir, json_out, device: str, yuv: str = "auto",
+                       switch_interval: Optional[float] = None) -> None:
     """The host side's ceiling: apply with a null model vs the raw codec rate, in one run."""
     _start(None)
     from frametrans.bench.pipeline import PipelineBench, bench_pipeline, format_pipeline
@@ -283,7 +286,7 @@ def bench_pipeline_cmd(size: str, frames: int, inputs: Tuple[str, ...], threads:
     w, h = _parse_size(size)
     result = bench_pipeline(PipelineBench(width=w, height=h, frames=frames, inputs=inputs, threads=threads,
                                           torch_threads=torch_threads, device=device, repeat=repeat,
-                                          workdir=workdir, yuv=yuv))
+                                          workdir=workdir, yuv=yuv, switch_interval=switch_interval))
     _emit(result, format_pipeline(result), json_out)
 
 

@@ -12,7 +12,7 @@
 # compiled fp32, and a profile of the fp32 step, when MNIST_DIR, default .mnist, holds t10k-images-idx3-ubyte.gz), temporal.txt (`frametrans bench temporal` on CUDA:
 # what --temporal stats / auto cost beside the model, at 640x360, and at 1080p with the flow on the
 # GPU and on host threads), pipeline.txt and bench-pipeline-*.json (`frametrans bench pipeline`: folder scaling
-# with 1-16 I/O threads, the host ceiling at 1080p with frames on the GPU), and bench-gpu.json / bench-gpu.md (`frametrans bench gpu`: the whole table of issue 15, under
+# with 1-16 I/O threads, 16 threads with a 0.5 ms switch interval, the host ceiling at 1080p with frames on the GPU), and bench-gpu.json / bench-gpu.md (`frametrans bench gpu`: the whole table of issue 15, under
 # 6 minutes). Written for a machine that has torch with CUDA but not this package: frametrans is
 # installed with --target next to it, and WHEELS (a folder of wheels, e.g. PyAV's, default .whl)
 # first, without dependencies. To carry PyAV to a machine without it (Python 3.12, x86-64):
@@ -173,6 +173,10 @@ fi
 if want pipeline; then
     step timeout 150 frametrans bench pipeline --device cpu --size 256 --frames 384 --inputs png,jpg \
         --threads 1,2,4,8,16 --repeat 1 --json "$out/bench-pipeline-threads.json" >> "$out/pipeline.txt" 2>&1
+    # the same 16-thread pools with a 0.5 ms thread switch interval (Python's is 5 ms): are the
+    # pools waiting for the GIL after each codec call and syscall?
+    step timeout 90 frametrans bench pipeline --device cpu --size 256 --frames 384 --inputs png,jpg \
+        --threads 16 --repeat 1 --switch-interval 0.0005 --json "$out/bench-pipeline-switch.json" >> "$out/pipeline.txt" 2>&1
     step timeout 150 frametrans bench pipeline --device cuda --size 1920x1080 --frames 48 --inputs video,png,jpg \
         --repeat 1 --json "$out/bench-pipeline-1080p.json" >> "$out/pipeline.txt" 2>&1
     grep -E '^\||scaling' "$out/pipeline.txt"

@@ -27,6 +27,7 @@ frames/s through apply with one torch thread than with two).
 
 from __future__ import annotations
 
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -52,6 +53,10 @@ class PipelineBench:
     threads: decode/encode pool sizes to measure; empty: one per core.
     torch_threads: torch's intra-op threads for the null model's runner (None: torch's default).
     yuv: ``RunnerOptions.yuv`` of the null model's runner (video frames as planes, converted on the device).
+    switch_interval: seconds of Python's thread switch interval during the run (None: the
+        interpreter's, 0.005): a thread that gave the GIL away for a codec call or a syscall may
+        wait that long to get it back while another thread runs Python; measures whether a
+        many-core folder job is bound by those waits.
     """
 
     width: int = 1280
@@ -64,6 +69,7 @@ class PipelineBench:
     torch_threads: Optional[int] = 1
     workdir: Optional[str] = None
     yuv: str = "auto"
+    switch_interval: Optional[float] = None
 
 
 # ------------------------------------------------------------------------------------ raw codecs
@@ -262,15 +268,19 @@ def bench_pipeline(opts: PipelineBench, log: Log = to_stderr) -> Dict[str, Any]:
         log(f"null model on {dev} ({device_name(dev)}); {opts.frames} frames {opts.width}x{opts.height}; "
             f"pool sizes {', '.join(map(str, counts))}")
         rows: List[Dict[str, Any]] = []
+        interval = sys.getswitchinterval()
         try:
             torch.set_num_threads(opts.torch_threads or torch_threads)
+            sys.setswitchinterval(opts.switch_interval or interval)
             for n in counts:
                 rows += _rows(opts, n, _rounds(opts, work, sources, translator, n, log))
         finally:
             torch.set_num_threads(torch_threads)
+            sys.setswitchinterval(interval)
     setup = {**asdict(opts), "threads": list(counts), "device": str(dev), "device_name": device_name(dev),
              "cores": default_workers(), "torch": torch.__version__,
-             "torch_threads": opts.torch_threads or torch_threads}
+             "torch_threads": opts.torch_threads or torch_threads,
+             "switch_interval": opts.switch_interval or interval}
     return {"setup": setup, "rows": rows, "scaling": _scaling(rows)}
 
 
@@ -278,7 +288,8 @@ def format_pipeline(result: Dict[str, Any]) -> str:
     """A markdown table of :func:`bench_pipeline`'s rows, the setup above, the scaling below."""
     s = result["setup"]
     lines = [f"host pipeline ceiling: null model on {s['device']} ({s['device_name']}; torch threads "
-             f"{s['torch_threads']}; --yuv {s.get('yuv', 'auto')}), {s['width']}x{s['height']}, {s['frames']} frames, median of "
+             f"{s['torch_threads']}; --yuv {s.get('yuv', 'auto')}; switch interval "
+             f"{1000 * s.get('switch_interval', 0.005):g} ms), {s['width']}x{s['height']}, {s['frames']} frames, median of "
              f"{s['repeat']}; codec = PyAV (video) / OpenCV on the same threads (folders)", ""]
     head = ("| input | threads | codec frames/s | codec + RGB frames/s | apply frames/s | apply / codec "
             "| apply CPU s/frame | null runner alone frames/s (CPU s/frame) |")

@@ -122,8 +122,29 @@ def test_bench_pipeline_video_as_planes(tmp_path, monkeypatch):
     assert json.loads(out.read_text())["setup"]["yuv"] == "on" and sum(uploaded) == 3
 
 
+def test_bench_pipeline_switch_interval_applies_during_the_run_only(tmp_path, monkeypatch):
+    """--switch-interval: the run sees it (the writer pool's threads record it) and the process's
+    own interval comes back after; the table and the JSON say which one ran."""
+    import sys
+
+    from frametrans.io import images
+
+    seen: list = []
+    real = images.write_image
+    monkeypatch.setattr(images, "write_image", lambda *a, **k: (seen.append(sys.getswitchinterval()), real(*a, **k))[1])
+    before = sys.getswitchinterval()
+    out = tmp_path / "p.json"
+    res = _invoke(["pipeline", "--size", "40x24", "--frames", "3", "--repeat", "1", "--inputs", "png",
+                   "--threads", "1", "--device", "cpu", "--switch-interval", "0.0005", "--json", str(out)])
+    assert "switch interval 0.5 ms" in res.output
+    assert seen[:3] == [before] * 3  # the inputs, made before the run
+    assert seen[3:] == [pytest.approx(0.0005)] * 3  # apply's three outputs
+    assert sys.getswitchinterval() == before
+    assert json.loads(out.read_text())["setup"]["switch_interval"] == pytest.approx(0.0005)
+
+
 def test_bench_pipeline_refuses_bad_threads_and_inputs():
-    for args in (["--threads", "0"], ["--threads", "2,x"], ["--inputs", "png,gif"]):
+    for args in (["--threads", "0"], ["--threads", "2,x"], ["--inputs", "png,gif"], ["--switch-interval", "0"]):
         res = CliRunner().invoke(cli, ["bench", "pipeline", *args])
         assert res.exit_code == 2 and "Invalid value" in res.output, res.output
 
