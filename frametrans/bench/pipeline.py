@@ -90,6 +90,7 @@ def codec_video(src: Path, dst: Path, rgb: bool = False) -> int:
         stream.thread_type = "AUTO"
         rate = Fraction(stream.average_rate or 25)
         enc = out.add_stream(codec, rate=rate, options=dict(options))
+        video.use_codec_threads(enc)
         enc.width, enc.height, enc.pix_fmt = stream.codec_context.width, stream.codec_context.height, pix_fmt
         enc.codec_context.time_base = 1 / rate
         for frame in inp.decode(stream):

@@ -328,6 +328,14 @@ def _missing_tail(stream: av.VideoStream, last: av.VideoFrame | None) -> str | N
 # ----------------------------------------------------------------------------------------- write
 
 
+def use_codec_threads(stream: av.VideoStream) -> None:
+    """Let an encoder thread the way FFmpeg's own default does (frame and slice threads, as many
+    as it likes). PyAV asks for slice threads only, which libx264 turns into sliced threading:
+    slower on many cores than its frame threads, and files ~0.3-1.7% larger at the same CRF
+    (measured 2026-12-01). x264's output stays deterministic either way."""
+    stream.codec_context.thread_type = "AUTO"
+
+
 def rgb_frame(image: np.ndarray) -> av.VideoFrame:
     """(H, W, 3) uint8 C-contiguous RGB -> an rgb24 :class:`av.VideoFrame`: one copy into the frame
     where its rows are not padded (0.85 against 2.4 ms at 1280x720 for ``from_ndarray``, which
@@ -585,6 +593,7 @@ class VideoWriter:
             stream = self._container.add_stream(
                 self.codec, rate=self._rate(), options=dict(self.codec_options)
             )
+            use_codec_threads(stream)
             if self.codec == "gif":
                 self._codec_tb = Fraction(1, 100)
             elif ext == ".avi":
