@@ -280,3 +280,16 @@ def test_cuda_planes_match_the_host_path():
     streamed = [o for _, o in r.run(video._to_frame(f, i, CLIP, None, 0, planes=True) for i, f in enumerate(frames))]
     assert len(streamed) == len(planes)
     assert all(_max_diff(a.data, b.data) <= 1 for a, b in zip(streamed, one_by_one))
+
+
+@pytest.mark.parametrize("width,height", [(64, 32), (34, 18), (1920, 1080)])
+def test_planes_to_av_frame_equals_from_ndarray(width, height):
+    """YUV420.to_av (one copy per plane where rows are not padded) gives from_ndarray's frame and
+    the tags, also for widths whose rows PyAV pads and for non-contiguous planes."""
+    data = np.random.default_rng(width).integers(0, 256, (height * 3 // 2, width), dtype=np.uint8)
+    for planes in (YUV420(data, 1, 1), YUV420(np.asfortranarray(data), 5, 2, "yuvj420p")):
+        frame = planes.to_av()
+        expected = av.VideoFrame.from_ndarray(np.ascontiguousarray(data), format=planes.pix_fmt)
+        assert (frame.width, frame.height, frame.format.name) == (width, height, planes.pix_fmt)
+        assert (int(frame.colorspace), int(frame.color_range)) == (planes.colorspace, planes.color_range)
+        np.testing.assert_array_equal(frame.to_ndarray(), expected.to_ndarray())
