@@ -111,7 +111,8 @@ def apply_cmd(inputs: Tuple[str, ...], output: str, model: str, list_file, recur
     """
     from frametrans.cli.logs import setup_logging
 
-    setup_logging(quiet)
+    ctx = click.get_current_context(silent=True)
+    setup_logging(quiet, verbose=bool(ctx and (ctx.find_root().obj or {}).get("verbose")))
     paths = list(inputs)
     ray_address, paths = _ray_address_or_input(ray_address, paths)
     if list_file is not None:

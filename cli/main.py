@@ -150,7 +150,8 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="frametrans")
-@click.option("--verbose", "-v", is_flag=True, help="Show full tracebacks on errors.")
+@click.option("--verbose", "-v", is_flag=True,
+              help="Show full tracebacks on errors, and debug lines (apply: time per frame by stage).")
 @click.pass_context
 def cli(ctx: click.Context, verbose: bool) -> None:
     """Push images, folders, videos and frame streams through image-to-image generators.

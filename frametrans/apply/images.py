@@ -16,7 +16,7 @@ from frametrans.apply.temporal import translate_stream
 from frametrans.apply.translator import Translator, run_variants
 from frametrans.atomic import FolderSync
 from frametrans.engine.memory import queue_items
-from frametrans.engine.pipeline import Turn, WorkerPool, default_workers, ordered_map
+from frametrans.engine.pipeline import MainClock, StageClock, Turn, WorkerPool, default_workers, ordered_map
 from frametrans.io import images
 from frametrans.io.errors import InputError, OutputError, first_line, is_fatal_write_error
 from frametrans.io.frame import Frame
@@ -55,9 +55,11 @@ def apply_images(jobs: List[Job], translator: Translator, opts: OutputOptions, r
     jobs_by_frame: Dict[int, Job] = {}
     started: set = set()
 
+    clocks = {"decode": StageClock(), "encode": StageClock()}
+
     def frames() -> Iterator[Frame]:
-        decoded = ordered_map(_reader(opts), todo, workers, depth=depth, name="decode", max_bytes=queue,
-                              size=_item_bytes)
+        decoded = ordered_map(clocks["decode"].timed(_reader(opts)), todo, workers, depth=depth, name="decode",
+                              max_bytes=queue, size=_item_bytes)
         with contextlib.closing(decoded):
             for j, frame, err in decoded:
                 if stop:
@@ -74,14 +76,16 @@ def apply_images(jobs: List[Job], translator: Translator, opts: OutputOptions, r
         report.fail(job.src, first_line(exc))
 
     folders = FolderSync()  # each output folder is fsynced once, when the writers are done
-    writer = WorkerPool(_writer(stop, folders), workers, depth=depth, name="encode", max_bytes=queue,
-                        size=lambda item: item[3].nbytes, done=_recorder(report))
+    writer = WorkerPool(clocks["encode"].timed(_writer(stop, folders)), workers, depth=depth, name="encode",
+                        max_bytes=queue, size=lambda item: item[3].nbytes, done=_recorder(report))
+    main = MainClock()
     try:
         for frame, outs in run_variants(frames(), translator, model_failed):
             job = jobs_by_frame.pop(id(frame))
             for (suffix, out) in outs:
                 writer.submit((job, suffix, frame, out))
             report.frames += 1
+            main.items += 1
             if progress is not None:
                 progress.update(1)
     finally:
@@ -90,6 +94,8 @@ def apply_images(jobs: List[Job], translator: Translator, opts: OutputOptions, r
                 writer.close()  # finishes every image handed to it (also on Ctrl-C): no partial files
             finally:
                 folders.sync()
+                report.add_stages({"decode": clocks["decode"].snapshot(), "main": main.stop(),
+                                   "encode": clocks["encode"].snapshot()})
     if stop:
         report.not_done.extend(j.src for j in todo if id(j) not in started)
 

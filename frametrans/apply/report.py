@@ -22,11 +22,12 @@ import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Tuple
 
 import av
 
 from frametrans.engine.memory import MemoryBudgetError
+from frametrans.engine.pipeline import StageTime
 from frametrans.io.errors import InputError, OutputError, first_line, is_fatal_write_error
 
 if TYPE_CHECKING:
@@ -41,6 +42,9 @@ class Report:
 
     stopped: why the job stopped before its end (a full disk...), None when it ran to the end;
     ``not_done`` are the inputs it did not get to then.
+    stages: the time each stage of the pipeline took, summed over the run's jobs: ``decode`` and
+    ``encode`` (their threads), ``main`` (the thread that batches and runs the model; its wall
+    time is the jobs' own), for ``frametrans bench pipeline`` and ``-v``.
     """
 
     written: List[Path] = field(default_factory=list)
@@ -49,11 +53,23 @@ class Report:
     frames: int = 0
     stopped: Optional[str] = None
     not_done: List[Path] = field(default_factory=list)
+    stages: Dict[str, StageTime] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
         return not self.failed and self.stopped is None
+
+    def add_stages(self, stages: Dict[str, StageTime]) -> None:
+        """Add one job's stage times to the run's."""
+        for name, t in stages.items():
+            self.stages[name] = self.stages.get(name, StageTime()) + t
+
+    def describe_stages(self) -> str:
+        """One line: each stage's CPU and busy milliseconds per item (``frametrans -v apply``)."""
+        parts = [f"{name} {1000 * t.cpu / t.items:.2f} ms CPU / {1000 * t.wall / t.items:.2f} ms busy"
+                 for name, t in self.stages.items() if t.items]
+        return "per frame by stage: " + ", ".join(parts)
 
     def fail(self, src: object, msg: str, prefix: bool = True) -> None:
         """Record and log one failure; ``msg`` gets ``src:`` in front unless it names it already

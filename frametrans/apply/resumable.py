@@ -116,6 +116,7 @@ def _translate(folder: Path, manifest: Manifest, job: Job, translator: Translato
         raise
     finally:
         count.close()
+        report.add_stages(count.stages)
     with signals_deferred():
         _close_parts(writers, manifest, folder)
         report.frames += count.done

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 
@@ -17,7 +17,7 @@ from frametrans.apply.manifest import partial_file
 from frametrans.apply.resumable import apply_resumable
 from frametrans.apply.temporal import translate_stream
 from frametrans.apply.translator import Translator
-from frametrans.engine.pipeline import BackgroundWorker, prefetch
+from frametrans.engine.pipeline import BackgroundWorker, MainClock, StageClock, StageTime, prefetch
 from frametrans.io import video
 from frametrans.io.errors import InputError, OutputError, TruncatedInputError, first_line
 from frametrans.io.frame import Frame
@@ -58,6 +58,7 @@ def apply_video(job: Job, translator: Translator, opts: OutputOptions, report: R
         raise
     finally:
         count.close()
+        report.add_stages(count.stages)
     with signals_deferred():
         _close_writers(writers, report)
     report.frames += count.done
@@ -112,6 +113,7 @@ class FrameCount:
     bar: Any = None
     on_frame: Optional[Callable[[int], None]] = None
     done: int = 0
+    stages: Dict[str, StageTime] = field(default_factory=dict)  # filled by translate_into
 
     def add(self) -> None:
         self.done += 1
@@ -136,13 +138,16 @@ def translate_into(writers: list, frames: Iterable[Frame], translator: Translato
     written: a resumed job, or a Ray segment, warms its temporal state up on the frames before
     its first one."""
     queue = translator.queue_bytes()
-    encoders = [BackgroundWorker(video_writer_fn(w), depth=8, name="encode", max_bytes=queue,
-                                 size=lambda item: item[0].nbytes) for w in writers]
+    clocks = {"decode": StageClock(), "encode": StageClock()}
+    encoders = [BackgroundWorker(clocks["encode"].timed(video_writer_fn(w)), depth=8, name="encode",
+                                 max_bytes=queue, size=lambda item: item[0].nbytes) for w in writers]
+    main = MainClock()
     try:
-        decoded = prefetch(frames, depth=8, name="decode", max_bytes=queue,
+        decoded = prefetch(clocks["decode"].iterate(frames), depth=8, name="decode", max_bytes=queue,
                            size=lambda f: f.image.nbytes)
         prepared = (prepare_frame(f, opts) for f in decoded)
         for frame, outs in translate_stream(prepared, translator, opts.temporal_settings()):
+            main.items += 1
             if write_after is not None and frame.pts is not None and frame.pts <= write_after:
                 continue
             for enc, (_, out) in zip(encoders, outs):
@@ -152,8 +157,12 @@ def translate_into(writers: list, frames: Iterable[Frame], translator: Translato
         with signals_deferred():
             _close_quietly(encoders)  # let the queued frames be encoded, then unwind
         raise
+    finally:
+        count.stages = {"decode": clocks["decode"].snapshot(), "main": main.stop(),
+                        "encode": clocks["encode"].snapshot()}
     with signals_deferred():  # the encoders must be idle before the writers are closed
         _close_all(encoders)
+    count.stages["encode"] = clocks["encode"].snapshot()  # with the frames still queued at the end
 
 
 def abort_all(writers: list) -> None:

@@ -194,16 +194,18 @@ def _runner_phase(opts: PipelineBench, translator: Any) -> Dict[str, Any]:
     return {"runner": lambda: run_null(translator, frames)}
 
 
-def _frames_of(report: Any, kind: str) -> int:
+def _frames_of(report: Any, kind: str) -> Tuple[int, Dict[str, Any]]:
+    """The frames an apply run did, and its stage times (:attr:`Report.stages`)."""
     if not report.ok:
         raise RuntimeError(f"apply on the {kind} input failed: {report.failed or report.stopped}")
-    return report.frames
+    return report.frames, report.stages
 
 
 def _rounds(opts: PipelineBench, work: Path, sources: Dict[str, Path], translator: Any, threads: int,
-            log: Log) -> Dict[Tuple[str, str], Dict[str, List[float]]]:
-    """``repeat`` interleaved rounds at one pool size: (input, phase) -> wall and CPU seconds."""
-    samples: Dict[Tuple[str, str], Dict[str, List[float]]] = {}
+            log: Log) -> Dict[Tuple[str, str], Dict[str, List[Any]]]:
+    """``repeat`` interleaved rounds at one pool size: (input, phase) -> wall and CPU seconds (and
+    for apply, its stage times)."""
+    samples: Dict[Tuple[str, str], Dict[str, List[Any]]] = {}
     calls = {kind: _phases(kind, sources[kind], work, translator, threads) for kind in opts.inputs}
     calls["model"] = _runner_phase(opts, translator)
     for r in range(opts.repeat):
@@ -213,11 +215,14 @@ def _rounds(opts: PipelineBench, work: Path, sources: Dict[str, Path], translato
                 t, c = time.perf_counter(), time.process_time()
                 n = call()
                 wall, cpu = time.perf_counter() - t, time.process_time() - c
+                n, stages = n if isinstance(n, tuple) else (n, None)
                 if n != opts.frames:
                     raise RuntimeError(f"{kind} {phase}: {n} frames, expected {opts.frames}")
                 s = samples.setdefault((kind, phase), {"wall": [], "cpu": []})
                 s["wall"].append(wall)
                 s["cpu"].append(cpu)
+                if stages:
+                    s.setdefault("stages", []).append(stages)
                 line.append(f"{kind} {phase} {wall:.2f} s")
         log(f"threads {threads}, round {r + 1}/{opts.repeat}: {', '.join(line)}")
     return samples
@@ -239,8 +244,21 @@ def _rows(opts: PipelineBench, threads: int, samples: Dict[Tuple[str, str], Dict
             "runner_cpu_s_per_frame": median(runner["cpu"]) / opts.frames,
             "apply_cpu_s_per_frame": cpu["apply"], "codec_cpu_s_per_frame": cpu["codec"],
             "samples_s": {phase: s["wall"] for (k, phase), s in samples.items() if k == kind},
+            "stages": _stage_medians(samples[(kind, "apply")].get("stages", [])),
         })
     return rows
+
+
+def _stage_medians(runs: List[Dict[str, Any]]) -> Dict[str, Dict[str, float]]:
+    """Per stage of apply: the median over the rounds of its CPU and busy (wall inside its work)
+    milliseconds per item (a codec's own threads are not in a stage's CPU)."""
+    out: Dict[str, Dict[str, float]] = {}
+    for name in (runs[0] if runs else {}):
+        times = [run[name] for run in runs if name in run and run[name].items]
+        if times:
+            out[name] = {"cpu_ms": 1000 * median([t.cpu / t.items for t in times]),
+                         "busy_ms": 1000 * median([t.wall / t.items for t in times])}
+    return out
 
 
 def _scaling(rows: List[Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
@@ -300,6 +318,17 @@ def format_pipeline(result: Dict[str, Any]) -> str:
         lines.append(f"| {r['input']} | {r['threads']} | {r['codec_fps']:.1f} | {rgb} | {r['apply_fps']:.1f} "
                      f"| {r['ratio']:.2f}x | {r['apply_cpu_s_per_frame']:.4f} | {r['runner_fps']:.1f} "
                      f"({r['runner_cpu_s_per_frame']:.4f}) |")
+    staged = [r for r in result["rows"] if r.get("stages")]
+    if staged:
+        lines += ["", "apply by stage, ms per frame: CPU of the stage's threads (a codec's own threads not "
+                  "counted) / busy (wall inside its work, summed over its threads: CPU + waiting for the "
+                  "GIL, the disk, a turn); main: the thread that batches and runs the model, busy = the job",
+                  "", "| input | threads | decode CPU / busy | main CPU / busy | encode CPU / busy |",
+                  "|---|---:|---:|---:|---:|"]
+        for r in staged:
+            cells = [f"{r['stages'][n]['cpu_ms']:.2f} / {r['stages'][n]['busy_ms']:.2f}" if n in r["stages"] else "-"
+                     for n in ("decode", "main", "encode")]
+            lines.append(f"| {r['input']} | {r['threads']} | " + " | ".join(cells) + " |")
     for kind, sc in result["scaling"].items():
         lines.append(f"scaling {kind}, {sc['from_threads']} -> {sc['to_threads']} threads: apply "
                      f"{sc['apply']:.2f}x, codec {sc['codec']:.2f}x")

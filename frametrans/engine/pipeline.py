@@ -19,8 +19,10 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, Callable, Deque, Dict, Iterable, Iterator, Optional, TypeVar
 
 T = TypeVar("T")
@@ -60,6 +62,70 @@ class _ByteGate:
         with self.cond:
             self.held -= self.size(item)
             self.cond.notify_all()
+
+
+@dataclass
+class StageTime:
+    """What one stage of a pipeline did (all its threads together): ``items`` handled, ``wall``
+    seconds spent inside its work (summed over its threads) and ``cpu`` seconds those threads
+    used meanwhile. ``wall`` well above ``cpu`` on a machine with idle cores is waiting: for the
+    disk, or for the GIL after each call that gave it away."""
+
+    items: int = 0
+    wall: float = 0.0
+    cpu: float = 0.0
+
+    def __add__(self, other: "StageTime") -> "StageTime":
+        return StageTime(self.items + other.items, self.wall + other.wall, self.cpu + other.cpu)
+
+
+class StageClock:
+    """Times a stage's work from any of its threads (two clock reads per item)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._time = StageTime()
+
+    def add(self, items: int, wall: float, cpu: float) -> None:
+        with self._lock:
+            self._time = self._time + StageTime(items, wall, cpu)
+
+    def timed(self, fn: Callable[..., R]) -> Callable[..., R]:
+        """``fn``, each call counted as one item."""
+        def call(*args: Any) -> R:
+            wall, cpu = time.perf_counter(), time.thread_time()
+            try:
+                return fn(*args)
+            finally:
+                self.add(1, time.perf_counter() - wall, time.thread_time() - cpu)
+        return call
+
+    def iterate(self, items: Iterable[T]) -> Iterator[T]:
+        """``items``, producing each one counted as an item (on the thread that iterates)."""
+        source = iter(items)
+        while True:
+            wall, cpu = time.perf_counter(), time.thread_time()
+            item = next(source, _DONE)
+            if item is _DONE:
+                return
+            self.add(1, time.perf_counter() - wall, time.thread_time() - cpu)
+            yield item
+
+    def snapshot(self) -> StageTime:
+        with self._lock:
+            return StageTime(self._time.items, self._time.wall, self._time.cpu)
+
+
+class MainClock:
+    """The wall and CPU time of the calling thread from its creation to :meth:`stop` (the thread
+    that runs the model, waits included), and the ``items`` it counts."""
+
+    def __init__(self) -> None:
+        self.items = 0
+        self._wall, self._cpu = time.perf_counter(), time.thread_time()
+
+    def stop(self) -> StageTime:
+        return StageTime(self.items, time.perf_counter() - self._wall, time.thread_time() - self._cpu)
 
 
 def prefetch(items: Iterable[T], depth: int = 4, name: str = "prefetch",

@@ -266,3 +266,31 @@ def test_bad_options_rejected_before_work(tmp_path, resnet_path, args, message, 
     assert message in err
     assert "Traceback" not in err
     assert not (tmp_path / "b.png").exists()
+
+
+def test_verbose_apply_reports_time_by_stage(tmp_path, resnet_path, capsys):
+    """`frametrans -v apply` ends with each stage's time per frame (a video: decode thread, the
+    model's thread, encode thread); without -v that line stays out."""
+    clip = tmp_path / "c.mp4"
+    make_clip(clip, n=5)
+    code, _, err = main_in_process(capsys, "-v", "apply", clip, "-o", tmp_path / "o.mp4", "-m", resnet_path)
+    assert code == 0, err
+    line = next(x for x in err.splitlines() if "per frame by stage" in x)
+    for stage in ("decode", "main", "encode"):
+        assert f"{stage} " in line and "ms CPU" in line
+    code, _, err = main_in_process(capsys, "apply", clip, "-o", tmp_path / "o2.mp4", "-m", resnet_path)
+    assert code == 0 and "per frame by stage" not in err
+
+
+def test_video_stages_count_every_frame(tmp_path, resnet_path):
+    from frametrans.apply import OutputOptions, Translator, apply_paths
+    from frametrans.checkpoint import load_model
+    from frametrans.engine.runner import RunnerOptions
+
+    clip = tmp_path / "c.mp4"
+    make_clip(clip, n=7)
+    t = Translator(load_model(resnet_path), RunnerOptions(device="cpu", precision="fp32", compile="off"))
+    report = apply_paths([str(clip)], str(tmp_path / "o.mp4"), t, OutputOptions(quiet=True))
+    assert report.frames == 7
+    assert {k: v.items for k, v in report.stages.items()} == {"decode": 7, "main": 7, "encode": 7}
+    assert report.stages["main"].wall >= report.stages["main"].cpu > 0

@@ -100,6 +100,10 @@ def test_bench_pipeline_cli_tiny(tmp_path):
         assert r["ratio"] == pytest.approx(r["apply_fps"] / r["codec_fps"])
     assert rows[("video", 1)]["codec_rgb_fps"] > 0 and rows[("png", 1)]["codec_rgb_fps"] is None
     assert set(data["scaling"]) == {"png", "jpg"} and data["setup"]["threads"] == [1, 2]
+    for r in rows.values():  # apply's stages, ms per frame
+        assert set(r["stages"]) == {"decode", "main", "encode"}
+        assert all(t["cpu_ms"] > 0 and t["busy_ms"] > 0 for t in r["stages"].values())
+    assert "| decode CPU / busy |" in res.output
     from frametrans.io.images import read_image
 
     for name in ("frame_00000.png", "frame_00002.png"):  # the null model: outputs are the inputs

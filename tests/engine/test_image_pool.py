@@ -180,6 +180,33 @@ def test_turns_pass_in_order_one_waiter_after_another():
     gate.wait(5)
 
 
+def test_stage_clock_counts_calls_and_items_from_many_threads():
+    """StageClock.timed counts every call on any thread, with its wall time (sleep: waiting, no
+    CPU) and the thread's CPU time; iterate counts the items produced; MainClock the caller's."""
+    from frametrans.engine.pipeline import MainClock, StageClock
+
+    clock = StageClock()
+    sleepy = clock.timed(lambda x: (time.sleep(0.01), x)[1])
+    main = MainClock()
+    assert list(ordered_map(sleepy, range(12), workers=4)) == list(range(12))
+    t = clock.snapshot()
+    assert t.items == 12 and t.wall >= 12 * 0.01 and t.cpu < t.wall / 2
+
+    def busy():
+        for i in range(3):
+            end = time.thread_time() + 0.01
+            while time.thread_time() < end:
+                pass
+            yield i
+    produced = StageClock()
+    assert list(produced.iterate(busy())) == [0, 1, 2]
+    p = produced.snapshot()
+    assert p.items == 3 and p.cpu >= 0.03 and p.wall >= p.cpu * 0.9
+    main.items = 5
+    m = main.stop()
+    assert m.items == 5 and m.wall >= 0.05 and m.cpu >= 0.03  # 3 rounds of 4 sleeps, then 0.03 s busy
+
+
 def test_default_workers_is_the_cores_of_this_process():
     assert 1 <= default_workers() <= (len(__import__("os").sched_getaffinity(0))
                                       if hasattr(__import__("os"), "sched_getaffinity") else 10**6)
@@ -241,6 +268,9 @@ def test_folder_on_pools_keeps_every_picture_and_reports_bad_files_in_order(tmp_
     assert all(msg.startswith(f"{name}: ") for name, msg in report.failed)
     assert report.frames == 12
     assert report.written == [dst / f"img{i:02d}.png" for i in range(14) if i not in (4, 9)]
+    stages = report.stages  # every file read (bad ones too), every output written, every frame run
+    assert (stages["decode"].items, stages["main"].items, stages["encode"].items) == (14, 12, 12)
+    assert all(t.wall > 0 and t.cpu > 0 for t in stages.values())
     for i in range(14):
         if i not in (4, 9):  # the null model: each output is its own input, not a neighbour's
             np.testing.assert_array_equal(np.asarray(Image.open(dst / f"img{i:02d}.png")),
