@@ -42,19 +42,12 @@ def apply_images(jobs: List[Job], translator: Translator, opts: OutputOptions, r
     outputs before it in input order are finished, the ones after it are not committed (listed in
     ``report.not_done`` with the inputs not read yet), whatever the number of threads.
     """
-    todo = [j for j in jobs if not skip_done(j, translator, opts, report)]
-    if opts.temporal != "off":
-        log.warning("--temporal %s: still images have no frame order; they are translated one by "
-                    "one (videos, animations and streams are stabilized)", opts.temporal)
-    translator.expect(len(todo))
-    if progress is not None:
-        progress.update(len(jobs) - len(todo))
+    todo = _to_do(jobs, translator, opts, report, progress)
     workers = io_threads or default_workers()
     queue = translator.queue_bytes()
     depth = min(2 * workers, queue_items())  # what the memory plan counts, also with --io-threads > cores
     jobs_by_frame: Dict[int, Job] = {}
     started: set = set()
-
     clocks = {"decode": StageClock(), "encode": StageClock()}
 
     def frames() -> Iterator[Frame]:
@@ -98,6 +91,19 @@ def apply_images(jobs: List[Job], translator: Translator, opts: OutputOptions, r
                                    "encode": clocks["encode"].snapshot()})
     if stop:
         report.not_done.extend(j.src for j in todo if id(j) not in started)
+
+
+def _to_do(jobs: List[Job], translator: Translator, opts: OutputOptions, report: Report, progress) -> List[Job]:
+    """The jobs left after --skip-existing (the others counted as done), the translator told how
+    many frames are coming."""
+    todo = [j for j in jobs if not skip_done(j, translator, opts, report)]
+    if opts.temporal != "off":
+        log.warning("--temporal %s: still images have no frame order; they are translated one by "
+                    "one (videos, animations and streams are stabilized)", opts.temporal)
+    translator.expect(len(todo))
+    if progress is not None:
+        progress.update(len(jobs) - len(todo))
+    return todo
 
 
 def _reader(opts: OutputOptions) -> Callable[[Job], Tuple[Job, Optional[Frame], Optional[str]]]:
