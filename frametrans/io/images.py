@@ -748,7 +748,7 @@ def _encode_pillow(image: np.ndarray, alpha: np.ndarray | None, pil_format: str,
     return buffer.getvalue()
 
 
-def _encode_jpeg(path: Path, image: np.ndarray, quality: int) -> bytes:
+def _encode_jpeg(path: Path, image: np.ndarray, quality: int) -> np.ndarray:
     """(H, W, 1) gray or (H, W, 3) RGB uint8 as JPEG through OpenCV: the bytes Pillow writes with
     the settings of :func:`_encode_pillow` (the same libjpeg-turbo calls: quality, 4:4:4 chroma
     from quality 90, 4:2:0 below), for 2-3x less CPU on small images. Gray JPEGs differ from
@@ -763,10 +763,10 @@ def _encode_jpeg(path: Path, image: np.ndarray, quality: int) -> bytes:
     ok, encoded = cv2.imencode(".jpg", np.ascontiguousarray(src), params)
     if not ok:
         raise ValueError(f"{path}: OpenCV could not encode a {image.shape} image as JPEG")
-    return encoded.tobytes()
+    return encoded  # written as it is: no copy into bytes
 
 
-def _encode_opencv(path: Path, image: np.ndarray, alpha: np.ndarray | None, cv2_ext: str) -> bytes:
+def _encode_opencv(path: Path, image: np.ndarray, alpha: np.ndarray | None, cv2_ext: str) -> np.ndarray:
     if image.shape[2] == 1 and alpha is None:
         bgr = image[:, :, 0]
     elif image.shape[2] == 1:  # OpenCV has no gray+alpha: store as RGBA with equal color channels
@@ -778,7 +778,7 @@ def _encode_opencv(path: Path, image: np.ndarray, alpha: np.ndarray | None, cv2_
     ok, encoded = cv2.imencode(cv2_ext, np.ascontiguousarray(bgr))
     if not ok:
         raise ValueError(f"{path}: OpenCV could not encode a {image.shape} {image.dtype} image as {cv2_ext}")
-    return encoded.tobytes()
+    return encoded  # written as it is: no copy into bytes
 
 
 #: Extensions :func:`write_animation` can write: timed animations (.webp, APNG .png) and
