@@ -43,8 +43,9 @@ class Report:
     stopped: why the job stopped before its end (a full disk...), None when it ran to the end;
     ``not_done`` are the inputs it did not get to then.
     stages: the time each stage of the pipeline took, summed over the run's jobs: ``decode`` and
-    ``encode`` (their threads), ``main`` (the thread that batches and runs the model; its wall
-    time is the jobs' own), for ``frametrans bench pipeline`` and ``-v``.
+    ``encode`` (their threads; a video's encoder flush when it closes counts, with no item), and
+    ``main`` (the thread that batches and runs the model, from its first frame to its last), for
+    ``frametrans bench pipeline`` and ``-v``.
     """
 
     written: List[Path] = field(default_factory=list)

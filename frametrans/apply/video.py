@@ -60,7 +60,9 @@ def apply_video(job: Job, translator: Translator, opts: OutputOptions, report: R
         count.close()
         report.add_stages(count.stages)
     with signals_deferred():
+        flush = MainClock()  # the encoders' last frames (x264 holds its lookahead until now)
         _close_writers(writers, report)
+        report.add_stages({"encode": flush.stop()})
     report.frames += count.done
 
 

@@ -322,7 +322,8 @@ def format_pipeline(result: Dict[str, Any]) -> str:
     if staged:
         lines += ["", "apply by stage, ms per frame: CPU of the stage's threads (a codec's own threads not "
                   "counted) / busy (wall inside its work, summed over its threads: CPU + waiting for the "
-                  "GIL, the disk, a turn); main: the thread that batches and runs the model, busy = the job",
+                  "GIL, the disk, a turn, a codec's threads); main: the thread that batches and runs the model, busy = "
+                  "from its first frame to its last (a video's encoder flush at the end counts as encode)",
                   "", "| input | threads | decode CPU / busy | main CPU / busy | encode CPU / busy |",
                   "|---|---:|---:|---:|---:|"]
         for r in staged:
