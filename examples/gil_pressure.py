@@ -83,6 +83,8 @@ def main() -> None:
     parser.add_argument("--size", default="1280x720", help="WIDTHxHEIGHT of the frame")
     parser.add_argument("--seconds", type=float, default=2.0, help="measuring time per row and mode")
     args = parser.parse_args()
+    if args.seconds <= 0:
+        parser.error(f"--seconds must be > 0, got {args.seconds}")
     width, height = (int(v) for v in args.size.lower().split("x"))
     cv2.setNumThreads(1)
     print(f"| {width}x{height} | calls/s alone | beside a busy Python thread | ratio |")
@@ -91,7 +93,8 @@ def main() -> None:
         for name, call in cases(Path(tmp), width, height):
             call()  # warm up
             alone, busy = rate(call, args.seconds, False), rate(call, args.seconds, True)
-            print(f"| {name} | {alone:.1f} | {busy:.1f} | {busy / alone:.2f}x |", flush=True)
+            ratio = f"{busy / alone:.2f}x" if alone else "-"
+            print(f"| {name} | {alone:.1f} | {busy:.1f} | {ratio} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -82,12 +82,13 @@ def apply_images(jobs: List[Job], translator: Translator, opts: OutputOptions, r
             if progress is not None:
                 progress.update(1)
     finally:
+        main_time = main.stop()  # from the first frame to the last handed to the writers
         with signals_deferred():  # a second Ctrl-C must not kill the writers mid-file
             try:
                 writer.close()  # finishes every image handed to it (also on Ctrl-C): no partial files
             finally:
                 folders.sync()
-                report.add_stages({"decode": clocks["decode"].snapshot(), "main": main.stop(),
+                report.add_stages({"decode": clocks["decode"].snapshot(), "main": main_time,
                                    "encode": clocks["encode"].snapshot()})
     if stop:
         report.not_done.extend(j.src for j in todo if id(j) not in started)

@@ -197,6 +197,10 @@ def _decode_jpeg_opencv(im: Image.Image, path: Path, colors: "SrgbConverter"
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_TEXT_CHUNKS = (b"eXIf", b"tEXt", b"zTXt", b"iTXt")  # where EXIF can hide after the pixels
+#: PNG header entries that send a file to Pillow: EXIF or orientation that only Pillow reads (raw
+#: EXIF text, XMP's tiff:Orientation), and ICC profiles, whose quirks libpng reports on stderr for
+#: every read ("iCCP: known incorrect sRGB profile") where Pillow stays quiet.
+_PNG_PILLOW_ONLY = frozenset({"Raw profile type exif", "XML:com.adobe.xmp", "xmp", "icc_profile"})
 
 
 def _decode_png_opencv(im: Image.Image, path: Path, colors: "SrgbConverter"
@@ -204,14 +208,15 @@ def _decode_png_opencv(im: Image.Image, path: Path, colors: "SrgbConverter"
     """A complete, still, 8-bit RGB, RGBA or gray PNG without a transparency key decoded by OpenCV:
     (image in sRGB, alpha or None, EXIF orientation), the pixels Pillow gives. None: let Pillow
     decode it (other modes and depths, APNG, a file that does not end with its IEND chunk, EXIF
-    or text after the pixels, anything OpenCV fails on).
+    or text after the pixels, XMP, an ICC profile, anything OpenCV fails on; for a corrupt file
+    libpng prints its own line on stderr first, as libjpeg does for a corrupt JPEG).
 
     Why: Pillow decodes a PNG in 64 KiB pieces, taking the GIL back for each; beside busy Python
     threads (a writer pool, the runner) every piece waits for the interpreter, and a 1280x720 PNG
     took 50x longer; OpenCV decodes it in one call without the GIL (measured 2026-12-01)."""
     if im.format != "PNG" or im.mode not in ("RGB", "RGBA", "L") or "transparency" in im.info:
         return None
-    if getattr(im, "is_animated", False) or "Raw profile type exif" in im.info:
+    if getattr(im, "is_animated", False) or not _PNG_PILLOW_ONLY.isdisjoint(im.info):
         return None
     if [_tile_rawmode(t) for t in im.tile] != [im.mode]:  # 8 bits a sample (not L;2, RGB;16B...)
         return None

@@ -280,6 +280,9 @@ def test_verbose_apply_reports_time_by_stage(tmp_path, resnet_path, capsys):
         assert f"{stage} " in line and "ms CPU" in line
     code, _, err = main_in_process(capsys, "apply", clip, "-o", tmp_path / "o2.mp4", "-m", resnet_path)
     assert code == 0 and "per frame by stage" not in err
+    code, _, err = main_in_process(capsys, "-v", "apply", clip, "-o", tmp_path / "o2.mp4", "-m", resnet_path,
+                                   "--skip-existing")
+    assert code == 0 and "per frame by stage" not in err  # nothing ran: no empty line
 
 
 def test_video_stages_count_every_frame(tmp_path, resnet_path):

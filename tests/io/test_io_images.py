@@ -253,10 +253,13 @@ def _pillow_png(image: Image.Image, **options) -> bytes:
     return buffer.getvalue()
 
 
-def test_png_decoded_by_opencv_gives_pillows_pixels(tmp_path, chelsea, monkeypatch):
+def test_png_decoded_by_opencv_gives_pillows_pixels(tmp_path, chelsea, monkeypatch, capfd):
     """Plain 8-bit RGB, RGBA and gray PNGs are decoded by OpenCV (one call without the GIL); the
     pixels, alpha and EXIF orientation are Pillow's. PNGs it does not take (a transparency key,
-    EXIF or text after the pixels, APNG, truncated, 16-bit) still read as before, through Pillow."""
+    EXIF or text after the pixels, XMP, an ICC profile, APNG, truncated, 16-bit) still read as
+    before, through Pillow."""
+    from PIL import ImageCms, PngImagePlugin
+
     import frametrans.io.images as images_module
 
     rgb = Image.fromarray(chelsea[:61, :83])
@@ -266,9 +269,16 @@ def test_png_decoded_by_opencv_gives_pillows_pixels(tmp_path, chelsea, monkeypat
     plain = {"rgb.png": _pillow_png(rgb), "rgba.png": _pillow_png(rgba), "gray.png": _pillow_png(rgb.convert("L")),
              "rgb9.png": _pillow_png(rgb, compress_level=9), "exif_early.png": _pillow_png(rgb, exif=exif.tobytes())}
     early = _pillow_png(rgb, exif=exif.tobytes())
+    xmp = PngImagePlugin.PngInfo()
+    xmp.add_itxt("XML:com.adobe.xmp", '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/'
+                 '1999/02/22-rdf-syntax-ns#"><rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" '
+                 'tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>')
+    icc = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+    icc[64:68] = (9).to_bytes(4, "big")  # a rendering intent libpng warns about on stderr; Pillow does not
     by_pillow = {"exif_late.png": _after_pixels(early, *[c for c in _png_chunks(early) if c[4:8] == b"eXIf"]),
                  "text_late.png": _after_pixels(_pillow_png(rgb), _png_chunk(b"tEXt", b"Comment\x00hi")),
                  "trns.png": _pillow_png(rgb, transparency=(0, 0, 0)),
+                 "xmp.png": _pillow_png(rgb, pnginfo=xmp), "icc.png": _pillow_png(rgb, icc_profile=bytes(icc)),
                  "apng.png": _pillow_png(rgb, save_all=True, append_images=[rgb.transpose(Image.FLIP_LEFT_RIGHT)]),
                  "no_iend.png": _pillow_png(rgb)[:-12], "trailing.png": _pillow_png(rgb) + b"junk",
                  "rgb16.png": cv2.imencode(".png", chelsea[:61, :83, ::-1].astype(np.uint16) * 257)[1].tobytes()}
@@ -295,6 +305,11 @@ def test_png_decoded_by_opencv_gives_pillows_pixels(tmp_path, chelsea, monkeypat
         with Image.open(tmp_path / name) as im:
             assert images_module._decode_png_opencv(im, tmp_path / name, None) is None, name
     assert read_image(tmp_path / "exif_late.png").image.shape[:2] == (83, 61)
+    assert read_image(tmp_path / "xmp.png").image.shape[:2] == (83, 61)  # XMP's orientation: Pillow's
+    capfd.readouterr()
+    for name in [*plain, "icc.png"]:  # files that decode well print nothing (libpng would, for icc.png)
+        read_image(tmp_path / name)
+    assert capfd.readouterr().err == ""
     assert read_image(tmp_path / "rgb16.png").image.dtype == np.uint16
 
 
