@@ -28,10 +28,11 @@ zlib level 1, RLE strategy): 48 ms for a 1280x720 photo against 252 ms for Pillo
 2026-11-30); gray + alpha PNGs, which OpenCV cannot write, go through Pillow at level 1. Complete
 8-bit RGB/gray JPEGs are decoded by OpenCV (the same libjpeg-turbo result as Pillow, pixel for
 pixel, on 72 variants of subsampling, quality and progressive; 11 against 17 ms at 720p), and so
-are complete, still 8-bit RGB, RGBA and gray PNGs: Pillow takes the GIL back for every 64 KiB of
-a PNG, and beside a busy Python thread a 720p PNG read ran at 0.02x its speed alone, against 0.42x
-through OpenCV (``examples/gil_pressure.py``, 2026-12-01). Anything else, or anything OpenCV does
-not decode, goes to Pillow. JPEGs are written by OpenCV with Pillow's settings: the same bytes where
+are complete, still 8-bit RGB, RGBA and gray PNGs without a transparency key, ICC profile or XMP
+(see :func:`_decode_png_opencv`): Pillow takes the GIL back for every 64 KiB of a PNG, and beside
+a busy Python thread a 720p PNG read ran at 0.02x its speed alone, against 0.42x through OpenCV
+(``examples/gil_pressure.py``, 2026-12-01). Anything else, or anything OpenCV does not decode, goes
+to Pillow. JPEGs are written by OpenCV with Pillow's settings: the same bytes where
 both carry libjpeg-turbo, as the wheels do (0.28 against 0.66 ms CPU for a 256x256 frame,
 2026-12-01).
 """
