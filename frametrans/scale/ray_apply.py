@@ -52,6 +52,7 @@ from frametrans.apply import (
 from frametrans.apply.manifest import (Manifest, Part, clean_folder, differences, input_identity,
                                       keep_or_remove, part_name, work_folder)
 from frametrans.atomic import remove_temporaries
+from frametrans.engine.pipeline import StageTime
 from frametrans.engine.runner import RunnerOptions
 from frametrans.io.errors import InputError, TruncatedInputError, first_line, is_fatal_write_error
 from frametrans.io.folders import output_path_for
@@ -117,6 +118,7 @@ class Outcome:
     not_done: List[str] = field(default_factory=list)
     pts: Optional[Tuple[int, int]] = None  # segment: first and last pts encoded
     settings: Optional[Dict[str, Any]] = None  # segment: what decided its pixels (the manifest's)
+    stages: Dict[str, StageTime] = field(default_factory=dict)  # time by stage (Report.stages)
 
 
 def parts_folder(dst: Path) -> Path:
@@ -190,7 +192,7 @@ class FrameWorker:
                            stopped=_message(exc, unit.dst) if is_fatal_write_error(exc) else None)
         return Outcome([str(p) for p in report.written], list(report.failed), report.frames,
                        stopped=getattr(report, "stopped", None),
-                       not_done=[str(p) for p in getattr(report, "not_done", [])])
+                       not_done=[str(p) for p in getattr(report, "not_done", [])], stages=report.stages)
 
     def _segment(self, unit: WorkUnit) -> Outcome:
         """One keyframe-aligned segment of a video into part files: the local video path's
@@ -232,6 +234,7 @@ class FrameWorker:
         finally:
             count.close()
         out = self._close_parts(writers, src, failed, count.done)
+        out.stages = count.stages
         if seen and out.parts:
             from frametrans.apply.resumable import settings_of
 
@@ -638,6 +641,7 @@ class _Scheduler:
         if out.stopped and report.stopped is None:
             report.stopped = out.stopped
         report.not_done.extend(Path(p) for p in out.not_done)
+        report.add_stages(out.stages)
         if unit.kind == "segment":
             self._segment_done(unit, out)
             return

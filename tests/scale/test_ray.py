@@ -101,6 +101,8 @@ def test_split_video_equals_local_run(tmp_path, ray_local, model, inputs):
     local_run(src, tmp_path / "local.mp4", model, opts)
     report = ray_apply([str(src)], str(tmp_path / "ray.mp4"), model, FP32, opts, segment_seconds=0.5)
     assert report.ok and report.frames == 60 and report.written == [tmp_path / "ray.mp4"]
+    assert report.stages["encode"].items == 60  # the workers' stage times reach the driver
+    assert report.stages["decode"].items >= 60 and report.stages["main"].items >= 60
     check_video_like_local(tmp_path / "ray.mp4", tmp_path / "local.mp4", src)
     assert tree(tmp_path) == ["local.mp4", "ray.mp4"]  # the segment folder is gone
 
