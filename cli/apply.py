@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
@@ -210,6 +211,8 @@ def apply_cmd(inputs: Tuple[str, ...], output: str, model: str, list_file, recur
                            num_styles=num_styles, seed=seed)
     else:
         report = apply_paths(paths, output, translator, out_opts)
+    if any(t.items for t in report.stages.values()):
+        logging.getLogger("frametrans").debug("%s", report.describe_stages())  # shown with -v
     if not quiet:
         parts = [f"{len(report.written)} written", f"{report.frames} frames"]
         if report.skipped:

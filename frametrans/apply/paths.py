@@ -50,6 +50,4 @@ def apply_paths(inputs: Sequence[str], output: str, translator: Translator,
         report.stopped = stop.reason
         log.error("stopped: %s; %d input(s) not processed (rerun with --skip-existing to finish)",
                   stop.reason, len(report.not_done))
-    if any(t.items for t in report.stages.values()):
-        log.debug("%s", report.describe_stages())
     return report
