@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import sys
 import tempfile
 import threading
 import time
@@ -25,8 +26,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from frametrans.bench.common import make_frames
-from frametrans.io.images import read_image, write_image
+from frametrans.io.images import read_image, write_image  # no torch: this script never needs it
 
 
 def rate(call: Callable[[], object], seconds: float, busy: bool) -> float:
@@ -52,9 +52,16 @@ def rate(call: Callable[[], object], seconds: float, busy: bool) -> float:
     return n / (time.perf_counter() - start)
 
 
+def smooth_frame(width: int, height: int) -> np.ndarray:
+    """Colour gradients with a little noise, [H, W, 3] uint8 (what ``frametrans bench`` codes)."""
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    rgb = np.stack([127 + 120 * np.sin(xx / 23), 127 + 120 * np.sin(yy / 17), 127 + 120 * np.sin((xx + yy) / 31)], -1)
+    return np.clip(rgb + np.random.default_rng(0).normal(0, 6, rgb.shape), 0, 255).astype(np.uint8)
+
+
 def cases(folder: Path, width: int, height: int) -> List[Tuple[str, Callable[[], object]]]:
     """(name, call) for each reader and writer, on one frame of ``width`` x ``height``."""
-    frame = next(iter(make_frames(width, height, 1)))
+    frame = smooth_frame(width, height)
     png, jpg = write_image(folder / "f.png", frame), write_image(folder / "f.jpg", frame)
     png_bytes = np.fromfile(png, dtype=np.uint8)
 
@@ -98,4 +105,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except BrokenPipeError:  # the table piped into `head`: stop quietly
+        sys.stderr.close()
