@@ -10,15 +10,27 @@ needs the pixels as RGB calls :meth:`YUV420.rgb`, which is exactly the host path
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import av
 import numpy as np
 
-__all__ = ["YUV420", "PLANE_FORMATS"]
+__all__ = ["YUV420", "PLANE_FORMATS", "filled_frame"]
 
 #: Decoder pixel formats whose frames can travel as planes (yuvj420p: the full-range JPEG variant).
 PLANE_FORMATS = ("yuv420p", "yuvj420p")
+
+
+def filled_frame(width: int, height: int, pix_fmt: str, planes: Sequence[np.ndarray]) -> Optional[av.VideoFrame]:
+    """A new frame with each of ``planes`` (C-contiguous uint8 arrays, one per plane of the format)
+    copied in at once; None where PyAV pads a plane's rows (its buffer is larger than the array),
+    for ``from_ndarray``, which copies row by row (about 3x slower for unpadded rows)."""
+    frame = av.VideoFrame(width, height, pix_fmt)
+    if any(p.buffer_size != a.nbytes or not a.flags.c_contiguous for p, a in zip(frame.planes, planes)):
+        return None
+    for p, a in zip(frame.planes, planes):
+        p.update(a)
+    return frame
 
 
 class YUV420:
@@ -82,16 +94,11 @@ class YUV420:
         """The planes as an :class:`av.VideoFrame` with the tags: one copy per plane where the
         frame's rows are not padded (1.3 against 1.9 ms at 1920x1080 for ``from_ndarray``, which
         copies row by row; measured 2026-12-01), else ``from_ndarray``."""
-        frame = av.VideoFrame(self.width, self.height, self.pix_fmt)
-        y, u, v = frame.planes
-        if (y.line_size, u.line_size, v.line_size) == (self.width, self.width // 2, self.width // 2) \
-                and self.data.flags.c_contiguous:
-            flat = self.data.reshape(-1)
-            n, q = self.width * self.height, self.width * self.height // 4
-            y.update(flat[:n])
-            u.update(flat[n:n + q])
-            v.update(flat[n + q:])
-        else:
+        n, q = self.width * self.height, self.width * self.height // 4
+        flat = self.data.reshape(-1)
+        frame = filled_frame(self.width, self.height, self.pix_fmt, [flat[:n], flat[n:n + q], flat[n + q:]]) \
+            if self.data.flags.c_contiguous else None
+        if frame is None:
             frame = av.VideoFrame.from_ndarray(self.data, format=self.pix_fmt)
         frame.colorspace, frame.color_range = self.colorspace, self.color_range
         return frame

@@ -38,7 +38,7 @@ import numpy as np
 from .errors import InputError, TruncatedInputError
 from . import hwdec as hardware
 from .frame import Frame
-from .planes import YUV420
+from .planes import YUV420, filled_frame
 from frametrans.atomic import fsync_dir, temporary_path_for
 
 __all__ = [
@@ -340,13 +340,8 @@ def rgb_frame(image: np.ndarray) -> av.VideoFrame:
     """(H, W, 3) uint8 C-contiguous RGB -> an rgb24 :class:`av.VideoFrame`: one copy into the frame
     where its rows are not padded (0.85 against 2.4 ms at 1280x720 for ``from_ndarray``, which
     copies row by row; measured 2026-12-01), else ``from_ndarray``."""
-    h, w = image.shape[:2]
-    frame = av.VideoFrame(w, h, "rgb24")
-    plane = frame.planes[0]
-    if plane.line_size == w * 3 and image.flags.c_contiguous:
-        plane.update(image)
-        return frame
-    return av.VideoFrame.from_ndarray(image, format="rgb24")
+    frame = filled_frame(image.shape[1], image.shape[0], "rgb24", [image])
+    return av.VideoFrame.from_ndarray(image, format="rgb24") if frame is None else frame
 
 
 class VideoWriter:
