@@ -16,7 +16,7 @@ from frametrans.apply.temporal import translate_stream
 from frametrans.apply.translator import Translator, run_variants
 from frametrans.atomic import FolderSync
 from frametrans.engine.memory import queue_items
-from frametrans.engine.pipeline import MainClock, StageClock, Turn, WorkerPool, default_workers, ordered_map
+from frametrans.engine.pipeline import ThreadClock, StageClock, Turn, WorkerPool, default_workers, ordered_map
 from frametrans.io import images
 from frametrans.io.errors import InputError, OutputError, first_line, is_fatal_write_error
 from frametrans.io.frame import Frame
@@ -71,7 +71,7 @@ def apply_images(jobs: List[Job], translator: Translator, opts: OutputOptions, r
     folders = FolderSync()  # each output folder is fsynced once, when the writers are done
     writer = WorkerPool(clocks["encode"].timed(_writer(stop, folders)), workers, depth=depth, name="encode",
                         max_bytes=queue, size=lambda item: item[3].nbytes, done=_recorder(report))
-    main = MainClock()
+    main = ThreadClock()
     try:
         for frame, outs in run_variants(frames(), translator, model_failed):
             job = jobs_by_frame.pop(id(frame))

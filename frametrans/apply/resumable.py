@@ -25,7 +25,7 @@ from frametrans.apply.manifest import (MANIFEST, TAIL, Manifest, clean_folder, d
 from frametrans.apply.report import Report, progress_bar, signals_deferred
 from frametrans.apply.segmented import SegmentBook, SegmentedWriter
 from frametrans.apply.translator import Translator
-from frametrans.engine.pipeline import MainClock
+from frametrans.engine.pipeline import ThreadClock
 from frametrans.io import video
 from frametrans.io.errors import InputError, OutputError, TruncatedInputError
 from frametrans.io.segments import Segment, iter_segment_frames, join_segments, part_suffix
@@ -119,7 +119,7 @@ def _translate(folder: Path, manifest: Manifest, job: Job, translator: Translato
         count.close()
         report.add_stages(count.stages)
     with signals_deferred():
-        flush = MainClock()  # the last part's encoder flush: encode time (x264 holds its lookahead)
+        flush = ThreadClock()  # the last part's encoder flush: encode time (x264 holds its lookahead)
         _close_parts(writers, manifest, folder)
         report.add_stages({"encode": flush.stop()})
         report.frames += count.done

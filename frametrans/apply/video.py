@@ -17,7 +17,7 @@ from frametrans.apply.manifest import partial_file
 from frametrans.apply.resumable import apply_resumable
 from frametrans.apply.temporal import translate_stream
 from frametrans.apply.translator import Translator
-from frametrans.engine.pipeline import BackgroundWorker, MainClock, StageClock, StageTime, prefetch
+from frametrans.engine.pipeline import BackgroundWorker, ThreadClock, StageClock, StageTime, prefetch
 from frametrans.io import video
 from frametrans.io.errors import InputError, OutputError, TruncatedInputError, first_line
 from frametrans.io.frame import Frame
@@ -60,7 +60,7 @@ def apply_video(job: Job, translator: Translator, opts: OutputOptions, report: R
         count.close()
         report.add_stages(count.stages)
     with signals_deferred():
-        flush = MainClock()  # the encoders' last frames (x264 holds its lookahead until now)
+        flush = ThreadClock()  # the encoders' last frames (x264 holds its lookahead until now)
         _close_writers(writers, report)
         report.add_stages({"encode": flush.stop()})
     report.frames += count.done
@@ -143,7 +143,7 @@ def translate_into(writers: list, frames: Iterable[Frame], translator: Translato
     clocks = {"decode": StageClock(), "encode": StageClock()}
     encoders = [BackgroundWorker(clocks["encode"].timed(video_writer_fn(w)), depth=8, name="encode",
                                  max_bytes=queue, size=lambda item: item[0].nbytes) for w in writers]
-    main = MainClock()
+    main = ThreadClock()
     try:
         decoded = prefetch(clocks["decode"].iterate(frames), depth=8, name="decode", max_bytes=queue,
                            size=lambda f: f.image.nbytes)

@@ -116,9 +116,10 @@ class StageClock:
             return StageTime(self._time.items, self._time.wall, self._time.cpu)
 
 
-class MainClock:
-    """The wall and CPU time of the calling thread from its creation to :meth:`stop` (the thread
-    that runs the model, waits included), and the ``items`` it counts."""
+class ThreadClock:
+    """The wall and CPU time of the calling thread from its creation to :meth:`stop`, waits
+    included (the thread that runs the model; an encoder's flush at the end), and the ``items``
+    it counts."""
 
     def __init__(self) -> None:
         self.items = 0

@@ -182,12 +182,12 @@ def test_turns_pass_in_order_one_waiter_after_another():
 
 def test_stage_clock_counts_calls_and_items_from_many_threads():
     """StageClock.timed counts every call on any thread, with its wall time (sleep: waiting, no
-    CPU) and the thread's CPU time; iterate counts the items produced; MainClock the caller's."""
-    from frametrans.engine.pipeline import MainClock, StageClock
+    CPU) and the thread's CPU time; iterate counts the items produced; ThreadClock the caller's."""
+    from frametrans.engine.pipeline import ThreadClock, StageClock
 
     clock = StageClock()
     sleepy = clock.timed(lambda x: (time.sleep(0.01), x)[1])
-    main = MainClock()
+    main = ThreadClock()
     assert list(ordered_map(sleepy, range(12), workers=4)) == list(range(12))
     t = clock.snapshot()
     assert t.items == 12 and t.wall >= 12 * 0.01 and t.cpu < t.wall / 2
