@@ -211,8 +211,9 @@ def apply_cmd(inputs: Tuple[str, ...], output: str, model: str, list_file, recur
                            num_styles=num_styles, seed=seed)
     else:
         report = apply_paths(paths, output, translator, out_opts)
-    if any(t.items for t in report.stages.values()):
-        logging.getLogger("frametrans").debug("%s", report.describe_stages())  # shown with -v
+    stages = report.describe_stages()
+    if stages is not None:
+        logging.getLogger("frametrans").debug("%s", stages)  # shown with -v
     if not quiet:
         parts = [f"{len(report.written)} written", f"{report.frames} frames"]
         if report.skipped:

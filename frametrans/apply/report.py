@@ -66,11 +66,12 @@ class Report:
         for name, t in stages.items():
             self.stages[name] = self.stages.get(name, StageTime()) + t
 
-    def describe_stages(self) -> str:
-        """One line: each stage's CPU and busy milliseconds per item (``frametrans -v apply``)."""
+    def describe_stages(self) -> Optional[str]:
+        """One line: each stage's CPU and busy milliseconds per item (``frametrans -v apply``);
+        None when no stage handled an item."""
         parts = [f"{name} {1000 * t.cpu / t.items:.2f} ms CPU / {1000 * t.wall / t.items:.2f} ms busy"
                  for name, t in self.stages.items() if t.items]
-        return "per frame by stage: " + ", ".join(parts)
+        return "per frame by stage: " + ", ".join(parts) if parts else None
 
     def fail(self, src: object, msg: str, prefix: bool = True) -> None:
         """Record and log one failure; ``msg`` gets ``src:`` in front unless it names it already
