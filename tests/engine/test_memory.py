@@ -110,7 +110,8 @@ def test_too_small_a_budget_names_the_smallest_that_works():
 def test_batch_halving_keeps_the_options_and_drops_no_frame():
     model = _model("resnet")
     images = _images(6)
-    ref = _runner(model)(images)
+    # one frame at a time, as the halving ends: oneDNN may round a batch of 6 differently (AMD Zen 5)
+    ref = [_runner(model)([im])[0] for im in images]
     options = RunnerOptions(device="cpu", precision="fp32", compile="off", batch_size=4)
     before = dataclasses.asdict(options)
     forward = _oom_when(lambda x: x.shape[0] > 1)
