@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
+import time
 from typing import Iterator, Optional
 
 import torch
+
+log = logging.getLogger("frametrans")
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -58,16 +62,57 @@ def _cpu_flags() -> str:
         return ""
 
 
+#: How much faster than fp32 a bf16 convolution must run for ``precision=auto`` to pick bf16 on a CPU
+#: without AMX. A whole model gains less than one convolution (the layers a low-precision copy keeps
+#: in fp32 and the casts around them take part of it): on an AMD Zen 5 (AVX512-BF16, no AMX) the probe
+#: convolution ran 1.93-2.03x faster and ResNet-9 ngf 64 1.44x; on an Intel Xeon with AVX512-BF16 and
+#: no AMX ResNet-9 ran 0.74x (2026-11-30).
+BF16_MIN_SPEEDUP = 1.25
+
+
+@functools.lru_cache(maxsize=1)
 def cpu_bf16_pays() -> bool:
-    """True when bf16 is faster than fp32 on this CPU: it has AMX tiles (``amx_bf16``). Measured
-    2026-11-30, ResNet-9 ngf 64 at 256x256 (``frametrans bench backends``): on a Xeon with
-    AVX512-BF16 but no AMX, bf16 ran at 0.74x fp32's speed in torch and 0.93x in OpenVINO; on
-    Sapphire Rapids with AMX (issue 19) torch bf16 ran 2.6-3.2x faster than fp32."""
-    return "amx_bf16" in _cpu_flags()
+    """True when bf16 is faster than fp32 on this CPU, decided once per process:
+
+    - no bf16 units (AVX2 only): False, without measuring (bf16 is emulated, ~60x slower);
+    - AMX tiles (``amx_bf16``): True (torch bf16 2.6-3.2x fp32 on Sapphire Rapids, issue 19);
+    - AVX512-BF16 without AMX: measured, :func:`cpu_bf16_speedup` >= :data:`BF16_MIN_SPEEDUP`.
+      CPUs of that kind differ: an AMD Zen 5 gains, an Intel Xeon measured on 2026-11-30 lost.
+    """
+    if not cpu_has_bf16():
+        return False
+    if "amx_bf16" in _cpu_flags():
+        return True
+    speedup = cpu_bf16_speedup()
+    log.info("bf16 runs a 3x3 convolution %.2fx as fast as fp32 on this CPU: --precision auto "
+             "%s it (the bar is %.2fx)", speedup, "prefers" if speedup >= BF16_MIN_SPEEDUP else "skips",
+             BF16_MIN_SPEEDUP)
+    return speedup >= BF16_MIN_SPEEDUP
+
+
+def cpu_bf16_speedup(channels: int = 64, side: int = 64, repeat: int = 5) -> float:
+    """fp32 time over bf16 time of one 3x3 convolution, ``channels`` -> ``channels`` on a
+    ``[1, channels, side, side]`` channels_last input (a ResNet block's layer at 256x256 input),
+    best of ``repeat`` calls each after two warm-up calls, on this process's torch threads.
+    About 20 ms on 2 cores of an AMD Zen 5 (0.6 GFLOP per call)."""
+    seconds = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        conv = torch.nn.Conv2d(channels, channels, 3, padding=1).to(dtype=dtype, memory_format=torch.channels_last)
+        x = torch.randn(1, channels, side, side).to(dtype=dtype, memory_format=torch.channels_last)
+        with torch.no_grad():  # a bare layer, not a model: the session's contexts are not needed
+            for _ in range(2):
+                conv(x)
+            best = float("inf")
+            for _ in range(repeat):
+                start = time.perf_counter()
+                conv(x)
+                best = min(best, time.perf_counter() - start)
+        seconds[dtype] = best
+    return seconds[torch.float32] / max(seconds[torch.bfloat16], 1e-9)
 
 
 def resolve_precision(name: str, device: torch.device) -> torch.dtype:
-    """'auto' -> bf16 on CPUs where it is faster than fp32 (AMX, :func:`cpu_bf16_pays`) and on
+    """'auto' -> bf16 on CPUs where it is faster than fp32 (:func:`cpu_bf16_pays`) and on
     CUDA with bf16, fp16 on MPS, else fp32.
 
     Explicit names the device lacks are refused (ValueError), never silently downgraded.

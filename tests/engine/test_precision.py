@@ -120,3 +120,32 @@ def test_auto_runs_fp32_for_a_model_that_loses_the_picture_in_bf16(monkeypatch, 
     assert fine.dtype == torch.bfloat16 and fine.precision_db >= 45.0
     r = Runner(lossy, RunnerOptions(device="cpu", precision="auto", compile="off"))
     assert r.dtype == torch.float32
+
+
+# -- which CPUs get bf16 under auto ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("flags, units, speedup, pays", [
+    ("flags : avx2 fma", False, 9.0, False),  # no bf16 units: emulated, never measured
+    ("flags : avx512f avx512_bf16 amx_bf16 amx_tile", True, 0.1, True),  # AMX: not measured
+    ("flags : avx512f avx512_bf16", True, 1.93, True),  # AMD Zen 5: a convolution 1.93x in bf16
+    ("flags : avx512f avx512_bf16", True, 0.74, False),  # the 2026-11-30 Xeon: bf16 slower
+    ("flags : avx512f avx512_bf16", True, devices.BF16_MIN_SPEEDUP, True),
+])
+def test_cpu_bf16_pays_by_units_then_by_measurement(flags, units, speedup, pays, monkeypatch):
+    measured = []
+    monkeypatch.setattr(devices, "_cpu_flags", lambda: flags)
+    monkeypatch.setattr(devices, "cpu_has_bf16", lambda: units)
+    monkeypatch.setattr(devices, "cpu_bf16_speedup", lambda: measured.append(1) or speedup)
+    devices.cpu_bf16_pays.cache_clear()
+    try:
+        assert devices.cpu_bf16_pays() is pays
+        assert devices.resolve_precision("auto", torch.device("cpu")) == (torch.bfloat16 if pays else torch.float32)
+        assert devices.resolve_precision("fp32", torch.device("cpu")) == torch.float32
+        assert len(measured) == (1 if units and "amx" not in flags else 0)  # once per process
+    finally:
+        devices.cpu_bf16_pays.cache_clear()
+
+
+def test_the_bf16_probe_convolution_times_both_precisions():
+    assert devices.cpu_bf16_speedup(channels=8, side=16, repeat=2) > 0
