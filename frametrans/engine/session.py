@@ -171,7 +171,7 @@ class Session:
                     ref = fn(self.source, x)
                 with self.inference():
                     low = fn(self.model, self.to_model_input(x))
-                worst = min(worst, _psnr(low, ref, value_range))
+                worst = min(worst, output_psnr(low, ref, value_range))
         except Exception as exc:  # noqa: BLE001 - the probe is advice; the model's own errors show later
             log.debug("precision probe failed: %s", exc)
             return None
@@ -345,7 +345,7 @@ def _probe_input(model: nn.Module, device: torch.device
     return x, fns, (float(lo), float(hi))
 
 
-def _psnr(a: torch.Tensor, b: torch.Tensor, value_range: Tuple[float, float]) -> float:
+def output_psnr(a: torch.Tensor, b: torch.Tensor, value_range: Tuple[float, float]) -> float:
     """PSNR in dB of two model outputs after the runner's mapping to uint8 (inf when equal)."""
     lo, hi = value_range
 

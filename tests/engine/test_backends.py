@@ -3,6 +3,7 @@ OpenVINO and ONNX Runtime against torch fp32, batching and tiling through them, 
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 
@@ -111,6 +112,56 @@ def test_a_shape_the_backend_runs_slower_goes_back_to_torch(tmp_path):
     server(x, 1e-6)
     server(x, 1e-6)  # the second run is compared with torch eager's 1 us/frame
     assert not server.wants((1, 3, 8, 8), 1e-6, 100)
+
+
+def test_a_low_precision_backend_under_precision_auto_is_guarded(monkeypatch):
+    monkeypatch.setattr(backends, "installed", lambda name: True)
+    monkeypatch.setattr(backends, "require_installed", lambda name: None)
+    assert backends.choose("auto", CPU, torch.bfloat16, precision="auto").guarded
+    assert backends.choose("openvino", CPU, torch.bfloat16, precision="auto").guarded
+    assert not backends.choose("openvino", CPU, torch.bfloat16, precision="bf16").guarded  # asked for
+    assert not backends.choose("auto", CPU, torch.float32, precision="auto").guarded
+    assert not backends.choose("onnxruntime", CPU, torch.bfloat16, precision="auto").guarded  # runs fp32
+    assert not backends.choose("torch", CPU, torch.bfloat16, precision="auto").guarded
+
+
+def _lossy_in_bf16(model, built):
+    """A stand-in for backends.build: torch fp32, plus visible noise when built for bf16."""
+    from frametrans.engine.session import Session
+
+    def build(choice, path, root):
+        built.append(choice.dtype)
+
+        def forward(x):
+            with Session.full_precision():
+                y = model(x.float())
+            return y + 0.1 * torch.randn_like(y) if choice.dtype == torch.bfloat16 else y
+        return forward
+    return build
+
+
+@pytest.mark.parametrize("precision", ["auto", "bf16"])
+def test_precision_auto_runs_a_backend_that_loses_the_picture_in_fp32(precision, tmp_path, monkeypatch, caplog):
+    from frametrans.engine import device as devices
+
+    monkeypatch.setattr(devices, "cpu_bf16_pays", lambda: True)  # auto means bf16 on any CPU here
+    monkeypatch.setattr(backends, "require_installed", lambda name: None)
+    model, images, built = tiny_model("resnet"), smooth_images(3), []
+    monkeypatch.setattr(backends, "build", _lossy_in_bf16(model, built))
+    ref = _fp32(model, images)
+    caplog.set_level(logging.WARNING, logger="frametrans")
+    r = _runner(model, tmp_path, backend="openvino", precision=precision, batch_size=1)
+    assert r.dtype == torch.bfloat16 and r.backend.guarded == (precision == "auto")
+    outs = [o for _, o in r.run(Frame(im, index=i) for i, im in enumerate(images))]
+    worst = min(psnr(a, b) for a, b in zip(outs, ref))
+    if precision == "auto":
+        assert built == [torch.bfloat16, torch.float32] and r._server.choice.dtype == torch.float32
+        assert worst >= 60.0  # every frame, the first one too, from the fp32 backend
+        assert "--precision auto: the openvino bf16 output of this model is" in caplog.text
+        assert "openvino runs it in fp32" in caplog.text
+    else:  # asked for by name: kept, noise and all
+        assert built == [torch.bfloat16] and worst < 40.0 and "--precision auto" not in caplog.text
+
 
 
 # -- running through the backends -------------------------------------------------------------

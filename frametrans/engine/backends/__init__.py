@@ -39,6 +39,7 @@ error naming the pip command (:class:`BackendUnavailable`, exit status 2 in the 
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import logging
 from dataclasses import dataclass
@@ -98,12 +99,15 @@ class Choice:
 
     name: ``torch``, ``openvino`` or ``onnxruntime``. dtype: what the backend computes in (torch:
     the session's). explicit: asked for by name (then the compiled torch forward stays off).
+    guarded: a low-precision dtype under ``--precision auto``: the backend's first output is checked
+    against torch fp32, and the backend runs fp32 when it lost the picture (:mod:`.serve`).
     """
 
     name: str
     dtype: torch.dtype
     reason: str
     explicit: bool = False
+    guarded: bool = False
 
 
 def choose(requested: str, device: torch.device, dtype: torch.dtype, precision: str = "auto",
@@ -113,7 +117,12 @@ def choose(requested: str, device: torch.device, dtype: torch.dtype, precision: 
     dtype: the session's compute dtype; precision: the ``--precision`` option as given (an explicit
     bf16 is refused by ONNX Runtime, ``auto`` lets it run fp32).
     """
-    requested = validate_backend(requested)
+    choice = _choose(validate_backend(requested), device, dtype, precision, compile_mode)
+    guarded = choice.name != "torch" and choice.dtype != torch.float32 and (precision or "auto") == "auto"
+    return dataclasses.replace(choice, guarded=guarded)
+
+
+def _choose(requested: str, device: torch.device, dtype: torch.dtype, precision: str, compile_mode: str) -> Choice:
     if requested == "torch":
         return Choice("torch", dtype, "asked for", explicit=True)
     if requested != "auto":
