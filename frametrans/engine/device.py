@@ -84,7 +84,7 @@ def cpu_bf16_pays() -> bool:
     if "amx_bf16" in _cpu_flags():
         return True
     speedup = cpu_bf16_speedup()
-    log.info("bf16 runs a 3x3 convolution %.2fx as fast as fp32 on this CPU: --precision auto "
+    log.debug("bf16 runs a 3x3 convolution %.2fx as fast as fp32 on this CPU: --precision auto "
              "%s it (the bar is %.2fx)", speedup, "prefers" if speedup >= BF16_MIN_SPEEDUP else "skips",
              BF16_MIN_SPEEDUP)
     return speedup >= BF16_MIN_SPEEDUP
