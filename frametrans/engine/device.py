@@ -7,6 +7,7 @@ import contextlib
 import functools
 import logging
 import os
+import threading
 import time
 from typing import Iterator, Optional
 
@@ -65,9 +66,12 @@ def _cpu_flags() -> str:
 #: How much faster than fp32 a bf16 convolution must run for ``precision=auto`` to pick bf16 on a CPU
 #: without AMX. A whole model gains less than one convolution (the layers a low-precision copy keeps
 #: in fp32 and the casts around them take part of it): on an AMD Zen 5 (AVX512-BF16, no AMX) the probe
-#: convolution ran 1.93-2.03x faster and ResNet-9 ngf 64 1.44x; on an Intel Xeon with AVX512-BF16 and
-#: no AMX ResNet-9 ran 0.74x (2026-11-30).
+#: convolution ran 1.85-2.14x faster and ResNet-9 ngf 64 1.44x; on an Intel Xeon with AVX512-BF16 and
+#: no AMX ResNet-9 ran 0.74x (2026-11-30, before this probe existed: its verdict there is unmeasured).
 BF16_MIN_SPEEDUP = 1.25
+
+
+_MEASURING = threading.Lock()
 
 
 @functools.lru_cache(maxsize=1)
@@ -77,38 +81,45 @@ def cpu_bf16_pays() -> bool:
     - no bf16 units (AVX2 only): False, without measuring (bf16 is emulated, ~60x slower);
     - AMX tiles (``amx_bf16``): True (torch bf16 2.6-3.2x fp32 on Sapphire Rapids, issue 19);
     - AVX512-BF16 without AMX: measured, :func:`cpu_bf16_speedup` >= :data:`BF16_MIN_SPEEDUP`.
-      CPUs of that kind differ: an AMD Zen 5 gains, an Intel Xeon measured on 2026-11-30 lost.
+      CPUs of that kind differ: an AMD Zen 5 gains; an Intel Xeon measured on 2026-11-30 lost (whole model).
     """
     if not cpu_has_bf16():
         return False
     if "amx_bf16" in _cpu_flags():
         return True
-    speedup = cpu_bf16_speedup()
-    log.debug("bf16 runs a 3x3 convolution %.2fx as fast as fp32 on this CPU: --precision auto "
-             "%s it (the bar is %.2fx)", speedup, "prefers" if speedup >= BF16_MIN_SPEEDUP else "skips",
-             BF16_MIN_SPEEDUP)
+    with _MEASURING:  # two threads' first sessions must not time the probe against each other
+        speedup = cpu_bf16_speedup()
+    log.debug("bf16 runs a 3x3 convolution %.2fx as fast as fp32 on this CPU (%d threads): --precision "
+              "auto %s it (the bar is %.2fx)", speedup, torch.get_num_threads(),
+              "prefers" if speedup >= BF16_MIN_SPEEDUP else "skips", BF16_MIN_SPEEDUP)
     return speedup >= BF16_MIN_SPEEDUP
 
 
 def cpu_bf16_speedup(channels: int = 64, side: int = 64, repeat: int = 5) -> float:
     """fp32 time over bf16 time of one 3x3 convolution, ``channels`` -> ``channels`` on a
-    ``[1, channels, side, side]`` channels_last input (a ResNet block's layer at 256x256 input),
-    best of ``repeat`` calls each after two warm-up calls, on this process's torch threads.
-    About 20 ms on 2 cores of an AMD Zen 5 (0.6 GFLOP per call)."""
+    ``[1, channels, side, side]`` channels_last input (the second layer of a ResNet generator with
+    ngf 64 at 64x64 input; 0.3 GFLOP per call), best of ``repeat`` calls each after two warm-up
+    calls, on this process's torch threads. About 20 ms on 2 cores of an AMD Zen 5. torch's global
+    random generator is left as it was."""
     seconds = {}
-    for dtype in (torch.float32, torch.bfloat16):
-        conv = torch.nn.Conv2d(channels, channels, 3, padding=1).to(dtype=dtype, memory_format=torch.channels_last)
-        x = torch.randn(1, channels, side, side).to(dtype=dtype, memory_format=torch.channels_last)
-        with torch.no_grad():  # a bare layer, not a model: the session's contexts are not needed
-            for _ in range(2):
-                conv(x)
-            best = float("inf")
-            for _ in range(repeat):
-                start = time.perf_counter()
-                conv(x)
-                best = min(best, time.perf_counter() - start)
-        seconds[dtype] = best
+    with torch.random.fork_rng(devices=[]):
+        for dtype in (torch.float32, torch.bfloat16):
+            seconds[dtype] = _best_call(dtype, channels, side, repeat)
     return seconds[torch.float32] / max(seconds[torch.bfloat16], 1e-9)
+
+
+def _best_call(dtype: torch.dtype, channels: int, side: int, repeat: int) -> float:
+    conv = torch.nn.Conv2d(channels, channels, 3, padding=1).to(dtype=dtype, memory_format=torch.channels_last)
+    x = torch.randn(1, channels, side, side).to(dtype=dtype, memory_format=torch.channels_last)
+    with torch.no_grad():  # a bare layer, not a model: the session's contexts are not needed
+        for _ in range(2):
+            conv(x)
+        best = float("inf")
+        for _ in range(repeat):
+            start = time.perf_counter()
+            conv(x)
+            best = min(best, time.perf_counter() - start)
+    return best
 
 
 def resolve_precision(name: str, device: torch.device) -> torch.dtype:

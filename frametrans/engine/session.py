@@ -9,8 +9,8 @@ predict-next), MUNIT style encoding and the benchmarks. A test greps the inferen
     with session.inference():
         y = session.model(session.to_model_layout(x))
 
-Precision: ``auto`` is bf16 on CPUs with bf16 units and on CUDA GPUs with bf16, fp16 on MPS, else
-fp32 (:func:`frametrans.engine.device.resolve_precision`). Below fp32 the session keeps a
+Precision: ``auto`` is bf16 on CPUs where it is faster than fp32 (AMX, or AVX512-BF16 measured
+faster) and on CUDA GPUs with bf16, fp16 on MPS, else fp32 (:func:`frametrans.engine.device.resolve_precision`). Below fp32 the session keeps a
 low-precision copy of the weights, shared by every session of the same module on the same device
 (MUNIT variants) and rebuilt when the module's weights change (training steps); the module given
 stays fp32 and is what receptive-field probes and compile keys read (``source``).
@@ -41,12 +41,15 @@ import logging
 import math
 import os
 import weakref
-from typing import Callable, Dict, Iterator, List, Optional, Set, Tuple, Union
+from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Set, Tuple, Union
 
 import torch
 from torch import nn
 
 from frametrans.engine import device as devices
+
+if TYPE_CHECKING:
+    from frametrans.registry import IOContract
 
 log = logging.getLogger("frametrans")
 
@@ -331,18 +334,29 @@ def _probe_input(model: nn.Module, device: torch.device
     m = c.size_multiple
     side = max(-(-64 // m) * m, 2 * m if 1 < m <= 16 else m)
     g = torch.Generator().manual_seed(0)
-    yy, xx = torch.meshgrid(torch.arange(side, dtype=torch.float32), torch.arange(side, dtype=torch.float32),
-                            indexing="ij")
-    base = torch.stack([torch.sin(xx / 5 + k) * torch.cos(yy / 7 - k) for k in range(c.in_channels * c.frames_in)])
-    x = ((base + 1) / 2 + 0.05 * torch.randn(base.shape, generator=g)).clamp(0, 1)[None]
+    x = probe_frame(c, side, side, g).to(device)
     lo, hi = c.value_range
-    x = (x * (hi - lo) + lo).to(device)
     if c.takes_style and hasattr(model, "translate"):
         style = torch.randn(1, c.style_dim, 1, 1, generator=g).to(device)
         fns = [lambda net, t, d=d: net.translate(t, style=style, direction=d) for d in ("a2b", "b2a")]
     else:
         fns = [lambda net, t: net(t)]
     return x, fns, (float(lo), float(hi))
+
+
+def probe_frame(contract: IOContract, height: int, width: int,
+                generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """A structured frame [1, C, height, width] float32 on the CPU in the model's value range
+    (``contract``): smooth colours plus fine noise, content that any precision loss shows on (a
+    flat or black frame would hide it)."""
+    g = generator or torch.Generator().manual_seed(0)
+    yy, xx = torch.meshgrid(torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32),
+                            indexing="ij")
+    channels = contract.in_channels * contract.frames_in
+    base = torch.stack([torch.sin(xx / 5 + k) * torch.cos(yy / 7 - k) for k in range(channels)])
+    x = ((base + 1) / 2 + 0.05 * torch.randn(base.shape, generator=g)).clamp(0, 1)[None]
+    lo, hi = contract.value_range
+    return x * (hi - lo) + lo
 
 
 def output_psnr(a: torch.Tensor, b: torch.Tensor, value_range: Tuple[float, float]) -> float:

@@ -129,7 +129,7 @@ def test_auto_runs_fp32_for_a_model_that_loses_the_picture_in_bf16(monkeypatch, 
     ("flags : avx2 fma", False, 9.0, False),  # no bf16 units: emulated, never measured
     ("flags : avx512f avx512_bf16 amx_bf16 amx_tile", True, 0.1, True),  # AMX: not measured
     ("flags : avx512f avx512_bf16", True, 1.93, True),  # AMD Zen 5: a convolution 1.93x in bf16
-    ("flags : avx512f avx512_bf16", True, 0.74, False),  # the 2026-11-30 Xeon: bf16 slower
+    ("flags : avx512f avx512_bf16", True, 0.74, False),  # bf16 slower (the 2026-11-30 Xeon's model)
     ("flags : avx512f avx512_bf16", True, devices.BF16_MIN_SPEEDUP, True),
 ])
 def test_cpu_bf16_pays_by_units_then_by_measurement(flags, units, speedup, pays, monkeypatch):
@@ -147,5 +147,9 @@ def test_cpu_bf16_pays_by_units_then_by_measurement(flags, units, speedup, pays,
         devices.cpu_bf16_pays.cache_clear()
 
 
-def test_the_bf16_probe_convolution_times_both_precisions():
-    assert devices.cpu_bf16_speedup(channels=8, side=16, repeat=2) > 0
+def test_the_bf16_probe_convolution_times_both_precisions_and_leaves_the_seed_alone():
+    torch.manual_seed(3)
+    expected = torch.rand(4)
+    torch.manual_seed(3)
+    speedup = devices.cpu_bf16_speedup(channels=8, side=16, repeat=2)
+    assert 0 < speedup < float("inf") and torch.equal(torch.rand(4), expected)

@@ -118,7 +118,7 @@ def choose(requested: str, device: torch.device, dtype: torch.dtype, precision: 
     bf16 is refused by ONNX Runtime, ``auto`` lets it run fp32).
     """
     choice = _choose(validate_backend(requested), device, dtype, precision, compile_mode)
-    guarded = choice.name != "torch" and choice.dtype != torch.float32 and (precision or "auto") == "auto"
+    guarded = choice.name != "torch" and choice.dtype != torch.float32 and (precision or "auto").lower() == "auto"
     return dataclasses.replace(choice, guarded=guarded)
 
 

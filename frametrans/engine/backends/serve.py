@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -32,7 +33,8 @@ from torch import nn
 from frametrans.engine import backends
 from frametrans.engine.backends.graph import Exporter, graph_path, onnx_graph, plain_exporter
 from frametrans.engine.backends.stateful import SmoothedGraph, StatefulForward, servable
-from frametrans.engine.session import AUTO_MIN_DB, Session, output_psnr
+from frametrans.engine import session as sessions
+from frametrans.engine.session import Session, output_psnr
 
 log = logging.getLogger("frametrans")
 
@@ -153,29 +155,44 @@ class BackendServer:
         return y
 
     def _guard(self, x: torch.Tensor) -> Optional[torch.Tensor]:
-        """The first batch of a low-precision backend under ``--precision auto``: its first frame
-        against torch fp32 (the session's own bar, :data:`AUTO_MIN_DB`); below it the backend is
-        built again in fp32 (warned) and runs the batch. OpenVINO's bf16 keeps no layer in fp32, so
-        it can lose more than torch's bf16 copy: ResNet-9 ngf 64 with random weights measured
-        42.1 dB against torch bf16's 44.5 (AMD Zen 5; the bundled models 47.9-60.4 dB)."""
+        """The first batch of a low-precision backend under ``--precision auto``: below the
+        session's bar (:data:`~frametrans.engine.session.AUTO_MIN_DB`) on :meth:`_probe_db`, the
+        backend is built again in fp32 (warned); then the batch runs. OpenVINO's bf16 keeps no layer
+        in fp32, so it can lose more than torch's bf16 copy: ResNet-9 ngf 64 with random weights
+        measured 42.1 dB against torch bf16's 44.5 (AMD Zen 5; the bundled models 47.9-60.4 dB)."""
         self.choice = dataclasses.replace(self.choice, guarded=False)
-        y = self.fn(x)
-        contract = getattr(getattr(self.source, "config", None), "contract", None)
-        if contract is None or getattr(self.forward, "smoother", None) is not None:
-            return y  # no value range to compare in; a smoothed forward's state must advance once
-        with Session.full_precision():
-            ref = self.forward(self.source, x[:1].float())
-        db = output_psnr(y[:1], ref, contract().value_range)
-        if db >= AUTO_MIN_DB:
-            log.debug("backend %s: %s output %.1f dB from fp32 on the first frame", self.name,
-                      backends.dtype_name(self.choice.dtype), db)
-            return y
-        log.warning("--precision auto: the %s %s output of this model is %.1f dB from torch fp32 on its "
-                    "first frame (< %.0f dB): %s runs it in fp32", self.name,
-                    backends.dtype_name(self.choice.dtype), db, AUTO_MIN_DB, self.name)
+        self._runs[tuple(x.shape)] = 1  # the probe was this shape's warm-up: the next run is timed
+        db = self._probe_db(x)
+        if db is None or db >= sessions.AUTO_MIN_DB:
+            return self.fn(x)
+        log.warning("--precision auto: the %s %s output of this model is %.1f dB from torch fp32 on a probe "
+                    "frame (< %.0f dB): %s runs it in fp32", self.name, backends.dtype_name(self.choice.dtype),
+                    db, sessions.AUTO_MIN_DB, self.name)
         self.choice = dataclasses.replace(self.choice, dtype=torch.float32)
         self.fn = None
         return self.fn(x) if self._build(x) else None
+
+    def _probe_db(self, x: torch.Tensor) -> Optional[float]:
+        """PSNR (dB, uint8) of the backend against torch fp32 on a structured frame of the batch's
+        size, run as the first frame of a batch of ``x``'s shape (no other shape to compile); NaN
+        counts as 0 dB. None when it cannot tell: no value range, a smoothed forward (its state
+        must advance once per frame), or the probe failed."""
+        contract = getattr(getattr(self.source, "config", None), "contract", None)
+        if contract is None or getattr(self.forward, "smoother", None) is not None:
+            return None
+        c = contract()
+        probe = sessions.probe_frame(c, *x.shape[-2:])
+        batch = x.clone()
+        batch[:1] = probe.to(x.dtype)
+        try:
+            y = self.fn(batch)
+            with Session.full_precision():
+                ref = self.forward(self.source, probe)
+        except Exception as exc:  # noqa: BLE001 - the probe is advice; the model's own errors show later
+            log.debug("backend %s: precision probe failed: %s", self.name, exc)
+            return None
+        db = output_psnr(y[:1], ref, c.value_range)
+        return 0.0 if math.isnan(db) else db
 
     def _build(self, x: torch.Tensor) -> bool:
         t0 = time.perf_counter()
