@@ -189,6 +189,10 @@ def test_backend_batches_match_torch_fp32(backend, tmp_path):
     assert len(graphs) == 1  # cached on disk; a second runner loads it
     again = _runner(model, tmp_path, backend=backend, precision="fp32")
     assert again._server.cached()
+    if backend == "onnxruntime":  # idle threads sleep instead of taking the cores from what runs next
+        options = r._server.fn.session.get_session_options()
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+        assert options.get_session_config_entry("session.inter_op.allow_spinning") == "0"
 
 
 def test_openvino_bf16_keeps_the_picture(tmp_path):
