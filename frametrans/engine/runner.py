@@ -485,7 +485,11 @@ class Runner:
         root = self._cache_root()
         cached = compiling.is_cached(key, root)
         eager = self._eager_seconds.get(shape)
-        if not policy.should_compile(shape, cached, eager, self.device, self.dtype):
+        wait, rival = (False, None) if self._server is None or policy.mode != "auto" else \
+            self._server.rival_seconds(shape, eager, policy.remaining())
+        if wait:
+            return None  # a backend may serve this shape: decide once torch and it are timed
+        if not policy.should_compile(shape, cached, eager, self.device, self.dtype, rival):
             if eager is not None and policy.open_ended_from is None:  # a stream: ask again later
                 self._declined.add(shape)
             return None
@@ -507,9 +511,8 @@ class Runner:
         return fn
 
     def _forward_uncompilable(self) -> Optional[str]:
-        if self.forward is default_forward or getattr(self.forward, "cache_token", None):
-            return None
-        return "a custom forward function without a cache_token"
+        plain = self.forward is default_forward or getattr(self.forward, "cache_token", None)
+        return None if plain else "a custom forward function without a cache_token"
 
     def _artifact_key(self, x: torch.Tensor) -> compiling.ArtifactKey:
         if self._identity is None:

@@ -9,6 +9,8 @@ Compiled paths take tens of seconds to build (a C++ compile), so they are marked
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -168,6 +170,58 @@ def test_policy_decisions():
     assert compiling.CompilePolicy(mode="on").should_compile(shape, False, None, cpu, torch.float32)
     assert not compiling.CompilePolicy(mode="off").should_compile(shape, True, 5.0, cpu, torch.float32)
     assert p.break_even_frames(1.0, cpu, torch.bfloat16) == pytest.approx(compiling.COMPILE_SECONDS / 0.5)
+
+
+def test_policy_weighs_a_faster_backend_against_the_compiled_forward():
+    cpu, bf16 = torch.device("cpu"), torch.bfloat16
+    p = compiling.CompilePolicy(mode="auto", expected_frames=10**6)  # a job long enough for any build
+    shape = (1, 3, 64, 64)
+    # compiled bf16 is expected at eager x 0.5: 0.5 s here
+    assert p.should_compile(shape, False, 1.0, cpu, bf16, rival_seconds_per_frame=0.7)  # beats 0.7 s
+    assert not p.should_compile(shape, False, 1.0, cpu, bf16, rival_seconds_per_frame=0.4)  # not 0.4 s
+    assert not p.should_compile(shape, True, 1.0, cpu, bf16, rival_seconds_per_frame=0.4)  # cached: neither
+    assert p.should_compile(shape, True, 1.0, cpu, bf16, rival_seconds_per_frame=0.6)
+    assert not p.should_compile(shape, True, None, cpu, bf16, rival_seconds_per_frame=0.4)
+    assert compiling.CompilePolicy(mode="on").should_compile(shape, False, 1.0, cpu, bf16, 0.1)  # asked for
+    p.expected_frames = 100  # the gain over the rival pays for the build, not the gain over eager
+    assert p.should_compile(shape, False, 1.0, cpu, bf16)  # 0.5 s x 100 > 40 s
+    assert not p.should_compile(shape, False, 1.0, cpu, bf16, rival_seconds_per_frame=0.7)  # 0.2 x 100 < 40
+
+
+def test_auto_compiles_only_where_it_beats_the_backend_measured_here(tmp_path, monkeypatch):
+    """--backend auto with --compile auto: a backend timed faster than the compiled forward is
+    expected to be keeps the shape (no build); one timed slower than torch eager lets it build."""
+    from frametrans.engine import backends
+    from frametrans.engine.session import Session
+
+    monkeypatch.setattr(backends, "choose", lambda *a, **k: backends.Choice("onnxruntime", torch.float32, "test"))
+    monkeypatch.setenv("FRAMETRANS_CONVERT_SECONDS", "0")
+    monkeypatch.setenv("FRAMETRANS_COMPILE_SECONDS", "0")
+    for backend_sleep, builds in ((0.0, 0), (0.3, 1)):
+        model, images, built = _model("resnet"), _images(8), []
+        inner = model.forward
+        model.forward = lambda x: (time.sleep(0.05), inner(x))[1]  # torch eager: >= 50 ms a frame
+
+        def compiled(model_, forward, x, key, root):
+            built.append(tuple(x.shape))
+            return (lambda t: forward(model_, t)), False, 0.0
+
+        def build(choice, path, root, sleep=backend_sleep):
+            def forward(x):
+                time.sleep(sleep)
+                with Session.full_precision():
+                    return inner(x.float())
+            return forward
+
+        monkeypatch.setattr(compiling, "get_compiled", compiled)
+        monkeypatch.setattr(backends, "build", build)
+        r = _runner(model, tmp_path / str(backend_sleep), precision="fp32", compile="auto", batch_size=1)
+        r.expect(len(images))
+        ref = _runner(model, precision="fp32", backend="torch")(images[:1])[0]
+        outs = [o for _, o in r.run(Frame(im, index=i) for i, im in enumerate(images))]
+        assert len(outs) == len(images) and np.abs(outs[0].astype(int) - ref.astype(int)).max() <= 1
+        assert r._server.fn is not None and r._server._seconds  # the backend ran and was timed
+        assert len(built) == builds
 
 
 def test_runner_expect_and_auto_stays_eager_for_short_jobs(tmp_path):

@@ -20,9 +20,12 @@ README's backend table):
 
 1. not on the CPU: torch.
 2. on the CPU, per frame shape: a compiled torch forward when ``--compile auto`` compiles it (a
-   package is cached, or the job is long enough to pay for the cold compile): AOTInductor bf16 is
-   the fastest path measured (72 ms/frame against OpenVINO's 156 for ResNet-9 at 256x256 on
-   Sapphire Rapids).
+   package is cached, or the job is long enough to pay for the cold compile) and, where the backend
+   below serves the shape, only once both torch eager and the backend have been timed on it and the
+   compiled forward is expected to beat the backend
+   (:meth:`frametrans.engine.compile.CompilePolicy.should_compile`). AOTInductor bf16 was the
+   fastest path on Sapphire Rapids (72 ms/frame against OpenVINO's 156 for ResNet-9 at 256x256),
+   OpenVINO bf16 on an AMD Zen 5 (the bundled cyclegan at 640x360: 41 against 57).
 3. otherwise, once the job is long enough to pay for converting (or loading a cached graph) at the
    eager speed measured on its first batch (:mod:`frametrans.engine.backends.serve`), and only for
    shapes where the backend then measures faster than torch eager here: OpenVINO when installed: 156 against 169-299 ms/frame for torch eager bf16 on

@@ -137,6 +137,18 @@ class BackendServer:
         saving = SAVING.get((self.name, self.choice.dtype), 0.3) * eager_seconds
         return saving * remaining > (LOAD_SECONDS if self.cached() else convert_seconds())
 
+    def rival_seconds(self, shape: Shape, eager_seconds: Optional[float], remaining: int
+                      ) -> Tuple[bool, Optional[float]]:
+        """For ``--compile auto`` under ``--backend auto``: (wait, seconds). ``seconds``: the
+        backend's measured time per frame for ``shape``, None when it does not serve the shape;
+        ``wait``: decide later, because torch eager has not been timed on the shape yet, or the
+        backend will serve it but has not been timed (its second batch is)."""
+        if eager_seconds is None:
+            return True, None
+        if shape in self._seconds and shape not in self._slower:
+            return False, self._seconds[shape]
+        return self.wants(shape, eager_seconds, remaining) and shape not in self._slower, None
+
     def __call__(self, x: torch.Tensor, eager_seconds: Optional[float] = None) -> Optional[torch.Tensor]:
         """The backend's output for ``x [B, C, H, W]`` (float32, CPU), or None when it failed to
         convert under ``auto`` (torch then runs it)."""
