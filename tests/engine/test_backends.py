@@ -103,6 +103,28 @@ def test_auto_converts_only_when_the_job_pays(tmp_path, monkeypatch):
     assert explicit.wants(shape, None, 0)
 
 
+def test_what_the_compile_decision_waits_for(tmp_path, monkeypatch):
+    monkeypatch.setenv("FRAMETRANS_CONVERT_SECONDS", "3")
+    server = BackendServer(backends.Choice("onnxruntime", torch.float32, "test"), tiny_model("resnet"),
+                           lambda m, x: m(x), "", tmp_path)
+    shape = (1, 3, 8, 8)
+    assert server.rival_seconds(shape, None, 100) == (True, None)  # torch eager first
+    assert server.rival_seconds(shape, 0.5, 100) == (True, None)  # the backend will run it: time it
+    assert server.rival_seconds(shape, 0.5, 2) == (False, None)  # too short a job for the backend
+    server.fn = lambda x: x
+    assert server.rival_seconds((1, 3, 16, 16), None, 100) == (False, None)  # taken untimed: no wait
+    server(torch.zeros(shape), 0.5)
+    server(torch.zeros(shape), 0.5)  # the second run is timed
+    wait, seconds = server.rival_seconds(shape, 0.5, 100)
+    assert not wait and seconds is not None and seconds < 0.5
+    server._slower.add(shape)
+    assert server.rival_seconds(shape, 0.5, 100) == (False, None)  # torch runs it: no rival
+    failed = BackendServer(backends.Choice("onnxruntime", torch.float32, "test"), tiny_model("resnet"),
+                           lambda m, x: m(x), "", tmp_path)
+    failed.failed = "RuntimeError: cannot export"
+    assert failed.rival_seconds(shape, None, 100) == (False, None)
+
+
 def test_a_shape_the_backend_runs_slower_goes_back_to_torch(tmp_path):
     server = BackendServer(backends.Choice("onnxruntime", torch.float32, "test"), tiny_model("resnet"),
                            lambda m, x: m(x), "", tmp_path)

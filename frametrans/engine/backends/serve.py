@@ -48,10 +48,10 @@ SAVING = {("openvino", torch.bfloat16): 0.3, ("openvino", torch.float32): 0.3,
           ("onnxruntime", torch.float32): 0.3}
 #: Expected seconds to trace the ONNX graph and compile it for one shape: the slowest measured on 2
 #: cores (ResNet-9 on the 2026-11-30 Xeon: ~1.5 s trace, ~0.5 s OpenVINO compile; the bundled
-#: cyclegan and munit, plain and ``--temporal stats``, 0.3-0.7 s on an AMD Zen 5). It was 3 s, which
-#: kept the first ``--temporal stats`` run of the 75-frame sample clip in torch eager bf16 on the Zen 5
-#: (3x the time of off) while later runs loaded the cached graph. ``FRAMETRANS_CONVERT_SECONDS``
-#: overrides.
+#: cyclegan and munit, plain and ``--temporal stats``, and ResNet-9: 0.3-0.9 s on an AMD Zen 5). It
+#: was 3 s, which kept the first ``--temporal stats`` run of the 75-frame sample clip in torch eager
+#: bf16 on the Zen 5 (3x the time of off) while later runs loaded the cached graph.
+#: ``FRAMETRANS_CONVERT_SECONDS`` overrides.
 CONVERT_SECONDS = 2.0
 #: Expected seconds to load a cached graph and compile it for one shape (~0.1 s load, ~0.5 s compile).
 LOAD_SECONDS = 1.0
@@ -143,8 +143,8 @@ class BackendServer:
         backend's measured time per frame for ``shape``, None when it does not serve the shape;
         ``wait``: decide later, because torch eager has not been timed on the shape yet, or the
         backend will serve it but has not been timed (its second batch is)."""
-        if eager_seconds is None:
-            return True, None
+        if eager_seconds is None:  # a built backend takes new shapes untimed: nothing to wait for
+            return self.fn is None and self.failed is None, None
         if shape in self._seconds and shape not in self._slower:
             return False, self._seconds[shape]
         return self.wants(shape, eager_seconds, remaining) and shape not in self._slower, None
