@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import os
 import threading
@@ -56,11 +57,20 @@ def cpu_has_bf16() -> bool:
 
 
 def _cpu_flags() -> str:
+    return _cpu_field("flags")
+
+
+def _cpu_field(name: str) -> str:
+    """The value of the first ``name : value`` line of /proc/cpuinfo ("" where there is none)."""
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as f:
-            return next((line for line in f if line.startswith("flags")), "")
+            for line in f:
+                field, _, value = line.partition(":")
+                if field.strip() == name:
+                    return value.strip()
     except OSError:
-        return ""
+        pass
+    return ""
 
 
 #: How much faster than fp32 a bf16 convolution must run for ``precision=auto`` to pick bf16 on a CPU
@@ -76,7 +86,8 @@ _MEASURING = threading.Lock()
 
 @functools.lru_cache(maxsize=1)
 def cpu_bf16_pays() -> bool:
-    """True when bf16 is faster than fp32 on this CPU, decided once per process:
+    """True when bf16 is faster than fp32 on this CPU, decided once per process (the measurement
+    is kept per machine, :func:`remembered_bf16_speedup`):
 
     - no bf16 units (AVX2 only): False, without measuring (bf16 is emulated, ~60x slower);
     - AMX tiles (``amx_bf16``): True (torch bf16 2.6-3.2x fp32 on Sapphire Rapids, issue 19);
@@ -88,11 +99,42 @@ def cpu_bf16_pays() -> bool:
     if "amx_bf16" in _cpu_flags():
         return True
     with _MEASURING:  # two threads' first sessions must not time the probe against each other
-        speedup = cpu_bf16_speedup()
+        speedup = remembered_bf16_speedup()
     log.debug("bf16 runs a 3x3 convolution %.2fx as fast as fp32 on this CPU (%d threads): --precision "
               "auto %s it (the bar is %.2fx)", speedup, torch.get_num_threads(),
               "prefers" if speedup >= BF16_MIN_SPEEDUP else "skips", BF16_MIN_SPEEDUP)
     return speedup >= BF16_MIN_SPEEDUP
+
+
+#: Where :func:`remembered_bf16_speedup` keeps its measurements, in the cache folder.
+SPEEDUP_FILE = "cpu-bf16.json"
+
+
+def remembered_bf16_speedup() -> float:
+    """:func:`cpu_bf16_speedup` for this CPU model, torch version and thread count: read from
+    ``<cache>/cpu-bf16.json`` when an earlier process measured it, else measured now and added
+    there (written atomically), so that every process on a machine (Ray workers, ``xargs -P``)
+    decides alike and a run repeats the last one's precision. Delete the file to measure again."""
+    from frametrans.atomic import atomic_write_text
+    from frametrans.engine.compile import cache_dir
+
+    cpu = "/".join(_cpu_field(f) for f in ("model name", "cpu family", "model", "stepping"))
+    key = f"{cpu}|torch {torch.__version__}|{torch.get_num_threads()} threads"
+    path = cache_dir() / SPEEDUP_FILE
+    try:
+        table = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        table = {}
+    table = table if isinstance(table, dict) else {}
+    if isinstance(table.get(key), (int, float)) and table[key] > 0:
+        return float(table[key])
+    table[key] = round(cpu_bf16_speedup(), 3)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(table, indent=1, sort_keys=True) + "\n")
+    except OSError as exc:  # a read-only cache: measure again in the next process
+        log.debug("could not keep the bf16 probe in %s: %s", path, exc)
+    return table[key]
 
 
 def cpu_bf16_speedup(channels: int = 64, side: int = 64, repeat: int = 5) -> float:

@@ -3,6 +3,7 @@ real photos (random and bundled weights), and precision=auto's rule for a model 
 
 from __future__ import annotations
 
+import json
 import logging
 
 import numpy as np
@@ -136,7 +137,7 @@ def test_cpu_bf16_pays_by_units_then_by_measurement(flags, units, speedup, pays,
     measured = []
     monkeypatch.setattr(devices, "_cpu_flags", lambda: flags)
     monkeypatch.setattr(devices, "cpu_has_bf16", lambda: units)
-    monkeypatch.setattr(devices, "cpu_bf16_speedup", lambda: measured.append(1) or speedup)
+    monkeypatch.setattr(devices, "remembered_bf16_speedup", lambda: measured.append(1) or speedup)
     devices.cpu_bf16_pays.cache_clear()
     try:
         assert devices.cpu_bf16_pays() is pays
@@ -153,3 +154,26 @@ def test_the_bf16_probe_convolution_times_both_precisions_and_leaves_the_seed_al
     torch.manual_seed(3)
     speedup = devices.cpu_bf16_speedup(channels=8, side=16, repeat=2)
     assert 0 < speedup < float("inf") and torch.equal(torch.rand(4), expected)
+
+
+def test_the_probe_is_measured_once_per_machine_and_kept(tmp_path, monkeypatch):
+    monkeypatch.setenv("FRAMETRANS_CACHE_DIR", str(tmp_path))
+    measured = []
+    monkeypatch.setattr(devices, "cpu_bf16_speedup", lambda: measured.append(1) or 1.5)
+    assert devices.remembered_bf16_speedup() == 1.5 and len(measured) == 1
+    kept = tmp_path / devices.SPEEDUP_FILE
+    assert list(json.loads(kept.read_text()).values()) == [1.5]
+    assert devices.remembered_bf16_speedup() == 1.5 and len(measured) == 1  # read, not measured
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads + 1)  # another thread count is another measurement
+        assert devices.remembered_bf16_speedup() == 1.5 and len(measured) == 2
+    finally:
+        torch.set_num_threads(threads)
+    assert len(json.loads(kept.read_text())) == 2
+    kept.write_text("{not json")  # damaged: measured again and rewritten
+    assert devices.remembered_bf16_speedup() == 1.5 and len(measured) == 3
+    assert len(json.loads(kept.read_text())) == 1
+    monkeypatch.setenv("FRAMETRANS_CACHE_DIR", str(tmp_path / "file" / "under-a-file"))
+    (tmp_path / "file").write_text("")  # the cache folder cannot be made: measured, not kept
+    assert devices.remembered_bf16_speedup() == 1.5 and len(measured) == 4
