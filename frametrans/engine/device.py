@@ -92,7 +92,8 @@ def cpu_bf16_pays() -> bool:
     - no bf16 units (AVX2 only): False, without measuring (bf16 is emulated, ~60x slower);
     - AMX tiles (``amx_bf16``): True (torch bf16 2.6-3.2x fp32 on Sapphire Rapids, issue 19);
     - AVX512-BF16 without AMX: measured, :func:`cpu_bf16_speedup` >= :data:`BF16_MIN_SPEEDUP`.
-      CPUs of that kind differ: an AMD Zen 5 gains; an Intel Xeon measured on 2026-11-30 lost (whole model).
+      CPUs of that kind differ: an AMD Zen 5 gains; an Intel Xeon measured on 2026-11-30 lost
+      (a whole ResNet-9 there).
     """
     if not cpu_has_bf16():
         return False
@@ -139,8 +140,8 @@ def remembered_bf16_speedup() -> float:
 
 def cpu_bf16_speedup(channels: int = 64, side: int = 64, repeat: int = 5) -> float:
     """fp32 time over bf16 time of one 3x3 convolution, ``channels`` -> ``channels`` on a
-    ``[1, channels, side, side]`` channels_last input (the second layer of a ResNet generator with
-    ngf 64 at 64x64 input; 0.3 GFLOP per call), best of ``repeat`` calls each after two warm-up
+    ``[1, channels, side, side]`` channels_last input (by default a 64-channel layer on a 64x64
+    feature map, 0.3 GFLOP per call), best of ``repeat`` calls each after two warm-up
     calls, on this process's torch threads. About 20 ms on 2 cores of an AMD Zen 5. torch's global
     random generator is left as it was."""
     seconds = {}
