@@ -123,6 +123,7 @@ def test_auto_precision_runs_16_bit_inputs_in_fp32(monkeypatch):
     bf16 = _runner(model, precision="bf16")([ramp])[0]  # what auto did before: far fewer levels
     assert np.abs(bf16.astype(int) - ref.astype(int)).max() > 1
     eight = _images(1, h=24, w=32)
+    monkeypatch.setenv("FRAMETRANS_KEEP_FP32", r.session.keep_fp32)  # the copy auto chose
     assert np.array_equal(r(eight)[0], _runner(model, precision="bf16")(eight)[0])  # 8-bit: bf16
 
 

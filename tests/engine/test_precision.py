@@ -92,6 +92,36 @@ def test_bf16_keeps_the_picture_with_bundled_weights(name):
     assert min(ps) >= 40.0 and np.mean(ps) >= 45.0, ps
 
 
+@pytest.mark.parametrize("name, light", [("cyclegan", True), ("munit", True), ("pix2pix", True),
+                                          ("predictor", False)])
+def test_auto_on_the_cpu_keeps_nothing_in_fp32_where_the_probe_has_room(name, light, monkeypatch):
+    """The light copy (every layer bf16) where the probe passes 45 + 3 dB, else the copy that keeps
+    norms, frame and output in fp32; the picture stays within the bars on photos either way."""
+    monkeypatch.setattr(devices, "cpu_bf16_pays", lambda: True)
+    monkeypatch.delenv("FRAMETRANS_KEEP_FP32", raising=False)
+    model = load_model(name)
+    s = Session(model, "cpu", "auto")
+    assert s.dtype == torch.bfloat16 and s.keep_fp32 == ("none" if light else "all")
+    assert s.precision_db >= (48.0 if light else 45.0)
+    assert {p.dtype for p in s.model.parameters()} == ({torch.bfloat16} if light else {torch.bfloat16, torch.float32})
+    assert Session(model, "cpu", "bf16").keep_fp32 == "all"  # asked for by name: the careful copy
+    monkeypatch.setenv("FRAMETRANS_KEEP_FP32", "all")
+    assert Session(model, "cpu", "auto").keep_fp32 == "all"  # the knob still decides when set
+    if name == "predictor":
+        return
+    monkeypatch.delenv("FRAMETRANS_KEEP_FP32")
+    forward = _munit_forward(model) if name == "munit" else None
+
+    def run(precision):
+        opts = RunnerOptions(device="cpu", precision=precision, compile="off", batch_size=1)
+        r = Runner(model, opts, forward=forward) if forward else Runner(model, opts)
+        return [r([im])[0] for im in _photos(128)], r.session.keep_fp32
+
+    (auto, kept), (ref, _) = run("auto"), run("fp32")
+    ps = [psnr(a, b) for a, b in zip(auto, ref)]
+    assert kept == "none" and min(ps) >= 40.0 and np.mean(ps) >= 45.0, ps
+
+
 class LosesInBf16(ResnetGenerator):
     """A ResNet whose output passes through a channel-mixing Linear with a large offset: in bf16
     (8 significant bits) the offset leaves steps of 0.5 on values in [-1, 1]."""
