@@ -31,6 +31,9 @@ Random ResNet-9: 40.0 / 41.6 dB with everything bf16, 41.0 / 42.7 with fp32 norm
 52.2 / 53.2 -> 55.6 / 56.5, pix2pix 55.5 / 56.5 -> 57.5 / 58.7. Those convolutions are ~5% of
 ResNet-9's multiply-adds. ``precision=auto`` then checks the model it was given: a small structured
 probe frame runs in both precisions, and below :data:`AUTO_MIN_DB` the session runs fp32 and says so.
+On the CPU it first tries the copy with every layer low-precision and keeps it when the probe passes
+with :data:`LIGHT_MARGIN_DB` to spare (the bundled cyclegan, pix2pix and munit: 1.18-1.38x faster
+in torch bf16 on an AMD Zen 5).
 """
 
 from __future__ import annotations
