@@ -518,8 +518,8 @@ class Runner:
         if self._identity is None:
             token = "" if self.forward is default_forward else str(self.forward.cache_token)
             self._identity = compiling.model_identity(self.model, self.source, token)
-            if self.session.dtype != torch.float32 and self.session.keep_fp32 != "all":
-                self._identity += f"|keep_fp32={self.session.keep_fp32}"  # another low-precision copy
+            if self.session.dtype != torch.float32:  # the input may be fp32 either way: say the copy
+                self._identity += f"|{self.session.dtype}|keep_fp32={self.session.keep_fp32}"
         if self._signature is None:
             self._signature = compiling.device_signature(self.device)
         return compiling.ArtifactKey(

@@ -56,10 +56,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("frametrans")
 
-# One low-precision copy per (module, device, dtype, layout); it goes away with the module.
+# One low-precision copy per (module, device, dtype, layout, keep_fp32); it goes away with the module.
 _PREPARED: "weakref.WeakKeyDictionary[nn.Module, Dict[tuple, Tuple[tuple, nn.Module]]]" = (
     weakref.WeakKeyDictionary())
-# precision=auto's verdict per (module, device, dtype): (weights stamp, PSNR of the probe in dB)
+# precision=auto's verdict per (module, device, dtype, keep_fp32): (weights stamp, PSNR of the probe in dB)
 _VERDICTS: "weakref.WeakKeyDictionary[nn.Module, Dict[tuple, Tuple[tuple, float]]]" = (
     weakref.WeakKeyDictionary())
 
@@ -68,12 +68,13 @@ _VERDICTS: "weakref.WeakKeyDictionary[nn.Module, Dict[tuple, Tuple[tuple, float]
 AUTO_MIN_DB = 45.0
 #: On the CPU, ``precision=auto`` keeps no layer in fp32 when the probe passes the bar by this much
 #: (see :meth:`Session._try_the_light_copy`).
-LIGHT_MARGIN_DB = 3.0
+LIGHT_MARGIN_DB = 3.5
 _NORMS = (nn.InstanceNorm2d, nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)
 _NORM_NAMES = ("LayerNorm", "AdaptiveInstanceNorm2d")  # MUNIT's own norm layers
 _CONVS = (nn.Conv2d, nn.ConvTranspose2d)
 #: What a low-precision copy keeps in fp32, from ``FRAMETRANS_KEEP_FP32`` (to measure what the rule
-#: costs on a device): ``all`` (the default: norms, output and full-resolution convolutions),
+#: costs on a device): ``all`` (the default, but for precision auto on the CPU, which tries ``none``
+#: first: norms, output and full-resolution convolutions),
 #: ``output`` (the output convolutions only), ``none`` (every layer in the low precision).
 KEEP_FP32_MODES = ("all", "output", "none")
 
@@ -119,10 +120,13 @@ class Session:
         self.device = devices.resolve_device(device) if isinstance(device, str) else device
         self.dtype = devices.resolve_precision(precision, self.device)
         auto = (precision or "auto").lower() == "auto" and self.dtype != torch.float32 and self.device.type != "mps"
-        light = auto and self.device.type == "cpu" and "FRAMETRANS_KEEP_FP32" not in os.environ
-        self.keep_fp32 = "none" if light else keep_fp32_mode()  # what a low-precision copy keeps in fp32
         self.channels_last = channels_last and self.device.type != "mps"
         self.source = model.eval().to(self.device)
+        if self.channels_last:
+            self.source = self.source.to(memory_format=torch.channels_last)  # as _prepare does: one stamp
+        light = auto and self.device.type == "cpu" and "FRAMETRANS_KEEP_FP32" not in os.environ \
+            and self._light_copy_may_pass()
+        self.keep_fp32 = "none" if light else keep_fp32_mode()  # what a low-precision copy keeps in fp32
         self.model = self._prepare(self.source)
         self.precision_db: Optional[float] = None  # precision=auto's probe, when it ran
         if light:
@@ -162,14 +166,26 @@ class Session:
         then judges. The margin: the probe frame read up to 3.2 dB better than 256x256 frames
         (munit: 50.2 against 47.0 dB), and the bundled models pass it (cyclegan 53.5, pix2pix 57.5,
         munit 50.2 dB) while a random ResNet-9 (41.8) and the bundled predictor (45.4) do not."""
-        db, _ = self._probe_verdict()
-        if db is not None and db >= AUTO_MIN_DB + LIGHT_MARGIN_DB:
+        db, fresh = self._probe_verdict()
+        passed = db is not None and db >= AUTO_MIN_DB + LIGHT_MARGIN_DB
+        if fresh:
+            log.debug("--precision auto: the all-%s copy is %s dB from fp32 on the probe frame: %s",
+                      _NAMES[self.dtype], "?" if db is None else f"{db:.1f}",
+                      "kept" if passed else "norms, frame and output stay fp32")
+        if passed:
             return
-        log.debug("--precision auto: the all-%s copy is %s dB from fp32 on the probe frame; keeping "
-                  "norms, frame and output in fp32", _NAMES[self.dtype], "?" if db is None else f"{db:.1f}")
         _PREPARED.get(self.source, {}).pop((str(self.device), self.dtype, self.channels_last, "none"), None)
-        self.keep_fp32 = "all"
+        self.keep_fp32, self.model = "all", self.source  # the light copy goes before the next is made
         self.model = self._prepare(self.source)
+
+    def _light_copy_may_pass(self) -> bool:
+        """False when the light copy cannot be judged (no I/O contract) or already failed for these
+        weights: no copy is made just to be thrown away."""
+        if not hasattr(getattr(self.source, "config", None), "contract"):
+            return False
+        verdict = _VERDICTS.get(self.source, {}).get((str(self.device), self.dtype, "none"))
+        return verdict is None or verdict[0] != weights_stamp(self.source) or \
+            (verdict[1] is not None and verdict[1] >= AUTO_MIN_DB + LIGHT_MARGIN_DB)
 
     def _probe_verdict(self) -> Tuple[Optional[float], bool]:
         """The probe's PSNR (dB) for the current copy, measured once per weights and shared by every
@@ -207,7 +223,8 @@ class Session:
                     ref = fn(self.source, x)
                 with self.inference():
                     low = fn(self.model, self.to_model_input(x))
-                worst = min(worst, output_psnr(low, ref, value_range))
+                db = output_psnr(low, ref, value_range)
+                worst = min(worst, 0.0 if math.isnan(db) else db)  # NaN in the output: lost
         except Exception as exc:  # noqa: BLE001 - the probe is advice; the model's own errors show later
             log.debug("precision probe failed: %s", exc)
             return None

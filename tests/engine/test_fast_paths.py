@@ -381,7 +381,9 @@ def test_a_package_with_the_wrong_output_is_kept_as_bad(tmp_path, monkeypatch):
 
 
 def test_the_keep_fp32_mode_is_part_of_the_compiled_packages_key(monkeypatch):
-    """A bf16 package built with another FRAMETRANS_KEEP_FP32 is another package; fp32 has no copy."""
+    """A bf16 package built with another FRAMETRANS_KEEP_FP32 is another package; fp32 has no copy.
+    bf16 and fp32 packages differ too, though a copy that keeps its first layer in fp32 takes the
+    same fp32 input as the fp32 model (they once shared a key and loaded each other's package)."""
     model = _model("resnet")
     x = torch.zeros(1, 3, 32, 32)
     digests = {}
@@ -391,6 +393,7 @@ def test_the_keep_fp32_mode_is_part_of_the_compiled_packages_key(monkeypatch):
             digests[mode, precision] = _runner(model, precision=precision)._artifact_key(x).digest
     assert digests["all", "bf16"] != digests["none", "bf16"]
     assert digests["all", "fp32"] == digests["none", "fp32"]
+    assert digests["all", "bf16"] != digests["all", "fp32"] and digests["none", "bf16"] != digests["all", "fp32"]
 
 
 def test_package_check_child_reports_a_package_it_cannot_load(tmp_path):

@@ -207,3 +207,31 @@ def test_the_probe_is_measured_once_per_machine_and_kept(tmp_path, monkeypatch):
     monkeypatch.setenv("FRAMETRANS_CACHE_DIR", str(tmp_path / "file" / "under-a-file"))
     (tmp_path / "file").write_text("")  # the cache folder cannot be made: measured, not kept
     assert devices.remembered_bf16_speedup() == 1.5 and len(measured) == 4
+
+
+class NaNInBf16(ResnetGenerator):
+    """Fine in fp32; one NaN pixel whenever any of its weights is bf16."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = super().forward(x)
+        if any(p.dtype == torch.bfloat16 for p in self.parameters()):
+            y = y.clone()
+            y[..., 0, 0] = float("nan")
+        return y
+
+
+def test_auto_runs_fp32_when_the_probe_sees_nan_and_makes_no_copy_to_throw_away(monkeypatch):
+    from frametrans.engine import session as sessions
+
+    monkeypatch.setattr(devices, "cpu_bf16_pays", lambda: True)
+    monkeypatch.delenv("FRAMETRANS_KEEP_FP32", raising=False)
+    torch.manual_seed(0)
+    model = NaNInBf16(ResnetConfig(ngf=4, n_blocks=1))
+    s = Session(model, "cpu", "auto")
+    assert s.dtype == torch.float32 and s.precision_db == 0.0  # NaN is a lost picture, not inf dB
+    copies = []
+    real = sessions.copy.deepcopy
+    monkeypatch.setattr(sessions.copy, "deepcopy", lambda m, *a: copies.append(1) or real(m, *a))
+    again = Session(model, "cpu", "auto")  # verdicts known for these weights: no light copy made
+    assert again.dtype == torch.float32 and not copies
+    assert all(key[-1] != "none" for key in sessions._PREPARED.get(again.source, {}))

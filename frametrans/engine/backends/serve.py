@@ -174,7 +174,7 @@ class BackendServer:
         """The first batch of a low-precision backend under ``--precision auto``: below the
         session's bar (:data:`~frametrans.engine.session.AUTO_MIN_DB`) on :meth:`_probe_db`, the
         backend is built again in fp32 (warned); then the batch runs. OpenVINO's bf16 keeps no layer
-        in fp32, so it can lose more than torch's bf16 copy: ResNet-9 ngf 64 with random weights
+        in fp32, so it can lose more than torch's careful bf16 copy: ResNet-9 ngf 64 with random weights
         measured 42.1 dB against torch bf16's 44.5 (AMD Zen 5; the bundled models 47.3-60.4 dB)."""
         self.choice = dataclasses.replace(self.choice, guarded=False)
         self._runs[tuple(x.shape)] = 1  # the probe was this shape's warm-up: the next run is timed
