@@ -18,8 +18,10 @@ import torch
 from frametrans.bench.common import Log, device_name, make_frames, median, psnr_uint8, to_stderr, workdir
 from frametrans.bench.models import prepare_model
 
-#: (name, backend, precision) of every path measured.
-PATHS = (("torch fp32", "torch", "fp32"), ("torch bf16", "torch", "bf16"),
+#: (name, backend, precision) of every path measured. ``torch auto``: what ``--precision auto`` runs in
+#: torch here (fp32, or bf16 with the copy it picks: every layer bf16 where the model passes the probe
+#: with room, else norms, frame and output in fp32, which is what ``torch bf16`` always runs).
+PATHS = (("torch fp32", "torch", "fp32"), ("torch bf16", "torch", "bf16"), ("torch auto", "torch", "auto"),
          ("openvino fp32", "openvino", "fp32"), ("openvino bf16", "openvino", "bf16"),
          ("onnxruntime fp32", "onnxruntime", "fp32"))
 
@@ -86,6 +88,8 @@ def bench_backends(opts: BackendsBench, log: Log = to_stderr) -> Dict[str, Any]:
                 "first_call_seconds": first, "seconds_per_frame": med, "samples": times,
                 "speedup_vs_torch_fp32": {k: med["torch fp32"] / v for k, v in med.items()},
                 "psnr_vs_fp32_db": psnr, "skipped": skipped,
+                "torch_auto": {"dtype": backends.dtype_name(runners["torch auto"].dtype),
+                               "keep_fp32": runners["torch auto"].session.keep_fp32},
                 "auto": {"backend": auto.name, "dtype": backends.dtype_name(auto.dtype), "reason": auto.reason}}
 
 
@@ -123,6 +127,7 @@ def format_backends(result: Dict[str, Any]) -> str:
         lines.append(f"  {name:17s} {sec * 1e3:8.1f} ms/frame  {result['speedup_vs_torch_fp32'][name]:5.2f}x  "
                      f"first call {result['first_call_seconds'][name]:.2f} s{quality}")
     lines += [f"  {name:17s} skipped: {why}" for name, why in result["skipped"].items()]
-    a = result["auto"]
+    t, a = result["torch_auto"], result["auto"]
+    lines.append(f"  torch auto here: {t['dtype']}" + (f", keep_fp32={t['keep_fp32']}" if t["dtype"] != "fp32" else ""))
     lines.append(f"  --backend auto here: {a['backend']} ({a['dtype']}): {a['reason']}")
     return "\n".join(lines)

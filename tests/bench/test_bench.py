@@ -39,6 +39,26 @@ def test_bench_apply_cli_tiny(tmp_path):
     assert data["setup"]["padded"] == [32, 24] and not data["setup"]["compiled"]
 
 
+def test_bench_backends_cli_tiny(tmp_path, monkeypatch):
+    """Every path that can run here gets a time and (but torch fp32, the reference) a PSNR; the
+    others are listed as skipped with why; `torch auto` says which copy --precision auto picked."""
+    from frametrans.bench.backends import PATHS
+    from frametrans.engine import device as devices
+
+    monkeypatch.setattr(devices, "cpu_bf16_pays", lambda: True)  # auto means bf16 on any CPU here
+    out = tmp_path / "b.json"
+    res = _invoke(["backends", "-m", "resnet", *TINY, "--size", "32", "--repeat", "1", "--frames", "2",
+                   "--json", str(out)])
+    data = json.loads(out.read_text())
+    ran, skipped = set(data["seconds_per_frame"]), set(data["skipped"])
+    assert ran | skipped == {name for name, _, _ in PATHS} and not ran & skipped
+    assert {"torch fp32", "torch auto"} <= ran and data["speedup_vs_torch_fp32"]["torch fp32"] == 1.0
+    assert set(data["psnr_vs_fp32_db"]) == ran - {"torch fp32"}
+    assert all(p["worst"] >= 40.0 for name, p in data["psnr_vs_fp32_db"].items() if name.startswith("torch"))
+    assert data["torch_auto"]["dtype"] == "bf16" and data["torch_auto"]["keep_fp32"] in ("none", "all")
+    assert "torch auto here: bf16, keep_fp32=" in res.output and "--backend auto here:" in res.output
+
+
 def test_bench_tiling_cli_tiny():
     res = _invoke(["tiling", "-m", "unet", "--config", "num_downs=3", "--config", "ngf=4", "--size", "96x64",
                    "--tile", "32", "--repeat", "1", "--device", "cpu", "--precision", "fp32"])
