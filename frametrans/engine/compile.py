@@ -49,8 +49,10 @@ from frametrans.engine import package_child
 log = logging.getLogger("frametrans")
 
 COMPILE_MODES = ("auto", "on", "off")
-#: Version of the key layout and export recipe; bump to invalidate old packages.
-RECIPE = 2
+#: Version of the key layout and export recipe; bump to invalidate old packages. 3: bf16 packages
+#: had been cached under their fp32 twin's key (the input dtype was the only dtype in the key) and
+#: must not be loaded by fp32 runs.
+RECIPE = 3
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
