@@ -136,11 +136,27 @@ def _per_channel_stats(x: Tensor, dims: tuple[int, ...]) -> tuple[Tensor, Tensor
     return mean, var
 
 
-def _instance_adapter(module: nn.Module) -> _Adapter:
-    def apply(x: Tensor, mean: Tensor, var: Tensor) -> Tensor:
+def _instance_apply(module: nn.Module, x: Tensor, mean: Tensor, var: Tensor) -> Tensor:
+    """``(x - mean) / sqrt(var + eps) * weight + bias`` with statistics ``[1 or B, C, 1, 1]``, one
+    sample at a time through torch's fused batch-norm kernel in eval mode, output in ``x.dtype``:
+    0.22-0.34 ms on a 256-channel 160x90 channels_last frame, against 0.9 ms in bf16 and 7.6 ms in
+    fp32 as separate operations (AMD Zen 5, 2 threads). Traced into an ONNX graph (a backend's
+    ``--temporal stats``), it stays separate operations: the per-sample loop would fix the batch."""
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
         return _scale_shift(x, *_channel_affine(module, mean, var))
+    c = x.shape[1]
+    weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
+    weight = None if weight is None else weight.float()
+    bias = None if bias is None else bias.float()
+    outs = [F.batch_norm(x[b:b + 1], mean[b if mean.shape[0] > 1 else 0].reshape(c).float(),
+                         var[b if var.shape[0] > 1 else 0].reshape(c).float(), weight, bias, False, 0.0, module.eps)
+            for b in range(x.shape[0])]
+    return outs[0] if len(outs) == 1 else torch.cat(outs)
 
-    return _Adapter("instance", lambda x: _per_channel_stats(x, (2, 3)), apply)
+
+def _instance_adapter(module: nn.Module) -> _Adapter:
+    return _Adapter("instance", lambda x: _per_channel_stats(x, (2, 3)),
+                    lambda x, mean, var: _instance_apply(module, x, mean, var))
 
 
 def _batch_adapter(module: nn.Module) -> _Adapter:
