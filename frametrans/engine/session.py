@@ -122,12 +122,12 @@ class Session:
         auto = (precision or "auto").lower() == "auto" and self.dtype != torch.float32 and self.device.type != "mps"
         self.channels_last = channels_last and self.device.type != "mps"
         self.source = model.eval().to(self.device)
-        if self.channels_last:
-            self.source = self.source.to(memory_format=torch.channels_last)  # as _prepare does: one stamp
+        if self.channels_last:  # before any weights stamp is taken: copies and verdicts key on it
+            self.source = self.source.to(memory_format=torch.channels_last)
         light = auto and self.device.type == "cpu" and "FRAMETRANS_KEEP_FP32" not in os.environ \
             and self._light_copy_may_pass()
         self.keep_fp32 = "none" if light else keep_fp32_mode()  # what a low-precision copy keeps in fp32
-        self.model = self._prepare(self.source)
+        self.model = self._prepare()
         self.precision_db: Optional[float] = None  # precision=auto's probe, when it ran
         if light:
             self._try_the_light_copy()
@@ -138,12 +138,12 @@ class Session:
             log.warning("bf16 on a CPU without bf16 units is emulated and much slower than fp32 "
                         "(measured 60x on an AVX2 CPU); --precision auto picks fp32 here")
 
-    def _prepare(self, model: nn.Module) -> nn.Module:
-        if self.channels_last:
-            model = model.to(memory_format=torch.channels_last)
+    def _prepare(self) -> nn.Module:
+        """``source`` (in its layout already) or its low-precision copy for ``keep_fp32``."""
+        model = self.source
         if self.dtype == torch.float32 or self.device.type == "mps":
             return model  # MPS: fp32 weights under fp16 autocast
-        key = (str(self.device), self.dtype, self.channels_last, self.keep_fp32)
+        key = self._copy_key(self.keep_fp32)
         copies = _PREPARED.setdefault(model, {})
         stamp = weights_stamp(model)
         if key not in copies or copies[key][0] != stamp:
@@ -167,31 +167,38 @@ class Session:
         (munit: 50.2 against 47.0 dB), and the bundled models pass it (cyclegan 53.5, pix2pix 57.5,
         munit 50.2 dB) while a random ResNet-9 (41.8) and the bundled predictor (45.4) do not."""
         db, fresh = self._probe_verdict()
-        passed = db is not None and db >= AUTO_MIN_DB + LIGHT_MARGIN_DB
+        passed = _light_passes(db)
         if fresh:
             log.debug("--precision auto: the all-%s copy is %s dB from fp32 on the probe frame: %s",
                       _NAMES[self.dtype], "?" if db is None else f"{db:.1f}",
                       "kept" if passed else "norms, frame and output stay fp32")
         if passed:
             return
-        _PREPARED.get(self.source, {}).pop((str(self.device), self.dtype, self.channels_last, "none"), None)
+        _PREPARED.get(self.source, {}).pop(self._copy_key("none"), None)
         self.keep_fp32, self.model = "all", self.source  # the light copy goes before the next is made
-        self.model = self._prepare(self.source)
+        self.model = self._prepare()
 
     def _light_copy_may_pass(self) -> bool:
         """False when the light copy cannot be judged (no I/O contract) or already failed for these
         weights: no copy is made just to be thrown away."""
-        if not hasattr(getattr(self.source, "config", None), "contract"):
+        if contract_of(self.source) is None:
             return False
-        verdict = _VERDICTS.get(self.source, {}).get((str(self.device), self.dtype, "none"))
-        return verdict is None or verdict[0] != weights_stamp(self.source) or \
-            (verdict[1] is not None and verdict[1] >= AUTO_MIN_DB + LIGHT_MARGIN_DB)
+        verdict = _VERDICTS.get(self.source, {}).get(self._verdict_key("none"))
+        return verdict is None or verdict[0] != weights_stamp(self.source) or _light_passes(verdict[1])
+
+    def _copy_key(self, keep_fp32: str) -> tuple:
+        """The key of a low-precision copy of ``source`` in ``_PREPARED``."""
+        return str(self.device), self.dtype, self.channels_last, keep_fp32
+
+    def _verdict_key(self, keep_fp32: str) -> tuple:
+        """The key of a probe verdict on that copy in ``_VERDICTS``."""
+        return str(self.device), self.dtype, keep_fp32
 
     def _probe_verdict(self) -> Tuple[Optional[float], bool]:
         """The probe's PSNR (dB) for the current copy, measured once per weights and shared by every
         session of the module (MUNIT variants); and whether it was measured just now."""
         verdicts = _VERDICTS.setdefault(self.source, {})
-        key, stamp = (str(self.device), self.dtype, self.keep_fp32), weights_stamp(self.source)
+        key, stamp = self._verdict_key(self.keep_fp32), weights_stamp(self.source)
         fresh = key not in verdicts or verdicts[key][0] != stamp
         if fresh:
             verdicts[key] = (stamp, self._probe_db())
@@ -207,7 +214,7 @@ class Session:
             log.warning("--precision auto: %s output of this model is %.1f dB from fp32 on a probe "
                         "frame (< %.0f dB): running it in fp32", _NAMES[self.dtype], db, AUTO_MIN_DB)
         self.dtype = torch.float32
-        self.model = self._prepare(self.source)
+        self.model = self._prepare()
 
     def _probe_db(self) -> Optional[float]:
         """Worst PSNR (dB, uint8) of the low-precision copy against fp32 over the probe forwards;
@@ -223,8 +230,7 @@ class Session:
                     ref = fn(self.source, x)
                 with self.inference():
                     low = fn(self.model, self.to_model_input(x))
-                db = output_psnr(low, ref, value_range)
-                worst = min(worst, 0.0 if math.isnan(db) else db)  # NaN in the output: lost
+                worst = min(worst, output_psnr(low, ref, value_range))
         except Exception as exc:  # noqa: BLE001 - the probe is advice; the model's own errors show later
             log.debug("precision probe failed: %s", exc)
             return None
@@ -341,10 +347,9 @@ def full_precision_modules(model: nn.Module, device: torch.device, mode: str = "
     if mode == "none":
         return set()
     keep = {name for name, m in model.named_modules() if _is_norm(m)} if mode == "all" else set()
-    config = getattr(model, "config", None)
-    if config is None or not hasattr(config, "contract"):
+    c = contract_of(model)
+    if c is None:
         return keep
-    c = config.contract()
     out_channels = c.out_channels * c.frames_out
     keep |= {name for name, m in model.named_modules() if isinstance(m, _CONVS) and m.out_channels == out_channels}
     probe = _probe_input(model, device) if mode == "all" else None
@@ -377,10 +382,9 @@ def _probe_input(model: nn.Module, device: torch.device
     """A structured probe frame [1, C, H, W] (smooth colours and fine noise, ~64 px, in the model's
     range), the forwards to probe (MUNIT: both directions with a seeded style) and the value range;
     None for a module without an I/O contract."""
-    config = getattr(model, "config", None)
-    if config is None or not hasattr(config, "contract"):
+    c = contract_of(model)
+    if c is None:
         return None
-    c = config.contract()
     m = c.size_multiple
     side = max(-(-64 // m) * m, 2 * m if 1 < m <= 16 else m)
     g = torch.Generator().manual_seed(0)
@@ -392,6 +396,13 @@ def _probe_input(model: nn.Module, device: torch.device
     else:
         fns = [lambda net, t: net(t)]
     return x, fns, (float(lo), float(hi))
+
+
+def contract_of(model: nn.Module) -> Optional[IOContract]:
+    """The I/O contract of a registered architecture (``model.config.contract()``); None for a
+    module without one."""
+    config = getattr(model, "config", None)
+    return config.contract() if config is not None and hasattr(config, "contract") else None
 
 
 def probe_frame(contract: IOContract, height: int, width: int,
@@ -410,11 +421,19 @@ def probe_frame(contract: IOContract, height: int, width: int,
 
 
 def output_psnr(a: torch.Tensor, b: torch.Tensor, value_range: Tuple[float, float]) -> float:
-    """PSNR in dB of two model outputs after the runner's mapping to uint8 (inf when equal)."""
+    """PSNR in dB of two model outputs after the runner's mapping to uint8 (inf when equal, 0 when
+    either has NaN: a lost picture, where ``min`` over frames would otherwise skip a NaN)."""
     lo, hi = value_range
 
     def u8(t: torch.Tensor) -> torch.Tensor:
         return ((t.float() - lo) / (hi - lo) * 255).round().clamp(0, 255)
 
     mse = float(((u8(a) - u8(b)) ** 2).mean())
+    if math.isnan(mse):
+        return 0.0
     return float("inf") if mse == 0 else 10 * math.log10(255.0**2 / mse)
+
+
+def _light_passes(db: Optional[float]) -> bool:
+    """Whether a probe verdict lets precision=auto keep the all-low-precision copy."""
+    return db is not None and db >= AUTO_MIN_DB + LIGHT_MARGIN_DB

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 import time
 from pathlib import Path
@@ -193,10 +192,9 @@ class BackendServer:
         size, run as the first frame of a batch of ``x``'s shape (no other shape to compile); NaN
         counts as 0 dB. None when it cannot tell: no value range, a smoothed forward (its state
         must advance once per frame), or the probe failed."""
-        contract = getattr(getattr(self.source, "config", None), "contract", None)
-        if contract is None or getattr(self.forward, "smoother", None) is not None:
+        c = sessions.contract_of(self.source)
+        if c is None or getattr(self.forward, "smoother", None) is not None:
             return None
-        c = contract()
         probe = sessions.probe_frame(c, *x.shape[-2:])
         batch = x.clone()
         batch[:1] = probe.to(x.dtype)
@@ -207,8 +205,7 @@ class BackendServer:
         except Exception as exc:  # noqa: BLE001 - the probe is advice; the model's own errors show later
             log.debug("backend %s: precision probe failed: %s", self.name, exc)
             return None
-        db = output_psnr(y[:1], ref, c.value_range)
-        return 0.0 if math.isnan(db) else db
+        return output_psnr(y[:1], ref, c.value_range)
 
     def _build(self, x: torch.Tensor) -> bool:
         t0 = time.perf_counter()
