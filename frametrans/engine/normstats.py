@@ -132,8 +132,36 @@ def _channel_affine(module: nn.Module, mean: Tensor, var: Tensor) -> tuple[Tenso
 
 
 def _per_channel_stats(x: Tensor, dims: tuple[int, ...]) -> tuple[Tensor, Tensor]:
+    """Mean and biased variance of ``x`` over ``dims``, float32, keeping dims."""
+    if dims == (2, 3) and _fused_stats_apply(x):
+        pairs = [_fused_moments(x[b:b + 1]) for b in range(x.shape[0])]
+        shape = (x.shape[0], x.shape[1], 1, 1)
+        return torch.stack([m for m, _ in pairs]).view(shape), torch.stack([v for _, v in pairs]).view(shape)
     var, mean = torch.var_mean(x.float(), dim=dims, keepdim=True, correction=0)
     return mean, var
+
+
+def _fused_stats_apply(x: Tensor) -> bool:
+    """Whether :func:`_fused_moments` serves ``x [B, C, H, W]``: eager CPU code with more than one
+    value per channel. Traced (an ONNX graph) or compiled, the statistics stay ``var_mean``: the
+    batch-norm call would be a training-mode node there. CUDA's ``var_mean`` is fast already."""
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling():
+        return False
+    return x.device.type == "cpu" and x.dim() == 4 and x.shape[2] * x.shape[3] > 1
+
+
+def _fused_moments(x: Tensor) -> tuple[Tensor, Tensor]:
+    """``x [1, C, H, W]`` (any float dtype and memory format) -> the mean and the biased variance of
+    each channel, float32 ``[C]`` each, by the batch-norm kernel that torch's InstanceNorm runs, in
+    training mode: its running buffers, with momentum 1, receive the mean and the unbiased variance.
+    0.5 ms for a 256-channel 160x90 channels_last bf16 frame against 9 ms for ``torch.var_mean``,
+    whose CPU kernel is a scalar Welford loop (AMD Zen 5, 2 threads). The variance is within 2e-6
+    (fp32 input) to 6e-5 (bf16 input) of the exact one, relative; ``var_mean``'s within 6e-8."""
+    c, n = x.shape[1], x.shape[2] * x.shape[3]
+    mean = torch.zeros(c, dtype=torch.float32)
+    var = torch.ones(c, dtype=torch.float32)
+    F.batch_norm(x, mean, var, None, None, True, 1.0, 1e-5)  # the normalized output is not used
+    return mean, var.double().mul_((n - 1) / n).float()
 
 
 def _instance_apply(module: nn.Module, x: Tensor, mean: Tensor, var: Tensor) -> Tensor:
@@ -201,8 +229,14 @@ def _munit_layernorm_adapter(module: nn.Module) -> _Adapter:
     """MUNIT ``LayerNorm``: per-sample mean and *unbiased* std over (C, H, W), ``/(std + eps)``."""
 
     def stats(x: Tensor) -> tuple[Tensor, Tensor]:
-        flat = x.float().reshape(x.shape[0], -1)
-        var, mean = torch.var_mean(flat, dim=1, correction=1)
+        if _fused_stats_apply(x):  # from the per-channel moments: equal counts, summed in float64
+            means, variances = (t.double().flatten(1) for t in _per_channel_stats(x, (2, 3)))  # [B, C]
+            mean = means.mean(1)
+            n = x[0].numel()
+            var = ((variances + (means - mean[:, None]) ** 2).mean(1) * (n / (n - 1))).float()
+            mean = mean.float()
+        else:
+            var, mean = torch.var_mean(x.float().reshape(x.shape[0], -1), dim=1, correction=1)
         return mean.view(-1, 1, 1, 1), var.view(-1, 1, 1, 1)
 
     def apply(x: Tensor, mean: Tensor, var: Tensor) -> Tensor:

@@ -98,12 +98,15 @@ class _Scan:
         self.factor = factor
         self._weights: dict[tuple, Tensor] = {}
 
+    def fresh(self, has_past: bool) -> list[bool]:
+        """Which samples start over from their own statistics; without a past, sample 0 does."""
+        return self.cuts if has_past else [True] + self.cuts[1:]
+
     def weights(self, has_past: bool, device: torch.device) -> Tensor:
-        """``[B, B + 1]`` float32 on ``device``; without a past, sample 0 starts over."""
+        """``[B, B + 1]`` float32 on ``device`` (:func:`ema_weights` of :meth:`fresh`)."""
         key = (has_past, device)
         if key not in self._weights:
-            cuts = self.cuts if has_past else [True] + self.cuts[1:]
-            self._weights[key] = ema_weights(cuts, self.factor).to(device, torch.float32)
+            self._weights[key] = ema_weights(self.fresh(has_past), self.factor).to(device, torch.float32)
         return self._weights[key]
 
 
@@ -157,7 +160,7 @@ class NormSmoother:
         step = self.begin(x)
         pending: dict[str, Tensor] = {}
         calls: dict[str, int] = {}
-        patches = {module: self._layer_forward(name, adapter, step.scan, pending, calls)
+        patches = {module: self._layer_forward(name, module, adapter, step.scan, pending, calls)
                    for name, module, adapter in layers}
         with _patched_forwards(patches):
             y = call()
@@ -176,8 +179,8 @@ class NormSmoother:
         calls: dict[str, int] = {}
 
         def smooth(module: nn.Module, mean: Tensor, var: Tensor) -> tuple[Tensor, Tensor]:
-            smoothed = self._smooth(names[id(module)], torch.stack([mean.float(), var.float()], 1),
-                                    step.scan, pending, calls)
+            smoothed, _ = self._smooth(names[id(module)], torch.stack([mean.float(), var.float()], 1),
+                                       step.scan, pending, calls)
             return smoothed[:, 0], smoothed[:, 1]
 
         return smooth, lambda: self.commit(step, pending)
@@ -238,25 +241,29 @@ class NormSmoother:
         cuts[0] = cuts[0] or not had_past
         return _Scan(had_past, cuts, self.factor)
 
-    def _layer_forward(self, name: str, adapter: _Adapter, scan: _Scan, pending: dict[str, Tensor],
-                       calls: dict[str, int]) -> Callable[[Tensor], Tensor]:
+    def _layer_forward(self, name: str, module: nn.Module, adapter: _Adapter, scan: _Scan,
+                       pending: dict[str, Tensor], calls: dict[str, int]) -> Callable[[Tensor], Tensor]:
         def forward(x: Tensor) -> Tensor:
-            smoothed = self._smooth(name, _sample_stats(adapter, x), scan, pending, calls)
+            smoothed, fresh = self._smooth(name, _sample_stats(adapter, x), scan, pending, calls)
+            if adapter.kind == "instance" and any(fresh):
+                return _own_where_fresh(module, adapter, x, smoothed, fresh)
             return adapter.apply(x, smoothed[:, 0], smoothed[:, 1])
 
         return forward
 
     def _smooth(self, name: str, stats: Tensor, scan: _Scan, pending: dict[str, Tensor],
-                calls: dict[str, int]) -> Tensor:
+                calls: dict[str, int]) -> tuple[Tensor, list[bool]]:
         """Layer ``name``'s statistics ``[B, 2, ...]`` float32 (mean, var per sample) -> smoothed,
-        same shape; the layer's new state goes to ``pending``."""
+        same shape, and which samples start over (their smoothed statistics are their own); the
+        layer's new state goes to ``pending``."""
         key = slot_key(name, calls)
         past = self._state.get(key) if scan.had_past else None
         weights = scan.weights(past is not None, stats.device)  # [B, B + 1]
+        fresh = scan.fresh(past is not None)
         past = torch.zeros_like(stats[:1]) if past is None else past.to(stats.device)
         smoothed = ema(weights, past, stats)
         pending[key] = smoothed[-1:]
-        return smoothed
+        return smoothed, fresh
 
 
 def slot_key(name: str, calls: dict[str, int]) -> str:
@@ -272,6 +279,20 @@ def ema(weights: Tensor, past: Tensor, stats: Tensor) -> Tensor:
     the smoothed statistics ``[B, 2, ...]`` float32. Traceable (the ONNX graph of a backend)."""
     series = torch.cat([past, stats])  # [B + 1, 2, ...]
     return (weights @ series.flatten(1)).view(stats.shape)
+
+
+def _own_where_fresh(module: nn.Module, adapter: _Adapter, x: Tensor, smoothed: Tensor,
+                     fresh: list[bool]) -> Tensor:
+    """An InstanceNorm's output for ``x [B, C, H, W]``: samples that start over (``fresh``) through
+    the layer's own forward, so that the first frame of a stream or scene comes out exactly as
+    ``--temporal off`` makes it (the statistics computed here agree with the layer's to float
+    rounding, not bit for bit); the others with their smoothed statistics."""
+    own = type(module).forward
+    if all(fresh):
+        return own(module, x)
+    return torch.cat([own(module, x[b:b + 1]) if new else
+                      adapter.apply(x[b:b + 1], smoothed[b:b + 1, 0], smoothed[b:b + 1, 1])
+                      for b, new in enumerate(fresh)])
 
 
 def _sample_stats(adapter: _Adapter, x: Tensor) -> Tensor:

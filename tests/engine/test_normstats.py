@@ -414,3 +414,47 @@ def test_munit_tiled():
     assert psnr(frozen, full) >= 50
     assert (tiled_stats - frozen).abs().max() <= 1e-4
     assert psnr(naive, full) <= 30
+
+
+# --------------------------------------------------------------------------------------------------
+# the statistics themselves: torch's batch-norm kernel on the CPU, var_mean where it cannot serve
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_cpu_statistics_come_from_the_fused_kernel_and_match_float64(monkeypatch, dtype, channels_last):
+    """InstanceNorm's per-(sample, channel) and MUNIT LayerNorm's per-sample statistics on the CPU
+    come from the batch-norm kernel (var_mean is not called) and match a float64 reference."""
+    from frametrans.engine import normstats
+
+    gen = torch.Generator().manual_seed(3)
+    x = (torch.randn(3, 16, 24, 40, generator=gen) * torch.linspace(0.5, 4, 16).view(1, -1, 1, 1) + 5).to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    ref_var, ref_mean = torch.var_mean(x.double(), dim=(2, 3), keepdim=True, correction=0)
+    ln_var, ln_mean = torch.var_mean(x.double().flatten(1), dim=1, correction=1)
+    layer_norm = normstats._adapter_for(LayerNorm(16))
+    monkeypatch.setattr(torch, "var_mean", lambda *a, **k: pytest.fail("var_mean called"))
+    mean, var = normstats._adapter_for(nn.InstanceNorm2d(16)).stats(x)
+    lmean, lvar = layer_norm.stats(x)
+    assert mean.shape == var.shape == (3, 16, 1, 1) and mean.dtype == var.dtype == torch.float32
+    assert lmean.shape == lvar.shape == (3, 1, 1, 1)
+    tol = 1e-4 if dtype == torch.bfloat16 else 1e-5
+    assert torch.allclose(mean.double(), ref_mean, rtol=tol, atol=0)
+    assert torch.allclose(var.double(), ref_var, rtol=tol, atol=0)
+    assert torch.allclose(lmean.double().flatten(), ln_mean, rtol=tol, atol=0)
+    assert torch.allclose(lvar.double().flatten(), ln_var, rtol=tol, atol=0)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.trace is deprecated; ONNX export uses it
+def test_statistics_fall_back_to_var_mean_where_the_kernel_cannot_serve():
+    """One value per channel, or a trace (an ONNX graph): var_mean, with the same results."""
+    from frametrans.engine.normstats import _fused_stats_apply, _per_channel_stats
+
+    x = torch.randn(2, 4, 6, 6)
+    assert _fused_stats_apply(x) and not _fused_stats_apply(x[:, :, :1, :1])
+    traced = torch.jit.trace(lambda t: torch.cat(_per_channel_stats(t, (2, 3))), (x,))
+    assert "var_mean" in str(traced.graph) and "batch_norm" not in str(traced.graph)
+    var, mean = torch.var_mean(x, dim=(2, 3), keepdim=True, correction=0)
+    assert torch.allclose(traced(x), torch.cat([mean, var]), atol=1e-6)
+    assert torch.allclose(torch.cat(_per_channel_stats(x, (2, 3))), torch.cat([mean, var]), atol=1e-6)
