@@ -458,3 +458,34 @@ def test_statistics_fall_back_to_var_mean_where_the_kernel_cannot_serve():
     var, mean = torch.var_mean(x, dim=(2, 3), keepdim=True, correction=0)
     assert torch.allclose(traced(x), torch.cat([mean, var]), atol=1e-6)
     assert torch.allclose(torch.cat(_per_channel_stats(x, (2, 3))), torch.cat([mean, var]), atol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_normalize_per_channel_and_per_sample_matches_the_formula_eager_and_traced(dtype):
+    """The fused per-sample normalization: statistics per channel or one per sample, affine
+    parameters per channel or per sample and channel (AdaIN); eager and traced agree with the
+    float64 formula, in the input's dtype and memory format."""
+    from frametrans.engine.normstats import _normalize
+
+    gen = torch.Generator().manual_seed(5)
+    x = (torch.randn(2, 6, 10, 12, generator=gen) * 3 + 1).to(dtype).contiguous(memory_format=torch.channels_last)
+    cases = {
+        "channel": (torch.rand(2, 6, 1, 1, generator=gen), torch.rand(2, 6, 1, 1, generator=gen) + 0.5,
+                    torch.rand(1, 6, generator=gen), None, 1e-5),
+        "sample": (torch.rand(2, 1, 1, 1, generator=gen), torch.rand(2, 1, 1, 1, generator=gen) + 0.5,
+                   torch.rand(2, 6, generator=gen), torch.rand(2, 6, generator=gen), 0.0),
+        "shared": (torch.rand(1, 6, 1, 1, generator=gen), torch.rand(1, 6, 1, 1, generator=gen) + 0.5,
+                   None, torch.rand(1, 6, generator=gen), 1e-3),
+    }
+    for name, (mean, var, weight, bias, eps) in cases.items():
+        ref = (x.double() - mean.double()) / torch.sqrt(var.double() + eps)
+        ref = ref * (1 if weight is None else weight.double().view(-1, 6, 1, 1))
+        ref = ref + (0 if bias is None else bias.double().view(-1, 6, 1, 1))
+        eager = _normalize(x, mean, var, weight, bias, eps)
+        traced = torch.jit.trace(lambda t: _normalize(t, mean, var, weight, bias, eps), (x,))(x)
+        tol = 0.05 if dtype == torch.bfloat16 else 1e-5
+        for got in (eager, traced):
+            assert got.dtype == dtype and got.shape == x.shape, name
+            assert (got.double() - ref).abs().max() <= tol, name
+        assert eager.is_contiguous(memory_format=torch.channels_last), name
