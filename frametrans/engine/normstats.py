@@ -73,6 +73,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from frametrans.models import norms
+
 
 __all__ = [
     "NormStats",
@@ -120,75 +122,18 @@ def _scale_shift(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
 
 def _per_channel_stats(x: Tensor, dims: tuple[int, ...]) -> tuple[Tensor, Tensor]:
     """Mean and biased variance of ``x`` over ``dims``, float32, keeping dims."""
-    if dims == (2, 3) and _fused_stats_apply(x):
-        pairs = [_fused_moments(x[b:b + 1]) for b in range(x.shape[0])]
-        shape = (x.shape[0], x.shape[1], 1, 1)
-        return torch.stack([m for m, _ in pairs]).view(shape), torch.stack([v for _, v in pairs]).view(shape)
+    if dims == (2, 3) and norms.fused_applies(x, inference_only=False):
+        return norms.channel_moments(x)
     var, mean = torch.var_mean(x.float(), dim=dims, keepdim=True, correction=0)
     return mean, var
 
 
-def _fused_stats_apply(x: Tensor) -> bool:
-    """Whether :func:`_fused_moments` serves ``x [B, C, H, W]``: eager CPU code with more than one
-    value per channel. Traced (an ONNX graph) or compiled, the statistics stay ``var_mean``: the
-    batch-norm call would be a training-mode node there. CUDA's ``var_mean`` is fast already."""
-    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling():
-        return False
-    return x.device.type == "cpu" and x.dim() == 4 and x.shape[2] * x.shape[3] > 1
-
-
-def _fused_moments(x: Tensor) -> tuple[Tensor, Tensor]:
-    """``x [1, C, H, W]`` (any float dtype and memory format) -> the mean and the biased variance of
-    each channel, float32 ``[C]`` each, by the batch-norm kernel that torch's InstanceNorm runs, in
-    training mode: its running buffers, with momentum 1, receive the mean and the unbiased variance.
-    0.5 ms for a 256-channel 160x90 channels_last bf16 frame against 9 ms for ``torch.var_mean``,
-    whose CPU kernel is a scalar Welford loop (AMD Zen 5, 2 threads). The variance is within 2e-6
-    (fp32 input) to 6e-5 (bf16 input) of the exact one, relative; ``var_mean``'s within 6e-8."""
-    c, n = x.shape[1], x.shape[2] * x.shape[3]
-    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32  # the kernel's buffer types
-    mean = torch.zeros(c, dtype=dtype)
-    var = torch.ones(c, dtype=dtype)
-    F.batch_norm(x, mean, var, None, None, True, 1.0, 1e-5)  # the normalized output is not used
-    return mean.float(), var.double().mul_((n - 1) / n).float()
-
-
-def _normalize(x: Tensor, mean: Tensor, var: Tensor, weight: Tensor | None, bias: Tensor | None,
-               eps: float) -> Tensor:
-    """``(x - mean) / sqrt(var + eps) * weight + bias`` for ``x [B, C, H, W]``, output in ``x.dtype``:
-    ``mean, var [1 or B, C or 1, 1, 1]`` (per channel, or one value a sample), ``weight, bias``
-    None or ``[1 or B, C]`` (per channel, or per sample and channel: MUNIT's AdaIN).
-
-    One sample at a time through torch's fused batch-norm kernel in eval mode: 0.22-0.34 ms on a
-    256-channel 160x90 channels_last frame, against 0.9 ms in bf16 and 7.6 ms in fp32 as separate
-    operations, and 2.7 ms against 49 ms for a per-sample (LayerNorm) one on 64 channels at 640x360
-    in bf16 (AMD Zen 5, 2 threads). Traced into an ONNX graph (a backend's ``--temporal stats``),
-    it stays separate operations: the per-sample loop would fix the batch."""
-    b, c = x.shape[:2]
-    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
-        scale = torch.rsqrt(var.float() + eps)
-        if weight is not None:
-            scale = scale * weight.float().view(-1, c, 1, 1)
-        shift = -mean.float() * scale
-        if bias is not None:
-            shift = shift + bias.float().view(-1, c, 1, 1)
-        return _scale_shift(x, scale, shift)
-
-    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32  # the kernel's parameter types
-
-    def row(t: Tensor | None, i: int) -> Tensor | None:
-        return None if t is None else t[i if t.shape[0] > 1 else 0].to(dtype).reshape(-1).expand(c).contiguous()
-
-    outs = [F.batch_norm(x[i:i + 1], row(mean, i), row(var, i), row(weight, i), row(bias, i), False, 0.0, eps)
-            for i in range(b)]
-    return outs[0] if b == 1 else torch.cat(outs)
-
-
 def _instance_apply(module: nn.Module, x: Tensor, mean: Tensor, var: Tensor) -> Tensor:
-    """InstanceNorm2d / BatchNorm2d with statistics ``[1 or B, C, 1, 1]``: :func:`_normalize` with
-    the module's affine parameters."""
+    """InstanceNorm2d / BatchNorm2d with statistics ``[1 or B, C, 1, 1]``:
+    :func:`frametrans.models.norms.normalize` with the module's affine parameters."""
     weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
-    return _normalize(x, mean, var, None if weight is None else weight.view(1, -1),
-                      None if bias is None else bias.view(1, -1), module.eps)
+    return norms.normalize(x, mean, var, None if weight is None else weight.view(1, -1),
+                           None if bias is None else bias.view(1, -1), module.eps)
 
 
 def _instance_adapter(module: nn.Module) -> _Adapter:
@@ -238,20 +183,14 @@ def _munit_layernorm_adapter(module: nn.Module) -> _Adapter:
     """MUNIT ``LayerNorm``: per-sample mean and *unbiased* std over (C, H, W), ``/(std + eps)``."""
 
     def stats(x: Tensor) -> tuple[Tensor, Tensor]:
-        if _fused_stats_apply(x):  # from the per-channel moments: equal counts, summed in float64
-            means, variances = (t.double().flatten(1) for t in _per_channel_stats(x, (2, 3)))  # [B, C]
-            mean = means.mean(1)
-            n = x[0].numel()
-            var = ((variances + (means - mean[:, None]) ** 2).mean(1) * (n / (n - 1))).float()
-            mean = mean.float()
-        else:
-            var, mean = torch.var_mean(x.float().reshape(x.shape[0], -1), dim=1, correction=1)
+        if norms.fused_applies(x, inference_only=False):
+            return norms.sample_moments(x)
+        var, mean = torch.var_mean(x.float().reshape(x.shape[0], -1), dim=1, correction=1)
         return mean.view(-1, 1, 1, 1), var.view(-1, 1, 1, 1)
 
     def apply(x: Tensor, mean: Tensor, var: Tensor) -> Tensor:  # 1 / (std + eps) = rsqrt((std + eps)^2 + 0)
-        affine = module.affine
-        return _normalize(x, mean, (var.float().sqrt() + module.eps) ** 2, module.gamma.view(1, -1) if affine
-                          else None, module.beta.view(1, -1) if affine else None, 0.0)
+        gamma, beta = (module.gamma.view(1, -1), module.beta.view(1, -1)) if module.affine else (None, None)
+        return norms.normalize(x, mean, (var.float().sqrt() + module.eps) ** 2, gamma, beta, 0.0)
 
     return _Adapter("munit_layernorm", stats, apply, dims=(1, 2, 3), unbiased=True)
 
@@ -269,7 +208,7 @@ def _munit_adain_adapter(module: nn.Module) -> _Adapter:
                 f"AdaIN parameters are for {weight.shape[0]} samples but the input has {n}; repeat the "
                 "style code once per tile, or use one style code"
             )
-        return _normalize(x, mean, var, weight, bias, module.eps)
+        return norms.normalize(x, mean, var, weight, bias, module.eps)
 
     return _Adapter("munit_adain", lambda x: _per_channel_stats(x, (2, 3)), apply)
 

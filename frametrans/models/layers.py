@@ -12,6 +12,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from frametrans.models.norms import InstanceNorm2d
+
 NORMS = ("batch", "instance", "none")
 INIT_KINDS = ("normal", "xavier", "kaiming", "orthogonal")
 PADDINGS = ("reflect", "replicate", "zero")
@@ -27,13 +29,14 @@ def make_norm(kind: str, channels: int) -> nn.Module:
     """A 2-D normalisation layer over ``channels`` channels.
 
     kind: ``batch`` (affine BatchNorm2d with running statistics), ``instance`` (InstanceNorm2d,
-    affine=False, track_running_stats=False: no state at all) or ``none`` (nn.Identity).
+    affine=False, track_running_stats=False: no state at all; :mod:`frametrans.models.norms`' fast
+    CPU version of ``nn.InstanceNorm2d``) or ``none`` (nn.Identity).
     """
     check_choice("norm", kind, NORMS)
     if kind == "batch":
         return nn.BatchNorm2d(channels, affine=True)
     if kind == "instance":
-        return nn.InstanceNorm2d(channels, affine=False, track_running_stats=False)
+        return InstanceNorm2d(channels, affine=False, track_running_stats=False)
     return nn.Identity()
 
 

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from frametrans.models import norms
 from frametrans.models.layers import check_choice, init_weights
 from frametrans.registry import MAX_CHANNELS, IOContract, ModelConfig, register
 
@@ -176,6 +177,8 @@ class LayerNorm(nn.Module):
 
     def norm_stats(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """(mean, unbiased variance) per sample, each [B, 1, 1, 1] for x [B, C, H, W]."""
+        if norms.fused_applies(x):
+            return norms.sample_moments(x)
         var, mean = torch.var_mean(x.flatten(1), dim=1, correction=1)
         shape = (-1,) + (1,) * (x.dim() - 1)
         return mean.view(shape), var.view(shape)
@@ -184,6 +187,9 @@ class LayerNorm(nn.Module):
         self, x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor
     ) -> torch.Tensor:
         """Normalise x with the given statistics (as from :meth:`norm_stats`); dtype of x kept."""
+        if norms.fused_applies(x):  # 1 / (std + eps) = rsqrt((std + eps)^2 + 0)
+            return norms.normalize(x, mean, (var.float().sqrt() + self.eps) ** 2, self.gamma.view(1, -1),
+                                   self.beta.view(1, -1), 0.0)
         mean, var = mean.to(x.dtype), var.to(x.dtype)
         x = (x - mean) / (var.sqrt() + self.eps)
         shape = (1, -1) + (1,) * (x.dim() - 2)
@@ -215,6 +221,8 @@ class AdaptiveInstanceNorm2d(nn.Module):
 
     def norm_stats(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """(mean, biased variance) per sample and channel, each [B, C, 1, 1]."""
+        if norms.fused_applies(x):
+            return norms.channel_moments(x)
         var, mean = torch.var_mean(x, dim=(2, 3), keepdim=True, correction=0)
         return mean, var
 
@@ -222,10 +230,12 @@ class AdaptiveInstanceNorm2d(nn.Module):
         self, x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor
     ) -> torch.Tensor:
         """Normalise x with the given statistics (as from :meth:`norm_stats`); dtype of x kept."""
+        if norms.fused_applies(x):
+            return norms.normalize(x, mean, var, None, None, self.eps)
         return (x - mean.to(x.dtype)) * torch.rsqrt(var.to(x.dtype) + self.eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.instance_norm(x, eps=self.eps)
+        return norms.instance_norm(x, eps=self.eps)
 
     @staticmethod
     def modulate(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -280,7 +290,7 @@ def _make_norm(norm: str, channels: int) -> Optional[nn.Module]:
     if norm == "bn":
         return nn.BatchNorm2d(channels)
     if norm == "in":  # upstream master: no affine, no running statistics
-        return nn.InstanceNorm2d(channels)
+        return norms.InstanceNorm2d(channels)
     if norm == "ln":
         return LayerNorm(channels)
     if norm == "adain":

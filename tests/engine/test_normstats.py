@@ -449,7 +449,8 @@ def test_cpu_statistics_come_from_the_fused_kernel_and_match_float64(monkeypatch
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.trace is deprecated; ONNX export uses it
 def test_statistics_fall_back_to_var_mean_where_the_kernel_cannot_serve():
     """One value per channel, or a trace (an ONNX graph): var_mean, with the same results."""
-    from frametrans.engine.normstats import _fused_stats_apply, _per_channel_stats
+    from frametrans.engine.normstats import _per_channel_stats
+    from frametrans.models.norms import fused_applies as _fused_stats_apply
 
     x = torch.randn(2, 4, 6, 6)
     assert _fused_stats_apply(x) and not _fused_stats_apply(x[:, :, :1, :1])
@@ -466,7 +467,7 @@ def test_normalize_per_channel_and_per_sample_matches_the_formula_eager_and_trac
     """The fused per-sample normalization: statistics per channel or one per sample, affine
     parameters per channel or per sample and channel (AdaIN); eager and traced agree with the
     float64 formula, in the input's dtype and memory format."""
-    from frametrans.engine.normstats import _normalize
+    from frametrans.models.norms import normalize as _normalize
 
     gen = torch.Generator().manual_seed(5)
     x = (torch.randn(2, 6, 10, 12, generator=gen) * 3 + 1).to(dtype).contiguous(memory_format=torch.channels_last)

@@ -1,0 +1,119 @@
+"""Per-frame normalization on the CPU through torch's fused batch-norm kernel.
+
+Instance norm, MUNIT's AdaIN and LayerNorm normalize each frame with its own statistics. torch's
+CPU kernels for them are slow where the model runs: ``F.instance_norm`` copies a channels_last
+input to NCHW first (2.8 ms for a 256-channel 160x90 bf16 frame, 7 ms in fp32), and
+``torch.var_mean`` is a scalar Welford loop (9 ms for the same frame). The batch-norm kernel, called
+on one sample at a time, does the same arithmetic in the input's own layout: 0.5 ms for the
+statistics (training mode), 0.25-0.35 ms to normalize with given ones (eval mode). Measured on an
+AMD Zen 5, 2 threads; the bundled cyclegan runs 16-25% faster per 640x360 frame with it.
+
+Used where it is exact enough and safe: eager inference on the CPU (no autograd, so training keeps
+torch's own ops and resumes bit for bit), a 4-D input with more than one value per channel. Traced
+(ONNX export), compiled or exported graphs, CUDA and MPS get the plain operations. The results
+agree with the plain ones to float rounding (variance within 2e-6 relative for fp32 input, 6e-5 for
+bf16), not bit for bit.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["fused_applies", "channel_moments", "sample_moments", "normalize", "instance_norm", "InstanceNorm2d"]
+
+
+#: Input dtypes the kernel takes with float32 parameters and buffers.
+_FUSED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def fused_applies(x: Tensor, inference_only: bool = True) -> bool:
+    """Whether the batch-norm kernel serves ``x [B, C, H, W]``: eager CPU code (with
+    ``inference_only``: without autograd), float32, bf16 or fp16, more than one value per channel."""
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling():
+        return False
+    if inference_only and torch.is_grad_enabled() and x.requires_grad:
+        return False
+    return (x.device.type == "cpu" and x.dtype in _FUSED_DTYPES and x.dim() == 4
+            and x.shape[2] * x.shape[3] > 1)
+
+
+def channel_moments(x: Tensor) -> Tuple[Tensor, Tensor]:
+    """``x [B, C, H, W]`` where :func:`fused_applies` (any memory format) -> the mean and the biased
+    variance of each (sample, channel) over H, W, float32 ``[B, C, 1, 1]`` each. The kernel's
+    running buffers, with momentum 1, receive the mean and the unbiased variance."""
+    b, c, h, w = x.shape
+    n = h * w
+    means, variances = [], []
+    for i in range(b):
+        mean = torch.zeros(c)
+        var = torch.ones(c)
+        F.batch_norm(x[i:i + 1], mean, var, None, None, True, 1.0, 1e-5)  # the normalized output is not used
+        means.append(mean.float())
+        variances.append(var.double().mul_((n - 1) / n).float())
+    return torch.stack(means).view(b, c, 1, 1), torch.stack(variances).view(b, c, 1, 1)
+
+
+def sample_moments(x: Tensor) -> Tuple[Tensor, Tensor]:
+    """``x [B, C, H, W]`` where :func:`fused_applies` -> the mean and the *unbiased* variance of each sample over
+    (C, H, W), float32 ``[B, 1, 1, 1]`` each: from :func:`channel_moments` (equal counts per
+    channel), combined in float64."""
+    means, variances = (t.double().flatten(1) for t in channel_moments(x))  # [B, C]
+    mean = means.mean(1)
+    n = x[0].numel()
+    var = (variances + (means - mean[:, None]) ** 2).mean(1) * (n / (n - 1))
+    return mean.float().view(-1, 1, 1, 1), var.float().view(-1, 1, 1, 1)
+
+
+def normalize(x: Tensor, mean: Tensor, var: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
+              eps: float) -> Tensor:
+    """``(x - mean) / sqrt(var + eps) * weight + bias`` for ``x [B, C, H, W]``, output in ``x.dtype``
+    and layout: ``mean, var [1 or B, C or 1, 1, 1]`` (per channel, or one value a sample),
+    ``weight, bias`` None or ``[1 or B, C]`` (per channel, or per sample and channel).
+
+    Where :func:`fused_applies` (without its autograd condition: the caller decides), one sample at
+    a time through the batch-norm kernel in eval mode (2.7 ms against 49 ms as separate bf16
+    operations for a per-sample LayerNorm on 64 channels at 640x360); elsewhere the plain
+    operations, computed in float32 (float64 for float64 input)."""
+    b, c = x.shape[:2]
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    if not fused_applies(x, inference_only=False):
+        scale = torch.rsqrt(var.to(dtype) + eps)
+        if weight is not None:
+            scale = scale * weight.to(dtype).view(-1, c, 1, 1)
+        shift = -mean.to(dtype) * scale
+        if bias is not None:
+            shift = shift + bias.to(dtype).view(-1, c, 1, 1)
+        return (x.to(dtype) * scale + shift).to(x.dtype)
+
+    def row(t: Optional[Tensor], i: int) -> Optional[Tensor]:
+        return None if t is None else t[i if t.shape[0] > 1 else 0].to(dtype).reshape(-1).expand(c).contiguous()
+
+    outs = [F.batch_norm(x[i:i + 1], row(mean, i), row(var, i), row(weight, i), row(bias, i), False, 0.0, eps)
+            for i in range(b)]
+    return outs[0] if b == 1 else torch.cat(outs)
+
+
+def instance_norm(x: Tensor, weight: Optional[Tensor] = None, bias: Optional[Tensor] = None,
+                  eps: float = 1e-5) -> Tensor:
+    """``F.instance_norm(x, weight=weight, bias=bias, eps=eps)`` with input statistics, through the
+    batch-norm kernel in training mode, one sample at a time, where :func:`fused_applies`."""
+    if not fused_applies(x):
+        return F.instance_norm(x, weight=weight, bias=bias, eps=eps)
+    outs = [F.batch_norm(x[i:i + 1], None, None, weight, bias, True, 0.0, eps) for i in range(x.shape[0])]
+    return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+
+class InstanceNorm2d(nn.InstanceNorm2d):
+    """``nn.InstanceNorm2d`` (same arguments, parameters and state dict) that normalizes with
+    :func:`instance_norm` when it uses input statistics. The architectures build this one."""
+
+    def forward(self, input: Tensor) -> Tensor:  # noqa: A002 - torch's name
+        if self.track_running_stats and not self.training:
+            return super().forward(input)
+        if input.dim() != 4 or not fused_applies(input):
+            return super().forward(input)
+        return instance_norm(input, self.weight, self.bias, self.eps)
