@@ -16,6 +16,7 @@ from typing import Any, Dict, Optional
 import click
 
 from frametrans import __version__
+from frametrans.heap import keep_freed_memory
 
 # command name -> "module:attribute" under frametrans.cli, imported only when the command runs.
 _COMMANDS: Dict[str, str] = {
@@ -165,6 +166,7 @@ def cli(ctx: click.Context, verbose: bool) -> None:
     """
     ctx.ensure_object(dict)
     ctx.obj["verbose"] = verbose
+    keep_freed_memory()  # every frame's tensors reuse the pages of the last (frametrans.heap)
 
 
 def main(argv: Optional[list[str]] = None) -> Any:

@@ -50,6 +50,7 @@ import torch
 from torch import nn
 
 from frametrans.engine import device as devices
+from frametrans.heap import keep_freed_memory
 
 if TYPE_CHECKING:
     from frametrans.registry import IOContract
@@ -117,6 +118,7 @@ class Session:
 
     def __init__(self, model: nn.Module, device: Union[str, torch.device] = "auto",
                  precision: str = "auto", channels_last: bool = True) -> None:
+        keep_freed_memory()  # activations reuse pages from frame to frame (frametrans.heap)
         self.device = devices.resolve_device(device) if isinstance(device, str) else device
         self.dtype = devices.resolve_precision(precision, self.device)
         auto = (precision or "auto").lower() == "auto" and self.dtype != torch.float32 and self.device.type != "mps"
