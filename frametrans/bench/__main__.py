@@ -1,9 +1,11 @@
 """``python -m frametrans.bench reference CKPT IN_DIR OUT_DIR [DEVICE]``: the reference loop as
 its own process (imports, model load and all), for whole-process comparisons
-(:func:`frametrans.bench.processes.bench_processes`)."""
+(:func:`frametrans.bench.processes.bench_processes`), with glibc's default heap
+(:mod:`frametrans.heap` stays off) and torch's own normalization layers, as upstream runs."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -22,6 +24,7 @@ def reference_main(argv: Sequence[str]) -> int:
         return 2
     from frametrans.checkpoint import load_model
 
+    os.environ["FRAMETRANS_MALLOC"] = "default"  # glibc's own heap, as upstream's test.py runs with
     name = argv[3] if len(argv) > 3 else "auto"
     device = torch.device("cuda" if name == "auto" and torch.cuda.is_available() else
                           ("cpu" if name == "auto" else name))

@@ -56,7 +56,7 @@ def reference_loop(model: torch.nn.Module, in_dir: Path, out_dir: Path, device: 
 
     The model runs through an fp32 :class:`~frametrans.engine.session.Session` in the default
     memory layout: its fp32 module, no autocast (upstream, like the session on CUDA, also turns on
-    cuDNN autotuning)."""
+    cuDNN autotuning), with torch's own InstanceNorm (:func:`with_torch_norms`)."""
     from PIL import Image
     from torchvision import transforms as T
 
@@ -64,7 +64,7 @@ def reference_loop(model: torch.nn.Module, in_dir: Path, out_dir: Path, device: 
 
     transform = T.Compose([T.ToTensor(), T.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))])
     out_dir.mkdir(parents=True, exist_ok=True)
-    session = Session(model, device, "fp32", channels_last=False)
+    session = Session(with_torch_norms(model), device, "fp32", channels_last=False)
     n = 0
     for path in sorted(p for p in Path(in_dir).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg")):
         img = Image.open(path).convert("RGB")
@@ -75,6 +75,18 @@ def reference_loop(model: torch.nn.Module, in_dir: Path, out_dir: Path, device: 
         Image.fromarray(image_numpy.astype(np.uint8)).save(out_dir / f"{path.stem}_fake.png")
         n += 1
     return n
+
+
+def with_torch_norms(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` (changed in place) with frametrans' fast instance norms
+    (:class:`frametrans.models.norms.InstanceNorm2d`) turned back into torch's ``nn.InstanceNorm2d``,
+    as upstream builds them: same parameters, torch's own forward."""
+    from frametrans.models.norms import InstanceNorm2d
+
+    for m in model.modules():
+        if type(m) is InstanceNorm2d:
+            m.__class__ = torch.nn.InstanceNorm2d
+    return model
 
 
 # ------------------------------------------------------------------------------------- settings

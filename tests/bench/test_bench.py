@@ -199,6 +199,20 @@ def test_reference_loop_is_the_same_model_as_apply(tmp_path):
         assert ref.shape == ours.shape and np.abs(ref - ours).max() <= 1
 
 
+def test_reference_loop_runs_torchs_own_instance_norm(tmp_path):
+    """Upstream builds nn.InstanceNorm2d: the reference gets torch's own layers back, same weights."""
+    from frametrans.bench.apply import with_torch_norms
+    from frametrans.models.norms import InstanceNorm2d
+
+    model = load_model(bench.prepare_model("resnet", tmp_path, {"ngf": 4, "n_blocks": 1}))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert any(type(m) is InstanceNorm2d for m in model.modules())
+    with_torch_norms(model)
+    kinds = {type(m) for m in model.modules()}
+    assert InstanceNorm2d not in kinds and torch.nn.InstanceNorm2d in kinds
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
 def test_flops_peak_and_memory_helpers():
     from frametrans.models.resnet import ResnetConfig, ResnetGenerator
 
