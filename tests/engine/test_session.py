@@ -86,6 +86,32 @@ def test_session_shares_one_low_precision_copy_and_keeps_fp32_weights():
     assert Session(model, "cpu", "fp32").model is model
 
 
+@pytest.mark.parametrize("keep_fp32", ["all", "none"])
+def test_edge_paddings_of_the_low_precision_copy_pad_in_its_dtype(monkeypatch, keep_fp32):
+    """CPU autocast runs reflection/replication pads in fp32; in the session's copy they pad in their
+    input's dtype (bf16 after a bf16 layer: the next layer casts to bf16 anyway), and the output is
+    the same, bit for bit."""
+    import copy
+
+    monkeypatch.setenv("FRAMETRANS_KEEP_FP32", keep_fp32)
+    model = registry.get("resnet").build(tiny_config("resnet"))
+    s = Session(model, "cpu", "bf16")
+    pads = [m for m in s.model.modules() if isinstance(m, torch.nn.ReflectionPad2d)]
+    dtypes = []
+    for m in pads:
+        m.register_forward_hook(lambda _m, args, out: dtypes.append((args[0].dtype, out.dtype)))
+    plain = copy.deepcopy(s.model)  # the copy's hooks, less the ones that turn autocast off
+    for m in plain.modules():
+        if isinstance(m, torch.nn.ReflectionPad2d):
+            m._forward_pre_hooks.clear(), m._forward_hooks.clear()
+    x = s.to_model_input(torch.rand(2, 3, 24, 20) * 2 - 1)
+    with s.inference():
+        y, ref = s.model(x), plain(x)
+    assert pads and dtypes and all(a == b for a, b in dtypes)
+    assert (torch.bfloat16, torch.bfloat16) in dtypes or keep_fp32 == "all"  # "all": norms feed fp32
+    assert torch.equal(y, ref)
+
+
 def test_session_inference_context():
     model = registry.get("resnet").build(tiny_config("resnet"))
     s = Session(model, "cpu", "bf16")
