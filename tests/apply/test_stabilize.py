@@ -5,6 +5,7 @@ statistics smoothed inside the model: tests/engine/test_smoothing.py) through th
 from __future__ import annotations
 
 import dataclasses
+import threading
 
 import cv2
 import numpy as np
@@ -349,8 +350,28 @@ def test_stabilizer_blends_along_dis_fast_and_the_metric_measures_with_medium(mo
     presets = []
     real = cv2.DISOpticalFlow_create
     monkeypatch.setattr(consistency.cv2, "DISOpticalFlow_create", lambda p: presets.append(p) or real(p))
+    monkeypatch.setattr(consistency, "_DIS", threading.local())  # this thread's estimators made anew
     temporal_consistency([a, b], [a, b])
     assert presets and set(presets) == {cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}
+
+
+def test_a_reused_dis_estimator_gives_a_new_ones_flow():
+    """Each thread keeps one DIS estimator per preset; its flows equal a new estimator's, pair
+    after pair, and other threads get their own."""
+    import frametrans.consistency as consistency
+
+    frames = _pan(4)
+    for preset in consistency.DIS_PRESETS:
+        for src, dst in zip(frames[1:], frames):
+            fresh = cv2.DISOpticalFlow_create(consistency.DIS_PRESETS[preset]).calc(
+                consistency.luma(src), consistency.luma(dst), None)
+            assert np.array_equal(consistency.flow(src, dst, preset), fresh)
+    mine = consistency._dis("fast")
+    assert consistency._dis("fast") is mine
+    other = []
+    t = threading.Thread(target=lambda: other.append(consistency._dis("fast")))
+    t.start(), t.join()
+    assert other[0] is not mine
 
 
 @pytest.mark.parametrize("dtype, channels", [(np.uint8, 3), (np.uint16, 3), (np.uint8, 1)])
