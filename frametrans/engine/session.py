@@ -324,23 +324,7 @@ def _keep_fp32(module: nn.Module, device_type: str, autocast_off: bool) -> None:
     """``module`` (in the low-precision copy) computes in fp32: fp32 weights, fp32 inputs and, for
     convolutions, autocast off around it (it would cast them back down)."""
     module.float()
-    contexts: list = []
-
-    def before(_m: nn.Module, args: tuple) -> tuple:
-        ctx = None
-        if autocast_off and torch.is_autocast_enabled(device_type):
-            ctx = torch.autocast(device_type, enabled=False)
-            ctx.__enter__()
-        contexts.append(ctx)
-        return _floating_to(args, torch.float32)
-
-    def after(_m: nn.Module, _args: tuple, _out: object) -> None:
-        ctx = contexts.pop() if contexts else None
-        if ctx is not None:
-            ctx.__exit__(None, None, None)
-
-    module.register_forward_pre_hook(before)
-    module.register_forward_hook(after, always_call=True)
+    _hook_around(module, device_type, autocast_off, torch.float32)
 
 
 #: Paddings that copy edge values, which the CPU's autocast runs in fp32 (it lists
@@ -355,14 +339,21 @@ def _pad_as_is(module: nn.Module, device_type: str) -> None:
     dtype: autocast off around it. The output's values are the same (a padding copies them), and
     the bundled munit at 640x360 in bf16 spent 12.6 of its 52 ms per frame padding two 32-channel
     frames through fp32 (AMD Zen 5)."""
+    _hook_around(module, device_type, autocast_off=True, cast=None)
+
+
+def _hook_around(module: nn.Module, device_type: str, autocast_off: bool, cast: Optional[torch.dtype]) -> None:
+    """Hooks on ``module``: autocast off while it runs (``autocast_off``, where it is on), its
+    floating-point inputs cast to ``cast`` (None: as they come)."""
     contexts: list = []
 
-    def before(_m: nn.Module, _args: tuple) -> None:
+    def before(_m: nn.Module, args: tuple) -> Optional[tuple]:
         ctx = None
-        if torch.is_autocast_enabled(device_type):
+        if autocast_off and torch.is_autocast_enabled(device_type):
             ctx = torch.autocast(device_type, enabled=False)
             ctx.__enter__()
         contexts.append(ctx)
+        return None if cast is None else _floating_to(args, cast)
 
     def after(_m: nn.Module, _args: tuple, _out: object) -> None:
         ctx = contexts.pop() if contexts else None
