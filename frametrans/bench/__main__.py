@@ -1,7 +1,8 @@
 """``python -m frametrans.bench reference CKPT IN_DIR OUT_DIR [DEVICE]``: the reference loop as
 its own process (imports, model load and all), for whole-process comparisons
 (:func:`frametrans.bench.processes.bench_processes`), with glibc's default heap
-(:mod:`frametrans.heap` stays off) and torch's own normalization layers, as upstream runs."""
+(:mod:`frametrans.heap` stays off) and torch's own InstanceNorm, as upstream's test.py runs
+(pix2pix and CycleGAN generators)."""
 
 from __future__ import annotations
 

@@ -56,7 +56,9 @@ def reference_loop(model: torch.nn.Module, in_dir: Path, out_dir: Path, device: 
 
     The model runs through an fp32 :class:`~frametrans.engine.session.Session` in the default
     memory layout: its fp32 module, no autocast (upstream, like the session on CUDA, also turns on
-    cuDNN autotuning), with torch's own InstanceNorm (:func:`with_torch_norms`)."""
+    cuDNN autotuning), with torch's own InstanceNorm (:func:`with_torch_norms`). As its own process
+    (``bench processes``) it keeps glibc's default heap; inside ``bench apply`` it shares the
+    process, and the heap frametrans tunes (:mod:`frametrans.heap`)."""
     from PIL import Image
     from torchvision import transforms as T
 

@@ -164,7 +164,8 @@ class _Tracer(fx.Tracer):
         self.steps: Dict[str, Step] = {}  # image-shaped nodes, classified as they are traced
 
     def is_leaf_module(self, m: nn.Module, qualified_name: str) -> bool:
-        return _adapter_for(m) is not None or super().is_leaf_module(m, qualified_name)
+        return (_adapter_for(m) is not None or isinstance(m, _POINT_MODULES)
+                or super().is_leaf_module(m, qualified_name))
 
     def create_proxy(self, kind, target, args, kwargs, name=None, type_expr=None, proxy_factory_fn=None):
         proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)

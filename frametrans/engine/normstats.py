@@ -122,7 +122,7 @@ def _scale_shift(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
 
 def _per_channel_stats(x: Tensor, dims: tuple[int, ...]) -> tuple[Tensor, Tensor]:
     """Mean and biased variance of ``x`` over ``dims``, float32, keeping dims."""
-    if dims == (2, 3) and norms.fused_applies(x, inference_only=False):
+    if dims == (2, 3) and norms.fused_applies(x):
         return norms.channel_moments(x)
     var, mean = torch.var_mean(x.float(), dim=dims, keepdim=True, correction=0)
     return mean, var
@@ -183,7 +183,7 @@ def _munit_layernorm_adapter(module: nn.Module) -> _Adapter:
     """MUNIT ``LayerNorm``: per-sample mean and *unbiased* std over (C, H, W), ``/(std + eps)``."""
 
     def stats(x: Tensor) -> tuple[Tensor, Tensor]:
-        if norms.fused_applies(x, inference_only=False):
+        if norms.fused_applies(x):
             return norms.sample_moments(x)
         var, mean = torch.var_mean(x.float().reshape(x.shape[0], -1), dim=1, correction=1)
         return mean.view(-1, 1, 1, 1), var.view(-1, 1, 1, 1)

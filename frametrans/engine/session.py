@@ -43,6 +43,7 @@ import copy
 import logging
 import math
 import os
+import threading
 import weakref
 from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Set, Tuple, Union
 
@@ -344,18 +345,20 @@ def _pad_as_is(module: nn.Module, device_type: str) -> None:
 
 def _hook_around(module: nn.Module, device_type: str, autocast_off: bool, cast: Optional[torch.dtype]) -> None:
     """Hooks on ``module``: autocast off while it runs (``autocast_off``, where it is on), its
-    floating-point inputs cast to ``cast`` (None: as they come)."""
-    contexts: list = []
+    floating-point inputs cast to ``cast`` (None: as they come). The entered contexts are kept per
+    thread: sessions share the copy, and threads may run it at once with different autocast states."""
+    local = threading.local()
 
     def before(_m: nn.Module, args: tuple) -> Optional[tuple]:
         ctx = None
         if autocast_off and torch.is_autocast_enabled(device_type):
             ctx = torch.autocast(device_type, enabled=False)
             ctx.__enter__()
-        contexts.append(ctx)
+        local.__dict__.setdefault("contexts", []).append(ctx)
         return None if cast is None else _floating_to(args, cast)
 
     def after(_m: nn.Module, _args: tuple, _out: object) -> None:
+        contexts = local.__dict__.get("contexts")
         ctx = contexts.pop() if contexts else None
         if ctx is not None:
             ctx.__exit__(None, None, None)

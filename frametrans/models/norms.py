@@ -31,14 +31,18 @@ _FUSED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def fused_applies(x: Tensor, inference_only: bool = True) -> bool:
-    """Whether the batch-norm kernel serves ``x [B, C, H, W]``: eager CPU code (with
-    ``inference_only``: without autograd), float32, bf16 or fp16, more than one value per channel."""
+    """Whether the batch-norm kernel serves ``x [B, C, H, W]``: eager CPU code (not traced by
+    torch.fx, jit or ONNX, not compiled), with ``inference_only`` without autograd (the statistics
+    come out of running buffers, with no gradient), float32, bf16 or fp16, at least one sample, more
+    than one value per channel."""
+    if isinstance(x, torch.fx.Proxy) or torch.fx._symbolic_trace.is_fx_symbolic_tracing():
+        return False
     if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling():
         return False
     if inference_only and torch.is_grad_enabled() and x.requires_grad:
         return False
     return (x.device.type == "cpu" and x.dtype in _FUSED_DTYPES and x.dim() == 4
-            and x.shape[2] * x.shape[3] > 1)
+            and x.shape[0] > 0 and x.shape[2] * x.shape[3] > 1)
 
 
 def channel_moments(x: Tensor) -> Tuple[Tensor, Tensor]:
@@ -109,11 +113,14 @@ def instance_norm(x: Tensor, weight: Optional[Tensor] = None, bias: Optional[Ten
 
 class InstanceNorm2d(nn.InstanceNorm2d):
     """``nn.InstanceNorm2d`` (same arguments, parameters and state dict) that normalizes with
-    :func:`instance_norm` when it uses input statistics. The architectures build this one."""
+    :func:`instance_norm` where :func:`fused_applies` and it keeps no running statistics (those it
+    updates or uses through torch's own forward). The architectures build this one."""
 
     def forward(self, input: Tensor) -> Tensor:  # noqa: A002 - torch's name
-        if self.track_running_stats and not self.training:
-            return super().forward(input)
-        if input.dim() != 4 or not fused_applies(input):
+        if isinstance(input, torch.fx.Proxy):  # traced: one instance_norm node (torch's layer is a leaf)
+            return F.instance_norm(input, self.running_mean, self.running_var, self.weight, self.bias,
+                                   self.training or not self.track_running_stats,
+                                   0.1 if self.momentum is None else self.momentum, self.eps)
+        if self.track_running_stats or not fused_applies(input):  # running statistics: torch's own
             return super().forward(input)
         return instance_norm(input, self.weight, self.bias, self.eps)

@@ -141,3 +141,36 @@ def test_conv_autotuning_is_switched_on_for_cuda_only(monkeypatch):
     with devices.no_conv_autotuning(torch.device("cuda")):
         assert torch.backends.cudnn.benchmark is False
     assert torch.backends.cudnn.benchmark is True
+
+
+def test_autocast_hooks_keep_their_contexts_per_thread():
+    """Two threads through one shared copy, interleaved: each restores its own autocast state."""
+    import threading
+
+    from frametrans.engine.session import _EDGE_PADS
+
+    model = registry.get("resnet").build(tiny_config("resnet"))
+    pad = next(m for m in Session(model, "cpu", "bf16").model.modules() if isinstance(m, _EDGE_PADS))
+    (before,), (after,) = pad._forward_pre_hooks.values(), pad._forward_hooks.values()
+    x = (torch.zeros(1, 3, 4, 4),)
+    steps = {name: threading.Event() for name in ("a_in", "b_in", "a_out")}
+    seen = {}
+
+    def thread_a():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            before(pad, x)
+            steps["a_in"].set(), steps["b_in"].wait(5)
+            after(pad, x, None)
+            seen["a"] = torch.is_autocast_enabled("cpu")  # its own context exited: on again
+            steps["a_out"].set()
+
+    def thread_b():  # no autocast here
+        steps["a_in"].wait(5)
+        before(pad, x)
+        steps["b_in"].set(), steps["a_out"].wait(5)
+        after(pad, x, None)
+        seen["b"] = torch.is_autocast_enabled("cpu")
+
+    threads = [threading.Thread(target=thread_a), threading.Thread(target=thread_b)]
+    [t.start() for t in threads], [t.join(10) for t in threads]
+    assert seen == {"a": True, "b": False}

@@ -85,3 +85,24 @@ def test_normalize_refuses_nothing_on_one_value_per_channel():
     assert not norms.fused_applies(x)
     out = norms.normalize(x, torch.zeros(1, 4, 1, 1), torch.ones(1, 4, 1, 1), None, None, 0.0)
     assert torch.allclose(out, x)
+
+
+def test_fx_tracing_running_statistics_and_empty_batches_behave_as_torchs():
+    """torch.fx traces through the layer; with running statistics it is torch's own layer (they are
+    updated in training and used in eval); an empty batch gives an empty output."""
+    model = nn.Sequential(nn.Conv2d(8, 8, 1), norms.InstanceNorm2d(8, affine=True))
+    traced = torch.fx.symbolic_trace(model)
+    assert "instance_norm" in str(traced.graph)
+    with torch.no_grad():
+        assert torch.allclose(traced(_x()), model(_x()), atol=1e-5)
+    ours, theirs = norms.InstanceNorm2d(8, track_running_stats=True), nn.InstanceNorm2d(8, track_running_stats=True)
+    x = _x()
+    with torch.no_grad():
+        ours(x), theirs(x)
+    assert torch.equal(ours.running_mean, theirs.running_mean) and ours.running_mean.abs().sum() > 0
+    with torch.no_grad():
+        assert torch.equal(ours.eval()(x), theirs.eval()(x))
+    empty = _x()[:0]
+    with torch.inference_mode():
+        assert norms.InstanceNorm2d(8)(empty).shape == empty.shape
+        assert norms.channel_moments(_x())[0].shape == (2, 8, 1, 1)
