@@ -9,11 +9,18 @@ pages again. Measured on the bundled cyclegan at 640x360 (AMD Zen 5, 2 threads, 
 below 0-600 faults and 45-47 / 68-70 ms. munit: 17,700-21,800 faults, 73-80 / 94-104 ms -> 0-540,
 54-62 / 78-88 ms.
 
-:func:`keep_freed_memory` sets ``M_MMAP_THRESHOLD`` to 32 MiB (the largest glibc takes: bigger
-blocks are still mapped and unmapped each time) and ``M_TRIM_THRESHOLD`` to 1 GiB: the process keeps
-up to that much freed memory for reuse instead of returning it, so its resident size stays near
-its peak until it exits. The ``frametrans`` command and every :class:`~frametrans.engine.session.Session`
-call it. ``FRAMETRANS_MALLOC=default`` leaves glibc's defaults; so do the same settings made in the
+:func:`keep_freed_memory` sets ``M_MMAP_THRESHOLD`` to 32 MiB and ``M_MMAP_MAX`` to 0 (no block is
+mapped on its own: every one comes from the heap and is reused, also those over 32 MiB, the largest
+threshold glibc takes) and ``M_TRIM_THRESHOLD`` to 1 GiB: the process keeps up to that much freed
+memory at the top of its heap instead of returning it, so its resident size stays near its peak
+until it exits. At 1920x1080 (the same machine) cyclegan's forward took 605-618 ms in bf16 with
+glibc's defaults, 489-520 with the threshold alone and 326-365 with no mapped blocks (fp32:
+1266-1360, 954-1107, 639-669 ms; faults 215,000-609,000, 114,000-422,000, 0-13,500 per forward).
+Without mapped blocks the heap fragments more: one untiled 3840x2160 fp32 frame grew the process by
+3140 MiB instead of 2136 (in 3.9 s instead of 6.6), 1024x1024 by 353 instead of 299; under
+``--max-memory`` the bound holds as before (1 GiB at 3840x2160: +406 MiB; 128 MiB at 1024x1024:
++108). The ``frametrans`` command and every :class:`~frametrans.engine.session.Session` call it.
+``FRAMETRANS_MALLOC=default`` leaves glibc's defaults; so do the same settings made in the
 environment (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_TOP_PAD_``,
 ``MALLOC_MMAP_MAX_`` or their ``glibc.malloc`` tunables), other C libraries (musl, macOS, Windows)
 and preloaded allocators (jemalloc, tcmalloc, mimalloc).
@@ -36,6 +43,7 @@ TRIM_THRESHOLD = 2**30
 
 _M_TRIM_THRESHOLD = -1  # glibc's malloc.h
 _M_MMAP_THRESHOLD = -3
+_M_MMAP_MAX = -4
 
 #: The settings this module makes (as ``MALLOC_<NAME>_`` variables and ``glibc.malloc.<name>``
 #: tunables): set by someone already, they are left alone.
@@ -63,7 +71,8 @@ def _tune() -> bool:
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
-    return mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
+    return (mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 and mallopt(_M_MMAP_MAX, 0) == 1
+            and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1)
 
 
 def _wanted() -> bool:

@@ -10,14 +10,15 @@ import pytest
 
 GLIBC = sys.platform.startswith("linux") and bool(os.confstr("CS_GNU_LIBC_VERSION") if hasattr(os, "confstr") else "")
 
-# Page faults per round of three 20 MB arrays allocated and freed together (what a forward does with
-# its activations), before and after keep_freed_memory(), in a fresh process.
+# Page faults per round of arrays of 20, 20 and 48 MB (the last over glibc's largest mmap threshold)
+# allocated and freed together, as a forward does with its activations, before and after
+# keep_freed_memory(), in a fresh process.
 SCRIPT = """
 import resource, numpy as np
 def faults():
     r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(5):
-        arrays = [np.ones(2_500_000) for _ in range(3)]
+        arrays = [np.ones(n) for n in (2_500_000, 2_500_000, 6_000_000)]  # 20, 20 and 48 MB
         del arrays
     return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0) // 5
 faults()
