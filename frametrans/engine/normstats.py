@@ -113,13 +113,6 @@ class _Adapter:
     unbiased: bool = False
 
 
-def _scale_shift(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
-    """``x * scale + shift`` computed in float32 (or float64) and returned in ``x.dtype``."""
-    if x.dtype in (torch.float32, torch.float64):
-        return x * scale.to(x.dtype) + shift.to(x.dtype)
-    return (x.float() * scale + shift).to(x.dtype)
-
-
 def _per_channel_stats(x: Tensor, dims: tuple[int, ...]) -> tuple[Tensor, Tensor]:
     """Mean and biased variance of ``x`` over ``dims``, float32, keeping dims."""
     if dims == (2, 3) and norms.fused_applies(x):
@@ -158,7 +151,7 @@ def _group_adapter(module: nn.GroupNorm) -> _Adapter:
     def apply(x: Tensor, mean: Tensor, var: Tensor) -> Tensor:
         n, c, h, w = x.shape
         xg = x.reshape(n, groups, c // groups, h, w)
-        y = _scale_shift(xg, torch.rsqrt(var + module.eps), -mean * torch.rsqrt(var + module.eps))
+        y = norms.scale_shift(xg, torch.rsqrt(var + module.eps), -mean * torch.rsqrt(var + module.eps))
         y = y.reshape(n, c, h, w)
         if module.affine:
             y = y * module.weight.view(1, -1, 1, 1).to(y.dtype) + module.bias.view(1, -1, 1, 1).to(y.dtype)

@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["fused_applies", "channel_moments", "sample_moments", "normalize", "instance_norm", "InstanceNorm2d"]
+__all__ = ["fused_applies", "channel_moments", "sample_moments", "scale_shift", "normalize", "instance_norm",
+           "InstanceNorm2d"]
 
 
 #: Input dtypes the kernel takes with float32 parameters and buffers.
@@ -72,6 +73,14 @@ def sample_moments(x: Tensor) -> Tuple[Tensor, Tensor]:
     return mean.float().view(-1, 1, 1, 1), var.float().view(-1, 1, 1, 1)
 
 
+def scale_shift(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
+    """``x * scale + shift`` computed in float32 (float64 for float64 ``x``) and returned in
+    ``x.dtype``; ``scale`` and ``shift`` broadcast against ``x``."""
+    if x.dtype in (torch.float32, torch.float64):
+        return x * scale.to(x.dtype) + shift.to(x.dtype)
+    return (x.float() * scale.float() + shift.float()).to(x.dtype)
+
+
 def normalize(x: Tensor, mean: Tensor, var: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
               eps: float) -> Tensor:
     """``(x - mean) / sqrt(var + eps) * weight + bias`` for ``x [B, C, H, W]``, output in ``x.dtype``
@@ -91,7 +100,7 @@ def normalize(x: Tensor, mean: Tensor, var: Tensor, weight: Optional[Tensor], bi
         shift = -mean.to(dtype) * scale
         if bias is not None:
             shift = shift + bias.to(dtype).view(-1, c, 1, 1)
-        return (x.to(dtype) * scale + shift).to(x.dtype)
+        return scale_shift(x, scale, shift)
 
     def row(t: Optional[Tensor], i: int) -> Optional[Tensor]:
         return None if t is None else t[i if t.shape[0] > 1 else 0].to(dtype).reshape(-1).expand(c).contiguous()
