@@ -56,22 +56,24 @@ def test_output_conversion_in_place_and_through_numpy_equals_torch(layout):
 
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
 @pytest.mark.parametrize("value_range", [(-1.0, 1.0), (0.0, 1.0)])
-def test_output_to_bytes_in_one_cast_equals_torch(layout, value_range):
+@pytest.mark.parametrize("size", [(11, 17), (64, 96)])
+def test_output_to_bytes_in_one_cast_equals_torch(layout, value_range, size):
     """The CPU shortcut for 8-bit outputs (scaled and clamped in place, rounded and cast by OpenCV)
     gives the bytes of from_model_range + pixels_to_integers: ties round half to even, values far
-    outside the range (beyond int32 once scaled) clamp to 0 and 255, in both memory layouts."""
+    outside the range (beyond int32 once scaled) clamp to 0 and 255, in both memory layouts; rows
+    short enough for OpenCV's scalar loop and long enough for its vector loop."""
     from frametrans.engine import transforms
 
     lo, hi = value_range
     g = torch.Generator().manual_seed(2)
-    y = torch.rand(3, 3, 11, 17, generator=g) * (hi - lo) * 1.3 + lo - 0.15 * (hi - lo)
+    y = torch.rand(3, 3, *size, generator=g) * (hi - lo) * 1.3 + lo - 0.15 * (hi - lo)
     ties = (torch.randint(0, 255, y.shape, generator=g).float() + 0.5) * ((hi - lo) / 255.0) + lo
     y = torch.where(torch.rand(y.shape, generator=g) < 0.3, ties, y)
     y[0, 0, 0, :4] = torch.tensor([1e12, -1e12, 3e9, -3e9])
     y = y.contiguous(memory_format=layout)
     expected = transforms.pixels_to_integers(transforms.from_model_range(y, value_range, 255.0), np.dtype(np.uint8))
     got = transforms.model_output_to_bytes(y.clone(memory_format=torch.preserve_format), value_range)
-    assert got.dtype == torch.uint8 and got.shape == (3, 11, 17, 3)
+    assert got.dtype == torch.uint8 and got.shape == (3, *size, 3)
     assert torch.equal(got, expected)
     assert got[0, 0, :4, 0].tolist() == [255, 0, 255, 0]
     assert transforms.model_output_to_bytes(y[:, :, :, ::2], value_range) is None  # strided: not for it
