@@ -138,11 +138,14 @@ def bench_apply_cmd(model: str, config, seed: int, workdir, json_out, threads, s
               help="--batch-size for frametrans apply (default: its own choice).")
 @click.option("--repeat", type=int, default=1, show_default=True, callback=opt.positive("repeat"))
 @click.option("--video", is_flag=True, help="Give frametrans an H.264 clip of the frames instead of the folder.")
+@click.option("--cold", is_flag=True, help="Give every frametrans run an empty cache folder (nothing compiled, "
+              "converted or measured before; default: the user's cache, as a second run would find it).")
 @opt.device_option
 @opt.precision_option
 @_compile_option
 def bench_processes_cmd(model: str, config, seed: int, workdir, json_out, threads, size: str, frames: int,
-                        batch, repeat: int, video: bool, device: str, precision: str, compile_mode: str) -> None:
+                        batch, repeat: int, video: bool, cold: bool, device: str, precision: str,
+                        compile_mode: str) -> None:
     """Whole processes (start-up included): `frametrans apply` vs the reference loop."""
     _start(threads)
     from frametrans.bench import ProcessBench, bench_processes, format_processes
@@ -151,7 +154,7 @@ def bench_processes_cmd(model: str, config, seed: int, workdir, json_out, thread
     result = bench_processes(ProcessBench(
         model=model, config=_parse_config(config), width=w, height=h, frames=frames, batch=batch,
         device=device, precision=precision, compile=compile_mode, repeat=repeat, seed=seed,
-        workdir=workdir, video=video))
+        workdir=workdir, video=video, cold=cold))
     _emit(result, format_processes(result), json_out)
 
 

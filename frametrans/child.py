@@ -33,10 +33,10 @@ def child_env() -> Dict[str, str]:
     return env
 
 
-def run_child(module: str, args: Sequence[str], timeout: Optional[float] = None
-              ) -> "subprocess.CompletedProcess[str]":
-    """``python -m module args`` with this interpreter and :func:`child_env`, in :func:`package_root`.
-    Paths in ``args`` must be absolute. Output captured as text; ``subprocess.TimeoutExpired`` after
-    ``timeout`` seconds."""
+def run_child(module: str, args: Sequence[str], timeout: Optional[float] = None,
+              extra_env: Optional[Dict[str, str]] = None) -> "subprocess.CompletedProcess[str]":
+    """``python -m module args`` with this interpreter and :func:`child_env` (plus ``extra_env``), in
+    :func:`package_root`. Paths in ``args`` must be absolute. Output captured as text;
+    ``subprocess.TimeoutExpired`` after ``timeout`` seconds."""
     return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, errors="replace",
-                          env=child_env(), cwd=str(package_root()), timeout=timeout)
+                          env={**child_env(), **(extra_env or {})}, cwd=str(package_root()), timeout=timeout)

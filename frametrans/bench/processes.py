@@ -5,6 +5,7 @@ included: ``python -m frametrans.cli apply`` against the reference loop run as
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -33,6 +34,7 @@ class ProcessBench:
     seed: int = 0
     workdir: Optional[str] = None
     video: bool = False
+    cold: bool = False  # every frametrans run with an empty cache folder (FRAMETRANS_CACHE_DIR)
 
 
 def bench_processes(opts: ProcessBench, log: Log = to_stderr) -> Dict[str, Any]:
@@ -56,13 +58,35 @@ def bench_processes(opts: ProcessBench, log: Log = to_stderr) -> Dict[str, Any]:
         times: Dict[str, List[float]] = {"frametrans apply": [], "reference loop": []}
         for r in range(opts.repeat):
             for name, module, args in runs:
-                times[name].append(_run_timed(name, module, args))
+                env = None
+                if opts.cold and module == "frametrans.cli":
+                    cache = work / f"cache-{r}"
+                    shutil.rmtree(cache, ignore_errors=True)
+                    env = {"FRAMETRANS_CACHE_DIR": str(cache), "TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor")}
+                times[name].append(_run_timed(name, module, args, env))
             log(f"round {r + 1}/{opts.repeat}: " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in times.items()))
         med = {k: median(v) for k, v in times.items()}
         command = " ".join([sys.executable, "-m", "frametrans.cli", *ours])
         return {"setup": {**asdict(opts), "checkpoint": str(ckpt), "command": command},
                 "seconds": times, "median": med,
-                "speedup": med["reference loop"] / med["frametrans apply"]}
+                "speedup": med["reference loop"] / med["frametrans apply"],
+                "psnr_vs_reference_db": None if opts.video else _psnr_to_reference(work / "ref_out", dst)}
+
+
+def _psnr_to_reference(ref_dir: Path, out_dir: Path) -> Dict[str, float]:
+    """Worst and mean PSNR (dB, 8-bit) of frametrans' output frames against the reference loop's
+    (its fp32 output, ``NAME_fake.png`` beside our ``NAME.png``); a missing frame is an error."""
+    from frametrans.bench.common import psnr_uint8
+    from frametrans.io.images import read_image
+
+    values = []
+    for ref in sorted(ref_dir.glob("*_fake.png")):
+        ours = out_dir / (ref.name[: -len("_fake.png")] + ".png")
+        values.append(psnr_uint8(read_image(ours).image, read_image(ref).image))
+    if not values:
+        raise RuntimeError(f"no reference frames in {ref_dir}")
+    finite = [v for v in values if v != float("inf")]
+    return {"worst": min(values), "mean": sum(finite) / len(finite) if finite else float("inf")}
 
 
 def _apply_args(opts: ProcessBench, ckpt: Path, src: Path, dst: Path) -> List[str]:
@@ -74,10 +98,11 @@ def _apply_args(opts: ProcessBench, ckpt: Path, src: Path, dst: Path) -> List[st
     return args
 
 
-def _run_timed(name: str, module: str, args: List[str]) -> float:
-    """Wall seconds of one ``python -m module args``; a failure raises with the end of its stderr."""
+def _run_timed(name: str, module: str, args: List[str], env: Optional[Dict[str, str]] = None) -> float:
+    """Wall seconds of one ``python -m module args`` (``env``: added to its environment); a failure
+    raises with the end of its stderr."""
     t = time.perf_counter()
-    proc = run_child(module, args)
+    proc = run_child(module, args, extra_env=env)
     seconds = time.perf_counter() - t
     if proc.returncode != 0:
         raise RuntimeError(f"{name} failed ({proc.returncode}): {proc.stderr.strip()[-800:]}")
@@ -85,13 +110,19 @@ def _run_timed(name: str, module: str, args: List[str]) -> float:
 
 
 def format_processes(result: Dict[str, Any]) -> str:
-    """A few lines: median wall time and frames/s of each process, and the speed-up."""
+    """A few lines: median wall time and frames/s of each process, the speed-up, and (folders) the PSNR
+    of our frames against the reference loop's."""
     s, med = result["setup"], result["median"]
     src = "video" if s["video"] else "folder"
     lines = [f"whole processes, {s['frames']} frames {s['width']}x{s['height']} ({src}), model {s['model']}"
              f"{' ' + json.dumps(s['config']) if s['config'] else ''}, device {s['device']}, precision "
-             f"{s['precision']}, compile {s['compile']}; median of {s['repeat']}"]
+             f"{s['precision']}, compile {s['compile']}{', nothing cached (--cold)' if s.get('cold') else ''}; "
+             f"median of {s['repeat']}"]
     for k, v in med.items():
         lines.append(f"  {k:<18} {v:8.2f} s   {s['frames'] / v:7.2f} frames/s")
     lines.append(f"  speed-up over the reference loop: {result['speedup']:.2f}x")
+    db = result.get("psnr_vs_reference_db")
+    if db:
+        lines.append(f"  PSNR of frametrans' frames against the reference loop's (fp32): worst {db['worst']:.1f} dB, "
+                     f"mean {db['mean']:.1f} dB")
     return "\n".join(lines)

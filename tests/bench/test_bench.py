@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -74,8 +75,10 @@ def test_bench_processes_cli_tiny(tmp_path, monkeypatch):
     (decoy / "frametrans" / "__init__.py").write_text("raise ImportError('the decoy frametrans')\n")
     monkeypatch.chdir(decoy)
     res = _invoke(["processes", "-m", "resnet", *TINY, "--size", "32", "--frames", "2", "--device", "cpu",
-                   "--precision", "fp32", "--compile", "off", "--workdir", "work"])  # relative: resolved
-    assert "speed-up over the reference loop" in res.output
+                   "--precision", "fp32", "--compile", "off", "--workdir", "work", "--cold"])  # relative: resolved
+    assert "speed-up over the reference loop" in res.output and "nothing cached (--cold)" in res.output
+    worst = re.search(r"against the reference loop's \(fp32\): worst ([\d.]+|inf) dB", res.output)
+    assert worst and float(worst.group(1)) >= 45.0  # both fp32: the same picture
     assert len(list((decoy / "work" / "out_frames").glob("*.png"))) == 2
     assert len(list((decoy / "work" / "ref_out").glob("*.png"))) == 2
 

@@ -194,6 +194,32 @@ def test_precision_auto_runs_a_backend_that_loses_the_picture_in_fp32(precision,
 
 
 
+def test_under_backend_auto_a_backend_that_loses_the_picture_steps_aside_for_torch(tmp_path, monkeypatch, caplog):
+    """--backend auto: no fp32 backend is built (torch bf16 beat it wherever bf16 pays); torch's own
+    bf16 copy, which passed the session's probe, runs the guarded batch and every later one."""
+    from frametrans.engine import device as devices
+
+    monkeypatch.setattr(devices, "cpu_bf16_pays", lambda: True)
+    monkeypatch.setattr(backends, "installed", lambda name: name == "openvino")
+    monkeypatch.setenv("FRAMETRANS_CONVERT_SECONDS", "0")  # any job pays for the backend
+    model, built = tiny_model("resnet"), []
+    images = smooth_images(4)
+    monkeypatch.setattr(backends, "build", _lossy_in_bf16(model, built))
+    ref = _fp32(model, images)
+    caplog.set_level(logging.WARNING, logger="frametrans")
+    r = _runner(model, tmp_path, backend="auto", precision="auto", batch_size=1)
+    assert r.dtype == torch.bfloat16 and r.backend.name == "openvino" and r.backend.guarded
+    r.expect(len(images))
+    outs = [o for _, o in r.run(Frame(im, index=i) for i, im in enumerate(images))]
+    assert built == [torch.bfloat16]  # the guard ran on the second batch; no fp32 backend
+    assert r._server.failed is not None and r._server.fn is None
+    assert not r._server.wants((1, 3, 64, 64), 1.0, 100)
+    assert min(psnr(a, b) for a, b in zip(outs, ref)) >= 40.0  # torch bf16, not the lossy backend
+    assert "--precision auto: the openvino bf16 output of this model is" in caplog.text
+    assert "torch runs its own bf16 copy, which passed the same probe" in caplog.text
+    assert "openvino runs it in fp32" not in caplog.text
+
+
 # -- running through the backends -------------------------------------------------------------
 
 

@@ -150,7 +150,7 @@ class BackendServer:
 
     def __call__(self, x: torch.Tensor, eager_seconds: Optional[float] = None) -> Optional[torch.Tensor]:
         """The backend's output for ``x [B, C, H, W]`` (float32, CPU), or None when it failed to
-        convert under ``auto`` (torch then runs it)."""
+        convert under ``auto`` or stepped aside at the precision guard (torch then runs it)."""
         if self.fn is None and not self._build(x):
             return None
         if self.choice.guarded:
@@ -172,19 +172,33 @@ class BackendServer:
     def _guard(self, x: torch.Tensor) -> Optional[torch.Tensor]:
         """The first batch of a low-precision backend under ``--precision auto``: below the
         session's bar (:data:`~frametrans.engine.session.AUTO_MIN_DB`) on :meth:`_probe_db`, the
-        backend is built again in fp32 (warned); then the batch runs. OpenVINO's bf16 keeps no layer
-        in fp32, so it can lose more than torch's careful bf16 copy: ResNet-9 ngf 64 with random weights
-        measured 42.1 dB against torch bf16's 44.5 (AMD Zen 5; the bundled models 47.3-60.4 dB)."""
+        backend asked for by name is built again in fp32 and runs the batch (warned). Under
+        ``--backend auto`` it steps aside instead (warned; None: torch runs this batch and the rest)
+        and torch runs its own low-precision copy, which passed the same bar (the session runs fp32
+        where it did not, and then no backend is guarded). Not the backend in fp32: a guard only runs
+        where the session chose bf16, i.e. where bf16 pays, and there torch bf16 beat OpenVINO fp32 on
+        every machine measured (ResNet-9 ngf 64, 256x256, batch 4: 290 against 530 ms/frame on Sapphire Rapids
+        with AMX, 142-171 against 208-222 on an AMD Zen 5); building and timing the fp32 backend
+        cost ~9 s of a 38 s job on the AMX machine before torch took the shape back.
+
+        OpenVINO's bf16 keeps no layer in fp32, so it can lose more than torch's careful bf16 copy:
+        ResNet-9 ngf 64 with random weights measured 42.1 dB against torch bf16's 44.5 (AMD Zen 5 and
+        Sapphire Rapids; the bundled models 47.3-60.4 dB)."""
         self.choice = dataclasses.replace(self.choice, guarded=False)
         self._runs[tuple(x.shape)] = 1  # the probe was this shape's warm-up: the next run is timed
         db = self._probe_db(x)
         if db is None or db >= sessions.AUTO_MIN_DB:
             return self.fn(x)
+        low = backends.dtype_name(self.choice.dtype)
+        instead = f"{self.name} runs it in fp32" if self.choice.explicit else \
+            f"torch runs its own {low} copy, which passed the same probe"
         log.warning("--precision auto: the %s %s output of this model is %.1f dB from torch fp32 on a probe "
-                    "frame (< %.0f dB): %s runs it in fp32", self.name, backends.dtype_name(self.choice.dtype),
-                    db, sessions.AUTO_MIN_DB, self.name)
-        self.choice = dataclasses.replace(self.choice, dtype=torch.float32)
+                    "frame (< %.0f dB): %s", self.name, low, db, sessions.AUTO_MIN_DB, instead)
         self.fn = None
+        if not self.choice.explicit:
+            self.failed = f"{low} output {db:.1f} dB from fp32"
+            return None
+        self.choice = dataclasses.replace(self.choice, dtype=torch.float32)
         return self.fn(x) if self._build(x) else None
 
     def _probe_db(self, x: torch.Tensor) -> Optional[float]:
