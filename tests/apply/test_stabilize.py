@@ -189,18 +189,22 @@ def test_stats_mode_runners_smooth_and_off_stays_the_plain_path():
 
 def test_cli_stats_mode_same_result_for_any_batch(tmp_path, model_path):
     clip = _clip(tmp_path / "in.mp4", _pan(6))
-    common = ["-m", str(model_path), "--precision", "fp32", "--crf", "0", "--pix-fmt", "yuv444p", "-q"]
+    # lossless RGB out (no YUV round trip: a grey level in R, G or B can move another channel by 3
+    # through yuv444p and back, seen on a Xeon with AMX with one torch thread)
+    common = ["-m", str(model_path), "--precision", "fp32", "--codec", "libx264rgb", "--pix-fmt", "rgb24",
+              "--crf", "0", "-q"]
     outs = {}
     for name, extra in (("b1", ["--batch-size", "1"]), ("b4", ["--batch-size", "4"]), ("off", [])):
-        args = ["apply", str(clip), "-o", str(tmp_path / f"{name}.mp4"), *common, *extra]
+        args = ["apply", str(clip), "-o", str(tmp_path / f"{name}.mkv"), *common, *extra]
         if name != "off":
             args += ["--temporal", "stats", "--temporal-strength", "0.8"]
         res = CliRunner().invoke(cli, args)
         assert res.exit_code == 0, res.output
-        outs[name] = _decoded(tmp_path / f"{name}.mp4")
+        outs[name] = _decoded(tmp_path / f"{name}.mkv")
     assert len(outs["b1"]) == 6
-    # as for flow: batching moves the fp32 output by a grey level, the encoder's rounding by one more
-    assert max(np.abs(x.astype(int) - y.astype(int)).max() for x, y in zip(outs["b1"], outs["b4"])) <= 2
+    # batching moves the fp32 output by a grey level (oneDNN's rounding), and the state carried
+    # across batches adds nothing to that
+    assert max(np.abs(x.astype(int) - y.astype(int)).max() for x, y in zip(outs["b1"], outs["b4"])) <= 1
     assert np.array_equal(outs["b1"][0], outs["off"][0])
     assert np.abs(outs["b1"][5].astype(int) - outs["off"][5].astype(int)).max() > 2
     bad = CliRunner().invoke(cli, ["apply", str(clip), "-o", str(tmp_path / "x.mp4"), "-m", str(model_path),
