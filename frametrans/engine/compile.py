@@ -312,7 +312,9 @@ def is_cached(key: ArtifactKey, root: Optional[Path] = None) -> bool:
 
 #: Expected fraction of the eager time that compilation saves, by (device type, dtype).
 #: Measured: ResNet-9 256x256 on 2 AVX2 cores, fp32, ~0.2 (1.22-1.31x); the issue's Sapphire Rapids
-#: bf16 numbers give 0.12 -> 0.057 s, ~0.5. CUDA: a conservative guess (not measured here).
+#: bf16 numbers give 0.12 -> 0.057 s, ~0.5; bf16 elsewhere saved less: 0.39 on an AMD Zen 5, 0.24 on
+#: the 2026-12-02 Xeon with AMX (263 -> 200 ms/frame; there a 500-frame job built a package in 69 s
+#: and about broke even). CUDA: a conservative guess (not measured here).
 SAVING = {("cpu", torch.float32): 0.2, ("cpu", torch.bfloat16): 0.5, ("cuda", torch.float32): 0.2,
           ("cuda", torch.bfloat16): 0.3, ("cuda", torch.float16): 0.3}
 #: Devices where ``auto`` builds a package when the job pays for it. Not CUDA: on the H200 (torch 2.11,

@@ -90,7 +90,8 @@ def cpu_bf16_pays() -> bool:
     is kept per machine, :func:`remembered_bf16_speedup`):
 
     - no bf16 units (AVX2 only): False, without measuring (bf16 is emulated, ~60x slower);
-    - AMX tiles (``amx_bf16``): True (torch bf16 2.6-3.2x fp32 on Sapphire Rapids, issue 19);
+    - AMX tiles (``amx_bf16``): True (torch bf16 2.6-3.2x fp32 on Sapphire Rapids, issue 19;
+      1.25-2.18x on the 2026-12-02 Xeon with AMX, over the bundled models and a ResNet-9);
     - AVX512-BF16 without AMX: measured, :func:`cpu_bf16_speedup` >= :data:`BF16_MIN_SPEEDUP`.
       CPUs of that kind differ: an AMD Zen 5 gains; an Intel Xeon measured on 2026-11-30 lost
       (a whole ResNet-9 there).

@@ -25,7 +25,8 @@ README's backend table):
    compiled forward is expected to beat the backend
    (:meth:`frametrans.engine.compile.CompilePolicy.should_compile`). AOTInductor bf16 was the
    fastest path on Sapphire Rapids (72 ms/frame against OpenVINO's 156 for ResNet-9 at 256x256),
-   OpenVINO bf16 on an AMD Zen 5 (the bundled cyclegan at 640x360: 41 against 57).
+   on a par on the 2026-12-02 Xeon with AMX (200 against OpenVINO bf16's 198, which failed the
+   45 dB guard there), OpenVINO bf16 on an AMD Zen 5 (the bundled cyclegan at 640x360: 41 against 57).
 3. otherwise, once the job is long enough to pay for converting (or loading a cached graph) at the
    eager speed measured on its first batch (:mod:`frametrans.engine.backends.serve`), and only for
    shapes where the backend then measures faster than torch eager here: OpenVINO when installed: 156 against 169-299 ms/frame for torch eager bf16 on
