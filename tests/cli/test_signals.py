@@ -49,10 +49,18 @@ def long_clip(tmp_path_factory):
     return clip
 
 
+def _default_sigint() -> None:
+    """In the child: SIGINT handled, even when pytest runs as a background job of a shell without job
+    control (which starts it, and so every child, with SIGINT ignored; Python keeps an inherited
+    ignore, as a user's `frametrans apply ... &` in a script would)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(args, cwd: Path) -> subprocess.Popen:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     return subprocess.Popen([sys.executable, "-m", "frametrans.cli", "apply", *map(str, args)],
-                            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)
 
 
 def wait_for(condition, proc: subprocess.Popen, timeout: float = 120.0) -> None:
