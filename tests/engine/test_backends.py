@@ -218,6 +218,17 @@ def test_under_backend_auto_a_backend_that_loses_the_picture_steps_aside_for_tor
     assert "--precision auto: the openvino bf16 output of this model is" in caplog.text
     assert "torch runs its own bf16 copy, which passed the same probe" in caplog.text
     assert "openvino runs it in fp32" not in caplog.text
+    # the verdict is kept beside the graph: the next run of the model skips the backend unbuilt
+    kept = list((tmp_path / "cache" / "onnx").glob("*.onnx.guard.json"))
+    assert len(kept) == 1 and "openvino bf16" in kept[0].read_text()
+    caplog.clear()
+    caplog.set_level(logging.INFO, logger="frametrans")
+    again = _runner(model, tmp_path, backend="auto", precision="auto", batch_size=1)
+    again.expect(len(images))
+    outs_again = [o for _, o in again.run(Frame(im, index=i) for i, im in enumerate(images))]
+    assert built == [torch.bfloat16]  # nothing built the second time
+    assert "on a probe frame of an earlier run" in caplog.text and again._server.failed is not None
+    assert all(np.array_equal(a, b) for a, b in zip(outs_again, outs))
 
 
 # -- running through the backends -------------------------------------------------------------

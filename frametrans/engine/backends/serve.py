@@ -14,13 +14,18 @@ input shape, from what it measures on this machine, like ``--compile auto`` does
   for that shape: when the backend is not faster here, that shape goes back to torch (logged).
 
 A conversion that fails under ``auto`` is logged and torch keeps running; under an explicit backend
-it is an error (one line).
+it is an error (one line). Under ``--precision auto`` a low-precision backend is checked on its
+first batch (:meth:`BackendServer._guard`); the verdict is kept beside the cached graph
+(:data:`GUARD_SUFFIX`), and a later ``auto`` run of the same model, backend version and frame size
+that failed it leaves the backend alone from the start.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -29,6 +34,7 @@ from typing import Any, Callable, Dict, Optional, Set, Tuple
 import torch
 from torch import nn
 
+from frametrans.atomic import atomic_write_text
 from frametrans.engine import backends
 from frametrans.engine.backends.graph import Exporter, graph_path, onnx_graph, plain_exporter
 from frametrans.engine.backends.stateful import SmoothedGraph, StatefulForward, servable
@@ -54,6 +60,9 @@ SAVING = {("openvino", torch.bfloat16): 0.3, ("openvino", torch.float32): 0.3,
 CONVERT_SECONDS = 2.0
 #: Expected seconds to load a cached graph and compile it for one shape (~0.1 s load, ~0.5 s compile).
 LOAD_SECONDS = 1.0
+#: The precision guard's verdicts on a cached graph: ``<graph>.onnx`` + this, JSON
+#: ``{"<backend> <dtype> <version> <W>x<H>": PSNR dB}``.
+GUARD_SUFFIX = ".guard.json"
 
 
 def convert_seconds() -> float:
@@ -82,6 +91,7 @@ class BackendServer:
         self._runs: Dict[Shape, int] = {}
         self._seconds: Dict[Shape, float] = {}
         self._path: Optional[Path] = None
+        self._table: Optional[Dict[str, float]] = None  # the guard's kept verdicts
         self._told_tiles = False
 
     @classmethod
@@ -128,6 +138,8 @@ class BackendServer:
     def wants(self, shape: Shape, eager_seconds: Optional[float], remaining: int) -> bool:
         """Whether the backend should run a batch of ``shape`` (per-frame eager seconds if timed)."""
         if self.failed is not None or shape in self._slower:
+            return False
+        if self.choice.guarded and not self.choice.explicit and self._failed_before(shape):
             return False
         if self.choice.explicit or self.fn is not None:
             return True
@@ -187,6 +199,8 @@ class BackendServer:
         self.choice = dataclasses.replace(self.choice, guarded=False)
         self._runs[tuple(x.shape)] = 1  # the probe was this shape's warm-up: the next run is timed
         db = self._probe_db(x)
+        if db is not None:
+            self._remember(tuple(x.shape), db)
         if db is None or db >= sessions.AUTO_MIN_DB:
             return self.fn(x)
         low = backends.dtype_name(self.choice.dtype)
@@ -200,6 +214,63 @@ class BackendServer:
             return None
         self.choice = dataclasses.replace(self.choice, dtype=torch.float32)
         return self.fn(x) if self._build(x) else None
+
+    # -- the guard's verdicts, kept beside the graph -----------------------------------------------
+
+    def _verdicts_file(self) -> Optional[Path]:
+        """``<graph>.guard.json``: the guard's verdicts on this model's graph (None: not cached)."""
+        if self.token is None:
+            return None
+        if self._path is None:
+            self._path = graph_path(self.source, self.token, self.root)
+        return self._path.with_name(self._path.name + GUARD_SUFFIX)
+
+    def _verdict_key(self, shape: Shape) -> str:
+        """What a verdict depends on: backend, precision, the backend's version and the frame size."""
+        return (f"{self.name} {backends.dtype_name(self.choice.dtype)} {_version(self.name)} "
+                f"{shape[-1]}x{shape[-2]}")
+
+    def _verdicts(self) -> Dict[str, float]:
+        """The kept verdicts (read once per server)."""
+        if self._table is None:
+            path = self._verdicts_file()
+            try:
+                table = json.loads(path.read_text(encoding="utf-8")) if path is not None else {}
+            except (OSError, ValueError):
+                table = {}
+            self._table = {k: float(v) for k, v in table.items() if isinstance(v, (int, float))} \
+                if isinstance(table, dict) else {}
+        return self._table
+
+    def _remember(self, shape: Shape, db: float) -> None:
+        """Keep the guard's PSNR for this shape (written atomically; a cache that cannot be written
+        only costs the next run the probe)."""
+        path = self._verdicts_file()
+        if path is None or not math.isfinite(db):
+            return
+        self._table = None  # another process may have added verdicts since
+        table = {**self._verdicts(), self._verdict_key(shape): round(db, 2)}
+        self._table = table
+        try:
+            atomic_write_text(path, json.dumps(table, indent=1, sort_keys=True))
+        except OSError as exc:
+            log.debug("backend %s: could not keep the precision verdict: %s", self.name, exc)
+
+    def _failed_before(self, shape: Shape) -> bool:
+        """Under ``--backend auto``: True (said once, as information: the run that measured it
+        warned; torch runs the job) when an earlier run's
+        guard found the backend's low-precision output below the bar at this frame size, for these
+        weights and this version of the backend: no conversion, compile and probe to find it again
+        (~3.5 s a run for a ResNet-9 at 256x256 on the 2-core Xeon with AMX)."""
+        db = self._verdicts().get(self._verdict_key(shape))
+        if db is None or db >= sessions.AUTO_MIN_DB:
+            return False
+        low = backends.dtype_name(self.choice.dtype)
+        log.info("--precision auto: the %s %s output of this model was %.1f dB from torch fp32 on a probe "
+                    "frame of an earlier run (< %.0f dB; kept in %s): torch runs its own %s copy, which passed "
+                    "the same probe", self.name, low, db, sessions.AUTO_MIN_DB, self._verdicts_file(), low)
+        self.failed = f"{low} output {db:.1f} dB from fp32 (an earlier run)"
+        return True
 
     def _probe_db(self, x: torch.Tensor) -> Optional[float]:
         """PSNR (dB, uint8) of the backend against torch fp32 on a structured frame of the batch's
@@ -271,6 +342,16 @@ def _stateful_servable(choice: backends.Choice, source: nn.Module,
                                           f"model ({why}); use --backend torch or auto")
     log.info("--temporal stats: torch runs this model, not %s (%s)", choice.name, why)
     return False
+
+
+def _version(name: str) -> str:
+    """The installed version of backend ``name``'s package, without importing it ("?" if unknown)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(backends.PACKAGES[name][0])
+    except (PackageNotFoundError, KeyError):
+        return "?"
 
 
 def _first_line(exc: BaseException) -> str:
