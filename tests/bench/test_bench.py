@@ -77,8 +77,9 @@ def test_bench_processes_cli_tiny(tmp_path, monkeypatch):
     res = _invoke(["processes", "-m", "resnet", *TINY, "--size", "32", "--frames", "2", "--device", "cpu",
                    "--precision", "fp32", "--compile", "off", "--workdir", "work", "--cold"])  # relative: resolved
     assert "speed-up over the reference loop" in res.output and "nothing cached (--cold)" in res.output
-    worst = re.search(r"against the reference loop's \(fp32\): worst ([\d.]+|inf) dB", res.output)
-    assert worst and float(worst.group(1)) >= 45.0  # both fp32: the same picture
+    worst = re.search(r"against the reference loop's: worst frame ([\d.]+|inf) dB", res.output)
+    # both fp32: only the reference's truncation to 8 bits (where frametrans rounds) parts them
+    assert worst and float(worst.group(1)) >= 45.0
     assert len(list((decoy / "work" / "out_frames").glob("*.png"))) == 2
     assert len(list((decoy / "work" / "ref_out").glob("*.png"))) == 2
 

@@ -125,6 +125,41 @@ def test_what_the_compile_decision_waits_for(tmp_path, monkeypatch):
     assert failed.rival_seconds(shape, None, 100) == (False, None)
 
 
+def test_kept_guard_verdicts_decide_per_frame_size_under_auto_only(tmp_path, caplog):
+    """A verdict kept by an earlier run: below the bar at 64x64, the auto backend leaves that size
+    to torch (the whole job while unbuilt; only that size once another size built it); other sizes,
+    an explicit backend and a forward without a cache token are not affected."""
+    import json
+
+    from frametrans.engine.backends.graph import GUARD_SUFFIX, graph_path, prune
+
+    model = tiny_model("resnet")
+    auto = backends.Choice("openvino", torch.bfloat16, "test", guarded=True)
+    server = BackendServer(auto, model, lambda m, x: m(x), "", tmp_path)
+    graph = graph_path(model, "", tmp_path)
+    graph.parent.mkdir(parents=True)
+    graph.write_bytes(b"graph")
+    verdicts = graph.with_name(graph.name + GUARD_SUFFIX)
+    verdicts.write_text(json.dumps({server._verdict_key((1, 3, 64, 64)): 41.0,
+                                    server._verdict_key((1, 3, 96, 96)): 50.0}))
+    caplog.set_level(logging.INFO, logger="frametrans")
+    assert server.wants((2, 3, 96, 96), 1.0, 100)  # passed before: the job pays, the backend may run
+    assert not server.wants((1, 3, 64, 64), 1.0, 100)  # failed before
+    assert server.failed is not None and "was 41.0 dB from torch fp32 on a 64x64" in caplog.text
+    built = BackendServer(auto, model, lambda m, x: m(x), "", tmp_path)
+    built.fn = lambda x: x  # another size passed the guard and built it
+    assert not built.wants((1, 3, 64, 64), 1.0, 100) and built.failed is None
+    assert built.wants((1, 3, 32, 32), 1.0, 100)  # no verdict for this size
+    explicit = BackendServer(backends.Choice("openvino", torch.bfloat16, "x", explicit=True, guarded=True),
+                             model, lambda m, x: m(x), "", tmp_path)
+    assert explicit.wants((1, 3, 64, 64), None, 0)  # asked for by name: its own guard runs
+    untokened = BackendServer(auto, model, lambda m, x: m(x), None, tmp_path)
+    assert untokened.wants((1, 3, 64, 64), 1.0, 100) and untokened._verdicts_file() is None
+    graph.unlink()
+    prune(graph.parent)  # the graph is gone: its verdicts go too
+    assert not verdicts.exists()
+
+
 def test_a_shape_the_backend_runs_slower_goes_back_to_torch(tmp_path):
     server = BackendServer(backends.Choice("onnxruntime", torch.float32, "test"), tiny_model("resnet"),
                            lambda m, x: m(x), "", tmp_path)
@@ -216,7 +251,7 @@ def test_under_backend_auto_a_backend_that_loses_the_picture_steps_aside_for_tor
     assert not r._server.wants((1, 3, 64, 64), 1.0, 100)
     assert min(psnr(a, b) for a, b in zip(outs, ref)) >= 40.0  # torch bf16, not the lossy backend
     assert "--precision auto: the openvino bf16 output of this model is" in caplog.text
-    assert "torch runs its own bf16 copy, which passed the same probe" in caplog.text
+    assert "torch runs its own bf16 copy (which passed the session's probe)" in caplog.text
     assert "openvino runs it in fp32" not in caplog.text
     # the verdict is kept beside the graph: the next run of the model skips the backend unbuilt
     kept = list((tmp_path / "cache" / "onnx").glob("*.onnx.guard.json"))
@@ -227,7 +262,7 @@ def test_under_backend_auto_a_backend_that_loses_the_picture_steps_aside_for_tor
     again.expect(len(images))
     outs_again = [o for _, o in again.run(Frame(im, index=i) for i, im in enumerate(images))]
     assert built == [torch.bfloat16]  # nothing built the second time
-    assert "on a probe frame of an earlier run" in caplog.text and again._server.failed is not None
+    assert "probe frame of an earlier run" in caplog.text and again._server.failed is not None
     assert all(np.array_equal(a, b) for a, b in zip(outs_again, outs))
 
 

@@ -104,7 +104,8 @@ class Choice:
     name: ``torch``, ``openvino`` or ``onnxruntime``. dtype: what the backend computes in (torch:
     the session's). explicit: asked for by name (then the compiled torch forward stays off).
     guarded: a low-precision dtype under ``--precision auto``: the backend's first output is checked
-    against torch fp32, and the backend runs fp32 when it lost the picture (:mod:`.serve`).
+    against torch fp32; when it lost the picture, a backend asked for by name runs fp32 and one
+    chosen by ``auto`` leaves the job to torch, on later runs too (:mod:`.serve`).
     """
 
     name: str

@@ -93,6 +93,19 @@ def onnx_graph(source: nn.Module, export: Exporter, example: torch.Tensor, root:
     yield path, cached, time.perf_counter() - t0
 
 
+#: The precision guard's verdicts on a cached graph (:mod:`frametrans.engine.backends.serve`):
+#: ``<graph>.onnx`` + this, JSON; removed with their graph.
+GUARD_SUFFIX = ".guard.json"
+
+
 def prune(folder: Path, keep: Optional[Path] = None) -> None:
-    """Remove the least recently used graphs beyond the compile cache's size limit."""
+    """Remove the least recently used graphs beyond the compile cache's size limit, and the guard
+    verdicts (and their leftover temporary files) of graphs that are gone."""
     compiling.prune(folder, keep, pattern="*.onnx")
+    compiling.prune(folder, None, pattern="*.onnx" + GUARD_SUFFIX)  # leftovers of killed writes only
+    try:
+        for verdicts in folder.glob("*.onnx" + GUARD_SUFFIX):
+            if not verdicts.with_name(verdicts.name[: -len(GUARD_SUFFIX)]).exists():
+                verdicts.unlink(missing_ok=True)
+    except OSError as exc:
+        log.debug("could not prune %s: %s", folder, exc)

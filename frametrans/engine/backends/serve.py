@@ -23,6 +23,7 @@ that failed it leaves the backend alone from the start.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -36,7 +37,8 @@ from torch import nn
 
 from frametrans.atomic import atomic_write_text
 from frametrans.engine import backends
-from frametrans.engine.backends.graph import Exporter, graph_path, onnx_graph, plain_exporter
+from frametrans.engine import compile as compiling
+from frametrans.engine.backends.graph import GUARD_SUFFIX, Exporter, graph_path, onnx_graph, plain_exporter
 from frametrans.engine.backends.stateful import SmoothedGraph, StatefulForward, servable
 from frametrans.engine import session as sessions
 from frametrans.engine.session import Session, output_psnr
@@ -60,9 +62,6 @@ SAVING = {("openvino", torch.bfloat16): 0.3, ("openvino", torch.float32): 0.3,
 CONVERT_SECONDS = 2.0
 #: Expected seconds to load a cached graph and compile it for one shape (~0.1 s load, ~0.5 s compile).
 LOAD_SECONDS = 1.0
-#: The precision guard's verdicts on a cached graph: ``<graph>.onnx`` + this, JSON
-#: ``{"<backend> <dtype> <version> <W>x<H>": PSNR dB}``.
-GUARD_SUFFIX = ".guard.json"
 
 
 def convert_seconds() -> float:
@@ -92,6 +91,9 @@ class BackendServer:
         self._seconds: Dict[Shape, float] = {}
         self._path: Optional[Path] = None
         self._table: Optional[Dict[str, float]] = None  # the guard's kept verdicts
+        # under --backend auto and --precision auto: kept verdicts decide, per frame size
+        self._auto_guard = choice.guarded and not choice.explicit
+        self._lossy: Dict[Tuple[int, int], bool] = {}  # frame size -> failed before
         self._told_tiles = False
 
     @classmethod
@@ -139,7 +141,7 @@ class BackendServer:
         """Whether the backend should run a batch of ``shape`` (per-frame eager seconds if timed)."""
         if self.failed is not None or shape in self._slower:
             return False
-        if self.choice.guarded and not self.choice.explicit and self._failed_before(shape):
+        if self._auto_guard and self._failed_before(shape):
             return False
         if self.choice.explicit or self.fn is not None:
             return True
@@ -186,8 +188,9 @@ class BackendServer:
         session's bar (:data:`~frametrans.engine.session.AUTO_MIN_DB`) on :meth:`_probe_db`, the
         backend asked for by name is built again in fp32 and runs the batch (warned). Under
         ``--backend auto`` it steps aside instead (warned; None: torch runs this batch and the rest)
-        and torch runs its own low-precision copy, which passed the same bar (the session runs fp32
-        where it did not, and then no backend is guarded). Not the backend in fp32: a guard only runs
+        and torch runs its own low-precision copy, which passed the session's probe (a small frame,
+        against the same bar; the session runs fp32 where it did not, and then no backend is
+        guarded). Not the backend in fp32: a guard only runs
         where the session chose bf16, i.e. where bf16 pays, and there torch bf16 beat OpenVINO fp32 on
         every machine measured (ResNet-9 ngf 64, 256x256, batch 4: 290 against 530 ms/frame on Sapphire Rapids
         with AMX, 142-171 against 208-222 on an AMD Zen 5); building and timing the fp32 backend
@@ -205,7 +208,7 @@ class BackendServer:
             return self.fn(x)
         low = backends.dtype_name(self.choice.dtype)
         instead = f"{self.name} runs it in fp32" if self.choice.explicit else \
-            f"torch runs its own {low} copy, which passed the same probe"
+            f"torch runs its own {low} copy (which passed the session's probe)"
         log.warning("--precision auto: the %s %s output of this model is %.1f dB from torch fp32 on a probe "
                     "frame (< %.0f dB): %s", self.name, low, db, sessions.AUTO_MIN_DB, instead)
         self.fn = None
@@ -226,9 +229,10 @@ class BackendServer:
         return self._path.with_name(self._path.name + GUARD_SUFFIX)
 
     def _verdict_key(self, shape: Shape) -> str:
-        """What a verdict depends on: backend, precision, the backend's version and the frame size."""
-        return (f"{self.name} {backends.dtype_name(self.choice.dtype)} {_version(self.name)} "
-                f"{shape[-1]}x{shape[-2]}")
+        """What a verdict depends on: backend, precision, the backend's version, the CPU and the
+        frame size (the weights and the forward are in the graph's own key)."""
+        return f"{self.name} {backends.dtype_name(self.choice.dtype)} {_version(self.name)} {_cpu()} " \
+               f"{shape[-1]}x{shape[-2]}"
 
     def _verdicts(self) -> Dict[str, float]:
         """The kept verdicts (read once per server)."""
@@ -257,19 +261,27 @@ class BackendServer:
             log.debug("backend %s: could not keep the precision verdict: %s", self.name, exc)
 
     def _failed_before(self, shape: Shape) -> bool:
-        """Under ``--backend auto``: True (said once, as information: the run that measured it
-        warned; torch runs the job) when an earlier run's
-        guard found the backend's low-precision output below the bar at this frame size, for these
-        weights and this version of the backend: no conversion, compile and probe to find it again
-        (~3.5 s a run for a ResNet-9 at 256x256 on the 2-core Xeon with AMX)."""
+        """Under ``--backend auto`` and ``--precision auto``: True when an earlier run's guard found
+        the backend's low-precision output below the bar at this frame size (for these weights and
+        forward, this backend version and CPU): torch runs it, with no conversion, compile and probe
+        to find that out again (~3.5 s a run for a ResNet-9 at 256x256 on the 2-core Xeon with AMX).
+        Said once per size, as information (the run that measured it warned). Before the backend is
+        built it steps aside for the whole job, as the guard does; once built (another size passed),
+        only this size goes to torch."""
+        size = (int(shape[-2]), int(shape[-1]))
+        if size in self._lossy:
+            return self._lossy[size]
         db = self._verdicts().get(self._verdict_key(shape))
-        if db is None or db >= sessions.AUTO_MIN_DB:
+        self._lossy[size] = lossy = db is not None and db < sessions.AUTO_MIN_DB
+        if not lossy:
             return False
         low = backends.dtype_name(self.choice.dtype)
-        log.info("--precision auto: the %s %s output of this model was %.1f dB from torch fp32 on a probe "
-                    "frame of an earlier run (< %.0f dB; kept in %s): torch runs its own %s copy, which passed "
-                    "the same probe", self.name, low, db, sessions.AUTO_MIN_DB, self._verdicts_file(), low)
-        self.failed = f"{low} output {db:.1f} dB from fp32 (an earlier run)"
+        log.info("--precision auto: the %s %s output of this model was %.1f dB from torch fp32 on a %dx%d "
+                 "probe frame of an earlier run (< %.0f dB; kept in %s): torch runs its own %s copy (which "
+                 "passed the session's probe)", self.name, low, db, size[1], size[0], sessions.AUTO_MIN_DB,
+                 self._verdicts_file(), low)
+        if self.fn is None:
+            self.failed = f"{low} output {db:.1f} dB from fp32 (an earlier run)"
         return True
 
     def _probe_db(self, x: torch.Tensor) -> Optional[float]:
@@ -344,6 +356,14 @@ def _stateful_servable(choice: backends.Choice, source: nn.Module,
     return False
 
 
+@functools.lru_cache(maxsize=None)
+def _cpu() -> str:
+    """The CPU a verdict was measured on: torch's capability and the model name (a cache folder
+    may be shared between machines)."""
+    return compiling.device_signature(torch.device("cpu")).rsplit(":", 1)[0]
+
+
+@functools.lru_cache(maxsize=None)
 def _version(name: str) -> str:
     """The installed version of backend ``name``'s package, without importing it ("?" if unknown)."""
     from importlib.metadata import PackageNotFoundError, version
