@@ -219,7 +219,16 @@ def device_name(device: torch.device) -> str:
     return device.type
 
 
+def mse_uint8(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean squared error of two 8-bit images, in grey levels squared."""
+    return float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+
+
+def psnr_of_mse_uint8(mse: float) -> float:
+    """PSNR in dB for a mean squared error of 8-bit data (inf for 0)."""
+    return float("inf") if mse == 0 else 10 * math.log10(255.0**2 / mse)
+
+
 def psnr_uint8(a: np.ndarray, b: np.ndarray) -> float:
     """PSNR in dB of two 8-bit images (inf when equal)."""
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * math.log10(255.0**2 / mse)
+    return psnr_of_mse_uint8(mse_uint8(a, b))

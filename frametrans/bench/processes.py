@@ -5,7 +5,6 @@ included: ``python -m frametrans.cli apply`` against the reference loop run as
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import sys
 import time
@@ -13,9 +12,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-import numpy as np
-
-from frametrans.bench.common import Log, make_folder, make_video, median, to_stderr, workdir
+from frametrans.bench.common import (Log, make_folder, make_video, median, mse_uint8, psnr_of_mse_uint8,
+                                     to_stderr, workdir)
 from frametrans.bench.models import prepare_model
 from frametrans.child import run_child
 
@@ -88,14 +86,10 @@ def _psnr_to_reference(ref_dir: Path, out_dir: Path) -> Dict[str, float]:
     errors = []
     for ref in sorted(ref_dir.glob("*_fake.png")):
         ours = out_dir / (ref.name[: -len("_fake.png")] + ".png")
-        a, b = read_image(ours).image.astype(np.float64), read_image(ref).image.astype(np.float64)
-        errors.append(float(np.mean((a - b) ** 2)))
+        errors.append(mse_uint8(read_image(ours).image, read_image(ref).image))
     if not errors:
         raise RuntimeError(f"no reference frames in {ref_dir}")
-
-    def db(mse: float) -> float:
-        return float("inf") if mse == 0 else 10 * math.log10(255.0**2 / mse)
-    return {"worst": db(max(errors)), "mean": db(sum(errors) / len(errors))}
+    return {"worst": psnr_of_mse_uint8(max(errors)), "mean": psnr_of_mse_uint8(sum(errors) / len(errors))}
 
 
 def _apply_args(opts: ProcessBench, ckpt: Path, src: Path, dst: Path) -> List[str]:
