@@ -121,13 +121,18 @@ def device_signature(device: torch.device) -> str:
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         return f"cuda:{props.name}:{props.major}.{props.minor}:{torch.version.cuda}"
+    return f"{cpu_identity()}:{torch.get_num_threads()}threads"
+
+
+def cpu_identity() -> str:
+    """The CPU: torch's capability and the model name (no thread count)."""
     model = ""
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as f:
             model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
     except OSError:
         pass
-    return f"cpu:{torch.backends.cpu.get_cpu_capability()}:{model}:{torch.get_num_threads()}threads"
+    return f"cpu:{torch.backends.cpu.get_cpu_capability()}:{model}"
 
 
 @dataclass(frozen=True)

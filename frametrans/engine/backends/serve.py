@@ -190,11 +190,11 @@ class BackendServer:
         ``--backend auto`` it steps aside instead (warned; None: torch runs this batch and the rest)
         and torch runs its own low-precision copy, which passed the session's probe (a small frame,
         against the same bar; the session runs fp32 where it did not, and then no backend is
-        guarded). Not the backend in fp32: a guard only runs
-        where the session chose bf16, i.e. where bf16 pays, and there torch bf16 beat OpenVINO fp32 on
-        every machine measured (ResNet-9 ngf 64, 256x256, batch 4: 290 against 530 ms/frame on Sapphire Rapids
-        with AMX, 142-171 against 208-222 on an AMD Zen 5); building and timing the fp32 backend
-        cost ~9 s of a 38 s job on the AMX machine before torch took the shape back.
+        guarded). Not the backend in fp32: a guard only runs where the session chose bf16, i.e.
+        where bf16 pays, and there torch bf16 beat OpenVINO fp32 on every machine measured (ResNet-9
+        ngf 64, 256x256, batch 4: 290 against 530 ms/frame on a Xeon with AMX, 142-171 against
+        208-222 on an AMD Zen 5); building and timing the fp32 backend cost ~9 s of a 38 s job on the
+        AMX Xeon before torch took the shape back.
 
         OpenVINO's bf16 keeps no layer in fp32, so it can lose more than torch's careful bf16 copy:
         ResNet-9 ngf 64 with random weights measured 42.1 dB against torch bf16's 44.5 (AMD Zen 5 and
@@ -358,9 +358,8 @@ def _stateful_servable(choice: backends.Choice, source: nn.Module,
 
 @functools.lru_cache(maxsize=None)
 def _cpu() -> str:
-    """The CPU a verdict was measured on: torch's capability and the model name (a cache folder
-    may be shared between machines)."""
-    return compiling.device_signature(torch.device("cpu")).rsplit(":", 1)[0]
+    """The CPU a verdict was measured on (a cache folder may be shared between machines)."""
+    return compiling.cpu_identity()
 
 
 @functools.lru_cache(maxsize=None)
