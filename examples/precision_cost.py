@@ -1,7 +1,7 @@
 """What keeping layers in fp32 costs in a bf16 run, and what it buys, on one device.
 
-The session's careful low-precision copy keeps the normalization layers, the output convolutions and
-the full-resolution convolutions in fp32 (frametrans.engine.session; FRAMETRANS_KEEP_FP32=all: what
+The session's careful low-precision copy keeps the normalization layers and the full-resolution
+convolutions (not the output's) in fp32 (frametrans.engine.session; FRAMETRANS_KEEP_FP32=all: what
 explicit bf16 and CUDA use; precision auto on the CPU takes the all-bf16 copy when it passes). That was
 measured for picture quality on CPUs; on a GPU it adds casts around every norm of a memory-bound
 network. This prints, per model and per FRAMETRANS_KEEP_FP32 mode (all, output, none): the model-only

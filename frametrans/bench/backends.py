@@ -20,7 +20,7 @@ from frametrans.bench.models import prepare_model
 
 #: (name, backend, precision) of every path measured. ``torch auto``: what ``--precision auto`` runs in
 #: torch here (fp32, or bf16 with the copy it picks: every layer bf16 where the model passes the probe
-#: with room, else norms, frame and output in fp32, which is what ``torch bf16`` always runs).
+#: with room, else norms and frame in fp32, which is what ``torch bf16`` always runs).
 PATHS = (("torch fp32", "torch", "fp32"), ("torch bf16", "torch", "bf16"), ("torch auto", "torch", "auto"),
          ("openvino fp32", "openvino", "fp32"), ("openvino bf16", "openvino", "bf16"),
          ("onnxruntime fp32", "onnxruntime", "fp32"))

@@ -21,14 +21,18 @@ random ResNet-9 ngf 64, 256x256 photos, worst / mean PSNR of the uint8 output ag
 - the image itself: rounded to bf16 (8 significant bits) it is already off by up to a quarter of a
   grey level, and every later layer carries that; the convolutions that read the frame at full
   resolution (the first 7x7 conv and the first stride-2 conv of a ResNet) stay fp32;
-- the output: the last convolution (the one producing the model's output channels) rounds to bf16
-  right before the tanh, ~1 grey level near white; it stays fp32, so the tanh runs in fp32 too;
+- the output: the last convolution (the one producing the model's output channels) runs in bf16
+  and hands its result on in fp32, so the tanh runs in fp32 and its output is not rounded to bf16.
+  Kept in fp32 it bought 0.0-0.1 dB on a random ResNet-9 ngf 64 and cost 13% of its bf16 forward
+  (a 64-to-3-channel 7x7 conv at 256x256: 19 ms in fp32, 2.4 in bf16; Intel Xeon with AMX,
+  2026-12-02: ``python examples/precision_cost.py --device cpu --batch 1``);
 - normalization statistics and their outputs (InstanceNorm, BatchNorm, GroupNorm, LayerNorm, AdaIN):
   stay fp32, which also keeps the residual stream of the ResNet blocks (x + ...norm) in fp32.
 
-Random ResNet-9: 40.0 / 41.6 dB with everything bf16, 41.0 / 42.7 with fp32 norms and output, 45.1 /
-45.3 with the full-resolution convolutions too; bundled cyclegan 53.4 / 54.3 -> 55.2 / 56.9, munit
-52.2 / 53.2 -> 55.6 / 56.5, pix2pix 55.5 / 56.5 -> 57.5 / 58.7. Those convolutions are ~5% of
+Random ResNet-9: 40.0 / 41.6 dB with everything bf16, 41.0 / 42.7 with fp32 norms and output, 45.4 /
+46.1 with the full-resolution convolutions too and the output conv in bf16 (45.5 / 46.2 with it in
+fp32); bundled cyclegan 53.4 / 54.3 -> 57.0 / 57.4, munit 52.2 / 53.2 -> 55.4 / 56.0, pix2pix 55.5 /
+56.5 -> 58.1 / 58.8 (each 0.5-1.9 dB below the copy with the output conv in fp32). Those convolutions are ~5% of
 ResNet-9's multiply-adds. ``precision=auto`` then checks the model it was given: a small structured
 probe frame runs in both precisions, and below :data:`AUTO_MIN_DB` the session runs fp32 and says so.
 On the CPU it first tries the copy with every layer low-precision and keeps it when the probe passes
@@ -76,7 +80,7 @@ _NORM_NAMES = ("LayerNorm", "AdaptiveInstanceNorm2d")  # MUNIT's own norm layers
 _CONVS = (nn.Conv2d, nn.ConvTranspose2d)
 #: What a low-precision copy keeps in fp32, from ``FRAMETRANS_KEEP_FP32`` (to measure what the rule
 #: costs on a device): ``all`` (the default, but for precision auto on the CPU, which tries ``none``
-#: first: norms, output and full-resolution convolutions),
+#: first: norms and the full-resolution convolutions but the output's),
 #: ``output`` (the output convolutions only), ``none`` (every layer in the low precision).
 KEEP_FP32_MODES = ("all", "output", "none")
 
@@ -150,15 +154,7 @@ class Session:
         copies = _PREPARED.setdefault(model, {})
         stamp = weights_stamp(model)
         if key not in copies or copies[key][0] != stamp:
-            keep = full_precision_modules(model, self.device, self.keep_fp32)
-            low = copy.deepcopy(model).to(self.dtype)
-            for name, module in low.named_modules():
-                if name in keep:
-                    _keep_fp32(module, self.device.type, autocast_off=isinstance(module, _CONVS))
-                elif any(True for _ in module.parameters(recurse=False)):
-                    _cast_inputs(module, self.dtype)  # also without autocast (compiling)
-                elif isinstance(module, _EDGE_PADS):
-                    _pad_as_is(module, self.device.type)
+            low = _low_precision_copy(model, self.dtype, self.device, self.keep_fp32)
             if self.channels_last:
                 low = low.to(memory_format=torch.channels_last)
             copies[key] = (stamp, low.eval())
@@ -167,7 +163,7 @@ class Session:
     def _try_the_light_copy(self) -> None:
         """precision=auto on the CPU: keep the all-low-precision copy (``keep_fp32="none"``) when
         its probe passes :data:`AUTO_MIN_DB` + :data:`LIGHT_MARGIN_DB`, else go on with the copy
-        that keeps norms, frame and output in fp32 (``all``), which :meth:`_check_auto_precision`
+        that keeps norms and frame in fp32 (``all``), which :meth:`_check_auto_precision`
         then judges. The margin: the probe frame read up to 3.2 dB better than 256x256 frames
         (munit: 50.2 against 47.0 dB), and the bundled models pass it (cyclegan 53.5, pix2pix 57.5,
         munit 50.2 dB) while a random ResNet-9 (41.8) and the bundled predictor (45.4) do not."""
@@ -176,7 +172,7 @@ class Session:
         if fresh:
             log.debug("--precision auto: the all-%s copy is %s dB from fp32 on the probe frame: %s",
                       _NAMES[self.dtype], "?" if db is None else f"{db:.1f}",
-                      "kept" if passed else "norms, frame and output stay fp32")
+                      "kept" if passed else "norms and frame stay fp32")
         if passed:
             return
         _PREPARED.get(self.source, {}).pop(self._copy_key("none"), None)
@@ -367,20 +363,47 @@ def _hook_around(module: nn.Module, device_type: str, autocast_off: bool, cast: 
     module.register_forward_hook(after, always_call=True)
 
 
-def full_precision_modules(model: nn.Module, device: torch.device, mode: str = "all") -> Set[str]:
-    """Names of the modules of ``model`` that a low-precision copy keeps in fp32 (see the module
-    docstring): normalization layers, convolutions producing the output channels, and convolutions
-    whose input is the frame's full resolution (found with one forward of a small probe frame).
-    ``mode`` (:data:`KEEP_FP32_MODES`): ``output`` keeps the output convolutions only, ``none`` none."""
-    if mode == "none":
-        return set()
-    keep = {name for name, m in model.named_modules() if _is_norm(m)} if mode == "all" else set()
+def _low_precision_copy(model: nn.Module, dtype: torch.dtype, device: torch.device, mode: str) -> nn.Module:
+    """A copy of ``model`` in ``dtype`` with :func:`full_precision_modules` (``mode``) kept in fp32;
+    the output convolutions, when in ``dtype``, hand their result on in fp32 (so the tanh after
+    them runs in fp32 and its output is not rounded to ``dtype``)."""
+    keep = full_precision_modules(model, device, mode)
+    outputs = output_convolutions(model)
+    low = copy.deepcopy(model).to(dtype)
+    for name, module in low.named_modules():
+        if name in keep:
+            _keep_fp32(module, device.type, autocast_off=isinstance(module, _CONVS))
+            continue
+        if any(True for _ in module.parameters(recurse=False)):
+            _cast_inputs(module, dtype)  # also without autocast (compiling)
+        elif isinstance(module, _EDGE_PADS):
+            _pad_as_is(module, device.type)
+        if name in outputs:
+            module.register_forward_hook(lambda _m, _args, out: out.float())
+    return low
+
+
+def output_convolutions(model: nn.Module) -> Set[str]:
+    """Names of the convolutions producing the model's output channels (from its I/O contract;
+    none without one)."""
     c = contract_of(model)
     if c is None:
-        return keep
-    out_channels = c.out_channels * c.frames_out
-    keep |= {name for name, m in model.named_modules() if isinstance(m, _CONVS) and m.out_channels == out_channels}
-    probe = _probe_input(model, device) if mode == "all" else None
+        return set()
+    channels = c.out_channels * c.frames_out
+    return {name for name, m in model.named_modules() if isinstance(m, _CONVS) and m.out_channels == channels}
+
+
+def full_precision_modules(model: nn.Module, device: torch.device, mode: str = "all") -> Set[str]:
+    """Names of the modules of ``model`` that a low-precision copy keeps in fp32 (see the module
+    docstring): normalization layers and the convolutions other than the output's whose input is
+    the frame's full resolution (found with one forward of a small probe frame). ``mode``
+    (:data:`KEEP_FP32_MODES`): ``output`` keeps the output convolutions only, ``none`` none."""
+    if mode == "none":
+        return set()
+    if mode == "output":
+        return output_convolutions(model)
+    keep = {name for name, m in model.named_modules() if _is_norm(m)}
+    probe = _probe_input(model, device)
     if probe is None:
         return keep
     x, fns, _ = probe
@@ -391,12 +414,13 @@ def full_precision_modules(model: nn.Module, device: torch.device, mode: str = "
         with torch.inference_mode():
             for fn in fns:
                 fn(model, x)
-    except Exception as exc:  # noqa: BLE001 - then only the norms and output layers stay fp32
+    except Exception as exc:  # noqa: BLE001 - then only the norms stay fp32
         log.debug("full-resolution probe failed: %s", exc)
     finally:
         for h in hooks:
             h.remove()
-    return keep | {name for name, (h, w) in sizes.items() if h >= x.shape[-2] and w >= x.shape[-1]}
+    full = {name for name, (h, w) in sizes.items() if h >= x.shape[-2] and w >= x.shape[-1]}
+    return keep | (full - output_convolutions(model))
 
 
 def _size_recorder(sizes: Dict[str, Tuple[int, int]], name: str):

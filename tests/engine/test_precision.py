@@ -15,7 +15,7 @@ from torch import nn
 from frametrans.checkpoint import load_model
 from frametrans.engine import device as devices
 from frametrans.engine.runner import Runner, RunnerOptions
-from frametrans.engine.session import Session, full_precision_modules
+from frametrans.engine.session import Session, full_precision_modules, output_convolutions
 from frametrans.models.resnet import ResnetConfig, ResnetGenerator
 from support import psnr, tiny_model
 
@@ -41,16 +41,18 @@ def _psnrs(model, images, forward=None):
     return [psnr(a, b) for a, b in zip(run("bf16"), run("fp32"))]
 
 
-def test_the_copy_keeps_norms_frame_and_output_convs_in_fp32():
+def test_the_copy_keeps_norms_and_frame_convs_in_fp32_and_hands_the_output_on_in_fp32():
     model = tiny_model("resnet")
     keep = full_precision_modules(model, torch.device("cpu"))
-    # first 7x7 conv and the stride-2 conv reading the full frame, the output conv, every norm
-    assert {"model.1", "model.4", "model.18", "model.2", "model.10.conv_block.2"} <= keep
+    # first 7x7 conv and the stride-2 conv reading the full frame, every norm
+    assert {"model.1", "model.4", "model.2", "model.10.conv_block.2"} <= keep
     assert "model.7" not in keep and "model.10.conv_block.1" not in keep  # lower resolutions: bf16
+    assert "model.18" not in keep  # the output conv reads the full resolution too, but runs in bf16
+    assert output_convolutions(model) == {"model.18"}
     low = Session(model, "cpu", "bf16").model
     weights = dict(low.named_parameters())
-    assert weights["model.1.weight"].dtype == weights["model.18.weight"].dtype == torch.float32
-    assert weights["model.10.conv_block.1.weight"].dtype == torch.bfloat16
+    assert weights["model.1.weight"].dtype == weights["model.4.weight"].dtype == torch.float32
+    assert weights["model.10.conv_block.1.weight"].dtype == weights["model.18.weight"].dtype == torch.bfloat16
     x = torch.rand(1, 3, 32, 32) * 2 - 1
     s = Session(model, "cpu", "bf16")
     with s.inference():
@@ -70,7 +72,12 @@ def test_keep_fp32_knob_selects_what_stays_fp32(monkeypatch):
     assert dtypes["output"]["model.18.weight"] == torch.float32
     assert dtypes["output"]["model.1.weight"] == dtypes["output"]["model.4.weight"] == torch.bfloat16
     assert set(dtypes["none"].values()) == {torch.bfloat16}
+    monkeypatch.setenv("FRAMETRANS_KEEP_FP32", "none")
+    light = Session(model, "cpu", "bf16")
+    with light.inference():
+        assert light.model(light.to_model_input(torch.rand(1, 3, 32, 32))).dtype == torch.float32
     assert dtypes["all"]["model.1.weight"] == dtypes["all"]["model.4.weight"] == torch.float32
+    assert dtypes["all"]["model.18.weight"] == torch.bfloat16
     monkeypatch.setenv("FRAMETRANS_KEEP_FP32", "some")
     with pytest.raises(ValueError, match="FRAMETRANS_KEEP_FP32='some': use all, output or none"):
         Session(model, "cpu", "bf16")
@@ -96,7 +103,7 @@ def test_bf16_keeps_the_picture_with_bundled_weights(name):
                                           ("predictor", False)])
 def test_auto_on_the_cpu_keeps_nothing_in_fp32_where_the_probe_has_room(name, light, monkeypatch):
     """The light copy (every layer bf16) where the probe passes 45 + 3 dB, else the copy that keeps
-    norms, frame and output in fp32; the picture stays within the bars on photos either way."""
+    norms and frame in fp32; the picture stays within the bars on photos either way."""
     monkeypatch.setattr(devices, "cpu_bf16_pays", lambda: True)
     monkeypatch.delenv("FRAMETRANS_KEEP_FP32", raising=False)
     model = load_model(name)
