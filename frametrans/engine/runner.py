@@ -110,8 +110,8 @@ class Runner:
         self.compile_seconds = 0.0  # spent compiling or loading packages, for reports
         self._pinned = PinnedBuffers()  # CUDA staging buffers
         self._wide: Optional[Runner] = None  # fp32 twin for 16-bit inputs under precision auto
-        self.backend = backends.choose(self.options.backend, self.device, self.dtype,
-                                       self.options.precision, self.options.compile)
+        self.backend = backends.choose(self.options.backend, self.device, self.dtype, self.options.precision,
+                                       self.options.compile, self.session.all_low_db())
         token = forward_token(forward)
         self._server = BackendServer.serving(self.backend, self.source, forward, token, self._cache_root())
         if self.backend.explicit and self._server is not None:

@@ -187,6 +187,12 @@ class Session:
         verdict = _VERDICTS.get(self.source, {}).get(self._verdict_key("none"))
         return verdict is None or verdict[0] != weights_stamp(self.source) or _light_passes(verdict[1])
 
+    def all_low_db(self) -> Optional[float]:
+        """The probe's PSNR (dB) of the copy with every layer in the low precision, when it was
+        measured for these weights (precision auto on the CPU tries that copy first); else None."""
+        verdict = _VERDICTS.get(self.source, {}).get(self._verdict_key("none"))
+        return verdict[1] if verdict is not None and verdict[0] == weights_stamp(self.source) else None
+
     def _copy_key(self, keep_fp32: str) -> tuple:
         """The key of a low-precision copy of ``source`` in ``_PREPARED``."""
         return str(self.device), self.dtype, self.channels_last, keep_fp32

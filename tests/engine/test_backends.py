@@ -182,6 +182,33 @@ def test_a_low_precision_backend_under_precision_auto_is_guarded(monkeypatch):
     assert not backends.choose("torch", CPU, torch.bfloat16, precision="auto").guarded
 
 
+def test_auto_leaves_openvino_bf16_alone_where_the_all_bf16_copy_failed(tmp_path, monkeypatch):
+    """OpenVINO's bf16 computes every layer in bf16: a model whose all-bf16 torch copy read more than
+    ALL_LOW_SLACK_DB below the bar on the session's probe is not converted, built or probed under
+    auto; torch runs its careful copy. Asked for by name, or in fp32, nothing changes."""
+    from frametrans.engine import device as devices
+    from frametrans.engine.session import AUTO_MIN_DB, Session
+
+    monkeypatch.setattr(backends, "installed", lambda name: True)
+    monkeypatch.setattr(backends, "require_installed", lambda name: None)
+    bar = AUTO_MIN_DB - backends.ALL_LOW_SLACK_DB
+    lossy = backends.choose("auto", CPU, torch.bfloat16, "auto", all_low_db=bar - 0.1)
+    assert lossy.name == "torch" and not lossy.guarded and "computes every layer in bf16" in lossy.reason
+    assert backends.choose("auto", CPU, torch.bfloat16, "auto", all_low_db=bar + 0.1).name == "openvino"
+    assert backends.choose("auto", CPU, torch.bfloat16, "auto", all_low_db=None).name == "openvino"
+    assert backends.choose("openvino", CPU, torch.bfloat16, "auto", all_low_db=30.0).name == "openvino"
+    assert backends.choose("auto", CPU, torch.float32, "auto", all_low_db=30.0).name == "openvino"
+    monkeypatch.setattr(devices, "cpu_bf16_pays", lambda: True)
+    monkeypatch.setattr(Session, "all_low_db", lambda self: bar - 0.1)
+    built = []
+    monkeypatch.setattr(backends, "build", lambda *a: built.append(a))
+    r = _runner(tiny_model("resnet"), tmp_path, backend="auto", precision="auto", batch_size=1)
+    r.expect(4)
+    r(smooth_images(4))
+    assert r.backend.name == "torch" and r._server is None and built == []
+    assert not (tmp_path / "cache" / "onnx").exists()  # nothing converted
+
+
 def _lossy_in_bf16(model, built):
     """A stand-in for backends.build: torch fp32, plus, when built for bf16, an error that follows
     the frame's content (none on a flat frame: a black first frame looks exact)."""

@@ -31,7 +31,8 @@ README's backend table):
    eager speed measured on its first batch (:mod:`frametrans.engine.backends.serve`), and only for
    shapes where the backend then measures faster than torch eager here: OpenVINO when installed: 156 against 169-299 ms/frame for torch eager bf16 on
    Sapphire Rapids, and 364 against 1058 ms/frame in fp32 on this project's 2-core Xeon (ResNet-9,
-   128x128), with ~0.5 s to convert and compile.
+   128x128), with ~0.5 s to convert and compile; not in bf16 for a model whose all-bf16 torch copy
+   failed the session's probe (:data:`ALL_LOW`).
 4. otherwise ONNX Runtime when it is installed and the precision is fp32 (405 against 1058 ms/frame
    in fp32 on the same Xeon); it has no bf16 on the CPU, and torch bf16 beats it where bf16 units
    exist.
@@ -52,9 +53,20 @@ from typing import Callable, Optional
 
 import torch
 
+from frametrans.engine.session import AUTO_MIN_DB
+
 log = logging.getLogger("frametrans")
 
 BACKENDS = ("auto", "torch", "openvino", "onnxruntime")
+#: Backends whose low precision runs every layer in it: OpenVINO's CPU plugin ignores the marks that
+#: would keep nodes in fp32 (2026.4: ``disable_fp16_compression`` on convolutions, MVN and tanh
+#: changed neither the layers' runtime precision nor the output). Its bf16 then loses what torch's
+#: all-bf16 copy loses: a random ResNet-9 ngf 64 at 256x256 42.1 dB, where that copy's probe read
+#: 42.7 and torch's careful copy 45.4 (Xeon with AMX, 2026-12-02).
+ALL_LOW = frozenset({"openvino"})
+#: ``auto`` leaves such a backend alone, with no conversion and no guard probe (3-4 s of a 96-frame
+#: job at 256x256), when the session's all-low-precision copy read this far below the bar.
+ALL_LOW_SLACK_DB = 1.0
 #: backend -> (the module it imports, the pip command that installs it)
 PACKAGES = {
     "openvino": ("openvino", "pip install 'frametrans[openvino]'"),
@@ -116,14 +128,23 @@ class Choice:
 
 
 def choose(requested: str, device: torch.device, dtype: torch.dtype, precision: str = "auto",
-           compile_mode: str = "auto") -> Choice:
+           compile_mode: str = "auto", all_low_db: Optional[float] = None) -> Choice:
     """Apply the rule of the module docstring; BackendUnavailable for an impossible request.
 
     dtype: the session's compute dtype; precision: the ``--precision`` option as given (an explicit
-    bf16 is refused by ONNX Runtime, ``auto`` lets it run fp32).
+    bf16 is refused by ONNX Runtime, ``auto`` lets it run fp32). all_low_db: the session's probe of
+    its copy with every layer in ``dtype`` (:meth:`~frametrans.engine.session.Session.all_low_db`),
+    when measured: ``auto`` leaves a backend in :data:`ALL_LOW` alone for a model whose copy fell
+    :data:`ALL_LOW_SLACK_DB` below the bar.
     """
     choice = _choose(validate_backend(requested), device, dtype, precision, compile_mode)
     guarded = choice.name != "torch" and choice.dtype != torch.float32 and (precision or "auto").lower() == "auto"
+    if guarded and not choice.explicit and choice.name in ALL_LOW and all_low_db is not None \
+            and all_low_db < AUTO_MIN_DB - ALL_LOW_SLACK_DB:
+        low = dtype_name(dtype)
+        return Choice("torch", dtype, f"auto: {choice.name} computes every layer in {low}, and this model's "
+                      f"all-{low} copy was {all_low_db:.1f} dB from fp32 on the probe (< {AUTO_MIN_DB:.0f} dB): "
+                      f"torch runs its {low} copy that keeps norms and frame in fp32")
     return dataclasses.replace(choice, guarded=guarded)
 
 
