@@ -214,9 +214,9 @@ def frame_flow(src: np.ndarray, dst: np.ndarray, device: torch.device | str = "c
 
 
 class DeviceMotion:
-    """:func:`frametrans.stabilize.input_motion` with the flows computed here, on a torch
-    ``device`` (the model's GPU): both flows of a pair in one batch, the occlusion test
-    (:func:`frametrans.consistency.non_occluded`'s rule) and the sample points on the device; only
+    """:func:`frametrans.stabilize.input_motion`'s result with the flow computed here, on a torch
+    ``device`` (the model's GPU): the flow, the tracked pixels (:func:`frametrans.stabilize.tracked`'s
+    rule) and the sample points on the device; only
     the luma goes up (1 byte a pixel) and the motion comes back (9 bytes a pixel). Thread-safe: on
     CUDA each calling thread queues its work on a stream of its own, beside the model's.
     ``workers``: the threads worth calling it from (:class:`frametrans.apply.temporal.MotionAhead`):
@@ -236,8 +236,8 @@ class DeviceMotion:
         each: where each pixel of ``image`` was in ``previous``; non-occluded [H, W] bool)."""
         with self._stream():
             cur, prev = (torch.from_numpy(luma(f)).to(self.device) for f in (image, previous))
-            flows = farneback(torch.stack([cur, prev])[:, None], torch.stack([prev, cur])[:, None], self.params)
-            x, y, keep = _motion(flows[0], flows[1])
+            fwd = farneback(cur[None, None], prev[None, None], self.params)
+            x, y, keep = _motion(fwd[0], cur, prev)
             points = torch.stack([x, y]).cpu().numpy()
             return (points[0], points[1]), keep.cpu().numpy()
 
@@ -249,14 +249,15 @@ class DeviceMotion:
         return torch.cuda.stream(self._local.stream)
 
 
-def _motion(fwd: torch.Tensor, bwd: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Flows [2, H, W] of frame t to t-1 (``fwd``) and back -> sample points x, y (float32 [H, W])
-    and the pixels that pass forward-backward consistency and land inside frame t-1 (bool [H, W])."""
+def _motion(fwd: torch.Tensor, cur: torch.Tensor, prev: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The flow [2, H, W] of frame t to t-1 and the two frames' luma (uint8 [H, W]) -> sample
+    points x, y (float32 [H, W]) and the tracked pixels (bool [H, W]): from inside frame t-1, luma
+    within :data:`frametrans.stabilize.TRACKED_LUMA` (:func:`frametrans.stabilize.tracked`)."""
+    from frametrans.stabilize import TRACKED_LUMA
+
     h, w = fwd.shape[-2:]
     x, y = _points(fwd[None])
-    back = _sample(bwd[None], x, y)[0]  # bwd at x + fwd(x)
+    warped = _sample(prev[None, None].float(), x, y)[0, 0].round()
     x, y = x[0], y[0]
-    lhs = (fwd + back).square().sum(0)
-    rhs = (fwd.square().sum(0) + back.square().sum(0)) * 0.01 + 0.5
-    keep = (lhs < rhs) & (x >= 0) & (x <= w - 1) & (y >= 0) & (y <= h - 1)
+    keep = ((cur.float() - warped).abs() < TRACKED_LUMA) & (x >= 0) & (x <= w - 1) & (y >= 0) & (y <= h - 1)
     return x, y, keep

@@ -106,8 +106,8 @@ def flow_workers() -> int:
 
 class MotionAhead:
     """The input's motion between consecutive frames, computed on worker threads as the frames go
-    into the model (:meth:`feed`), so that the flow (``estimate``: two DIS flows and the occlusion
-    test, ~20 ms of one core a 640x360 frame, ~9x that at 1080p; or the same on the GPU,
+    into the model (:meth:`feed`), so that the flow (``estimate``: a DIS flow and the brightness
+    test, ~4 ms of one core a 640x360 frame on the AMX Xeon, ~9x that at 1080p; or the same on the GPU,
     :class:`frametrans.torchflow.DeviceMotion`) overlaps the forward instead of following it:
     on a GPU, or on a CPU with cores the model leaves idle. Each frame's motion depends on its own
     pair of inputs only, so ``workers`` threads (default :func:`flow_workers`) compute several

@@ -308,8 +308,8 @@ def test_settings_name_the_stabilizer_flow_when_it_blends():
     from support import tiny_model
 
     t = Translator(tiny_model("resnet"), RunnerOptions(device="cpu", precision="fp32", backend="torch"))
-    assert settings_of(t, OutputOptions(temporal="flow"))["temporal_flow"] == "dis-fast"
-    assert settings_of(t, OutputOptions(temporal="auto"))["temporal_flow"] == "dis-fast"
+    assert settings_of(t, OutputOptions(temporal="flow"))["temporal_flow"] == "dis-fast-luma32"
+    assert settings_of(t, OutputOptions(temporal="auto"))["temporal_flow"] == "dis-fast-luma32"
     assert settings_of(t, OutputOptions(temporal="auto", temporal_flow="torch"))["temporal_flow"] == "torch-farneback"
     assert "temporal_flow" not in settings_of(t, OutputOptions(temporal="stats"))
     assert "temporal_flow" not in settings_of(t, OutputOptions())

@@ -55,6 +55,29 @@ def test_scene_cut_resets_the_state():
     assert not np.array_equal(stable[5], outputs[5])
 
 
+def test_tracked_pixels_keep_their_brightness_and_come_from_inside_the_frame(monkeypatch):
+    """One flow per pair (no backward flow): a pixel is trusted when the flow brings it from inside
+    frame t-1 with its luma within TRACKED_LUMA grey levels; a light switched on is not."""
+    import frametrans.consistency as consistency
+    from frametrans.stabilize import TRACKED_LUMA, input_motion, tracked
+
+    a, b = _pan(2)
+    lit = b.copy()
+    lit[10:30, 20:50] = np.clip(lit[10:30, 20:50].astype(int) + 2 * TRACKED_LUMA, 0, 255).astype(np.uint8)
+    calls = []
+    real = consistency.flow
+    monkeypatch.setattr("frametrans.stabilize.flow", lambda *args: calls.append(1) or real(*args))
+    points, mask = input_motion(lit, a)
+    assert len(calls) == 1  # the forward flow only
+    assert mask[40:80, 20:100].mean() > 0.95  # the pan itself is followed
+    assert mask[12:28, 22:48].mean() < 0.1  # the light changed the brightness there
+    x, y = points
+    h, w = mask.shape
+    moved_in = (x > w - 1) | (y > h - 1)  # frame t's right and bottom edges were outside frame t-1
+    assert moved_in.any() and not mask[moved_in].any()
+    assert np.array_equal(tracked(consistency.luma(lit), consistency.luma(a), points), mask)
+
+
 def test_strength_options():
     assert resolve_strength("off", None) == 0.0
     assert resolve_strength("auto", None) == AUTO_STRENGTH
@@ -76,7 +99,7 @@ def test_strength_options():
             resolve_temporal(mode, None, "torch")
     flow = resolve_temporal("flow", None)
     for device in ("cuda", "cpu", "mps"):  # AUTO_FLOW is empty until torch is measured on CUDA
-        assert flow.on_device(device).estimator == "dis" and flow.on_device(device).flow_name() == "dis-fast"
+        assert flow.on_device(device).estimator == "dis" and flow.on_device(device).flow_name() == "dis-fast-luma32"
     torch_flow = resolve_temporal("flow", None, "torch")
     assert torch_flow.on_device("cuda").flow_name() == "torch-farneback" == torch_flow.on_device("cpu").flow_name()
     with pytest.raises(ValueError, match="--temporal-flow torch runs beside a model on CUDA or the CPU, not on MPS"):

@@ -74,9 +74,9 @@ def _clip_frames(n=3):
 
 
 def test_device_motion_is_input_motion_along_the_same_flow():
-    """Both flows of a pair in one batch and the occlusion test on the device give what
-    input_motion gives with the flows one at a time and its numpy test: the same sample points,
-    the same tracked pixels but for a few at the threshold (OpenCV's 1/32 px bilinear weights)."""
+    """The flow and the brightness test on the device give what input_motion gives with the same
+    flow and its OpenCV test: the same sample points, the same tracked pixels but for a few at the
+    threshold (OpenCV's 1/32 px bilinear weights)."""
     frames = _clip_frames()
 
     (px, py), mask = DeviceMotion("cpu")(frames[1], frames[0])
