@@ -82,7 +82,8 @@ def bench_backends(opts: BackendsBench, log: Log = to_stderr) -> Dict[str, Any]:
         ref = runners["torch fp32"](images)
         psnr = {name: _psnrs(r(images), ref) for name, r in runners.items() if name != "torch fp32"}
         times = _interleaved(opts, runners)
-        auto = backends.choose("auto", torch.device("cpu"), resolve_precision("auto", torch.device("cpu")))
+        auto = backends.choose("auto", torch.device("cpu"), resolve_precision("auto", torch.device("cpu")),
+                               all_low_db=runners["torch auto"].session.all_low_db())
         med = {k: median(v) / opts.batch for k, v in times.items()}
         return {"setup": {**asdict(opts), "device_name": device_name(torch.device("cpu"))},
                 "first_call_seconds": first, "seconds_per_frame": med, "samples": times,
