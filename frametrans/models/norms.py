@@ -121,6 +121,8 @@ def _per_sample(x: Tensor, args: Callable[[int], tuple], eps: float) -> Tensor:
         # autograd (normalize under training): out= has no gradient; the samples' outputs are joined
         return torch.cat([F.batch_norm(x[i:i + 1], mean, var, weight, bias, training, 0.0, eps)
                           for i, (weight, bias, mean, var, training) in enumerate(rows)])
+    if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
+        x = x.contiguous()  # the kernel writes a sample's output in its input's layout, dense
     out = torch.empty_like(x)
     for i, (weight, bias, mean, var, training) in enumerate(rows):
         torch.ops.aten.native_batch_norm.out(x[i:i + 1], weight, bias, mean, var, training, 0.0, eps,

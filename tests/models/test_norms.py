@@ -41,6 +41,21 @@ def test_instance_norm_matches_torch(affine, dtype, channels_last):
     assert (got.double() - ref.double()).abs().max() <= tol
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["strided", "permuted", "batch slice"])
+def test_instance_norm_of_views_that_are_not_dense(dtype, layout):
+    """The samples' outputs are written into one output tensor: inputs in no dense layout (a
+    strided or permuted view) are made contiguous first, not written through their strides."""
+    gen = torch.Generator().manual_seed(1)
+    base = torch.randn(4, 8, 20, 14, generator=gen) * 2 + 1
+    x = {"strided": base[:3, :, ::2], "permuted": base.permute(0, 1, 3, 2),
+         "batch slice": base.contiguous(memory_format=torch.channels_last)[1:4]}[layout].to(dtype)
+    with torch.inference_mode():
+        got = norms.instance_norm(x)
+    ref = F.instance_norm(x.double())
+    assert (got.double() - ref).abs().max() <= (0.02 if dtype == torch.bfloat16 else 1e-5)
+
+
 @pytest.mark.parametrize("shape", [(2, 256, 32, 32), (1, 64, 96, 96)])
 def test_bf16_instance_norm_is_as_close_as_rounding_the_fp32_result(shape):
     """A convolution's output before its norm has a large mean against its spread; normalizing it in
