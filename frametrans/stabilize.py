@@ -15,8 +15,8 @@ the input's optical flow, where the flow is trustworthy:
 
 with the flow and the tracked pixels from the INPUT frames (the model's input, after any resize):
 a pixel is tracked when the flow brings it from inside frame t-1 with its brightness
-(:func:`tracked`). Other pixels and the first frame take the model's output unchanged; a scene cut (most pixels
-occluded, or the picture changes too much) resets the state. One stabilizer per output stream:
+(:func:`tracked`). Other pixels and the first frame take the model's output unchanged; a scene cut
+(most pixels untracked: the picture changed too much) resets the state. One stabilizer per output stream:
 frames must come in order; batching does not matter (it runs after the model).
 """
 
@@ -168,7 +168,7 @@ def resolve_strength(mode: str, strength: Optional[float]) -> float:
 
 
 #: The input's motion from frame t to frame t-1: ((x, y): where each pixel of frame t was in frame
-#: t-1, float32 [H, W] each, :func:`frametrans.consistency.sample_points`; non-occluded [H, W] bool).
+#: t-1, float32 [H, W] each, :func:`frametrans.consistency.sample_points`; tracked [H, W] bool).
 Motion = Tuple[Tuple[np.ndarray, np.ndarray], np.ndarray]
 
 

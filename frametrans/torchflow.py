@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from frametrans.consistency import luma
+from frametrans.stabilize import TRACKED_LUMA
 
 __all__ = ["DeviceMotion", "FlowParams", "farneback", "frame_flow", "levels_of", "poly_expand", "sample_at"]
 
@@ -233,7 +234,7 @@ class DeviceMotion:
 
     def __call__(self, image: np.ndarray, previous: np.ndarray) -> Tuple[Tuple[np.ndarray, np.ndarray], np.ndarray]:
         """Input frames [H, W, C] (uint8/uint16, as the model saw them) -> ((x, y) float32 [H, W]
-        each: where each pixel of ``image`` was in ``previous``; non-occluded [H, W] bool)."""
+        each: where each pixel of ``image`` was in ``previous``; tracked [H, W] bool)."""
         with self._stream():
             cur, prev = (torch.from_numpy(luma(f)).to(self.device) for f in (image, previous))
             fwd = farneback(cur[None, None], prev[None, None], self.params)
@@ -253,8 +254,6 @@ def _motion(fwd: torch.Tensor, cur: torch.Tensor, prev: torch.Tensor) -> Tuple[t
     """The flow [2, H, W] of frame t to t-1 and the two frames' luma (uint8 [H, W]) -> sample
     points x, y (float32 [H, W]) and the tracked pixels (bool [H, W]): from inside frame t-1, luma
     within :data:`frametrans.stabilize.TRACKED_LUMA` (:func:`frametrans.stabilize.tracked`)."""
-    from frametrans.stabilize import TRACKED_LUMA
-
     h, w = fwd.shape[-2:]
     x, y = _points(fwd[None])
     warped = _sample(prev[None, None].float(), x, y)[0, 0].round()
