@@ -2,8 +2,9 @@
 fast" table.
 
 For the sample clip and the bundled cyclegan and munit (one sampled style), the per-frame outputs
-are computed once; then, for each candidate flow, the input's motion (two flows + the occlusion
-test) is timed on one OpenCV thread, the outputs are stabilized at strength 0.5, and the warping
+are computed once; then, for each candidate flow, the input's motion (one flow + the brightness
+test, ``frametrans.stabilize.tracked``; two flows and the forward-backward test until 2026-12-02,
+when the README's table was measured) is timed on one OpenCV thread, the outputs are stabilized at strength 0.5, and the warping
 error against the per-frame output is measured with three metric flows (DIS medium, the metric of
 ``frametrans eval temporal``; a finer DIS, the most accurate here; Farneback, independent of DIS),
 so that a metric sharing the stabilizer's own flow cannot decide alone. The input residual is what
