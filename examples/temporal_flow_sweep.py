@@ -14,13 +14,14 @@ CPU here: its time is a CPU's, not a GPU's).
 
     python examples/temporal_flow_sweep.py              # every candidate, ~12 minutes on 2 cores
     python examples/temporal_flow_sweep.py torch "DIS fast"   # the candidates whose name contains these
+    python examples/temporal_flow_sweep.py "DIS fast"         # the brightness test against forward-backward
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from typing import Dict, List
+from typing import Callable, Dict, List, Tuple
 
 import cv2
 import numpy as np
@@ -51,13 +52,24 @@ def farneback(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
                                         0.5, 4, 21, 5, 7, 1.5, 0)
 
 
+def forward_backward(image: np.ndarray, previous: np.ndarray, flow: Flow) -> stabilize.Motion:
+    """The stabilizer's motion until 2026-12-02: the tracked pixels by forward-backward consistency
+    (a second, backward flow; the metric's own occlusion test) instead of the brightness test."""
+    fwd = flow(image, previous)
+    points = consistency.sample_points(fwd)
+    return points, consistency.non_occluded(fwd, flow(previous, image), points)
+
+
 MEDIUM, FAST = cv2.DISOPTICAL_FLOW_PRESET_MEDIUM, cv2.DISOPTICAL_FLOW_PRESET_FAST
-CANDIDATES: Dict[str, Flow] = {
-    "DIS medium": dis(MEDIUM),
-    "DIS medium, patch stride 5, 12 + 3 iterations": dis(MEDIUM, PatchStride=5, GradientDescentIterations=12,
-                                                        VariationalRefinementIterations=3),
-    "DIS fast": dis(FAST),
-    "torch Farneback (--temporal-flow torch), on the CPU": torchflow.frame_flow,
+Rule = Callable[[np.ndarray, np.ndarray, Flow], stabilize.Motion]  # (image, previous, flow) -> motion
+#: name -> (the flow, how the tracked pixels are found: stabilize.input_motion's brightness test)
+CANDIDATES: Dict[str, Tuple[Flow, Rule]] = {
+    "DIS medium": (dis(MEDIUM), stabilize.input_motion),
+    "DIS medium, patch stride 5, 12 + 3 iterations": (dis(MEDIUM, PatchStride=5, GradientDescentIterations=12,
+                                                         VariationalRefinementIterations=3), stabilize.input_motion),
+    "DIS fast": (dis(FAST), stabilize.input_motion),
+    "DIS fast, forward-backward test": (dis(FAST), forward_backward),
+    "torch Farneback (--temporal-flow torch), on the CPU": (torchflow.frame_flow, stabilize.input_motion),
 }
 METRICS: Dict[str, Flow] = {
     "medium": dis(MEDIUM),
@@ -71,10 +83,11 @@ def outputs(name: str, frames: List[np.ndarray]) -> List[np.ndarray]:
     return list(t.variants[0].runner(frames))
 
 
-def input_motions(frames: List[np.ndarray], flow: Flow) -> tuple:
-    """(ms per frame, the input's motion of each frame after the first) along ``flow``."""
+def input_motions(frames: List[np.ndarray], flow: Flow, rule: Rule) -> tuple:
+    """(ms per frame, the input's motion of each frame after the first) along ``flow``, its tracked
+    pixels found by ``rule``."""
     t0 = time.process_time()
-    motions = [stabilize.input_motion(frames[i], frames[i - 1], flow) for i in range(1, len(frames))]
+    motions = [rule(frames[i], frames[i - 1], flow) for i in range(1, len(frames))]
     return (time.process_time() - t0) / len(motions) * 1e3, motions
 
 
@@ -104,8 +117,8 @@ def main() -> None:
     print("|---" * (len(METRICS) + 4) + "|")
     metric_motions = {metric: [consistency.pair_motion(frames[i - 1], frames[i], mflow)
                                for i in range(1, len(frames))] for metric, mflow in METRICS.items()}
-    for name, flow in chosen.items():
-        ms, motions = input_motions(frames, flow)  # the input's: once for both models
+    for name, (flow, rule) in chosen.items():
+        ms, motions = input_motions(frames, flow, rule)  # the input's: once for both models
         cells: Dict[str, List[str]] = {m: [] for m in METRICS}
         psnr = []
         for model, outs in per_frame.items():

@@ -66,8 +66,8 @@ CUT_TRACKED = 0.5
 #: (strength 0.5, 640x360, Xeon with AMX, 2 threads, 2026-12-02) the input's motion took 3.9 ms a
 #: frame against 8.1-8.3, for -61% warping error against -62% (with a light blinking in a corner
 #: -61% / -62%), 36.9-37.1 dB from the per-frame output against 36.8; 24 levels: -55 / -59%, 48:
-#: -61 / -63% at 36.7 dB (``FlowStabilizer`` run over the same per-frame outputs with each rule;
-#: ``frametrans bench temporal`` measures the rule in use).
+#: -61 / -63% at 36.7 dB. ``python examples/temporal_flow_sweep.py "DIS fast"`` compares the two
+#: tests in one run (one OpenCV thread: 5 against 10 ms a frame, as steady by all three metric flows).
 TRACKED_LUMA = 32
 #: The EMA factor ``--temporal stats`` uses (the weight of the past statistics). Measured on the
 #: sample clip with a light blinking in a corner (per-frame statistics pulse with it), warping error
