@@ -28,8 +28,8 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
-__all__ = ["TemporalReport", "DIS_PRESETS", "flow", "luma", "non_occluded", "pair_motion", "sample_points", "remap",
-           "warp", "pair_error", "temporal_consistency"]
+__all__ = ["TemporalReport", "DIS_PRESETS", "flow", "inside", "luma", "non_occluded", "pair_motion",
+           "sample_points", "remap", "warp", "pair_error", "temporal_consistency"]
 
 
 def luma(image: np.ndarray) -> np.ndarray:
@@ -94,8 +94,14 @@ def non_occluded(fwd: np.ndarray, bwd: np.ndarray,
     rhs *= np.float32(0.01)
     rhs += np.float32(0.5)
     keep = lhs < rhs
-    keep &= (x >= 0) & (x <= w - 1) & (y >= 0) & (y <= h - 1)  # lands inside frame t-1
+    keep &= inside(x, y, h, w)  # lands inside frame t-1
     return keep
+
+
+def inside(x: np.ndarray, y: np.ndarray, h: int, w: int) -> np.ndarray:
+    """[H, W] bool: the sample points ``x``, ``y`` (float32 [H, W]) that lie inside an ``h`` x ``w``
+    frame."""
+    return (x >= 0) & (x <= w - 1) & (y >= 0) & (y <= h - 1)
 
 
 def _square_sum(a: np.ndarray, b: np.ndarray) -> np.ndarray:

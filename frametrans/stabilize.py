@@ -30,7 +30,7 @@ from typing import Callable, Dict, Optional, Tuple
 import cv2
 import numpy as np
 
-from frametrans.consistency import FlowFn, flow, luma, remap, sample_points
+from frametrans.consistency import FlowFn, flow, inside, luma, remap, sample_points
 
 #: The strength ``--temporal auto`` uses, measured on the sample clip with the bundled cyclegan
 #: (flow along DIS medium then):
@@ -190,7 +190,7 @@ def tracked(now: np.ndarray, before: np.ndarray, points: Tuple[np.ndarray, np.nd
     h, w = now.shape[:2]
     x, y = points
     keep = cv2.absdiff(now, remap(before, points)) < TRACKED_LUMA
-    keep &= (x >= 0) & (x <= w - 1) & (y >= 0) & (y <= h - 1)
+    keep &= inside(x, y, h, w)
     return keep
 
 

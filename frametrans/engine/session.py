@@ -184,14 +184,20 @@ class Session:
         weights: no copy is made just to be thrown away."""
         if contract_of(self.source) is None:
             return False
-        verdict = _VERDICTS.get(self.source, {}).get(self._verdict_key("none"))
-        return verdict is None or verdict[0] != weights_stamp(self.source) or _light_passes(verdict[1])
+        verdict = self._current_verdict("none")
+        return verdict is None or _light_passes(verdict[0])
 
     def all_low_db(self) -> Optional[float]:
         """The probe's PSNR (dB) of the copy with every layer in the low precision, when it was
         measured for these weights (precision auto on the CPU tries that copy first); else None."""
-        verdict = _VERDICTS.get(self.source, {}).get(self._verdict_key("none"))
-        return verdict[1] if verdict is not None and verdict[0] == weights_stamp(self.source) else None
+        verdict = self._current_verdict("none")
+        return None if verdict is None else verdict[0]
+
+    def _current_verdict(self, keep_fp32: str) -> Optional[Tuple[Optional[float]]]:
+        """``(dB,)``: the probe's verdict on the copy for ``keep_fp32`` when it was measured for
+        the current weights (dB None: the probe could not tell); None when it was not."""
+        verdict = _VERDICTS.get(self.source, {}).get(self._verdict_key(keep_fp32))
+        return (verdict[1],) if verdict is not None and verdict[0] == weights_stamp(self.source) else None
 
     def _copy_key(self, keep_fp32: str) -> tuple:
         """The key of a low-precision copy of ``source`` in ``_PREPARED``."""
@@ -204,12 +210,12 @@ class Session:
     def _probe_verdict(self) -> Tuple[Optional[float], bool]:
         """The probe's PSNR (dB) for the current copy, measured once per weights and shared by every
         session of the module (MUNIT variants); and whether it was measured just now."""
-        verdicts = _VERDICTS.setdefault(self.source, {})
-        key, stamp = self._verdict_key(self.keep_fp32), weights_stamp(self.source)
-        fresh = key not in verdicts or verdicts[key][0] != stamp
-        if fresh:
-            verdicts[key] = (stamp, self._probe_db())
-        return verdicts[key][1], fresh
+        verdict = self._current_verdict(self.keep_fp32)
+        if verdict is not None:
+            return verdict[0], False
+        db = self._probe_db()
+        _VERDICTS.setdefault(self.source, {})[self._verdict_key(self.keep_fp32)] = (weights_stamp(self.source), db)
+        return db, True
 
     def _check_auto_precision(self) -> None:
         """precision=auto: run fp32 when the low-precision copy loses the picture on a probe frame."""
