@@ -86,7 +86,7 @@ def scale_shift(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
 def normalize(x: Tensor, mean: Tensor, var: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
               eps: float) -> Tensor:
     """``(x - mean) / sqrt(var + eps) * weight + bias`` for ``x [B, C, H, W]``, output in ``x.dtype``
-    and layout: ``mean, var [1 or B, C or 1, 1, 1]`` (per channel, or one value a sample),
+    and layout (a view in no dense layout comes out contiguous): ``mean, var [1 or B, C or 1, 1, 1]`` (per channel, or one value a sample),
     ``weight, bias`` None or ``[1 or B, C]`` (per channel, or per sample and channel).
 
     Where :func:`fused_applies` (without its autograd condition: the caller decides), one sample at
