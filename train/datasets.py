@@ -574,8 +574,8 @@ def make_loader(dataset: TrainDataset, batch_size: int, start: int, workers: int
 
 
 def _made_batches(dataset: Any, steps: StepBatches, device: torch.device) -> Iterator[Dict[str, torch.Tensor]]:
-    for ks in steps:  # consecutive sample counters
-        yield dataset.batch(torch.arange(ks[0], ks[-1] + 1, dtype=torch.int64, device=device), device)
+    for ks in steps:  # consecutive sample counters, on the host: the draws are made there
+        yield dataset.batch(torch.arange(ks[0], ks[-1] + 1, dtype=torch.int64), device)
 
 
 def batch_list(items: List[Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:

@@ -1,17 +1,21 @@
-"""Moving digits generated on the training device, a whole batch at a time.
+"""Moving digits generated in whole batches, their pixels on the training device.
 
 The same sequences as :class:`frametrans.data.MovingDigits` (two digits bouncing in a square frame:
 uniform start, uniform direction, ``step_length`` of the free canvas per frame, clamped and
-reflected at the borders, pasted with ``max``), drawn with tensor ops instead of a Python loop per
-sample on the host:
+reflected at the borders, pasted with ``max``), a batch at a time instead of a Python loop per
+sample:
 
-- the digit sprites are uploaded to the device once (:class:`DeviceDigits`);
-- the random draws of sample ``k`` are a counter-based hash of (seed, stream, k, draw), computed
-  on the device for the whole batch (:func:`uniforms`): no generator state, so sample ``k`` is the
-  same whatever the batch it falls in, the number of DDP processes, or a resume in between;
-- the trajectories are ``frames`` vectorised steps over [batch, digits, 2] (float64, as numpy);
-- compositing is one ``scatter_`` per digit into a uint8 [batch, frames, size, size] canvas,
-  the digits' canvases combined with ``maximum``.
+- the random draws of sample ``k`` are a counter-based hash of (seed, stream, k, draw)
+  (:func:`uniforms`): no generator state, so sample ``k`` is the same whatever the batch it falls
+  in, the number of DDP processes, or a resume in between;
+- the draws and the trajectories are a few numbers per sample ([batch, digits, frames, 2]), made on
+  the host with numpy in the host generator's own float64 arithmetic (``frames`` vectorised steps);
+  they go to the device in one copy (:func:`placements`);
+- the digit sprites live on the device (uploaded once, :class:`DeviceDigits`), and compositing is
+  one ``scatter_`` per digit into a uint8 [batch, frames, size, size] canvas there, the digits'
+  canvases combined with ``maximum`` (:func:`composite`): about 15 device ops a batch whatever the
+  number of frames, where drawing and stepping on the device took ~630 (a small model on a GPU is
+  bound by launches: each op is one).
 
 :class:`GeneratedWindows` is the predictor's training source for ``--data moving-mnist`` and
 ``--data moving-digits``; its fixed validation set is still the host generator's (seeded), so
@@ -34,9 +38,9 @@ GENERATE_STREAM = 3  # the stream id of generated sequences among the data strea
 DRAWS_PER_DIGIT = 4  # which digit, start y, start x, direction
 
 
-def _mul32(x, c: int):  # x: int64 tensor or int, values in [0, 2**32)
-    """(x * c) mod 2**32, in 16-bit halves so that no product leaves int64 (signed overflow is
-    undefined in torch kernels). Works on Python ints too (the same hash on the host)."""
+def _mul32(x, c: int):  # x: int64 array or int, values in [0, 2**32)
+    """(x * c) mod 2**32, in 16-bit halves so that no product leaves int64. Works on Python ints
+    too (the same hash anywhere)."""
     lo, hi = x & 0xFFFF, x >> 16
     return (lo * c + (((hi * c) & 0xFFFF) << 16)) & _M32
 
@@ -56,59 +60,77 @@ def _combine(h, v):
 
 
 def uniforms(seed: int, stream: int, ks: torch.Tensor, n: int) -> torch.Tensor:
-    """``n`` uniform draws in [0, 1) for each sample counter in ``ks``: float64 [len(ks), n].
+    """``n`` uniform draws in [0, 1) for each sample counter in ``ks`` (int64, any device):
+    float64 [len(ks), n] on the CPU, computed there with numpy.
 
-    A pure function of (seed, stream, k, draw index), on ``ks.device``; 53 random bits each."""
+    A pure function of (seed, stream, k, draw index); 53 random bits each."""
     base = 0
-    for word in (seed & _M32, (seed >> 32) & _M32, stream & _M32):  # on the host: plain ints
+    for word in (seed & _M32, (seed >> 32) & _M32, stream & _M32):
         base = _combine(base, word)
-    ks = ks.to(torch.int64)
-    h = _combine(_combine(torch.full_like(ks, base), ks & _M32), (ks >> 32) & _M32)  # [B]
-    j = torch.arange(n, device=ks.device, dtype=torch.int64)
-    h = _combine(h[:, None], j[None, :])  # [B, n]
+    k = ks.detach().to("cpu", torch.int64).numpy().astype(np.int64)
+    h = _combine(_combine(np.full_like(k, base), k & _M32), (k >> 32) & _M32)  # [B]
+    h = _combine(h[:, None], np.arange(n, dtype=np.int64)[None, :])  # [B, n]
     hi = _fmix32(h ^ 0x5BD1E995)  # two 32-bit words per draw: 27 + 26 bits
     lo = _fmix32(h ^ 0x1B873593)
-    return ((hi >> 5).to(torch.float64) * 67108864.0 + (lo >> 6).to(torch.float64)) / 9007199254740992.0
+    u = ((hi >> 5).astype(np.float64) * 67108864.0 + (lo >> 6).astype(np.float64)) / 9007199254740992.0
+    return torch.from_numpy(u)
 
 
-def trajectories(start: torch.Tensor, theta: torch.Tensor, frames: int, step_length: float,
-                 canvas: int) -> torch.Tensor:
+def trajectories(start: np.ndarray, theta: np.ndarray, frames: int, step_length: float,
+                 canvas: int) -> np.ndarray:
     """Top-left offsets of every digit in every frame: int64 [B, digits, frames, 2] (y, x).
 
     start: float64 [B, digits, 2] in [0, 1) (y, x); theta: float64 [B, digits], the direction in
-    radians. The standard generator: step, then every coordinate at or beyond a border is clamped
-    to it and its velocity flipped; offsets are ``int(canvas * position)``.
+    radians. The standard generator, in the same numpy arithmetic as
+    :meth:`frametrans.data.MovingDigits.draw`: step, then every coordinate at or beyond a border is
+    clamped to it and its velocity flipped; offsets are ``int(canvas * position)``.
     """
-    pos = start.clone()
-    vel = torch.stack([torch.sin(theta), torch.cos(theta)], dim=-1) * step_length
-    path = []
-    for _ in range(frames):
-        pos = pos + vel
+    pos = np.array(start, dtype=np.float64)
+    vel = np.stack([np.sin(theta), np.cos(theta)], axis=-1) * step_length
+    path = np.empty((frames,) + pos.shape)
+    for i in range(frames):
+        pos += vel
         hit = (pos <= 0.0) | (pos >= 1.0)
-        vel = torch.where(hit, -vel, vel)
-        pos = pos.clamp(0.0, 1.0)
-        path.append(pos)
-    return (canvas * torch.stack(path, dim=2)).to(torch.int64)
+        vel[hit] = -vel[hit]
+        np.minimum(np.maximum(pos, 0.0, out=pos), 1.0, out=pos)
+        path[i] = pos
+    return (canvas * np.moveaxis(path, 0, -2)).astype(np.int64)
 
 
-def composite(sprites: torch.Tensor, digit: torch.Tensor, offsets: torch.Tensor, size: int) -> torch.Tensor:
-    """Paste the sprites at their offsets with ``max``: float32 [B, frames, 1, size, size] in [0, 1].
+def placements(digit: np.ndarray, offsets: np.ndarray, size: int) -> np.ndarray:
+    """Where :func:`composite` pastes: int64 [B, digits, 1 + frames], per digit its sprite index,
+    then the flat index of its top-left pixel in each frame of a [B * frames * size * size] canvas.
 
-    sprites: uint8 [N, d, d]; digit: int64 [B, digits] indices into them; offsets: int64
-    [B, digits, frames, 2] with 0 <= offset <= size - d. Each digit is scattered into its own
-    uint8 canvas (one sprite per frame: no index repeats), the canvases combined with ``maximum``.
+    digit: int [B, digits]; offsets: int64 [B, digits, frames, 2] (y, x), from :func:`trajectories`."""
+    b, _, f, _ = offsets.shape
+    frame0 = (np.arange(b, dtype=np.int64)[:, None] * f + np.arange(f, dtype=np.int64)[None, :]) * (size * size)
+    corner = frame0[:, None, :] + offsets[..., 0] * size + offsets[..., 1]
+    return np.concatenate([np.asarray(digit, dtype=np.int64)[..., None], corner], axis=-1)
+
+
+def sprite_box(d: int, size: int, device: torch.device) -> torch.Tensor:
+    """int64 [1, d * d]: the flat canvas offsets of a d x d sprite's pixels from its top-left one."""
+    return (torch.arange(d, device=device)[:, None] * size + torch.arange(d, device=device)[None, :]).view(1, -1)
+
+
+def composite(sprites: torch.Tensor, placed: torch.Tensor, size: int, box: Optional[torch.Tensor] = None
+              ) -> torch.Tensor:
+    """Paste the sprites where :func:`placements` says, with ``max``: float32 [B, frames, 1, size,
+    size] in [0, 1], on ``sprites.device``.
+
+    sprites: uint8 [N, d, d]; placed: int64 [B, digits, 1 + frames] on the same device, every
+    sprite inside its frame; box: :func:`sprite_box` (made here when None). Each digit is
+    scattered into its own uint8 canvas (one sprite per frame: no index repeats), the canvases
+    combined with ``maximum``.
     """
-    b, nd, f, _ = offsets.shape
+    b, nd, f = placed.shape[0], placed.shape[1], placed.shape[2] - 1
     d = sprites.shape[-1]
-    dev = sprites.device
-    frame0 = (torch.arange(b, device=dev)[:, None] * f + torch.arange(f, device=dev)[None, :]) * (size * size)
-    box = (torch.arange(d, device=dev)[:, None] * size + torch.arange(d, device=dev)[None, :]).view(1, -1)
+    box = sprite_box(d, size, sprites.device) if box is None else box
     out: Optional[torch.Tensor] = None
     for k in range(nd):
-        corner = frame0 + offsets[:, k, :, 0] * size + offsets[:, k, :, 1]  # [B, F]
-        index = (corner.view(-1, 1) + box).view(-1)  # [B * F * d * d]
-        values = sprites[digit[:, k]].view(b, 1, d * d).expand(-1, f, -1).reshape(-1)
-        canvas = torch.zeros(b * f * size * size, dtype=sprites.dtype, device=dev).scatter_(0, index, values)
+        index = (placed[:, k, 1:].reshape(-1, 1) + box).view(-1)  # [B * F * d * d]
+        values = sprites[placed[:, k, 0]].view(b, 1, d * d).expand(-1, f, -1).reshape(-1)
+        canvas = torch.zeros(b * f * size * size, dtype=sprites.dtype, device=sprites.device).scatter_(0, index, values)
         out = canvas if out is None else torch.maximum(out, canvas, out=out)
     assert out is not None
     return out.to(torch.float32).div_(255.0).view(b, f, 1, size, size)
@@ -128,20 +150,27 @@ class DeviceDigits:
         self.size, self.num_digits, self.frames = int(size), int(num_digits), int(frames)
         self.step_length = float(step_length)
         self.device = torch.device(device)
+        self.box = sprite_box(digits.shape[1], self.size, self.device)
 
-    def draws(self, seed: int, ks: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def draws(self, seed: int, ks: torch.Tensor) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(digit int64 [B, digits], start float64 [B, digits, 2], theta float64 [B, digits]) of
-        the samples ``ks``."""
-        u = uniforms(seed, GENERATE_STREAM, ks.to(self.device), DRAWS_PER_DIGIT * self.num_digits)
-        u = u.view(-1, self.num_digits, DRAWS_PER_DIGIT)
-        digit = (u[..., 0] * self.sprites.shape[0]).to(torch.int64).clamp_(max=self.sprites.shape[0] - 1)
+        the samples ``ks``, on the host."""
+        u = uniforms(seed, GENERATE_STREAM, ks, DRAWS_PER_DIGIT * self.num_digits).numpy()
+        u = u.reshape(-1, self.num_digits, DRAWS_PER_DIGIT)
+        n = self.sprites.shape[0]
+        digit = np.minimum((u[..., 0] * n).astype(np.int64), n - 1)
         return digit, u[..., 1:3], u[..., 3] * (2 * math.pi)
 
-    def render(self, digit: torch.Tensor, start: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-        """Sequences from drawn parameters: float32 [B, frames, 1, size, size] in [0, 1]."""
+    def render(self, digit, start, theta) -> torch.Tensor:
+        """Sequences from drawn parameters (numpy arrays or CPU tensors): float32 [B, frames, 1,
+        size, size] in [0, 1], on the device."""
         canvas = self.size - self.sprites.shape[-1]
-        offsets = trajectories(start, theta, self.frames, self.step_length, canvas)
-        return composite(self.sprites, digit, offsets, self.size)
+        offsets = trajectories(np.asarray(start, dtype=np.float64), np.asarray(theta, dtype=np.float64),
+                               self.frames, self.step_length, canvas)
+        placed = torch.from_numpy(placements(np.asarray(digit), offsets, self.size))
+        if self.device.type == "cuda":  # from page-locked memory: the copy waits for no earlier work
+            placed = placed.pin_memory().to(self.device, non_blocking=True)
+        return composite(self.sprites, placed.to(self.device), self.size, self.box)
 
     def batch(self, seed: int, ks: torch.Tensor) -> torch.Tensor:
         """The sequences of sample counters ``ks``: float32 [len(ks), frames, 1, size, size]."""
@@ -153,7 +182,7 @@ class GeneratedWindows(TrainDataset):
     size, size] in [0, 1]}, sample ``k`` a pure function of (seed, k).
 
     The trainer asks for whole batches (:meth:`batch`) on its device; indexing (``ds[k]``) makes
-    one sample on the CPU (the same values, up to the device's sin/cos rounding).
+    one sample on the CPU (the same values: the draws are made on the host either way).
     """
 
     makes_batches = True
@@ -183,7 +212,7 @@ class GeneratedWindows(TrainDataset):
         return self._generators[key]
 
     def batch(self, ks: torch.Tensor, device: torch.device) -> Dict[str, torch.Tensor]:
-        """The samples with counters ``ks`` (int64 [B]), made on ``device``."""
+        """The samples with counters ``ks`` (int64 [B]), their pixels made on ``device``."""
         return {"frames": self.on(device).batch(self.seed, ks)}
 
     def __getitem__(self, k: int) -> Dict[str, torch.Tensor]:

@@ -3,7 +3,8 @@ sequences as the host generator for the same draws, sample k a pure function of 
 
 from __future__ import annotations
 
-from typing import Any
+from collections import Counter
+from typing import Any, Tuple
 
 import numpy as np
 import pytest
@@ -46,6 +47,38 @@ def test_sample_k_does_not_depend_on_the_batch_it_is_in(splits: Any) -> None:
     big = torch.tensor([2**40 + 3, 2**40 + 3, 3])
     u = uniforms(0, 3, big, 4)
     assert torch.equal(u[0], u[1]) and not torch.equal(u[0], u[2])  # the high bits of k count
+
+
+def _ops_of(fn: Any) -> Tuple[Any, Counter]:
+    """``fn()``'s result and the aten ops it ran on tensors, by name (views included)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ops: Counter = Counter()
+
+        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            self.ops[str(func.overloadpacket)] += 1
+            return func(*args, **(kwargs or {}))
+
+    with Count() as mode:
+        out = fn()
+    return out, mode.ops
+
+
+def test_device_ops_do_not_grow_with_frames_or_batch(splits: Any) -> None:
+    """On a GPU each op is a launch: the draws and trajectories are made on the host, so a batch
+    costs the device the same few ops for 5 frames as for 40, and for 2 samples as for 64."""
+    counts = []
+    for frames, b in ((5, 2), (40, 2), (5, 64)):
+        dev = DeviceDigits(splits.train.digits, 48, 2, frames, torch.device("cpu"))
+        out, ops = _ops_of(lambda: dev.batch(5, torch.arange(b)))
+        assert out.shape == (b, frames, 1, 48, 48)
+        counts.append(ops)
+    assert counts[0] == counts[1] == counts[2]
+    assert sum(counts[0].values()) <= 120  # the device draw took ~630 for 20 frames
+    assert counts[0]["aten.scatter_"] == 2 and counts[0]["aten.sin"] == 0  # one paste per digit
 
 
 def test_uniform_draws() -> None:
