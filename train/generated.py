@@ -88,10 +88,11 @@ def trajectories(start: np.ndarray, theta: np.ndarray, frames: int, step_length:
     pos = np.array(start, dtype=np.float64)
     vel = np.stack([np.sin(theta), np.cos(theta)], axis=-1) * step_length
     path = np.empty((frames,) + pos.shape)
+    hit = np.empty(pos.shape, dtype=bool)
     for i in range(frames):
         pos += vel
-        hit = (pos <= 0.0) | (pos >= 1.0)
-        vel[hit] = -vel[hit]
+        np.logical_or(pos <= 0.0, pos >= 1.0, out=hit)
+        np.negative(vel, out=vel, where=hit)  # the host generator's vel[hit] = -vel[hit]
         np.minimum(np.maximum(pos, 0.0, out=pos), 1.0, out=pos)
         path[i] = pos
     return (canvas * np.moveaxis(path, 0, -2)).astype(np.int64)
