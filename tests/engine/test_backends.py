@@ -4,6 +4,8 @@ OpenVINO and ONNX Runtime against torch fp32, batching and tiling through them, 
 from __future__ import annotations
 
 import logging
+import importlib.util
+import subprocess
 import sys
 import time
 
@@ -58,9 +60,16 @@ def test_selection_without_the_optional_packages(without_backends):
     assert RunnerOptions().backend == "torch"  # the library runs the module it is given; the CLI says auto
 
 
+def _need(name: str) -> None:
+    """Skip unless backend ``name`` is installed (imported as the product imports it: an
+    importorskip of openvino would send OpenVINO's telemetry)."""
+    if not backends.installed(name):
+        pytest.skip(f"{name} is not installed")
+
+
 def test_auto_rule_and_refusals(monkeypatch):
-    pytest.importorskip("openvino")
-    pytest.importorskip("onnxruntime")
+    _need("openvino")
+    _need("onnxruntime")
     assert backends.choose("auto", CPU, torch.bfloat16).name == "openvino"
     assert backends.choose("auto", CPU, torch.float32).name == "openvino"
     assert backends.choose("auto", torch.device("cuda"), torch.bfloat16).name == "torch"
@@ -320,7 +329,7 @@ def test_backend_batches_match_torch_fp32(backend, tmp_path):
 
 
 def test_openvino_bf16_keeps_the_picture(tmp_path):
-    pytest.importorskip("openvino")
+    _need("openvino")
     model = tiny_model("resnet")
     images = smooth_images(3)
     ref = _fp32(model, images)
@@ -467,3 +476,21 @@ def test_temporal_stats_with_batch_statistics_stay_in_torch(caplog):
     r = Runner(model, RunnerOptions(device="cpu", precision="fp32", compile="off", backend="auto"),
                forward=forward)
     assert r._server is None and "torch runs this model" in caplog.text
+
+
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None or importlib.util.find_spec("openvino_telemetry") is None,
+                    reason="needs openvino and openvino_telemetry")
+def test_openvino_is_imported_without_its_telemetry():
+    """``import openvino`` sends a usage event to Google Analytics from a process forked off a thread
+    (one such child hung a stream job at exit). The backend imports it with OpenVINO's no-op stub
+    bound instead, and leaves the package importable for the user's code. A fresh interpreter:
+    this one may have imported openvino already."""
+    code = ("import sys\n"
+            "from frametrans.engine.backends import installed\n"
+            "assert installed('openvino')\n"
+            "import openvino.tools.ovc.telemetry_utils as t\n"
+            "print(t.tm.__name__, 'openvino_telemetry' in sys.modules)\n"
+            "import openvino_telemetry\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["openvino.tools.ovc.telemetry_stub", "False"]

@@ -36,8 +36,9 @@ class OpenVINOForward:
     name = "openvino"
 
     def __init__(self, onnx_path: str, dtype: torch.dtype, cache: Optional[Path] = None) -> None:
-        import openvino as ov
+        from frametrans.engine.backends import import_package
 
+        ov = import_package("openvino")  # without its telemetry
         self.core = ov.Core()
         cache = cache or compiling.cache_dir() / "openvino"
         try:
