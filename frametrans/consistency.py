@@ -46,11 +46,23 @@ def luma(image: np.ndarray) -> np.ndarray:
 DIS_PRESETS = {"medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM, "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST}
 
 
+#: The smallest frame OpenCV's DIS takes: 8 px a side and 12 on one ("The input image must have
+#: either width or height >= 12"). Smaller frames are padded to 12 x 12 for it (:func:`flow`).
+DIS_MIN_SIDE, DIS_MIN_LONG_SIDE = 8, 12
+
+
 def flow(src: np.ndarray, dst: np.ndarray, preset: str = "medium") -> np.ndarray:
     """Optical flow [H, W, 2] (x, y in pixels) from ``src`` to ``dst`` (same-size images): pixel
     ``p`` of ``src`` shows what ``dst`` shows at ``p + flow[p]``. OpenCV DIS with ``preset`` (a
-    key of :data:`DIS_PRESETS`; the metric's is ``medium``)."""
-    return _dis(preset).calc(luma(src), luma(dst), None)
+    key of :data:`DIS_PRESETS`; the metric's is ``medium``); a frame too small for DIS (a
+    thumbnail) is padded with its edge pixels for it and the flow cropped back."""
+    a, b = luma(src), luma(dst)
+    h, w = a.shape
+    if min(h, w) >= DIS_MIN_SIDE and max(h, w) >= DIS_MIN_LONG_SIDE:
+        return _dis(preset).calc(a, b, None)
+    grow_h, grow_w = max(0, DIS_MIN_LONG_SIDE - h), max(0, DIS_MIN_LONG_SIDE - w)
+    a, b = (cv2.copyMakeBorder(x, 0, grow_h, 0, grow_w, cv2.BORDER_REPLICATE) for x in (a, b))
+    return np.ascontiguousarray(_dis(preset).calc(a, b, None)[:h, :w])
 
 
 _DIS = threading.local()

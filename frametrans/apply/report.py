@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Tuple
 
 import av
+import cv2
 
 from frametrans.engine.memory import MemoryBudgetError
 from frametrans.engine.pipeline import StageTime
@@ -106,7 +107,7 @@ def run_job(fn: Callable[[], None], job: "Job", report: Report, stop: Optional[S
         fn()
     except MemoryBudgetError:
         raise  # a setting wrong for every input: the run stops
-    except (InputError, OSError, ValueError, RuntimeError, MemoryError, av.FFmpegError) as exc:
+    except (InputError, OSError, ValueError, RuntimeError, MemoryError, av.FFmpegError, cv2.error) as exc:
         report.fail(job.src, first_line(exc), prefix=not isinstance(exc, OutputError))
         if stop is not None and is_fatal_write_error(exc):
             stop.set(first_line(exc))

@@ -133,6 +133,24 @@ def test_bad_file_in_folder_does_not_stop_the_others(tmp_path, resnet_path):
     assert not (tmp_path / "out" / "broken.png").exists()
 
 
+def test_an_opencv_error_fails_its_input_only():
+    """An OpenCV call that raises for one input (cv2.error is none of the I/O errors) is that
+    input's failure, reported on one line; the job goes on to the next."""
+    import cv2
+
+    from frametrans.apply.jobs import Job
+    from frametrans.apply.report import Report, run_job
+
+    def opencv_refuses() -> None:
+        cv2.resize(np.zeros((0, 0), np.uint8), (4, 4))
+
+    report = Report()
+    run_job(opencv_refuses, Job(Path("clip.mp4"), Path("out.mp4"), "video"), report)
+    run_job(lambda: None, Job(Path("next.mp4"), Path("out2.mp4"), "video"), report)
+    assert len(report.failed) == 1 and report.failed[0][0] == "clip.mp4"
+    assert "\n" not in report.failed[0][1] and "resize" in report.failed[0][1]
+
+
 def test_output_that_is_an_input_is_refused(tmp_path, resnet_path):
     Image.fromarray(skimage.data.coffee()[:32, :32]).save(tmp_path / "a.png")
     res = run("apply", tmp_path / "a.png", "-o", tmp_path / "a.png", "-m", resnet_path, "--overwrite")

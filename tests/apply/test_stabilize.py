@@ -183,6 +183,40 @@ def test_cli_raw_stream_is_stabilized_and_still_images_warn(tmp_path, model_path
     assert bad.exit_code == 2 and "--temporal-strength must be in [0, 1)" in bad.output
 
 
+@pytest.mark.parametrize("h, w", [(1, 1), (6, 10), (7, 40), (40, 7), (11, 11), (12, 8)])
+def test_frames_too_small_for_dis_are_stabilized_too(h, w):
+    """OpenCV's DIS refuses frames under 8 px a side or 12 on both ("either width or height >= 12"),
+    which stopped a whole folder job with a bare OpenCV line: they are padded for it."""
+    from frametrans.consistency import flow
+
+    frames = [cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA) for f in _pan(5)]
+    f = flow(frames[1], frames[0], "fast")
+    assert f.shape == (h, w, 2) and f.dtype == np.float32 and np.isfinite(f).all()
+    assert np.abs(flow(frames[0], frames[0], "fast")).max() < 0.5  # the same frame: (almost) no motion
+    s = FlowStabilizer(AUTO_STRENGTH)
+    out = [s.step(i, o) for i, o in zip(frames, _flickering(frames))]
+    assert all(o.shape == (h, w, 3) and o.dtype == np.uint8 for o in out)
+
+
+def test_cli_thumbnail_videos_with_temporal_flow_do_not_stop_the_folder(tmp_path, model_path):
+    import av
+
+    (tmp_path / "in").mkdir()
+    for name, (w, h) in (("a_tiny.mp4", (10, 6)), ("b.mp4", (48, 32))):
+        with av.open(str(tmp_path / "in" / name), "w") as c:
+            stream = c.add_stream("libx264", rate=10)
+            stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+            for f in _pan(4):
+                for packet in stream.encode(av.VideoFrame.from_ndarray(cv2.resize(f, (w, h)), format="rgb24")):
+                    c.mux(packet)
+            for packet in stream.encode():
+                c.mux(packet)
+    res = CliRunner().invoke(cli, ["apply", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-m", str(model_path),
+                                   "--temporal", "flow", "--compile", "off"])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_tiny.mp4", "b.mp4"]
+
+
 def test_stats_mode_runners_smooth_and_off_stays_the_plain_path():
     """``off`` (factor 0) runs the translator's own runners, untouched; ``stats`` gets runners whose
     forward smooths, on the same session, reset for every stream; a model without per-frame
