@@ -100,7 +100,7 @@ _WRITE_FORMATS: dict[str, tuple[str, str | None, bool]] = {
     ".webp": ("WEBP", None, True),
     ".tif": ("TIFF", ".tiff", True),
     ".tiff": ("TIFF", ".tiff", True),
-    ".bmp": ("BMP", None, True),
+    ".bmp": ("BMP", None, False),  # Pillow's 32-bit BMP has no alpha mask: readers see RGB
 }
 #: Extensions :func:`write_image` can write; 16-bit only for .png and .tif/.tiff.
 WRITABLE_IMAGE_EXTENSIONS: frozenset[str] = frozenset(_WRITE_FORMATS)
@@ -747,8 +747,6 @@ def _encode_pillow(image: np.ndarray, alpha: np.ndarray | None, pil_format: str,
         options = {"compression": "tiff_deflate"}
     elif pil_format == "PNG":
         options = {"compress_level": 1}  # gray + alpha only (see write_image): fast, like OpenCV's
-    elif pil_format == "BMP" and im.mode == "LA":
-        im = im.convert("RGBA")
     buffer = io.BytesIO()
     im.save(buffer, format=pil_format, **options)
     return buffer.getvalue()

@@ -65,6 +65,17 @@ def test_lossless_round_trip(tmp_path, chelsea, ext):
     assert frame.alpha is None and frame.index == 0 and frame.source == str(path)
 
 
+def test_bmp_says_it_drops_transparency(tmp_path, chelsea, caplog):
+    """Pillow writes RGBA as a 32-bit BMP without an alpha mask, which every reader takes for RGB:
+    a BMP output drops the alpha with the warning JPEG gives, instead of silently."""
+    alpha = np.full(chelsea.shape[:2], 128, np.uint8)
+    with caplog.at_level(logging.WARNING, logger="frametrans"):
+        frame = read_image(write_image(tmp_path / "cat.bmp", chelsea, alpha=alpha))
+    assert "BMP has no alpha channel; transparency dropped" in caplog.text
+    np.testing.assert_array_equal(frame.image, chelsea)
+    assert frame.alpha is None
+
+
 @pytest.mark.parametrize("ext", [".jpg", ".jpeg", ".webp"])
 def test_lossy_round_trip(tmp_path, chelsea, ext):
     frame = read_image(write_image(tmp_path / f"cat{ext}", chelsea, quality=95))
