@@ -46,38 +46,46 @@ def luma(image: np.ndarray) -> np.ndarray:
 DIS_PRESETS = {"medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM, "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST}
 
 
-#: The smallest frame OpenCV's DIS takes: 8 px a side and 12 on one ("The input image must have
-#: either width or height >= 12"). Smaller frames are padded to 12 x 12 for it (:func:`flow`).
-DIS_MIN_SIDE, DIS_MIN_LONG_SIDE = 8, 12
+#: The smallest side DIS gets. OpenCV's DIS refuses frames under 8 px a side or under 12 on both,
+#: and it crashes the process (a segfault, OpenCV 5.1) on wide frames less than ~32 px high: 12x40,
+#: 28x80, 8x128 (every height 8-28 crashed from 80 px of width up; 32 and more never did, up to
+#: 8000 wide). Frames with a side under this are padded with their edge pixels for it (:func:`flow`).
+DIS_MIN_SIDE = 32
 
 
 def flow(src: np.ndarray, dst: np.ndarray, preset: str = "medium") -> np.ndarray:
     """Optical flow [H, W, 2] (x, y in pixels) from ``src`` to ``dst`` (same-size images): pixel
     ``p`` of ``src`` shows what ``dst`` shows at ``p + flow[p]``. OpenCV DIS with ``preset`` (a
-    key of :data:`DIS_PRESETS`; the metric's is ``medium``); a frame too small for DIS (a
-    thumbnail) is padded with its edge pixels for it and the flow cropped back."""
+    key of :data:`DIS_PRESETS`; the metric's is ``medium``); a frame with a side under
+    :data:`DIS_MIN_SIDE` is padded with its edge pixels for DIS and the flow cropped back."""
     a, b = luma(src), luma(dst)
     h, w = a.shape
-    if min(h, w) >= DIS_MIN_SIDE and max(h, w) >= DIS_MIN_LONG_SIDE:
-        return _dis(preset).calc(a, b, None)
-    grow_h, grow_w = max(0, DIS_MIN_LONG_SIDE - h), max(0, DIS_MIN_LONG_SIDE - w)
+    if min(h, w) >= DIS_MIN_SIDE:
+        return _dis(preset, a.shape).calc(a, b, None)
+    grow_h, grow_w = max(0, DIS_MIN_SIDE - h), max(0, DIS_MIN_SIDE - w)
     a, b = (cv2.copyMakeBorder(x, 0, grow_h, 0, grow_w, cv2.BORDER_REPLICATE) for x in (a, b))
-    return np.ascontiguousarray(_dis(preset).calc(a, b, None)[:h, :w])
+    return np.ascontiguousarray(_dis(preset, a.shape).calc(a, b, None)[:h, :w])
 
 
 _DIS = threading.local()
+_DIS_KEPT = 8  # estimators kept per thread (preset x frame size)
 
 
-def _dis(preset: str) -> "cv2.DISOpticalFlow":
-    """This thread's DIS estimator for ``preset``: made once, since a new one allocates its pyramids
-    again for every call (2.6 against 1.7 ms for DIS fast at 640x360). Without an initial flow a
-    reused estimator gives the same flow as a new one."""
-    cache = getattr(_DIS, "by_preset", None)
+def _dis(preset: str, shape: Tuple[int, ...]) -> "cv2.DISOpticalFlow":
+    """This thread's DIS estimator for ``preset`` and frames of ``shape``: made once, since a new
+    one allocates its pyramids again for every call (2.6 against 1.7 ms for DIS fast at 640x360).
+    Without an initial flow a reused estimator gives the same flow as a new one, but only for
+    frames of the size it last saw: after a smaller frame, the flow of a larger one differs (by
+    0.17 px on a 128x96 pan after a 12x12 frame, OpenCV 5.1), so each size has its own."""
+    cache = getattr(_DIS, "by_key", None)
     if cache is None:
-        cache = _DIS.by_preset = {}
-    if preset not in cache:
-        cache[preset] = cv2.DISOpticalFlow_create(DIS_PRESETS[preset])
-    return cache[preset]
+        cache = _DIS.by_key = {}
+    key = (preset, tuple(shape))
+    if key not in cache:
+        if len(cache) >= _DIS_KEPT:
+            cache.clear()
+        cache[key] = cv2.DISOpticalFlow_create(DIS_PRESETS[preset])
+    return cache[key]
 
 
 def warp(image: np.ndarray, flow_to: np.ndarray) -> np.ndarray:

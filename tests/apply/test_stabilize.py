@@ -183,10 +183,11 @@ def test_cli_raw_stream_is_stabilized_and_still_images_warn(tmp_path, model_path
     assert bad.exit_code == 2 and "--temporal-strength must be in [0, 1)" in bad.output
 
 
-@pytest.mark.parametrize("h, w", [(1, 1), (6, 10), (7, 40), (40, 7), (11, 11), (12, 8)])
+@pytest.mark.parametrize("h, w", [(1, 1), (6, 10), (7, 40), (40, 7), (11, 11), (12, 8), (12, 40), (28, 96)])
 def test_frames_too_small_for_dis_are_stabilized_too(h, w):
     """OpenCV's DIS refuses frames under 8 px a side or 12 on both ("either width or height >= 12"),
-    which stopped a whole folder job with a bare OpenCV line: they are padded for it."""
+    which stopped a whole folder job with a bare OpenCV line, and it crashed the process on wide
+    frames under ~32 px high (12x40, 28x96): they are padded for it."""
     from frametrans.consistency import flow
 
     frames = [cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA) for f in _pan(5)]
@@ -417,20 +418,24 @@ def test_stabilizer_blends_along_dis_fast_and_the_metric_measures_with_medium(mo
 
 
 def test_a_reused_dis_estimator_gives_a_new_ones_flow():
-    """Each thread keeps one DIS estimator per preset; its flows equal a new estimator's, pair
-    after pair, and other threads get their own."""
+    """Each thread keeps one DIS estimator per preset and frame size; its flows equal a new
+    estimator's, pair after pair, also after frames of another size (OpenCV's estimator, reused
+    across sizes, gave a larger frame another flow after a smaller one: a folder's videos depended
+    on the order they came in), and other threads get their own."""
     import frametrans.consistency as consistency
 
     frames = _pan(4)
+    small = [cv2.resize(f, (12, 12), interpolation=cv2.INTER_AREA) for f in frames]
     for preset in consistency.DIS_PRESETS:
+        consistency.flow(small[1], small[0], preset)  # a smaller frame first
         for src, dst in zip(frames[1:], frames):
             fresh = cv2.DISOpticalFlow_create(consistency.DIS_PRESETS[preset]).calc(
                 consistency.luma(src), consistency.luma(dst), None)
             assert np.array_equal(consistency.flow(src, dst, preset), fresh)
-    mine = consistency._dis("fast")
-    assert consistency._dis("fast") is mine
+    mine = consistency._dis("fast", (96, 128))
+    assert consistency._dis("fast", (96, 128)) is mine and consistency._dis("fast", (12, 12)) is not mine
     other = []
-    t = threading.Thread(target=lambda: other.append(consistency._dis("fast")))
+    t = threading.Thread(target=lambda: other.append(consistency._dis("fast", (96, 128))))
     t.start(), t.join()
     assert other[0] is not mine
 
