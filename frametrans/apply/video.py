@@ -242,6 +242,7 @@ def _open_writer(dst: Path, src: Path, info, opts: OutputOptions):
             dst, width=width, height=height, fps=info.fps, time_base=info.time_base,
             codec=opts.codec_for(dst), crf=opts.crf, preset=opts.preset, pix_fmt=opts.pix_fmt,
             copy_streams_from=src if opts.audio else None,
+            container_options=video.gif_container_options(src) if dst.suffix.lower() == ".gif" else None,
         )
     except OSError as exc:
         raise OutputError.wrap(dst, exc) from None
@@ -249,9 +250,16 @@ def _open_writer(dst: Path, src: Path, info, opts: OutputOptions):
 
 def video_writer_fn(writer) -> Callable[[Tuple[np.ndarray, Frame]], None]:
     """The encoder-thread function: (output image, its frame) -> ``writer`` (8-bit RGB or YUV
-    planes, frame pts)."""
+    planes, frame pts). Video outputs carry no alpha: a source with transparent pixels (a GIF, a
+    WebM with alpha) is written opaque, with one warning per output."""
+    warned = []
+
     def write(item: Tuple[np.ndarray, Frame]) -> None:
         out, frame = item
+        if frame.alpha is not None and not warned and frame.alpha.min() < np.iinfo(frame.alpha.dtype).max:
+            warned.append(True)
+            log.warning("%s: video outputs (GIF included) are written opaque; transparency dropped",
+                        writer.path)
         out = to_8bit(out)
         try:
             writer.write(out if out.shape[2] == 3 else np.repeat(out, 3, axis=2), frame.pts,

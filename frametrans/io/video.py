@@ -156,6 +156,31 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
 # ------------------------------------------------------------------------------------------ read
 
 
+def gif_container_options(path: str | os.PathLike) -> dict[str, str]:
+    """FFmpeg GIF muxer options that keep an animated GIF's own playback when it is written as GIF
+    again: ``loop`` (its loop count: none stored = play once = -1, 0 = forever, N = N more times)
+    and ``final_delay`` (its last frame's delay in centiseconds; FFmpeg would otherwise end on one
+    frame period at the average rate). Empty when ``path`` is not a GIF that reads this way."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            if im.format != "GIF":
+                return {}
+            loop = im.info.get("loop")
+        options = {"loop": str(-1 if loop is None else int(loop))}
+        with av.open(str(path)) as container:
+            last = None
+            for packet in container.demux(container.streams.video[0]):
+                if packet.size:
+                    last = packet
+        if last is not None and last.duration and last.time_base:
+            options["final_delay"] = str(max(0, round(last.duration * last.time_base * 100)))
+        return options
+    except (OSError, UnidentifiedImageError, ValueError, IndexError, av.FFmpegError):
+        return {}
+
+
 def writes_planes(path: str | os.PathLike, codec: str | None = None, pix_fmt: str | None = None) -> bool:
     """Whether a :class:`VideoWriter` for ``path`` with these settings encodes 8-bit yuv420p, so that
     YUV 4:2:0 planes lose nothing on the way to it (GIF, yuv444p, RGB or 10-bit outputs: False)."""
@@ -377,6 +402,7 @@ class VideoWriter:
         preset: str | None = None,
         pix_fmt: str | None = None,
         options: dict[str, str] | None = None,
+        container_options: dict[str, str] | None = None,
         copy_streams_from: str | os.PathLike | None = None,
         strict_copy: bool = False,
         width: int | None = None,
@@ -398,6 +424,7 @@ class VideoWriter:
         if preset is not None:
             self.codec_options["preset"] = str(preset)
         self.codec_options.update({str(k): str(v) for k, v in (options or {}).items()})
+        self.container_options = {str(k): str(v) for k, v in (container_options or {}).items()}
         self.fps = Fraction(fps).limit_denominator(1_000_000) if fps is not None else None
         self.time_base = Fraction(time_base) if time_base is not None else None
         self.copy_streams_from = Path(copy_streams_from) if copy_streams_from is not None else None
@@ -583,6 +610,7 @@ class VideoWriter:
                     self.fps = Fraction(v.average_rate)
         ext = self.path.suffix.lower()
         container_options = {"movflags": "+faststart"} if ext in (".mp4", ".m4v", ".mov") else {}
+        container_options.update(self.container_options)
         try:
             self._container = av.open(str(self._tmp), "w", options=container_options)
             stream = self._container.add_stream(

@@ -151,6 +151,40 @@ def test_an_opencv_error_fails_its_input_only():
     assert "\n" not in report.failed[0][1] and "resize" in report.failed[0][1]
 
 
+def _gif_delays(path):
+    """The delay of each frame (centiseconds) and the loop count as a browser reads them."""
+    import re
+
+    data = Path(path).read_bytes()
+    delays = [int.from_bytes(m.group(1)[1:3], "little") for m in re.finditer(rb"\x21\xf9\x04(.{4})\x00", data, re.S)]
+    with Image.open(path) as im:
+        return delays, im.info.get("loop")
+
+
+def test_gif_to_gif_keeps_its_timing_and_loop_count_and_says_it_drops_transparency(tmp_path, resnet_path, caplog):
+    """A GIF written again as GIF ends on its own last delay (it ended on one period at the average
+    rate: 2 s became 0.73 s) and keeps its loop count (a play-once GIF looped forever); transparent
+    pixels are written opaque with a warning instead of silently."""
+    rng = np.random.default_rng(0)
+    pics = [Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)) for _ in range(3)]
+    pics[0].save(tmp_path / "hold.gif", save_all=True, append_images=pics[1:], duration=[100, 100, 2000], loop=3)
+    pics[0].save(tmp_path / "once.gif", save_all=True, append_images=pics[1:], duration=[100, 100, 2000])
+    for name, loop in (("hold", 3), ("once", None)):
+        res = run("apply", tmp_path / f"{name}.gif", "-o", tmp_path / f"o_{name}.gif", "-m", resnet_path,
+                  "--compile", "off")
+        assert res.exit_code == 0, res.output
+        assert _gif_delays(tmp_path / f"o_{name}.gif") == ([10, 10, 200], loop)
+        assert "transparency dropped" not in res.output  # opaque GIFs decode with an all-255 alpha
+    rgba = []
+    for i in range(3):
+        a = np.zeros((32, 32, 4), np.uint8)
+        a[8:24, 8 + i:24 + i] = (200, 50, 50, 255)
+        rgba.append(Image.fromarray(a, "RGBA"))
+    rgba[0].save(tmp_path / "trans.gif", save_all=True, append_images=rgba[1:], duration=100, loop=0, disposal=2)
+    res = run("apply", tmp_path / "trans.gif", "-o", tmp_path / "o_trans.mp4", "-m", resnet_path, "--compile", "off")
+    assert res.exit_code == 0 and "o_trans.mp4: video outputs (GIF included) are written opaque" in res.output
+
+
 def test_output_that_is_an_input_is_refused(tmp_path, resnet_path):
     Image.fromarray(skimage.data.coffee()[:32, :32]).save(tmp_path / "a.png")
     res = run("apply", tmp_path / "a.png", "-o", tmp_path / "a.png", "-m", resnet_path, "--overwrite")
