@@ -67,7 +67,7 @@ def uniforms(seed: int, stream: int, ks: torch.Tensor, n: int) -> torch.Tensor:
     base = 0
     for word in (seed & _M32, (seed >> 32) & _M32, stream & _M32):
         base = _combine(base, word)
-    k = ks.detach().to("cpu", torch.int64).numpy().astype(np.int64)
+    k = ks.detach().to("cpu", torch.int64).numpy()
     h = _combine(_combine(np.full_like(k, base), k & _M32), (k >> 32) & _M32)  # [B]
     h = _combine(h[:, None], np.arange(n, dtype=np.int64)[None, :])  # [B, n]
     hi = _fmix32(h ^ 0x5BD1E995)  # two 32-bit words per draw: 27 + 26 bits
