@@ -177,7 +177,8 @@ def gif_container_options(path: str | os.PathLike) -> dict[str, str]:
         if last is not None and last.duration and last.time_base:
             options["final_delay"] = str(max(0, round(last.duration * last.time_base * 100)))
         return options
-    except (OSError, UnidentifiedImageError, ValueError, IndexError, av.FFmpegError):
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, UnidentifiedImageError,
+            Image.DecompressionBombError, av.FFmpegError):  # Pillow's errors: keep FFmpeg's defaults
         return {}
 
 

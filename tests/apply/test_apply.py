@@ -185,6 +185,20 @@ def test_gif_to_gif_keeps_its_timing_and_loop_count_and_says_it_drops_transparen
     assert res.exit_code == 0 and "o_trans.mp4: video outputs (GIF included) are written opaque" in res.output
 
 
+def test_gif_options_never_stop_the_job(tmp_path, monkeypatch):
+    """Reading a GIF's loop count through Pillow is best effort: a GIF over Pillow's pixel bound
+    (FFmpeg decodes it) keeps FFmpeg's defaults instead of raising out of the job."""
+    from frametrans.io.video import gif_container_options
+
+    rng = np.random.default_rng(0)
+    pics = [Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)) for _ in range(2)]
+    pics[0].save(tmp_path / "a.gif", save_all=True, append_images=pics[1:], duration=100, loop=2)
+    assert gif_container_options(tmp_path / "a.gif") == {"loop": "2", "final_delay": "10"}
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 32 x 32 is over twice that: a "bomb"
+    assert gif_container_options(tmp_path / "a.gif") == {}
+    assert gif_container_options(tmp_path / "missing.gif") == {}
+
+
 def test_output_that_is_an_input_is_refused(tmp_path, resnet_path):
     Image.fromarray(skimage.data.coffee()[:32, :32]).save(tmp_path / "a.png")
     res = run("apply", tmp_path / "a.png", "-o", tmp_path / "a.png", "-m", resnet_path, "--overwrite")

@@ -494,3 +494,10 @@ def test_openvino_is_imported_without_its_telemetry():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["openvino.tools.ovc.telemetry_stub", "False"]
+    kept = ("import sys\n"
+            "sys.modules['openvino_telemetry'] = None  # the user's own block stays\n"
+            "from frametrans.engine.backends import installed\n"
+            "assert installed('openvino')\n"
+            "print('openvino_telemetry' in sys.modules and sys.modules['openvino_telemetry'] is None)\n")
+    out = subprocess.run([sys.executable, "-c", kept], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.split() == ["True"], out.stderr

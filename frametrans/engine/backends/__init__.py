@@ -48,6 +48,7 @@ import dataclasses
 import importlib
 import logging
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -96,27 +97,34 @@ def validate_backend(name: str) -> str:
 #: to Google Analytics (openvino_telemetry, on unless the user opted out) from a process it forks
 #: off a thread. frametrans makes no network calls, and a fork from a thread can copy a lock another
 #: thread holds: in a stream job (stdin's) the child never exited and the interpreter waited for it
-#: at exit, forever. Without the module OpenVINO binds its own no-op stub; the hiding ends with the
-#: import, so the user's own code still finds the package.
+#: at exit, forever. Without the module OpenVINO binds its own no-op stub (for the rest of the
+#: process); the hiding ends with the import, so the user's own code still finds the package.
 _HIDDEN_WHILE_IMPORTING = {"openvino": ("openvino_telemetry",)}
+
+
+_IMPORTING = threading.Lock()
+_ABSENT = object()
 
 
 def import_package(name: str):
     """The module of backend ``name`` (``openvino``, ``onnxruntime``), imported without the
-    modules of :data:`_HIDDEN_WHILE_IMPORTING`; ImportError when it is not installed."""
+    modules of :data:`_HIDDEN_WHILE_IMPORTING`; ImportError when it is not installed. One import
+    at a time: another thread waits for the module to be whole, and the hidden entries are put
+    back as they were (absent, or the user's own None)."""
     module = PACKAGES[name][0]
-    if sys.modules.get(module) is not None:  # imported already (None there: importing it fails)
-        return sys.modules[module]
-    hidden = {m: sys.modules.get(m) for m in _HIDDEN_WHILE_IMPORTING.get(module, ())}
-    sys.modules.update({m: None for m in hidden})  # None: `import m` raises ImportError
-    try:
-        return importlib.import_module(module)
-    finally:
-        for m, was in hidden.items():
-            if was is None:
-                sys.modules.pop(m, None)
-            else:
-                sys.modules[m] = was
+    with _IMPORTING:
+        if sys.modules.get(module) is not None:  # imported already (None there: importing it fails)
+            return sys.modules[module]
+        hidden = {m: sys.modules.get(m, _ABSENT) for m in _HIDDEN_WHILE_IMPORTING.get(module, ())}
+        sys.modules.update({m: None for m in hidden})  # None: `import m` raises ImportError
+        try:
+            return importlib.import_module(module)
+        finally:
+            for m, was in hidden.items():
+                if was is _ABSENT:
+                    sys.modules.pop(m, None)
+                else:
+                    sys.modules[m] = was
 
 
 def installed(name: str) -> bool:
