@@ -236,8 +236,10 @@ class Method:
 
     # -- to implement -----------------------------------------------------------------------
 
-    def step(self, batch: Dict[str, torch.Tensor]) -> Dict[str, float]:
-        """One iteration on a batch already on ``self.device``; returns the losses as floats."""
+    def step(self, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """One iteration on a batch already on ``self.device``; returns the losses, detached 0-dim
+        tensors on the device: reading them waits for the device, which the trainer does once per
+        ``--log-every`` steps, not per step (the host can queue the next step's work meanwhile)."""
         raise NotImplementedError
 
     def samples(self, batch: Dict[str, torch.Tensor]) -> np.ndarray:

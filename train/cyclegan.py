@@ -73,7 +73,7 @@ class CycleGAN(Method):
         each rank keeps its slice: the pool's content and choices match a single process."""
         return self.shard.local(self.pools[name].query(self.shard.gather(fakes)))
 
-    def step(self, batch: Dict[str, torch.Tensor]) -> Dict[str, float]:
+    def step(self, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         o, amp, n = self.options, self.amp, self.nets
         real_a, real_b = batch["A"], batch["B"]  # [B, 3, H, W] in [-1, 1]
         lam_a = lam_b = o.lambda_cycle
@@ -113,7 +113,7 @@ class CycleGAN(Method):
         losses["D_A"], losses["D_B"] = loss_d_a, loss_d_b
         if gp_a is not None:
             losses["D_GP"] = gp_a + gp_b
-        return {k: float(v.detach()) for k, v in losses.items()}
+        return {k: v.detach() for k, v in losses.items()}
 
     def samples(self, batch: Dict[str, torch.Tensor]) -> np.ndarray:
         """Rows: real A | fake B | rec A | real B | fake A | rec B."""

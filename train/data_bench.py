@@ -63,7 +63,8 @@ def measure(options: Dict[str, Any], steps: int = 20, warmup: int = 3, host: boo
         _sync(device)
         t1 = time.perf_counter()
         method.train()
-        method.step(batch)  # returns floats: synchronised
+        method.step(batch)
+        _sync(device)  # the step's losses stay on the device: wait for its work
         t2 = time.perf_counter()
         if i >= warmup:
             data_s.append(t1 - t0)

@@ -298,13 +298,15 @@ class DistContext:
             exc = ValueError(message if self.world == 1 else f"process {r} of {self.world}: {message}")
         raise mark_collective(exc, self.rank)
 
-    def mean_losses(self, losses: Dict[str, float]) -> Dict[str, float]:
-        """The mean over ranks of each loss (every rank returns the same dict)."""
+    def mean_losses(self, losses: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """The mean over ranks of each loss (0-dim tensors, or floats; every rank gets the same
+        0-dim tensors), without waiting for the device: one all-reduce queued on it."""
         keys = list(losses)
-        t = torch.tensor([losses[k] for k in keys], dtype=torch.float64, device=self.device)
+        t = torch.stack([torch.as_tensor(losses[k], dtype=torch.float64, device=self.device).detach()
+                         for k in keys])
         dist.all_reduce(t)
         t /= self.world
-        return dict(zip(keys, t.tolist()))
+        return dict(zip(keys, t.unbind()))
 
     def average_gradients(self, params: Iterable[nn.Parameter]) -> None:
         """Replace each gradient by its mean over the ranks (one all-reduce per dtype)."""

@@ -74,7 +74,7 @@ class MUNITMethod(Method):
         s_b = gen.sample_style(n, generator=self.rngs["style"], device=self.device)
         return self.shard.local(s_a), self.shard.local(s_b)
 
-    def step(self, batch: Dict[str, torch.Tensor]) -> Dict[str, float]:
+    def step(self, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         o, amp = self.options, self.amp
         gen = self.nets["gen"]
         ga, gb = gen.gen_a, gen.gen_b
@@ -140,7 +140,7 @@ class MUNITMethod(Method):
         amp.update()
         set_requires_grad([dis_a, dis_b], True)
         losses["G_total"] = total
-        return {k: float(v.detach()) for k, v in losses.items()}
+        return {k: v.detach() for k, v in losses.items()}
 
     @torch.no_grad()
     def samples(self, batch: Dict[str, torch.Tensor]) -> np.ndarray:

@@ -65,7 +65,7 @@ class Pix2Pix(Method):
         self.exports = {"G": "G.safetensors"}
         self.gan = GANLoss(o.gan_mode)
 
-    def step(self, batch: Dict[str, torch.Tensor]) -> Dict[str, float]:
+    def step(self, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         o, amp = self.options, self.amp
         G, D = self.nets["G"], self.nets["D"]
         opt_g, opt_d = self.optimizers["G"], self.optimizers["D"]
@@ -103,7 +103,7 @@ class Pix2Pix(Method):
         amp.update()
         set_requires_grad([D], True)
         losses.update(G_GAN=loss_g_gan, G_L1=loss_g_l1)
-        return {k: float(v.detach()) for k, v in losses.items()}
+        return {k: v.detach() for k, v in losses.items()}
 
     @torch.no_grad()
     def _translate(self, a: torch.Tensor) -> torch.Tensor:

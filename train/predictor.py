@@ -76,7 +76,7 @@ class Predictor(Method):
         self.optimizers = {"P": adam(net.parameters(), o.lr, o.beta1, o.beta2)}
         self.exports = {"P": "predictor.safetensors"}
 
-    def step(self, batch: Dict[str, torch.Tensor]) -> Dict[str, float]:
+    def step(self, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         o, amp = self.options, self.amp
         x, y = split_window(batch["frames"], o.context, o.horizon)  # in [0, 1]
         opt = self.optimizers["P"]
@@ -91,7 +91,7 @@ class Predictor(Method):
         amp.backward(total)
         amp.step(opt)
         amp.update()
-        return {k: float(v.detach()) for k, v in losses.items()}
+        return {k: v.detach() for k, v in losses.items()}
 
     @torch.no_grad()
     def _predict(self, x: torch.Tensor) -> torch.Tensor:

@@ -431,6 +431,7 @@ class Trainer:
         self._say(f"{self.method_name}: {self.train_data.description}; "
                   f"steps {self.step} -> {end} of {self.total}; device {self.device}{procs}, {o.precision}")
         pending: Dict[str, List[float]] = {}
+        unread = _UnreadLosses()  # the device's losses, read once per log record or checkpoint
         log_file = open(self.run_dir / LOSSES_FILE, "a", encoding="utf-8") if self.is_main else None
         exports: List[Path] = []
         try:
@@ -442,13 +443,15 @@ class Trainer:
                 losses = method.step(batch)
                 if self.dist is not None:  # the global-batch means, the same on every rank
                     losses = self.dist.mean_losses(losses)
-                self._check_finite(losses)
+                unread.add(self.step + 1, losses)
                 method.after_step()
                 self.step += 1
                 self.sample += o.batch_size
-                for k, v in losses.items():
-                    pending.setdefault(k, []).append(v)
-                result.last_losses = losses
+                for step, values in unread.read() if self._due(end) else ():  # one wait for the device
+                    self._check_finite(values, step)
+                    for k, v in values.items():
+                        pending.setdefault(k, []).append(v)
+                    result.last_losses = values
                 if (self.step % o.log_every == 0 or self.step == end) and log_file is not None:
                     record = {"step": self.step, "time": round(self._elapsed(), 3),
                               **{k: float(np.mean(v)) for k, v in pending.items()}, "lr": lr}
@@ -477,7 +480,14 @@ class Trainer:
         result.step, result.exports = self.step, exports
         return result
 
-    def _check_finite(self, losses: Dict[str, float]) -> None:
+    def _due(self, end: int) -> bool:
+        """Whether this step writes anything (a log record, samples, validation, a checkpoint) or
+        ends the run: the losses are read (and checked) there, before anything is written."""
+        o = self.options
+        return (self.step == end or self.step % o.log_every == 0 or self.step % o.sample_every == 0
+                or self.step % o.val_every == 0 or self.step % o.save_every == 0)
+
+    def _check_finite(self, losses: Dict[str, float], step: int) -> None:
         bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
         if not bad:
             return
@@ -489,10 +499,38 @@ class Trainer:
         if self.is_main:
             plot_losses(self.records, self.run_dir / PLOT_FILE)
         exc = TrainingStopped(
-            f"loss {name} became {value} at step {self.step + 1}; training stopped, {kept}. "
+            f"loss {name} became {value} at step {step}; training stopped, {kept}. "
             "Try a lower --lr, --precision fp32, or check the data"
         )
         raise exc if self.dist is None else mark_collective(exc, self.rank)
+
+
+class _UnreadLosses:
+    """Each step's losses (0-dim tensors on the device) until they are read: all at once, with one
+    wait for the device (a read per step would make the host wait for every step's kernels before
+    it queues the next step's)."""
+
+    def __init__(self) -> None:
+        self.steps: List[Tuple[int, Dict[str, torch.Tensor]]] = []
+
+    def add(self, step: int, losses: Dict[str, torch.Tensor]) -> None:
+        self.steps.append((step, losses))
+
+    def read(self) -> List[Tuple[int, Dict[str, float]]]:
+        """(step, {name: value}) of every step added since the last read, in step order."""
+        if not self.steps:
+            return []
+        keys = [list(losses) for _, losses in self.steps]
+        values = [v for _, losses in self.steps for v in losses.values()]
+        device = next((v.device for v in values if isinstance(v, torch.Tensor)), None)
+        flat = torch.stack([torch.as_tensor(v, device=device).detach().to(torch.float64).reshape(())
+                            for v in values]).tolist()
+        out, i = [], 0
+        for (step, _), names in zip(self.steps, keys):
+            out.append((step, dict(zip(names, flat[i:i + len(names)]))))
+            i += len(names)
+        self.steps = []
+        return out
 
 
 def train(method: str, options: Union[TrainOptions, Mapping[str, Any]], run_dir: str | Path,

@@ -52,8 +52,10 @@ def bench_training(opts: TrainingBench, log: Log = to_stderr) -> Dict[str, Any]:
     from frametrans.train.trainer import resolve_options, train
 
     with workdir(opts.workdir) as work:
-        o = dict(opts.options, device=opts.device, iters=opts.warmup + opts.steps, log_every=1, quiet=True,
-                 save_every=10**9, sample_every=10**9, val_every=10**9)
+        # records (each one waits for the device: the losses are read there) at the end of the
+        # warm-up and at the end, so the timed steps run as training runs: queued, not waited for
+        o = dict(opts.options, device=opts.device, iters=opts.warmup + opts.steps, log_every=max(1, opts.warmup),
+                 quiet=True, save_every=10**9, sample_every=10**9, val_every=10**9)
         if opts.method != "predictor" and not o.get("data"):
             side = int(o.get("size") or resolve_options(opts.method, o).size)
             o["data"] = str(_image_data(opts.method, work / "data", side, opts.images))

@@ -22,6 +22,7 @@ from frametrans.train.datasets import (Augment, DataError, MatchedPairs, PairedD
 from frametrans.train.losses import GANLoss, gradient_penalty
 from frametrans.train.pool import ImagePool
 from support.training import EXPORTS, _photos, _target, _tiny_args, _write, losses_of, tiny
+from frametrans.train import trainer as trainer_module
 from frametrans.train.trainer import STATE_FILE, TrainingStopped, load_state, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/train/conftest.py
@@ -163,6 +164,37 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_root: Path, tmp_path
     assert json.loads((run / "G.safetensors").read_bytes()[8:][: int.from_bytes(
         (run / "G.safetensors").read_bytes()[:8], "little")])["__metadata__"]["provenance"].count('"step": 2')
     assert [r["step"] for r in losses_of(run)] == [1, 2]
+
+
+def test_losses_read_once_per_record_still_name_the_step_that_broke(data_root: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The losses stay on the device between records (reading them every step made the host wait
+    for every step's kernels): a NaN at step 3 is found when step 4 is read, named as step 3, and
+    nothing is written after it."""
+    real_getitem = PairedDataset.__getitem__
+    reads = []
+    real_read = trainer_module._UnreadLosses.read
+
+    def poisoned(self: PairedDataset, k: int) -> Dict[str, torch.Tensor]:
+        item = real_getitem(self, k)
+        if k >= 4:  # step 3 (batch 2)
+            item["A"] = item["A"].clone()
+            item["A"][0, 0, 0] = float("nan")
+        return item
+
+    def counted(self: Any) -> Any:
+        out = real_read(self)
+        reads.append([step for step, _ in out])
+        return out
+
+    monkeypatch.setattr(PairedDataset, "__getitem__", poisoned)
+    monkeypatch.setattr(trainer_module._UnreadLosses, "read", counted)
+    run = tmp_path / "run"
+    opts = dict(tiny("pix2pix", data_root), iters=8, log_every=4, save_every=4, sample_every=100, val_every=100)
+    with pytest.raises(TrainingStopped, match=r"became nan at step 3; .*no checkpoint was written yet"):
+        train("pix2pix", opts, run)
+    assert reads == [[1, 2, 3, 4]]  # one read for the four steps
+    assert not (run / STATE_FILE).exists() and losses_of(run) == []
 
 
 @pytest.mark.parametrize("method", ["pix2pix", "cyclegan", "munit"])
