@@ -447,7 +447,7 @@ class Trainer:
                 method.after_step()
                 self.step += 1
                 self.sample += o.batch_size
-                for step, values in unread.read() if self._due(end) else ():  # one wait for the device
+                for step, values in unread.read() if self._due(end) or unread.full() else ():  # one wait
                     self._check_finite(values, step)
                     for k, v in values.items():
                         pending.setdefault(k, []).append(v)
@@ -510,11 +510,18 @@ class _UnreadLosses:
     wait for the device (a read per step would make the host wait for every step's kernels before
     it queues the next step's)."""
 
+    #: Steps held at most: each holds a few 0-dim device tensors (512 bytes of GPU memory apiece in
+    #: PyTorch's caching allocator), so a run that logs rarely is read this often anyway.
+    LIMIT = 100
+
     def __init__(self) -> None:
         self.steps: List[Tuple[int, Dict[str, torch.Tensor]]] = []
 
     def add(self, step: int, losses: Dict[str, torch.Tensor]) -> None:
         self.steps.append((step, losses))
+
+    def full(self) -> bool:
+        return len(self.steps) >= self.LIMIT
 
     def read(self) -> List[Tuple[int, Dict[str, float]]]:
         """(step, {name: value}) of every step added since the last read, in step order."""

@@ -195,6 +195,12 @@ def test_losses_read_once_per_record_still_name_the_step_that_broke(data_root: P
         train("pix2pix", opts, run)
     assert reads == [[1, 2, 3, 4]]  # one read for the four steps
     assert not (run / STATE_FILE).exists() and losses_of(run) == []
+    reads.clear()
+    monkeypatch.setattr(PairedDataset, "__getitem__", real_getitem)
+    monkeypatch.setattr(trainer_module._UnreadLosses, "LIMIT", 3)  # a run that logs rarely is read anyway
+    train("pix2pix", dict(opts, log_every=7, save_every=7), tmp_path / "rare")
+    assert reads == [[1, 2, 3], [4, 5, 6], [7], [8]]
+    assert [r["step"] for r in losses_of(tmp_path / "rare")] == [7, 8]
 
 
 @pytest.mark.parametrize("method", ["pix2pix", "cyclegan", "munit"])
