@@ -530,8 +530,9 @@ class _UnreadLosses:
         keys = [list(losses) for _, losses in self.steps]
         values = [v for _, losses in self.steps for v in losses.values()]
         device = next((v.device for v in values if isinstance(v, torch.Tensor)), None)
-        flat = torch.stack([torch.as_tensor(v, device=device).detach().to(torch.float64).reshape(())
-                            for v in values]).tolist()
+        tensors = [v if isinstance(v, torch.Tensor) else torch.tensor(float(v), device=device) for v in values]
+        # one stack (views of 0-dim tensors: no copy each), one cast, one copy to the host
+        flat = torch.stack([t.detach().reshape(()) for t in tensors]).to(torch.float64).tolist()
         out, i = [], 0
         for (step, _), names in zip(self.steps, keys):
             out.append((step, dict(zip(names, flat[i:i + len(names)]))))
