@@ -302,8 +302,8 @@ class DistContext:
         """The mean over ranks of each loss (0-dim tensors, or floats; every rank gets the same
         0-dim tensors), without waiting for the device: one all-reduce queued on it."""
         keys = list(losses)
-        t = torch.stack([torch.as_tensor(losses[k], dtype=torch.float64, device=self.device).detach()
-                         for k in keys])
+        t = torch.stack([torch.as_tensor(losses[k], device=self.device).detach().reshape(())
+                         for k in keys]).to(torch.float64)  # one stack, one cast
         dist.all_reduce(t)
         t /= self.world
         return dict(zip(keys, t.unbind()))
