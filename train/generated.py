@@ -9,7 +9,7 @@ sample:
   (:func:`uniforms`): no generator state, so sample ``k`` is the same whatever the batch it falls
   in, the number of DDP processes, or a resume in between;
 - the draws and the trajectories are a few numbers per sample ([batch, digits, frames, 2]), made on
-  the host with numpy in the host generator's own float64 arithmetic (``frames`` vectorised steps);
+  the host by the host generator's own :func:`~frametrans.data.moving_digits.trajectories`;
   they go to the device in one copy (:func:`placements`);
 - the digit sprites live on the device (uploaded once, :class:`DeviceDigits`), and compositing is
   one ``scatter_`` per digit into a uint8 [batch, frames, size, size] canvas there, the digits'
@@ -30,6 +30,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
+from frametrans.data.moving_digits import trajectories
 from frametrans.train.datasets import DataError, TrainDataset
 
 _M32 = 0xFFFFFFFF
@@ -74,28 +75,6 @@ def uniforms(seed: int, stream: int, ks: torch.Tensor, n: int) -> torch.Tensor:
     lo = _fmix32(h ^ 0x1B873593)
     u = ((hi >> 5).astype(np.float64) * 67108864.0 + (lo >> 6).astype(np.float64)) / 9007199254740992.0
     return torch.from_numpy(u)
-
-
-def trajectories(start: np.ndarray, theta: np.ndarray, frames: int, step_length: float,
-                 canvas: int) -> np.ndarray:
-    """Top-left offsets of every digit in every frame: int64 [B, digits, frames, 2] (y, x).
-
-    start: float64 [B, digits, 2] in [0, 1) (y, x); theta: float64 [B, digits], the direction in
-    radians. The standard generator, in the same numpy arithmetic as
-    :meth:`frametrans.data.MovingDigits.draw`: step, then every coordinate at or beyond a border is
-    clamped to it and its velocity flipped; offsets are ``int(canvas * position)``.
-    """
-    pos = np.array(start, dtype=np.float64)
-    vel = np.stack([np.sin(theta), np.cos(theta)], axis=-1) * step_length
-    path = np.empty((frames,) + pos.shape)
-    hit = np.empty(pos.shape, dtype=bool)
-    for i in range(frames):
-        pos += vel
-        np.logical_or(pos <= 0.0, pos >= 1.0, out=hit)
-        np.negative(vel, out=vel, where=hit)  # the host generator's vel[hit] = -vel[hit]
-        np.minimum(np.maximum(pos, 0.0, out=pos), 1.0, out=pos)
-        path[i] = pos
-    return (canvas * np.moveaxis(path, 0, -2)).astype(np.int64)
 
 
 def placements(digit: np.ndarray, offsets: np.ndarray, size: int) -> np.ndarray:

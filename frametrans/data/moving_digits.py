@@ -145,6 +145,29 @@ class Trajectories:
         return Trajectories(self.digit[s], self.top[s], self.left[s])
 
 
+def trajectories(start: np.ndarray, theta: np.ndarray, frames: int, step_length: float,
+                 canvas: int) -> np.ndarray:
+    """Top-left offsets of every digit in every frame: int64 [B, digits, frames, 2] (y, x).
+
+    start: float64 [B, digits, 2] in [0, 1) (y, x); theta: float64 [B, digits], the direction in
+    radians. The standard generator, one set of array ops per frame: step ``step_length``, then
+    every coordinate at or beyond a border is clamped to it and its velocity flipped; offsets are
+    ``int(canvas * position)``. The host generator and the training one
+    (:mod:`frametrans.train.generated`) both draw their paths here.
+    """
+    pos = np.array(start, dtype=np.float64)
+    vel = np.stack([np.sin(theta), np.cos(theta)], axis=-1) * step_length
+    path = np.empty((frames,) + pos.shape)
+    hit = np.empty(pos.shape, dtype=bool)
+    for i in range(frames):
+        pos += vel
+        np.logical_or(pos <= 0.0, pos >= 1.0, out=hit)
+        np.negative(vel, out=vel, where=hit)  # bounce: vel[hit] = -vel[hit]
+        np.minimum(np.maximum(pos, 0.0, out=pos), 1.0, out=pos)
+        path[i] = pos
+    return (canvas * np.moveaxis(path, 0, -2)).astype(np.int64)
+
+
 class MovingDigits:
     """Generator of bouncing-digit sequences.
 
@@ -186,18 +209,8 @@ class MovingDigits:
         y = rng.random(shape)
         x = rng.random(shape)
         theta = rng.random(shape) * 2 * np.pi
-        # y and x side by side: pos, vel [n, num_digits, 2]; one set of array ops per frame
-        pos = np.stack([y, x], axis=-1)
-        vel = np.stack([np.sin(theta), np.cos(theta)], axis=-1) * self.step_length
-        path = np.empty((self.frames,) + pos.shape)
-        for i in range(self.frames):  # the standard generator: step, then bounce off the walls
-            pos += vel
-            hit = (pos <= 0.0) | (pos >= 1.0)
-            vel[hit] = -vel[hit]
-            np.minimum(np.maximum(pos, 0.0, out=pos), 1.0, out=pos)
-            path[i] = pos
-        canvas = self.size - self.digit_size
-        offsets = (canvas * np.moveaxis(path, 0, -2)).astype(np.int64)  # [n, num_digits, frames, 2]
+        offsets = trajectories(np.stack([y, x], axis=-1), theta, self.frames, self.step_length,
+                               self.size - self.digit_size)  # [n, num_digits, frames, 2]
         return Trajectories(digit, offsets[..., 0], offsets[..., 1])
 
     def render(self, traj: Trajectories) -> np.ndarray:
