@@ -36,7 +36,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
 import torch
@@ -447,12 +447,13 @@ class Trainer:
                 method.after_step()
                 self.step += 1
                 self.sample += o.batch_size
-                for step, values in unread.read() if self._due(end) or unread.full() else ():  # one wait
+                due = self._due(end)
+                for step, values in unread.read() if due or unread.full() else ():  # one wait
                     self._check_finite(values, step)
                     for k, v in values.items():
                         pending.setdefault(k, []).append(v)
                     result.last_losses = values
-                if (self.step % o.log_every == 0 or self.step == end) and log_file is not None:
+                if "log" in due and log_file is not None:
                     record = {"step": self.step, "time": round(self._elapsed(), 3),
                               **{k: float(np.mean(v)) for k, v in pending.items()}, "lr": lr}
                     log_file.write(_json_line(record))
@@ -462,14 +463,14 @@ class Trainer:
                     shown = [k for k in record if k not in ("step", "time", "lr")][:5]
                     self.bar.set_postfix({k: f"{record[k]:.3g}" for k in shown}, refresh=False)
                 self.bar.update(1)
-                if self.step % o.sample_every == 0 and self.is_main:
+                if "samples" in due and self.is_main:
                     self._write_samples()
-                if self.step % o.val_every == 0 and self.is_main:
+                if "val" in due and self.is_main:
                     metrics = self._validate()
                     if metrics is not None:
                         result.last_val = metrics
                         self._say(f"step {self.step}: val " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
-                if self.step % o.save_every == 0 or self.step == end:
+                if "save" in due:
                     exports = self.save()
                     self._say(f"step {self.step}/{self.total}: saved {', '.join(p.name for p in exports)} "
                               f"and {STATE_FILE} in {self.run_dir}")
@@ -480,12 +481,15 @@ class Trainer:
         result.step, result.exports = self.step, exports
         return result
 
-    def _due(self, end: int) -> bool:
-        """Whether this step writes anything (a log record, samples, validation, a checkpoint) or
-        ends the run: the losses are read (and checked) there, before anything is written."""
-        o = self.options
-        return (self.step == end or self.step % o.log_every == 0 or self.step % o.sample_every == 0
-                or self.step % o.val_every == 0 or self.step % o.save_every == 0)
+    def _due(self, end: int) -> Set[str]:
+        """What this step writes: a log record, samples, validation, a checkpoint (``log``,
+        ``samples``, ``val``, ``save``; the last step logs and saves). Where it writes anything,
+        the losses are read and checked first."""
+        o, step = self.options, self.step
+        return {name for name, on in (("log", step % o.log_every == 0 or step == end),
+                                      ("samples", step % o.sample_every == 0),
+                                      ("val", step % o.val_every == 0),
+                                      ("save", step % o.save_every == 0 or step == end)) if on}
 
     def _check_finite(self, losses: Dict[str, float], step: int) -> None:
         bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
