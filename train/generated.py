@@ -93,19 +93,17 @@ def sprite_box(d: int, size: int, device: torch.device) -> torch.Tensor:
     return (torch.arange(d, device=device)[:, None] * size + torch.arange(d, device=device)[None, :]).view(1, -1)
 
 
-def composite(sprites: torch.Tensor, placed: torch.Tensor, size: int, box: Optional[torch.Tensor] = None
-              ) -> torch.Tensor:
+def composite(sprites: torch.Tensor, placed: torch.Tensor, size: int, box: torch.Tensor) -> torch.Tensor:
     """Paste the sprites where :func:`placements` says, with ``max``: float32 [B, frames, 1, size,
     size] in [0, 1], on ``sprites.device``.
 
     sprites: uint8 [N, d, d]; placed: int64 [B, digits, 1 + frames] on the same device, every
-    sprite inside its frame; box: :func:`sprite_box` (made here when None). Each digit is
+    sprite inside its frame; box: :func:`sprite_box` of the sprites (made once). Each digit is
     scattered into its own uint8 canvas (one sprite per frame: no index repeats), the canvases
     combined with ``maximum``.
     """
     b, nd, f = placed.shape[0], placed.shape[1], placed.shape[2] - 1
     d = sprites.shape[-1]
-    box = sprite_box(d, size, sprites.device) if box is None else box
     out: Optional[torch.Tensor] = None
     for k in range(nd):
         index = (placed[:, k, 1:].reshape(-1, 1) + box).view(-1)  # [B * F * d * d]
