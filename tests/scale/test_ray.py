@@ -59,7 +59,14 @@ def tree(folder):
 
 
 def local_run(inputs, out, model, opts):
-    return apply_paths([str(inputs)], str(out), Translator.load(model, FP32), opts)
+    """The local reference, on one thread as each CPU worker runs: fp32 sums taken in another
+    order (another thread count) move a few pixels by a grey level or two."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return apply_paths([str(inputs)], str(out), Translator.load(model, FP32), opts)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def check_video_like_local(ours, local, source):
