@@ -251,6 +251,24 @@ def test_gif_output(tmp_path):
     assert len(list(iter_image_frames(out))) == 6
 
 
+def test_gif_keeps_a_frame_of_256_colours_exactly_and_a_photo_near(tmp_path, bbb_small):
+    """Each GIF frame gets its own palette: up to 256 colours come back exact (a fixed 3-3-2
+    palette has none of these random colours); a photo keeps >= 30 dB (3-3-2 gave ~21)."""
+    rng = np.random.default_rng(3)
+    colours = rng.integers(0, 256, (256, 3), dtype=np.uint8)
+    few = [colours[rng.integers(0, n, (90, 160))] for n in (256, 2, 1)]
+    photos = bbb_small[0][60:63]
+    out = tmp_path / "anim.gif"
+    with VideoWriter(out, fps=10) as writer:
+        for image in few + photos:
+            writer.write(image)
+    back = [f.image for f in iter_video_frames(out)]
+    assert all(np.array_equal(a, b) for a, b in zip(few, back[:3]))
+    for a, b in zip(photos, back[3:]):
+        mse = np.mean((a.astype(float) - b.astype(float)) ** 2)
+        assert 10 * np.log10(255 ** 2 / mse) >= 30
+
+
 def test_odd_size_write(tmp_path):
     images = [pattern(13, 7, i) for i in range(3)]
     with VideoWriter(tmp_path / "pad.mp4", preset="ultrafast") as writer:
