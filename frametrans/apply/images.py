@@ -42,7 +42,7 @@ def apply_images(jobs: List[Job], translator: Translator, opts: OutputOptions, r
     outputs before it in input order are finished, the ones after it are not committed (listed in
     ``report.not_done`` with the inputs not read yet), whatever the number of threads.
     """
-    todo = _to_do(jobs, translator, opts, report, progress)
+    todo, kept = _to_do(jobs, translator, opts, report, progress)
     workers = io_threads or default_workers()
     queue = translator.queue_bytes()
     depth = min(2 * workers, queue_items())  # what the memory plan counts, also with --io-threads > cores
@@ -76,7 +76,8 @@ def apply_images(jobs: List[Job], translator: Translator, opts: OutputOptions, r
         for frame, outs in run_variants(frames(), translator, model_failed):
             job = jobs_by_frame.pop(id(frame))
             for (suffix, out) in outs:
-                writer.submit((job, suffix, frame, out))
+                if suffix not in kept.get(id(job), ()):
+                    writer.submit((job, suffix, frame, out))
             report.frames += 1
             main.items += 1
             if progress is not None:
@@ -94,17 +95,27 @@ def apply_images(jobs: List[Job], translator: Translator, opts: OutputOptions, r
         report.not_done.extend(j.src for j in todo if id(j) not in started)
 
 
-def _to_do(jobs: List[Job], translator: Translator, opts: OutputOptions, report: Report, progress) -> List[Job]:
-    """The jobs left after --skip-existing (the others counted as done), the translator told how
-    many frames are coming."""
-    todo = [j for j in jobs if not skip_done(j, translator, opts, report)]
+def _to_do(jobs: List[Job], translator: Translator, opts: OutputOptions, report: Report, progress
+           ) -> Tuple[List[Job], Dict[int, set]]:
+    """The jobs left after --skip-existing (the others counted as done), and the suffixes of the
+    outputs each of them keeps (by ``id(job)``: MUNIT styles written before; the images run as one
+    batch stream through every variant, these are not written); the translator told how many
+    frames are coming."""
+    todo, kept = [], {}
+    for j in jobs:
+        left = to_write(j, translator, opts, report)
+        if left is None:
+            continue
+        todo.append(j)
+        if left is not translator:
+            kept[id(j)] = {v.suffix for v in translator.variants} - {v.suffix for v in left.variants}
     if opts.temporal != "off":
         log.warning("--temporal %s: still images have no frame order; they are translated one by "
                     "one (videos, animations and streams are stabilized)", opts.temporal)
     translator.expect(len(todo))
     if progress is not None:
         progress.update(len(jobs) - len(todo))
-    return todo
+    return todo, kept
 
 
 def _reader(opts: OutputOptions) -> Callable[[Job], Tuple[Job, Optional[Frame], Optional[str]]]:
@@ -162,14 +173,17 @@ def _recorder(report: Report) -> Callable[[Outcome], None]:
     return record
 
 
-def skip_done(job: Job, translator: Translator, opts: OutputOptions, report: Report) -> bool:
-    """With --skip-existing: True (and reported as skipped) when every output of ``job`` exists."""
+def to_write(job: Job, translator: Translator, opts: OutputOptions, report: Report) -> Optional[Translator]:
+    """The translator for the outputs of ``job`` still to write: with --skip-existing, the outputs
+    that exist (MUNIT styles: each on its own) are reported as skipped and never rewritten, and
+    only the others run (:meth:`Translator.subset`); None when every one exists."""
     if not opts.skip_existing:
-        return False
-    if all(variant_path(job.dst, v.suffix).exists() for v in translator.variants):
-        report.skipped.append(job.dst)
-        return True
-    return False
+        return translator
+    existing = [v.suffix for v in translator.variants if variant_path(job.dst, v.suffix).exists()]
+    report.skipped.extend(variant_path(job.dst, s) for s in existing)
+    if len(existing) == len(translator.variants):
+        return None
+    return translator.subset(v.suffix for v in translator.variants if v.suffix not in existing)
 
 
 def prepare_frame(frame: Frame, opts: OutputOptions) -> Frame:
@@ -237,7 +251,8 @@ def apply_animation(job: Job, translator: Translator, opts: OutputOptions, repor
     convert them to a video. Raises :class:`InputError` before any frame is decoded when the
     output format cannot hold what the input is (pages to .png/.webp, an animation to .tif).
     """
-    if skip_done(job, translator, opts, report):
+    translator = to_write(job, translator, opts, report)
+    if translator is None:
         return
     info = images.animation_info(job.src)
     _check_animation_output(job, translator, info)

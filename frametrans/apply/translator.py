@@ -10,6 +10,7 @@ smoothed across time (:mod:`frametrans.engine.smoothing`), one state per variant
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import logging
@@ -101,6 +102,20 @@ class Translator:
         from frametrans.checkpoint import load_model
 
         return cls(load_model(model, yaml_config=yaml_config), options, **kwargs)
+
+    def subset(self, suffixes: Iterable[str]) -> "Translator":
+        """This translator with only the variants whose suffix is in ``suffixes`` (their order
+        kept): the same model, session and runners, and the same :meth:`fingerprint` (the pixels
+        of a variant do not depend on which others run). ``self`` when that is all of them."""
+        keep = set(suffixes)
+        if all(v.suffix in keep for v in self.variants):
+            return self
+        view = copy.copy(self)
+        view._fingerprint = self.fingerprint()
+        view.variants = [v for v in self.variants if v.suffix in keep]
+        view.styles = [s for v, s in zip(self.variants, self.styles) if v.suffix in keep]
+        view._smoothed = {f: [v for v in vs if v.suffix in keep] for f, vs in self._smoothed.items()}
+        return view
 
     @property
     def device(self) -> torch.device:
@@ -344,12 +359,40 @@ def run_variants(frames: Iterable[Frame], translator: Translator,
         for frame, out in run_guarded(v.runner, frames, on_error):
             yield frame, [(v.suffix, out)]
         return
-    for frame in frames:
-        outs = []
-        for v in variants:
-            got = list(run_guarded(v.runner, [frame], on_error))
-            if not got:  # failed and reported
-                break
-            outs.append((v.suffix, got[0][1]))
-        else:
-            yield frame, outs
+    for chunk in _batches(frames, variants[0].runner):
+        outs: Dict[int, List[Tuple[str, np.ndarray]]] = {id(f): [] for f in chunk}
+        for k, v in enumerate(variants):
+            for frame, out in run_guarded(v.runner, [f for f in chunk if id(f) in outs], on_error):
+                outs[id(frame)].append((v.suffix, out))
+            for f in chunk:  # failed and reported: not run through the other variants
+                if len(outs.get(id(f), ())) <= k:
+                    outs.pop(id(f), None)
+        for f in chunk:
+            if id(f) in outs:
+                yield f, outs[id(f)]
+
+
+def _batches(frames: Iterable[Frame], runner: Runner) -> Iterator[List[Frame]]:
+    """Consecutive frames of one size and depth, as many as ``runner`` batches: every variant runs
+    the same batches, so a style's pixels do not depend on how many styles run. A failing source
+    (a cut video) first gives the frames read before its error."""
+    chunk: List[Frame] = []
+    source = iter(frames)
+    while True:
+        try:
+            frame = next(source)
+        except StopIteration:
+            break
+        except Exception:  # noqa: BLE001 - re-raised once the frames before it are out
+            if chunk:
+                yield chunk
+            raise
+        if chunk and (chunk[0].image.shape, chunk[0].image.dtype) != (frame.image.shape, frame.image.dtype):
+            yield chunk
+            chunk = []
+        chunk.append(frame)
+        if len(chunk) >= runner.for_depth(frame.image.dtype).batch_size_for(frame.image.shape):
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

@@ -10,7 +10,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 
-from frametrans.apply.images import prepare_frame, skip_done, target_size, to_8bit
+from frametrans.apply.images import prepare_frame, target_size, to_8bit, to_write
 from frametrans.apply.jobs import Job, OutputOptions, variant_path
 from frametrans.apply.report import Report, progress_bar, signals_deferred
 from frametrans.apply.manifest import partial_file
@@ -34,7 +34,8 @@ def apply_video(job: Job, translator: Translator, opts: OutputOptions, report: R
     goes on. A truncated input: every decodable frame is written under the final name and the cut
     is reported (InputError). Any other error: nothing is left under the output name.
     """
-    if skip_done(job, translator, opts, report):
+    translator = to_write(job, translator, opts, report)
+    if translator is None:
         return
     info = video.probe_video(job.src)
     translator.expect(info.frame_estimate)

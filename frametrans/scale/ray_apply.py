@@ -102,6 +102,7 @@ class WorkUnit:
     expected_frames: int = 0  # join: frames the parts hold
     frames: int = 1
     outputs: Tuple[str, ...] = ()  # files: the final paths it writes (all variants)
+    suffixes: Tuple[str, ...] = ()  # files: only these variants (--skip-existing kept the others); () all
     resume: bool = False  # files: a video continued from its NAME.partial/ folder (--resume)
     done: Optional[Tuple[int, int, int]] = None  # segment: (frames, first pts, last pts) of an earlier run
 
@@ -185,8 +186,9 @@ class FrameWorker:
         # --resume: the video goes on from its closed segments (a retry of the unit too); the
         # worker's own model checks the job's settings
         opts = dataclasses.replace(self.opts, overwrite=False, skip_existing=True) if unit.resume else self.opts
+        translator = self.translator.subset(unit.suffixes) if unit.suffixes else self.translator
         try:
-            report = apply_paths(list(unit.srcs), unit.dst, self.translator, opts)
+            report = apply_paths(list(unit.srcs), unit.dst, translator, opts)
         except (InputError, OSError, ValueError, RuntimeError) as exc:
             return Outcome(failed=[(s, _message(exc, s)) for s in unit.srcs],
                            stopped=_message(exc, unit.dst) if is_fatal_write_error(exc) else None)
@@ -386,13 +388,8 @@ def ray_apply(inputs: Sequence[str], output: str, model: str,
     report = Report()
     for src, msg in problems:
         report.fail(src, msg)
-    todo = []
-    for j in jobs:
-        if opts.skip_existing and all(variant_path(j.dst, s).exists() for s in suffixes):
-            report.skipped.append(j.dst)
-        else:
-            todo.append(j)
-    units = plan_units(todo, opts, segment_seconds, suffixes)
+    todo, partial = _to_do(jobs, opts, suffixes, report)
+    units = plan_units(todo, opts, segment_seconds, suffixes, partial)
     if not units:
         return report
 
@@ -426,17 +423,39 @@ def ray_apply(inputs: Sequence[str], output: str, model: str,
     return report
 
 
+def _to_do(jobs: Sequence[Job], opts: OutputOptions, suffixes: Sequence[str], report: Report
+           ) -> Tuple[List[Job], Dict[int, Tuple[str, ...]]]:
+    """The jobs to run, and (by ``id(job)``) the variants to write of those whose other outputs
+    exist: with --skip-existing an existing output is reported as skipped and never rewritten."""
+    todo, partial = [], {}
+    for j in jobs:
+        existing = [s for s in suffixes if opts.skip_existing and variant_path(j.dst, s).exists()]
+        report.skipped.extend(variant_path(j.dst, s) for s in existing)
+        if len(existing) < len(suffixes):
+            todo.append(j)
+        if existing and len(existing) < len(suffixes):
+            partial[id(j)] = tuple(s for s in suffixes if s not in existing)
+    return todo, partial
+
+
 def plan_units(jobs: Sequence[Job], opts: OutputOptions, segment_seconds: Optional[float],
-               suffixes: Sequence[str] = ("",)) -> List[WorkUnit]:
+               suffixes: Sequence[str] = ("",), partial: Optional[Dict[int, Tuple[str, ...]]] = None
+               ) -> List[WorkUnit]:
     """Cut planned jobs into work units, biggest first: segments of long videos, whole videos,
     then groups of images sharing an output folder. ``suffixes``: the output variants' (MUNIT
-    styles)."""
+    styles). ``partial``: by ``id(job)``, the only variants to write of a job (one whole unit each)."""
     def outputs(group: Sequence[Job]) -> Tuple[str, ...]:
         return tuple(str(variant_path(j.dst, s)) for j in group for s in suffixes)
 
     units: List[WorkUnit] = []
     images: Dict[Path, List[Job]] = {}
     for j in jobs:
+        only = (partial or {}).get(id(j))
+        if only:
+            resume = j.kind == "video" and not opts.overwrite and opts.segmented(j.dst)  # as _video_units
+            units.append(WorkUnit("files", (str(j.src),), str(j.dst), outputs=tuple(
+                str(variant_path(j.dst, s)) for s in only), suffixes=only, resume=resume))
+            continue
         if j.kind == "image":
             if output_path_for(j.src, j.src.parent, j.dst.parent, opts.ext) == j.dst:
                 images.setdefault(j.dst.parent, []).append(j)

@@ -313,6 +313,67 @@ def test_munit_styles_named_and_distinct(tmp_path, munit_path):
     assert read_image(tmp_path / "guided.png").image.shape == (64, 64, 3)
 
 
+def test_munit_styles_run_in_batches_and_alone_give_the_same_pixels(munit_path, monkeypatch):
+    """Several styles run the frames in the runner's batches, each style the same batches (a style
+    run alone gives its pixels bit for bit; with one frame at a time they moved by a grey level)."""
+    from frametrans.apply import Translator
+    from frametrans.apply.translator import run_variants
+    from frametrans.engine.runner import Runner, RunnerOptions
+    from frametrans.io.frame import Frame
+
+    options = RunnerOptions(device="cpu", precision="fp32", batch_size=3, compile="off", backend="torch")
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (24, 32, 3), dtype=np.uint8) for _ in range(7)] + \
+        [rng.integers(0, 256, (16, 32, 3), dtype=np.uint8) for _ in range(2)]
+    batches, launch = [], Runner._launch
+
+    def counted(self, frames, images, *a, **k):
+        batches.append(len(images))
+        return launch(self, frames, images, *a, **k)
+    monkeypatch.setattr(Runner, "_launch", counted)
+    both = Translator.load(munit_path, options, num_styles=2, seed=1)
+    outs = [dict(o) for _, o in run_variants([Frame(image=i) for i in images], both)]
+    assert batches == [3, 3, 3, 3, 1, 1, 2, 2]  # per batch: style 0, then style 1
+    alone = [dict(o) for _, o in run_variants([Frame(image=i) for i in images], both.subset(["_style1"]))]
+    assert [list(o) for o in alone] == [["_style1"]] * 9
+    assert all(np.array_equal(a["_style1"], b["_style1"]) for a, b in zip(outs, alone))
+
+
+def test_skip_existing_keeps_each_munit_style_output(tmp_path, munit_path):
+    """--skip-existing with more styles than a first run wrote, and with one style output removed:
+    the outputs there are kept as they are (a user's edit included) and reported as skipped; only
+    the missing ones are written, equal to a fresh run's. Still images, an animated WebP, a GIF
+    (a video in one piece) and an MP4 (segmented)."""
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(skimage.data.chelsea()[:40, :48]).save(src / "cat.png")
+    frames = [Image.fromarray(skimage.data.coffee()[i:i + 32, :40]) for i in (0, 4, 8)]
+    frames[0].save(src / "anim.webp", save_all=True, append_images=frames[1:], duration=100, lossless=True)
+    make_clip(src / "clip.gif", n=3, h=32, w=40, codec="gif", pix_fmt="rgb8")
+    make_clip(src / "clip.mp4", n=3, h=32, w=40)
+    common = ["-m", munit_path, "--seed", "1", "--precision", "fp32", "--crf", "0", "--quiet"]
+    assert run("apply", src, "-o", tmp_path / "fresh", "--num-styles", "3", *common).exit_code == 0
+    out = tmp_path / "out"
+    assert run("apply", src, "-o", out, "--num-styles", "2", *common).exit_code == 0
+    names = ["cat{}.png", "anim{}.webp", "clip{}.gif", "clip{}.mp4"]
+    for n in names:  # style0 edited by hand, style1 removed, style2 never written
+        edited = out / n.format("_style0")
+        edited.write_bytes(edited.read_bytes() + b"edited")
+        (out / n.format("_style1")).unlink()
+    before = {n: (out / n.format("_style0")).read_bytes() for n in names}
+    res = run("apply", src, "-o", out, "--num-styles", "3", "--skip-existing", *common[:-1])
+    assert res.exit_code == 0, res.output
+    assert "8 written" in res.output and "4 skipped" in res.output
+    for n in names:
+        assert (out / n.format("_style0")).read_bytes() == before[n]
+        for k in ("_style1", "_style2"):
+            if n.endswith(".png"):
+                assert np.array_equal(read_image(out / n.format(k)).image, read_image(tmp_path / "fresh" / n.format(k)).image)
+            else:
+                assert (out / n.format(k)).stat().st_size > 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(n.format(k) for n in names for k in ("_style0", "_style1", "_style2"))
+
+
 @pytest.mark.parametrize("args, message", [
     (["--batch-size", "0"], "must be > 0"),
     (["--device", "tpu"], "unknown device"),

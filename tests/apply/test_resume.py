@@ -313,3 +313,32 @@ def test_settings_name_the_stabilizer_flow_when_it_blends():
     assert settings_of(t, OutputOptions(temporal="auto", temporal_flow="torch"))["temporal_flow"] == "torch-farneback"
     assert "temporal_flow" not in settings_of(t, OutputOptions(temporal="stats"))
     assert "temporal_flow" not in settings_of(t, OutputOptions())
+
+
+def test_munit_style_kept_by_skip_existing_and_the_rest_resumed(tmp_path, clip):
+    """MUNIT, two styles, style0's output there already: the job writes style1 alone, is killed
+    inside a segment and resumed; the manifest of that one-style job matches the resumed run's
+    settings, style0 is untouched and style1 equals an uninterrupted two-style run's."""
+    import torch
+
+    from frametrans.checkpoint import save_model
+    from frametrans.models.munit import MUNIT, MUNITConfig
+
+    torch.manual_seed(0)
+    munit = save_model(MUNIT(MUNITConfig(dim=4, style_dim=3, n_res=1, mlp_dim=8)), tmp_path / "munit.safetensors")
+    styles = ["-m", munit, "--num-styles", "2", "--seed", "1", *FAST]
+    res = run("apply", clip, "-o", tmp_path / "ref" / "clip.mp4", *styles, "--quiet")
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "out" / "clip.mp4"
+    out.parent.mkdir()
+    (out.parent / "clip_style0.mp4").write_bytes(b"kept")
+    args = ["apply", clip, "-o", out, *styles, *SEG, "--skip-existing"]
+    killed_run(args, "frame", 64)
+    manifest = Manifest.load(out.parent / "clip.partial")
+    assert manifest.outputs == ["clip_style1.mp4"] and manifest.frames_done >= 25
+    res = run(*args[:-1], "--resume")
+    assert res.exit_code == 0, res.output
+    assert frames_written(res.output) == N - manifest.frames_done and "1 skipped" in res.output
+    assert (out.parent / "clip_style0.mp4").read_bytes() == b"kept"
+    assert_same(out.parent / "clip_style1.mp4", decoded(tmp_path / "ref" / "clip_style1.mp4"))
+    assert sorted(p.name for p in out.parent.iterdir()) == ["clip_style0.mp4", "clip_style1.mp4"]

@@ -1,5 +1,6 @@
 """`frametrans apply --ray`: a local Ray with 2 CPUs gives the same outputs as a local run."""
 
+import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -131,6 +132,43 @@ def test_worker_killed_mid_run_every_output_once(tmp_path, ray_local, model, inp
     assert tree(tmp_path / "ray") == tree(tmp_path / "local")  # no temporary or part files left
     check_video_like_local(tmp_path / "ray" / "clip.mp4", tmp_path / "local" / "clip.mp4",
                            inputs / "clip.mp4")
+
+
+@pytest.mark.ray
+def test_skip_existing_keeps_each_munit_style_output(tmp_path, ray_local, inputs):
+    """A MUNIT job whose outputs exist in part: the existing ones are kept as they are (an edit
+    included) and reported as skipped; the workers write only the missing ones, as a local run
+    from the same state does."""
+    from frametrans.models.munit import MUNIT, MUNITConfig
+    from frametrans.scale import ray_apply
+
+    torch.manual_seed(0)
+    munit = str(save_model(MUNIT(MUNITConfig(dim=4, style_dim=3, n_res=1, mlp_dim=8)), tmp_path / "munit.safetensors"))
+    src = [str(inputs / "img0.png"), str(inputs / "clip.mp4")]
+    styles = dict(num_styles=2, seed=1)
+    opts = OutputOptions(crf=0, quiet=True, skip_existing=True)
+    for run in ("local", "ray"):
+        (tmp_path / run).mkdir()
+        (tmp_path / run / "img0_style0.png").write_bytes(b"edited by hand")
+        (tmp_path / run / "clip_style1.mp4").write_bytes(b"kept")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each worker
+    try:
+        local = apply_paths(src, str(tmp_path / "local"), Translator.load(munit, FP32, **styles), opts)
+    finally:
+        torch.set_num_threads(threads)
+    report = ray_apply(src, str(tmp_path / "ray"), munit, FP32, opts, **styles)
+    assert report.ok, report.failed
+    for r in (local, report):
+        assert sorted(p.name for p in r.written) == ["clip_style0.mp4", "img0_style1.png"]
+        assert sorted(p.name for p in r.skipped) == ["clip_style1.mp4", "img0_style0.png"]
+    out = tmp_path / "ray"
+    assert (out / "img0_style0.png").read_bytes() == b"edited by hand"
+    assert (out / "clip_style1.mp4").read_bytes() == b"kept"
+    assert tree(out) == tree(tmp_path / "local")
+    assert np.array_equal(read_image(out / "img0_style1.png").image,
+                          read_image(tmp_path / "local" / "img0_style1.png").image)
+    check_video_like_local(out / "clip_style0.mp4", tmp_path / "local" / "clip_style0.mp4", inputs / "clip.mp4")
 
 
 def test_without_ray_the_flag_says_how_to_install(tmp_path, model, inputs, monkeypatch):
