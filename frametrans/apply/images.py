@@ -75,9 +75,8 @@ def apply_images(jobs: List[Job], translator: Translator, opts: OutputOptions, r
     try:
         for frame, outs in run_variants(frames(), translator, model_failed):
             job = jobs_by_frame.pop(id(frame))
-            for (suffix, out) in outs:
-                if suffix not in kept.get(id(job), ()):
-                    writer.submit((job, suffix, frame, out))
+            for suffix, out in (o for o in outs if o[0] not in kept.get(id(job), ())):  # --skip-existing
+                writer.submit((job, suffix, frame, out))
             report.frames += 1
             main.items += 1
             if progress is not None:
