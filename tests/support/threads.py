@@ -10,8 +10,11 @@ _SET_BY_US = False
 
 
 def use_one_thread() -> int:
-    """Set OMP_NUM_THREADS=1 when unset and this process's torch threads to its value; returns
-    the thread count before, for :func:`restore`."""
+    """Set OMP_NUM_THREADS=1 when unset, and this process's torch threads to 1 then; returns the
+    thread count before, for :func:`restore`. A user's OMP_NUM_THREADS is left to torch, which read
+    it at import as the processes tests start will: it caps it at the cores (3 gives 2 threads on 2
+    cores), where ``torch.set_num_threads(3)`` would give this process 3, and outputs compared
+    with a child's would differ in the last bit of a few sums."""
     import torch
 
     global _SET_BY_US
@@ -19,7 +22,7 @@ def use_one_thread() -> int:
     if "OMP_NUM_THREADS" not in os.environ:
         os.environ["OMP_NUM_THREADS"] = "1"
         _SET_BY_US = True
-    torch.set_num_threads(max(1, int(os.environ["OMP_NUM_THREADS"])))
+        torch.set_num_threads(1)
     return before
 
 
