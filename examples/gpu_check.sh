@@ -7,7 +7,7 @@
 # aoti.txt (the compiled CUDA package loaded four ways, each in a child), precision.txt
 # (examples/precision_cost.py: bf16 with each FRAMETRANS_KEEP_FP32 mode, speed and PSNR to fp32),
 # apply.txt (the README's first command, --yuv on against off and with --hwdec cuda, timed, and
-# the PSNR between --yuv on and off),
+# the PSNR between --yuv on and off; MUNIT with 4 styles, timed, with the main thread's time a frame),
 # predictor.txt (Moving MNIST predictor training at batch 64: data and step time in fp32, bf16 and
 # compiled fp32, and a profile of the fp32 step, when MNIST_DIR, default .mnist, holds t10k-images-idx3-ubyte.gz), temporal.txt (`frametrans bench temporal` on CUDA:
 # what --temporal stats / auto cost beside the model, at 640x360, and at 1080p with the flow on the
@@ -121,6 +121,13 @@ apply_once() {  # $1: --yuv mode, $2: --hwdec mode; the README's first command o
     time frametrans apply examples/data/clip.mp4 -o "$out/clip_$1.mp4" --model cyclegan --device cuda \
         --yuv "$1" --hwdec "$2" --crf 0 --overwrite -q
 }
+styles_once() {  # MUNIT with 4 styles: each batch goes through every style (one frame at a time before 2026-12-02)
+    echo "munit --num-styles 4:"
+    local TIMEFORMAT="%R s wall, %U s user, %S s sys"
+    time frametrans -v apply examples/data/clip.mp4 -o "$out/styles/" --model munit --num-styles 4 --device cuda \
+        --overwrite 2>&1 | grep -E "per frame|written"
+    rm -rf "$out/styles"
+}
 compare() {
     python3 - "$out" <<'EOF2'
 import sys, av, numpy as np
@@ -139,6 +146,7 @@ if want apply; then
     for mode in off on off on; do step apply_once "$mode" off >> "$out/apply.txt" 2>&1; done
     step apply_once on cuda >> "$out/apply.txt" 2>&1  # NVDEC too: the same frames, so the PSNR below is unchanged
     step compare >> "$out/apply.txt" 2>&1
+    step styles_once >> "$out/apply.txt" 2>&1
     cat "$out/apply.txt"
     rm -f "$out"/clip_*.mp4
 fi
