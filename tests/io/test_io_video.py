@@ -253,20 +253,22 @@ def test_gif_output(tmp_path):
 
 def test_gif_keeps_a_frame_of_256_colours_exactly_and_a_photo_near(tmp_path, bbb_small):
     """Each GIF frame gets its own palette: up to 256 colours come back exact (a fixed 3-3-2
-    palette has none of these random colours); a photo keeps >= 30 dB (3-3-2 gave ~21)."""
+    palette has none of these random colours); a photo keeps >= 30 dB (3-3-2 gave ~21), and the
+    same photo darkened 8x >= 40 dB (the octree alone gave it 8 colours)."""
     rng = np.random.default_rng(3)
     colours = rng.integers(0, 256, (256, 3), dtype=np.uint8)
     few = [colours[rng.integers(0, n, (90, 160))] for n in (256, 2, 1)]
     photos = bbb_small[0][60:63]
+    dark = [p // 8 for p in photos]
     out = tmp_path / "anim.gif"
     with VideoWriter(out, fps=10) as writer:
-        for image in few + photos:
+        for image in few + photos + dark:
             writer.write(image)
     back = [f.image for f in iter_video_frames(out)]
     assert all(np.array_equal(a, b) for a, b in zip(few, back[:3]))
-    for a, b in zip(photos, back[3:]):
+    for a, b, floor in zip(photos + dark, back[3:], [30] * 3 + [40] * 3):
         mse = np.mean((a.astype(float) - b.astype(float)) ** 2)
-        assert 10 * np.log10(255 ** 2 / mse) >= 30
+        assert 10 * np.log10(255 ** 2 / mse) >= floor
 
 
 def test_odd_size_write(tmp_path):
