@@ -41,8 +41,24 @@ def apply_images(jobs: List[Job], translator: Translator, opts: OutputOptions, r
     write error that will repeat for every file (full or read-only disk) stops the job: the
     outputs before it in input order are finished, the ones after it are not committed (listed in
     ``report.not_done`` with the inputs not read yet), whatever the number of threads.
+
+    With --skip-existing the jobs whose outputs all exist are counted as done, and the others run
+    in groups by the outputs they still need (MUNIT styles: only those styles run).
     """
-    todo, kept = _to_do(jobs, translator, opts, report, progress)
+    if opts.temporal != "off":
+        log.warning("--temporal %s: still images have no frame order; they are translated one by "
+                    "one (videos, animations and streams are stabilized)", opts.temporal)
+    for group, todo in _to_do(jobs, translator, opts, report, progress):
+        if stop:
+            report.not_done.extend(j.src for j in todo)
+        else:
+            _run_images(todo, group, opts, report, progress, stop, io_threads)
+
+
+def _run_images(todo: List[Job], translator: Translator, opts: OutputOptions, report: Report,
+                progress, stop: Stop, io_threads: Optional[int]) -> None:
+    """:func:`apply_images` for jobs that need every output of ``translator``."""
+    translator.expect(len(todo))
     workers = io_threads or default_workers()
     queue = translator.queue_bytes()
     depth = min(2 * workers, queue_items())  # what the memory plan counts, also with --io-threads > cores
@@ -75,7 +91,7 @@ def apply_images(jobs: List[Job], translator: Translator, opts: OutputOptions, r
     try:
         for frame, outs in run_variants(frames(), translator, model_failed):
             job = jobs_by_frame.pop(id(frame))
-            for suffix, out in (o for o in outs if o[0] not in kept.get(id(job), ())):  # --skip-existing
+            for suffix, out in outs:
                 writer.submit((job, suffix, frame, out))
             report.frames += 1
             main.items += 1
@@ -95,26 +111,21 @@ def apply_images(jobs: List[Job], translator: Translator, opts: OutputOptions, r
 
 
 def _to_do(jobs: List[Job], translator: Translator, opts: OutputOptions, report: Report, progress
-           ) -> Tuple[List[Job], Dict[int, set]]:
-    """The jobs left after --skip-existing (the others counted as done), and the suffixes of the
-    outputs each of them keeps (by ``id(job)``: MUNIT styles written before; the images run as one
-    batch stream through every variant, these are not written); the translator told how many
-    frames are coming."""
-    todo, kept = [], {}
+           ) -> List[Tuple[Translator, List[Job]]]:
+    """The jobs left after --skip-existing (the others counted as done), grouped by the outputs
+    they still need, each group with the translator of those (:func:`to_write`), in input order
+    of their first job: one group unless some MUNIT styles of some inputs exist."""
+    groups: Dict[Tuple[str, ...], Tuple[Translator, List[Job]]] = {}
+    done = 0
     for j in jobs:
         left = to_write(j, translator, opts, report)
         if left is None:
+            done += 1
             continue
-        todo.append(j)
-        if left is not translator:
-            kept[id(j)] = {v.suffix for v in translator.variants} - {v.suffix for v in left.variants}
-    if opts.temporal != "off":
-        log.warning("--temporal %s: still images have no frame order; they are translated one by "
-                    "one (videos, animations and streams are stabilized)", opts.temporal)
-    translator.expect(len(todo))
+        groups.setdefault(tuple(v.suffix for v in left.variants), (left, []))[1].append(j)
     if progress is not None:
-        progress.update(len(jobs) - len(todo))
-    return todo, kept
+        progress.update(done)
+    return list(groups.values())
 
 
 def _reader(opts: OutputOptions) -> Callable[[Job], Tuple[Job, Optional[Frame], Optional[str]]]:

@@ -69,6 +69,7 @@ class Translator:
         self._smoothed: Dict[float, List[Variant]] = {}  # --temporal stats, by EMA factor
         self._expected: Optional[tuple] = None  # (frames,) of the last expect(), for variants made later
         self._told_auto_compiled = False
+        self._whole: Optional["Translator"] = None  # a subset's: the translator it is part of
         self.contract = model.config.contract()
         if self.contract.frames_in != 1:
             raise ValueError(
@@ -105,16 +106,19 @@ class Translator:
 
     def subset(self, suffixes: Iterable[str]) -> "Translator":
         """This translator with only the variants whose suffix is in ``suffixes`` (their order
-        kept): the same model, session and runners, and the same :meth:`fingerprint` (the pixels
-        of a variant do not depend on which others run). ``self`` when that is all of them."""
+        kept): the same model, session and runners (:meth:`stream_variants` too), and the same
+        :meth:`fingerprint` (the pixels of a variant do not depend on which others run). ``self``
+        when that is all of them; ValueError when it is none."""
         keep = set(suffixes)
         if all(v.suffix in keep for v in self.variants):
             return self
+        if not any(v.suffix in keep for v in self.variants):
+            raise ValueError(f"no output variant has a suffix in {sorted(keep)}")
         view = copy.copy(self)
         view._fingerprint = self.fingerprint()
         view.variants = [v for v in self.variants if v.suffix in keep]
         view.styles = [s for v, s in zip(self.variants, self.styles) if v.suffix in keep]
-        view._smoothed = {f: [v for v in vs if v.suffix in keep] for f, vs in self._smoothed.items()}
+        view._whole = self._whole or self
         return view
 
     @property
@@ -126,6 +130,8 @@ class Translator:
         """The next job has ``frames`` frames (None: an open-ended stream); lets ``--compile auto``
         decide whether compiling pays for itself."""
         self._expected = (frames,)
+        if self._whole is not None:  # for the smoothed variants it makes (it shares _smoothed)
+            self._whole._expected = self._expected
         for v in self.variants + [v for vs in self._smoothed.values() for v in vs]:
             v.runner.expect(frames)
 
@@ -161,6 +167,9 @@ class Translator:
         """
         if stats_factor <= 0 or not has_frame_dependent_norm(self.model):
             return self.variants
+        if self._whole is not None:  # the whole translator's, made once for every job
+            suffixes = {v.suffix for v in self.variants}
+            return [v for v in self._whole.stream_variants(stats_factor) if v.suffix in suffixes]
         if stats_factor not in self._smoothed:
             self._smoothed[stats_factor] = self._smoothed_variants(stats_factor)
         for v in self._smoothed[stats_factor]:
@@ -387,7 +396,7 @@ def _batches(frames: Iterable[Frame], runner: Runner) -> Iterator[List[Frame]]:
             if chunk:
                 yield chunk
             raise
-        if chunk and (chunk[0].image.shape, chunk[0].image.dtype) != (frame.image.shape, frame.image.dtype):
+        if chunk and _kind(chunk[0]) != _kind(frame):
             yield chunk
             chunk = []
         chunk.append(frame)
@@ -396,3 +405,8 @@ def _batches(frames: Iterable[Frame], runner: Runner) -> Iterator[List[Frame]]:
             chunk = []
     if chunk:
         yield chunk
+
+
+def _kind(frame: Frame) -> tuple:
+    """What decides a batch: frames of one kind (array or YUV planes), size and depth batch together."""
+    return type(frame.image), frame.image.shape, frame.image.dtype

@@ -444,40 +444,36 @@ def plan_units(jobs: Sequence[Job], opts: OutputOptions, segment_seconds: Option
     """Cut planned jobs into work units, biggest first: segments of long videos, whole videos,
     then groups of images sharing an output folder. ``suffixes``: the output variants' (MUNIT
     styles). ``partial``: by ``id(job)``, the only variants to write of a job (one whole unit each)."""
-    def outputs(group: Sequence[Job]) -> Tuple[str, ...]:
-        return tuple(str(variant_path(j.dst, s)) for j in group for s in suffixes)
+    def outputs(group: Sequence[Job], only: Tuple[str, ...]) -> Tuple[str, ...]:
+        return tuple(str(variant_path(j.dst, s)) for j in group for s in only or suffixes)
 
     units: List[WorkUnit] = []
-    images: Dict[Path, List[Job]] = {}
+    images: Dict[Tuple[Path, Tuple[str, ...]], List[Job]] = {}
     for j in jobs:
-        only = (partial or {}).get(id(j))
-        if only:
-            resume = j.kind == "video" and not opts.overwrite and opts.segmented(j.dst)  # as _video_units
-            units.append(WorkUnit("files", (str(j.src),), str(j.dst), outputs=tuple(
-                str(variant_path(j.dst, s)) for s in only), suffixes=only, resume=resume))
-            continue
+        only = (partial or {}).get(id(j), ())
         if j.kind == "image":
             if output_path_for(j.src, j.src.parent, j.dst.parent, opts.ext) == j.dst:
-                images.setdefault(j.dst.parent, []).append(j)
+                images.setdefault((j.dst.parent, only), []).append(j)
             else:  # a single image given its own output name
-                units.append(WorkUnit("files", (str(j.src),), str(j.dst), outputs=outputs([j])))
+                units.append(WorkUnit("files", (str(j.src),), str(j.dst), outputs=outputs([j], only), suffixes=only))
             continue
-        units.extend(_video_units(j, opts, segment_seconds, suffixes, outputs([j])))
-    for folder, group in images.items():
+        units.extend(_video_units(j, opts, segment_seconds, suffixes, outputs([j], only), only))
+    for (folder, only), group in images.items():
         size = max(1, min(_IMAGES_PER_UNIT, math.ceil(len(group) / 4)))
         for i in range(0, len(group), size):
             chunk = group[i:i + size]
-            units.append(WorkUnit("files", tuple(str(j.src) for j in chunk),
-                                  str(folder) + os.sep, frames=len(chunk), outputs=outputs(chunk)))
+            units.append(WorkUnit("files", tuple(str(j.src) for j in chunk), str(folder) + os.sep,
+                                  frames=len(chunk), outputs=outputs(chunk, only), suffixes=only))
     units.sort(key=lambda u: -u.frames)  # stable: a video's segments stay in order
     return units
 
 
 def _video_units(j: Job, opts: OutputOptions, segment_seconds: Optional[float], suffixes: Sequence[str],
-                 outputs: Tuple[str, ...]) -> List[WorkUnit]:
+                 outputs: Tuple[str, ...], only: Tuple[str, ...] = ()) -> List[WorkUnit]:
     """One whole-video unit, or one unit per keyframe-aligned segment, with the segments an
     interrupted Ray run finished (``--resume``: same plan, files there) marked done. A split video's
-    manifest is written here, before any worker starts."""
+    manifest is written here, before any worker starts. ``only``: the variants to write when
+    --skip-existing kept the others (then the video is not split)."""
     from frametrans.io.video import probe_video
 
     # without --overwrite a video's NAME.partial/ is continued: one the driver found (the user
@@ -485,11 +481,12 @@ def _video_units(j: Job, opts: OutputOptions, segment_seconds: Optional[float], 
     resume = not opts.overwrite and opts.segmented(j.dst)
 
     def whole(frames: int) -> List[WorkUnit]:
-        return [WorkUnit("files", (str(j.src),), str(j.dst), frames=frames, outputs=outputs, resume=resume)]
+        return [WorkUnit("files", (str(j.src),), str(j.dst), frames=frames, outputs=outputs, resume=resume,
+                         suffixes=only)]
     try:
         info = probe_video(j.src)
         frames = info.frames or int((info.duration or 0) * float(info.fps or 25)) or 1
-        if not (segment_seconds and can_split_output(j.dst, opts.codec_for(j.dst))):
+        if only or not (segment_seconds and can_split_output(j.dst, opts.codec_for(j.dst))):
             return whole(frames)
         saved = Manifest.load(work_folder(j.dst)) if opts.skip_existing else None
         if saved is not None and saved.parts and saved.ray_plan is None:

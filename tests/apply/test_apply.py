@@ -339,14 +339,41 @@ def test_munit_styles_run_in_batches_and_alone_give_the_same_pixels(munit_path, 
     assert all(np.array_equal(a["_style1"], b["_style1"]) for a, b in zip(outs, alone))
 
 
+def test_skip_existing_runs_only_the_missing_styles(tmp_path, munit_path, monkeypatch):
+    """Still images whose outputs exist in part run only the styles they still need."""
+    from frametrans.apply import OutputOptions, Translator, apply_paths
+    from frametrans.engine.runner import Runner, RunnerOptions
+
+    options = RunnerOptions(device="cpu", precision="fp32", compile="off", backend="torch")
+    translator = Translator.load(munit_path, options, num_styles=3, seed=1)
+    for name in ("a", "b"):
+        Image.fromarray(skimage.data.chelsea()[:24, :32]).save(tmp_path / f"{name}.png")
+    (tmp_path / "out").mkdir()
+    for k in (0, 1):
+        (tmp_path / "out" / f"a_style{k}.png").write_bytes(b"kept")
+    frames = {}
+    launch = Runner._launch
+
+    def counted(self, batch, images, *a, **k):
+        frames[id(self)] = frames.get(id(self), 0) + len(images)
+        return launch(self, batch, images, *a, **k)
+    monkeypatch.setattr(Runner, "_launch", counted)
+    report = apply_paths([str(tmp_path / "a.png"), str(tmp_path / "b.png")], str(tmp_path / "out"), translator,
+                         OutputOptions(skip_existing=True, quiet=True))
+    assert [frames.get(id(v.runner), 0) for v in translator.variants] == [1, 1, 2]
+    assert sorted(p.name for p in report.written) == ["a_style2.png", "b_style0.png", "b_style1.png", "b_style2.png"]
+    assert sorted(p.name for p in report.skipped) == ["a_style0.png", "a_style1.png"]
+
+
 def test_skip_existing_keeps_each_munit_style_output(tmp_path, munit_path):
-    """--skip-existing with more styles than a first run wrote, and with one style output removed:
-    the outputs there are kept as they are (a user's edit included) and reported as skipped; only
-    the missing ones are written, equal to a fresh run's. Still images, an animated WebP, a GIF
-    (a video in one piece) and an MP4 (segmented)."""
+    """--skip-existing after a run whose style outputs were edited or removed in part: the outputs
+    there are kept as they are (a user's edit included) and reported as skipped; only the missing
+    ones are written, equal to a fresh run's. Still images, an animated WebP, a GIF (a video in one
+    piece) and an MP4 (segmented)."""
     src = tmp_path / "in"
     src.mkdir()
     Image.fromarray(skimage.data.chelsea()[:40, :48]).save(src / "cat.png")
+    Image.fromarray(skimage.data.astronaut()[:40, :48]).save(src / "dog.png")  # another group of styles
     frames = [Image.fromarray(skimage.data.coffee()[i:i + 32, :40]) for i in (0, 4, 8)]
     frames[0].save(src / "anim.webp", save_all=True, append_images=frames[1:], duration=100, lossless=True)
     make_clip(src / "clip.gif", n=3, h=32, w=40, codec="gif", pix_fmt="rgb8")
@@ -354,16 +381,21 @@ def test_skip_existing_keeps_each_munit_style_output(tmp_path, munit_path):
     common = ["-m", munit_path, "--seed", "1", "--precision", "fp32", "--crf", "0", "--quiet"]
     assert run("apply", src, "-o", tmp_path / "fresh", "--num-styles", "3", *common).exit_code == 0
     out = tmp_path / "out"
-    assert run("apply", src, "-o", out, "--num-styles", "2", *common).exit_code == 0
+    assert run("apply", src, "-o", out, "--num-styles", "3", *common).exit_code == 0
     names = ["cat{}.png", "anim{}.webp", "clip{}.gif", "clip{}.mp4"]
-    for n in names:  # style0 edited by hand, style1 removed, style2 never written
+    for n in names:  # style0 edited by hand, style1 and (but for the video) style2 removed
         edited = out / n.format("_style0")
         edited.write_bytes(edited.read_bytes() + b"edited")
         (out / n.format("_style1")).unlink()
-    before = {n: (out / n.format("_style0")).read_bytes() for n in names}
+        if not n.endswith(".mp4"):
+            (out / n.format("_style2")).unlink()
+    (out / "dog_style2.png").unlink()
+    before = {n: (out / n.format("_style0")).read_bytes() for n in names + ["dog{}.png"]}
     res = run("apply", src, "-o", out, "--num-styles", "3", "--skip-existing", *common[:-1])
     assert res.exit_code == 0, res.output
-    assert "8 written" in res.output and "4 skipped" in res.output
+    assert "8 written" in res.output and "7 skipped" in res.output
+    assert (out / "dog_style0.png").read_bytes() == before["dog{}.png"]
+    assert np.array_equal(read_image(out / "dog_style2.png").image, read_image(tmp_path / "fresh" / "dog_style2.png").image)
     for n in names:
         assert (out / n.format("_style0")).read_bytes() == before[n]
         for k in ("_style1", "_style2"):
@@ -371,7 +403,8 @@ def test_skip_existing_keeps_each_munit_style_output(tmp_path, munit_path):
                 assert np.array_equal(read_image(out / n.format(k)).image, read_image(tmp_path / "fresh" / n.format(k)).image)
             else:
                 assert (out / n.format(k)).stat().st_size > 0
-    assert sorted(p.name for p in out.iterdir()) == sorted(n.format(k) for n in names for k in ("_style0", "_style1", "_style2"))
+    assert sorted(p.name for p in out.iterdir()) == sorted(n.format(k) for n in names + ["dog{}.png"]
+                                                           for k in ("_style0", "_style1", "_style2"))
 
 
 @pytest.mark.parametrize("args, message", [

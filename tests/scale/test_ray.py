@@ -2,6 +2,7 @@
 
 import dataclasses
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -169,6 +170,26 @@ def test_skip_existing_keeps_each_munit_style_output(tmp_path, ray_local, inputs
     assert np.array_equal(read_image(out / "img0_style1.png").image,
                           read_image(tmp_path / "local" / "img0_style1.png").image)
     check_video_like_local(out / "clip_style0.mp4", tmp_path / "local" / "clip_style0.mp4", inputs / "clip.mp4")
+
+
+def test_plan_groups_partly_done_jobs_by_the_styles_they_need(tmp_path, inputs):
+    """--skip-existing with some styles done: images are grouped by the styles they need (units
+    of a group spread over the workers), a video is one whole unit with its frame count (long ones
+    go first)."""
+    from frametrans.apply.jobs import Job
+    from frametrans.scale.ray_apply import plan_units
+
+    out = tmp_path / "out"
+    images = [Job(inputs / f"img{i}.png", out / f"img{i}.png", "image") for i in range(3)]
+    clip = Job(inputs / "clip.mp4", out / "clip.mp4", "video")
+    partial = {id(images[0]): ("_style1",), id(images[1]): ("_style1",), id(clip): ("_style0",)}
+    units = plan_units(images + [clip], OutputOptions(), 0.5, ("_style0", "_style1"), partial)
+    assert [(u.kind, u.frames, u.suffixes, u.srcs) for u in units] == [
+        ("files", 60, ("_style0",), (str(clip.src),)), ("files", 1, ("_style1",), (str(images[0].src),)),
+        ("files", 1, ("_style1",), (str(images[1].src),)), ("files", 1, (), (str(images[2].src),))]
+    assert units[0].outputs == (str(out / "clip_style0.mp4"),) and units[0].segment is None
+    assert units[1].outputs == (str(out / "img0_style1.png"),) and units[1].dst == str(out) + os.sep
+    assert units[3].outputs == (str(out / "img2_style0.png"), str(out / "img2_style1.png"))
 
 
 def test_without_ray_the_flag_says_how_to_install(tmp_path, model, inputs, monkeypatch):
