@@ -339,6 +339,25 @@ def test_munit_styles_run_in_batches_and_alone_give_the_same_pixels(munit_path, 
     assert all(np.array_equal(a["_style1"], b["_style1"]) for a, b in zip(outs, alone))
 
 
+def test_a_subset_of_styles_shares_the_whole_translators_runners(munit_path):
+    from frametrans.apply import Translator
+    from frametrans.engine.runner import RunnerOptions
+
+    whole = Translator.load(munit_path, RunnerOptions(device="cpu", precision="fp32"), num_styles=3, seed=1)
+    part = whole.subset(["_style2", "_style0"])
+    assert [v.suffix for v in part.variants] == ["_style0", "_style2"]
+    assert [v.runner for v in part.variants] == [whole.variants[0].runner, whole.variants[2].runner]
+    assert part.fingerprint() == whole.fingerprint() and whole.subset(["_style0", "_style1", "_style2"]) is whole
+    smoothed = part.stream_variants(0.9)  # --temporal stats: made once, by the whole translator
+    assert [v.suffix for v in smoothed] == ["_style0", "_style2"] and smoothed[0].smoother is not None
+    assert smoothed == [v for v in whole.stream_variants(0.9) if v.suffix != "_style1"]
+    assert part.subset(["_style2"]).stream_variants(0.9) == smoothed[1:]
+    part.expect(40)
+    assert whole._expected == (40,)  # the smoothed variants made later learn the job's length
+    with pytest.raises(ValueError, match="no output variant"):
+        whole.subset(["_style7"])
+
+
 def test_skip_existing_runs_only_the_missing_styles(tmp_path, munit_path, monkeypatch):
     """Still images whose outputs exist in part run only the styles they still need."""
     from frametrans.apply import OutputOptions, Translator, apply_paths
