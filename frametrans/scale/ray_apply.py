@@ -443,7 +443,8 @@ def plan_units(jobs: Sequence[Job], opts: OutputOptions, segment_seconds: Option
                ) -> List[WorkUnit]:
     """Cut planned jobs into work units, biggest first: segments of long videos, whole videos,
     then groups of images sharing an output folder. ``suffixes``: the output variants' (MUNIT
-    styles). ``partial``: by ``id(job)``, the only variants to write of a job (one whole unit each)."""
+    styles). ``partial``: by ``id(job)``, the only variants to write of a job (--skip-existing kept the
+    others): such a video is not split, such images share units with those that need the same."""
     def outputs(group: Sequence[Job], only: Tuple[str, ...]) -> Tuple[str, ...]:
         return tuple(str(variant_path(j.dst, s)) for j in group for s in only or suffixes)
 
