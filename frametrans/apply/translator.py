@@ -226,7 +226,8 @@ class Translator:
     def _styles(self, direction: str, style_image: Optional[str], k: int, seed: int
                 ) -> List[torch.Tensor]:
         """Style codes [1, style_dim, 1, 1], fixed for a whole clip: encoded from ``style_image``
-        (in fp32 through its own session, as upstream MUNIT does) or drawn from ``seed``."""
+        (in fp32 through its own session, as upstream MUNIT does) or drawn from ``seed``, one
+        after the other (style i of a seed is the same for any ``k`` > i)."""
         if style_image:
             frame = images.read_image(style_image)
             session = Session(self.model, self.options.device, "fp32", channels_last=False)
@@ -236,8 +237,9 @@ class Translator:
             with session.inference():
                 return [session.source.encode_style(x.to(session.device), target)]
         gen = torch.Generator().manual_seed(seed)
-        codes = torch.randn(k, self.contract.style_dim, 1, 1, generator=gen)
-        return [codes[i:i + 1] for i in range(k)]
+        # one draw per code: code i is the same for every k > i. Drawn together they were not (torch's
+        # CPU normal draws the last 16 values again when the count is no multiple of 16)
+        return [torch.randn(1, self.contract.style_dim, 1, 1, generator=gen) for _ in range(k)]
 
 
 def _backend_name(runner: Runner) -> str:

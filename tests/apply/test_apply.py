@@ -339,6 +339,20 @@ def test_munit_styles_run_in_batches_and_alone_give_the_same_pixels(munit_path, 
     assert all(np.array_equal(a["_style1"], b["_style1"]) for a, b in zip(outs, alone))
 
 
+def test_style_i_of_a_seed_is_the_same_for_any_number_of_styles():
+    """Style codes drawn one after the other: --num-styles 3 starts with --num-styles 2's codes
+    (drawn together, as randn(k, style_dim), style 1 of 3 was not style 1 of 2 at style_dim 8)."""
+    from frametrans.apply import Translator
+    from frametrans.engine.runner import RunnerOptions
+    from support import tiny_model
+
+    model = tiny_model("munit", style_dim=8)
+    options = RunnerOptions(device="cpu", precision="fp32")
+    codes = {k: Translator(model, options, num_styles=k, seed=1).styles for k in (1, 2, 3, 8)}
+    assert all(torch.equal(codes[8][i], codes[k][i]) for k in codes for i in range(k))
+    assert len({tuple(c.flatten().tolist()) for c in codes[8]}) == 8 and codes[8][0].shape == (1, 8, 1, 1)
+
+
 def test_a_subset_of_styles_shares_the_whole_translators_runners(munit_path):
     from frametrans.apply import Translator
     from frametrans.engine.runner import RunnerOptions
