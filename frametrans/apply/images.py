@@ -43,7 +43,8 @@ def apply_images(jobs: List[Job], translator: Translator, opts: OutputOptions, r
     ``report.not_done`` with the inputs not read yet), whatever the number of threads.
 
     With --skip-existing the jobs whose outputs all exist are counted as done, and the others run
-    in groups by the outputs they still need (MUNIT styles: only those styles run).
+    in groups by the outputs they still need (MUNIT styles: only those styles run), one group after
+    the other: the order and the full-disk rule above then hold within each group.
     """
     if opts.temporal != "off":
         log.warning("--temporal %s: still images have no frame order; they are translated one by "

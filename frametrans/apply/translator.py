@@ -147,8 +147,9 @@ class Translator:
         if not has_frame_dependent_norm(self.model):
             return dataclasses.replace(requested, stats=0.0)
         if requested.mode == "auto" and self.options.compile == "on":
-            if not self._told_auto_compiled:
-                self._told_auto_compiled = True
+            told = self._whole or self  # said once per job, not once per subset
+            if not told._told_auto_compiled:
+                told._told_auto_compiled = True
                 log.info("--temporal auto with --compile on: flow only (the compiled forward cannot smooth "
                          "the normalization statistics)")
             return dataclasses.replace(requested, stats=0.0)
