@@ -49,6 +49,7 @@ from frametrans.apply import (
     plan_jobs,
     variant_path,
 )
+from frametrans.apply.images import to_write
 from frametrans.apply.manifest import (Manifest, Part, clean_folder, differences, input_identity,
                                       keep_or_remove, part_name, work_folder)
 from frametrans.atomic import remove_temporaries
@@ -384,11 +385,11 @@ def ray_apply(inputs: Sequence[str], output: str, model: str,
     local = Translator.load(model, RunnerOptions(device="cpu", precision="fp32"), **translator_kwargs)
     check_outputs(jobs, local, opts, check_settings=False)  # the workers compare the settings
     suffixes = [v.suffix for v in local.variants]
-    del local
     report = Report()
     for src, msg in problems:
         report.fail(src, msg)
-    todo, partial = _to_do(jobs, opts, suffixes, report)
+    todo, partial = _to_do(jobs, local, opts, report)
+    del local
     units = plan_units(todo, opts, segment_seconds, suffixes, partial)
     if not units:
         return report
@@ -423,18 +424,19 @@ def ray_apply(inputs: Sequence[str], output: str, model: str,
     return report
 
 
-def _to_do(jobs: Sequence[Job], opts: OutputOptions, suffixes: Sequence[str], report: Report
+def _to_do(jobs: Sequence[Job], translator: Translator, opts: OutputOptions, report: Report
            ) -> Tuple[List[Job], Dict[int, Tuple[str, ...]]]:
     """The jobs to run, and (by ``id(job)``) the variants to write of those whose other outputs
-    exist: with --skip-existing an existing output is reported as skipped and never rewritten."""
+    exist, as a local run decides (:func:`frametrans.apply.images.to_write`: with --skip-existing
+    an existing output is reported as skipped and never rewritten)."""
     todo, partial = [], {}
     for j in jobs:
-        existing = [s for s in suffixes if opts.skip_existing and variant_path(j.dst, s).exists()]
-        report.skipped.extend(variant_path(j.dst, s) for s in existing)
-        if len(existing) < len(suffixes):
-            todo.append(j)
-        if existing and len(existing) < len(suffixes):
-            partial[id(j)] = tuple(s for s in suffixes if s not in existing)
+        left = to_write(j, translator, opts, report)
+        if left is None:
+            continue
+        todo.append(j)
+        if left is not translator:
+            partial[id(j)] = tuple(v.suffix for v in left.variants)
     return todo, partial
 
 
